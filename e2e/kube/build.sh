@@ -1,0 +1,54 @@
+#!/usr/bin/env bash
+# Builds the pinned upstream binaries (kube-apiserver, kube-controller-manager,
+# kube-scheduler, etcd, kwok, helm) from Go modules into the cache directory
+# printed by `build.sh --print-dir`, and does nothing when they are all there.
+# Nothing is downloaded except Go modules through the module proxy.
+set -euo pipefail
+here=$(cd "$(dirname "$0")" && pwd)
+# shellcheck source=/dev/null
+. "$here/versions.env"
+
+pins="k8s-${KUBERNETES_VERSION}_etcd-${ETCD_VERSION}_kwok-${KWOK_VERSION}_helm-${HELM_VERSION}"
+cache_root="${VCLUSTER_CACHE_DIR:-${XDG_CACHE_HOME:-$HOME/.cache}/vcluster}"
+out="$cache_root/$pins/bin"
+bins=(kube-apiserver kube-controller-manager kube-scheduler etcd kwok helm)
+
+if [ "${1:-}" = "--print-dir" ]; then echo "$out"; exit 0; fi
+
+missing=0
+for b in "${bins[@]}"; do [ -x "$out/$b" ] || missing=1; done
+if [ "$missing" = 0 ]; then echo "upstream binaries present in $out"; exit 0; fi
+
+"$here/gen-gomod.sh" check
+
+export GOFLAGS="-buildvcs=false -trimpath"
+export CGO_ENABLED=0
+stage="$cache_root/$pins/bin.partial"
+rm -rf "$stage"; mkdir -p "$stage"
+start=$(date +%s)
+
+kv="${KUBERNETES_VERSION}"
+minor="${kv#v1.}"; minor="${minor%%.*}"
+kflags=""
+for p in k8s.io/component-base/version k8s.io/client-go/pkg/version; do
+  kflags+=" -X $p.gitVersion=$kv -X $p.gitMajor=1 -X $p.gitMinor=$minor -X $p.gitTreeState=clean"
+done
+
+echo "building kube-apiserver, kube-controller-manager, kube-scheduler $kv and etcd $ETCD_VERSION (cold: 15-30 min on 2 cores)"
+(cd "$here" && go build -ldflags "-s -w $kflags" -o "$stage/" \
+  k8s.io/kubernetes/cmd/kube-apiserver \
+  k8s.io/kubernetes/cmd/kube-controller-manager \
+  k8s.io/kubernetes/cmd/kube-scheduler)
+(cd "$here" && go build -ldflags "-s -w" -o "$stage/etcd" go.etcd.io/etcd/server/v3)
+
+# kwok and helm have no replace directives: install them at their pinned versions,
+# each with its own dependency graph (their k8s.io versions differ from ours).
+echo "building kwok $KWOK_VERSION and helm $HELM_VERSION"
+GOBIN="$stage" go install -ldflags "-s -w -X sigs.k8s.io/kwok/pkg/consts.Version=${KWOK_VERSION#v}" \
+  "sigs.k8s.io/kwok/cmd/kwok@$KWOK_VERSION"
+GOBIN="$stage" go install -ldflags "-s -w -X helm.sh/helm/v3/internal/version.version=$HELM_VERSION" \
+  "helm.sh/helm/v3/cmd/helm@$HELM_VERSION"
+
+for b in "${bins[@]}"; do [ -x "$stage/$b" ] || { echo "build.sh: $b was not built" >&2; exit 1; }; done
+rm -rf "$out"; mv "$stage" "$out"
+echo "built ${bins[*]} into $out in $(( $(date +%s) - start ))s"

@@ -1,0 +1,17 @@
+//! vcluster: virtual Kubernetes clusters inside one host namespace.
+//!
+//! See `ARCHITECTURE.md` in the design notes for the module map. Modules that
+//! exist today:
+//! - [`pki`]: certificate authorities and certificates (rcgen);
+//! - [`kubeconfig`]: building kubeconfig files;
+//! - [`local`]: the embedded default, real local control planes for
+//!   development and tests;
+//! - [`cli`]: the `vcluster` command line.
+
+pub mod cli;
+pub mod kubeconfig;
+pub mod local;
+pub mod pki;
+
+/// The field manager of every write the project makes.
+pub const FIELD_MANAGER: &str = "vcluster";

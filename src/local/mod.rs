@@ -1,0 +1,624 @@
+//! The embedded default: real local control planes for development and tests.
+//!
+//! [`Stack::start`] brings up, on 127.0.0.1 with free ports, a **host** plane
+//! (etcd, kube-apiserver, kube-controller-manager, kube-scheduler, and KWOK
+//! managing fake Nodes) and a **virtual** plane (etcd, kube-apiserver,
+//! kube-controller-manager configured like the k3s server). The binaries are
+//! built from pinned Go modules by `e2e/kube/build.sh` (`make kube-bins`).
+//!
+//! Each plane has its own etcd, so either can be restarted or compacted alone
+//! in fault runs. Nothing here is used by the production syncer path.
+
+mod kwok;
+mod plane;
+pub mod process;
+mod state;
+
+use std::collections::BTreeMap;
+use std::net::{Ipv4Addr, SocketAddr, TcpListener};
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use k8s_openapi::api::core::v1::{Node, ServiceAccount};
+use kube::api::{Api, PostParams};
+use kube::config::{KubeConfigOptions, Kubeconfig};
+
+use plane::Plane;
+pub use plane::{Ports, Role, VIRTUAL_DISABLED_CONTROLLERS};
+use process::{Process, Tie};
+pub use state::{ProcessRecord, StackState};
+
+/// The pinned upstream versions, from `e2e/kube/versions.env`.
+pub const VERSIONS_ENV: &str = include_str!("../../e2e/kube/versions.env");
+
+/// The upstream binaries the stack runs.
+pub const BINARIES: &[&str] = &[
+    "etcd",
+    "kube-apiserver",
+    "kube-controller-manager",
+    "kube-scheduler",
+    "kwok",
+];
+
+/// Name of the state file inside the state directory.
+pub const STATE_FILE: &str = "stack.json";
+
+/// Errors of the local stack. Each renders as one line that names the problem.
+#[derive(Debug, thiserror::Error)]
+pub enum LocalError {
+    /// A pinned upstream binary is missing.
+    #[error(
+        "{name} not found in {dir}: run `make kube-bins` to build the pinned upstream binaries"
+    )]
+    MissingBinary {
+        /// Binary name.
+        name: String,
+        /// Directory searched.
+        dir: PathBuf,
+    },
+    /// A requested port is taken.
+    #[error("port {port} on 127.0.0.1 is already in use")]
+    PortInUse {
+        /// The port.
+        port: u16,
+    },
+    /// A stack is already running from this state directory.
+    #[error(
+        "a dev stack is already running from {dir} (supervisor pid {pid}): see `vcluster dev status`, or stop it with `vcluster dev down`"
+    )]
+    AlreadyRunning {
+        /// State directory.
+        dir: PathBuf,
+        /// Supervisor pid.
+        pid: u32,
+    },
+    /// The state directory belongs to a stack that is gone.
+    #[error(
+        "stale state directory {dir}: its stack (supervisor pid {pid}) is no longer running; clean it up with `vcluster dev down --state-dir {dir}`"
+    )]
+    Stale {
+        /// State directory.
+        dir: PathBuf,
+        /// Supervisor pid recorded there.
+        pid: u32,
+    },
+    /// No stack in this state directory.
+    #[error("no dev stack in {dir}: start one with `vcluster dev up`")]
+    NotRunning {
+        /// State directory.
+        dir: PathBuf,
+    },
+    /// A process ended while the stack was starting.
+    #[error("{name} exited during start-up ({status}): {last_line} (full log: {log})")]
+    Exited {
+        /// Component name.
+        name: String,
+        /// Exit status.
+        status: String,
+        /// The last meaningful line of its log.
+        last_line: String,
+        /// Its log file.
+        log: PathBuf,
+    },
+    /// Something did not become ready in time.
+    #[error("timed out after {secs}s waiting for {what}")]
+    Timeout {
+        /// What was awaited.
+        what: String,
+        /// The limit.
+        secs: u64,
+    },
+    /// A file-system or process operation failed.
+    #[error("cannot {what}: {source}")]
+    Io {
+        /// What was attempted.
+        what: String,
+        /// The cause.
+        source: std::io::Error,
+    },
+    /// PKI generation failed.
+    #[error(transparent)]
+    Pki(#[from] crate::pki::PkiError),
+    /// A kubeconfig could not be rendered.
+    #[error(transparent)]
+    Kubeconfig(#[from] crate::kubeconfig::KubeconfigError),
+    /// A Kubernetes API call failed.
+    #[error("{what}: {source}")]
+    Kube {
+        /// What was attempted.
+        what: String,
+        /// The cause.
+        source: Box<kube::Error>,
+    },
+    /// The state file could not be read or written.
+    #[error("state file {path}: {source}")]
+    State {
+        /// The file.
+        path: PathBuf,
+        /// The cause.
+        source: serde_json::Error,
+    },
+}
+
+fn io_err(what: impl Into<String>) -> impl FnOnce(std::io::Error) -> LocalError {
+    let what = what.into();
+    move |source| LocalError::Io { what, source }
+}
+
+/// Writes a file readable only by its owner (keys, kubeconfigs).
+pub(crate) fn write_private(path: &Path, contents: &str) -> Result<(), LocalError> {
+    use std::io::Write as _;
+    use std::os::unix::fs::OpenOptionsExt as _;
+    let mut f = std::fs::OpenOptions::new()
+        .create(true)
+        .write(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(path)
+        .map_err(io_err(format!("write {}", path.display())))?;
+    f.write_all(contents.as_bytes())
+        .map_err(io_err(format!("write {}", path.display())))
+}
+
+/// Writes a file anyone may read (certificates, public keys, configuration).
+pub(crate) fn write_public(path: &Path, contents: &str) -> Result<(), LocalError> {
+    std::fs::write(path, contents).map_err(io_err(format!("write {}", path.display())))
+}
+
+/// Parses `KEY=value` lines of `versions.env`.
+pub fn pinned_versions() -> BTreeMap<String, String> {
+    VERSIONS_ENV
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty() && !l.starts_with('#'))
+        .filter_map(|l| l.split_once('='))
+        .map(|(k, v)| (k.trim().to_owned(), v.trim().to_owned()))
+        .collect()
+}
+
+/// The directory name that identifies one set of pins; `build.sh` uses the same.
+pub fn pins_key() -> String {
+    let v = pinned_versions();
+    let get = |k: &str| {
+        v.get(k)
+            .map(String::as_str)
+            .unwrap_or("unpinned")
+            .to_owned()
+    };
+    format!(
+        "k8s-{}_etcd-{}_kwok-{}_helm-{}",
+        get("KUBERNETES_VERSION"),
+        get("ETCD_VERSION"),
+        get("KWOK_VERSION"),
+        get("HELM_VERSION")
+    )
+}
+
+/// Where `make kube-bins` puts the pinned binaries:
+/// `$VCLUSTER_CACHE_DIR` or `$XDG_CACHE_HOME/vcluster` or `~/.cache/vcluster`, then `<pins>/bin`.
+pub fn default_bin_dir() -> PathBuf {
+    let root = std::env::var_os("VCLUSTER_CACHE_DIR")
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("XDG_CACHE_HOME").map(|x| PathBuf::from(x).join("vcluster")))
+        .unwrap_or_else(|| {
+            std::env::var_os("HOME")
+                .map(PathBuf::from)
+                .unwrap_or_else(|| PathBuf::from("/"))
+                .join(".cache/vcluster")
+        });
+    root.join(pins_key()).join("bin")
+}
+
+/// Checks that every binary the stack needs is in `dir`.
+pub fn check_binaries(dir: &Path) -> Result<(), LocalError> {
+    for name in BINARIES {
+        if !dir.join(name).is_file() {
+            return Err(LocalError::MissingBinary {
+                name: (*name).to_owned(),
+                dir: dir.to_owned(),
+            });
+        }
+    }
+    Ok(())
+}
+
+/// How to start a stack.
+#[derive(Debug, Clone)]
+pub struct StackOptions {
+    /// The state directory (kubeconfigs, PKI, data, logs).
+    pub state_dir: PathBuf,
+    /// Where the upstream binaries are.
+    pub bin_dir: PathBuf,
+    /// How many fake nodes KWOK manages in the host.
+    pub nodes: u32,
+    /// A fixed port for the host API server (default: a free one).
+    pub host_api_port: Option<u16>,
+    /// A fixed port for the virtual API server (default: a free one).
+    pub vcluster_api_port: Option<u16>,
+    /// How long start-up may take.
+    pub timeout: Duration,
+}
+
+/// Picks ports: the requested ones must be free; the others are free ports the
+/// kernel hands out. All are held open until every one is chosen, so they are
+/// distinct.
+fn pick_ports(requested: &[Option<u16>]) -> Result<Vec<u16>, LocalError> {
+    let mut held = Vec::new();
+    let mut ports = Vec::new();
+    for want in requested {
+        let port = want.unwrap_or(0);
+        let listener =
+            TcpListener::bind(SocketAddr::from((Ipv4Addr::LOCALHOST, port))).map_err(|source| {
+                match source.kind() {
+                    std::io::ErrorKind::AddrInUse => LocalError::PortInUse { port },
+                    _ => LocalError::Io {
+                        what: format!("bind 127.0.0.1:{port}"),
+                        source,
+                    },
+                }
+            })?;
+        let got = listener
+            .local_addr()
+            .map_err(io_err("read a bound port"))?
+            .port();
+        ports.push(got);
+        held.push(listener);
+    }
+    Ok(ports)
+}
+
+/// A running local stack.
+#[derive(Debug)]
+pub struct Stack {
+    opts: StackOptions,
+    processes: Vec<Process>,
+    state: StackState,
+}
+
+async fn client_for(kubeconfig_yaml: &str, what: &str) -> Result<kube::Client, LocalError> {
+    let kube_err = |source| LocalError::Kube {
+        what: format!("client for {what}"),
+        source: Box::new(source),
+    };
+    let kc = Kubeconfig::from_yaml(kubeconfig_yaml).map_err(|e| kube_err(e.into()))?;
+    let config = kube::Config::from_custom_kubeconfig(kc, &KubeConfigOptions::default())
+        .await
+        .map_err(|e| kube_err(e.into()))?;
+    kube::Client::try_from(config).map_err(kube_err)
+}
+
+/// A client for a component's self-signed health endpoint.
+fn health_client(port: u16) -> Result<kube::Client, LocalError> {
+    let url = format!("https://127.0.0.1:{port}")
+        .parse()
+        .map_err(|_| LocalError::Io {
+            what: format!("parse health URL for port {port}"),
+            source: std::io::Error::other("invalid URL"),
+        })?;
+    let mut config = kube::Config::new(url);
+    config.accept_invalid_certs = true;
+    kube::Client::try_from(config).map_err(|source| LocalError::Kube {
+        what: format!("health client for port {port}"),
+        source: Box::new(source),
+    })
+}
+
+async fn get_ok(client: &kube::Client, path: &str) -> bool {
+    match http::Request::get(path).body(Vec::new()) {
+        Ok(req) => client
+            .request_text(req)
+            .await
+            .is_ok_and(|body| body.trim() == "ok"),
+        Err(_) => false,
+    }
+}
+
+impl Stack {
+    /// Starts both planes and waits until they are ready. On failure every
+    /// process started so far is stopped before the error is returned.
+    pub async fn start(opts: StackOptions) -> Result<Self, LocalError> {
+        let mut stack = Self::prepare(opts)?;
+        match stack.boot().await {
+            Ok(()) => Ok(stack),
+            Err(e) => {
+                stack.shutdown().await;
+                Err(e)
+            }
+        }
+    }
+
+    /// Checks the binaries and claims the state directory, starting nothing.
+    /// [`Stack::boot`] then starts the processes; a caller that abandons it
+    /// (for example on Ctrl-C) calls [`Stack::shutdown`].
+    pub fn prepare(opts: StackOptions) -> Result<Self, LocalError> {
+        check_binaries(&opts.bin_dir)?;
+        state::claim(&opts.state_dir)?;
+        Ok(Self {
+            state: StackState::new(&opts.state_dir, opts.nodes),
+            opts,
+            processes: Vec::new(),
+        })
+    }
+
+    /// The recorded state (ports, pids, kubeconfig paths).
+    pub fn state(&self) -> &StackState {
+        &self.state
+    }
+
+    fn spawn(&mut self, name: &str, binary: &str, args: Vec<String>) -> Result<(), LocalError> {
+        self.spawn_with_env(name, binary, args, &[])
+    }
+
+    fn spawn_with_env(
+        &mut self,
+        name: &str,
+        binary: &str,
+        args: Vec<String>,
+        env: &[(&str, String)],
+    ) -> Result<(), LocalError> {
+        let logs = self.opts.state_dir.join("logs");
+        let p = process::spawn(
+            name,
+            &self.opts.bin_dir.join(binary),
+            &args,
+            env,
+            &logs.join(format!("{name}.log")),
+            Tie::ToParent,
+        )?;
+        self.state.processes.push(ProcessRecord {
+            name: name.to_owned(),
+            pid: p.pid(),
+            log: p.log().to_owned(),
+        });
+        self.processes.push(p);
+        self.state.save()
+    }
+
+    /// Fails with the process's own last words if any child has exited.
+    fn check_children(&mut self) -> Result<(), LocalError> {
+        for p in &mut self.processes {
+            if let Some(status) = p.exited() {
+                let tail = p.log_tail(40);
+                return Err(LocalError::Exited {
+                    name: p.name().to_owned(),
+                    status: status.to_string(),
+                    last_line: state::meaningful_line(&tail),
+                    log: p.log().to_owned(),
+                });
+            }
+        }
+        Ok(())
+    }
+
+    /// Polls `check` until it returns true, failing early when a child exits.
+    async fn wait_for<F, Fut>(
+        &mut self,
+        what: &str,
+        deadline: Instant,
+        mut check: F,
+    ) -> Result<(), LocalError>
+    where
+        F: FnMut() -> Fut,
+        Fut: Future<Output = bool>,
+    {
+        loop {
+            self.check_children()?;
+            if check().await {
+                tracing::debug!(what, "ready");
+                return Ok(());
+            }
+            if Instant::now() >= deadline {
+                return Err(LocalError::Timeout {
+                    what: what.to_owned(),
+                    secs: self.opts.timeout.as_secs(),
+                });
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    /// Starts every process and waits until the stack is ready.
+    pub async fn boot(&mut self) -> Result<(), LocalError> {
+        let started = Instant::now();
+        let deadline = started + self.opts.timeout;
+        let dir = self.opts.state_dir.clone();
+        std::fs::create_dir_all(dir.join("logs"))
+            .map_err(io_err(format!("create {}", dir.join("logs").display())))?;
+
+        // host: etcd client+peer, apiserver, kcm, scheduler, kwok; virtual: etcd client+peer, apiserver, kcm
+        let p = pick_ports(&[
+            None,
+            None,
+            self.opts.host_api_port,
+            None,
+            None,
+            None,
+            None,
+            None,
+            self.opts.vcluster_api_port,
+            None,
+        ])?;
+        let host_ports = Ports {
+            etcd_client: p[0],
+            etcd_peer: p[1],
+            apiserver: p[2],
+            controller_manager: p[3],
+            scheduler: Some(p[4]),
+        };
+        let kwok_port = p[5];
+        let virtual_ports = Ports {
+            etcd_client: p[6],
+            etcd_peer: p[7],
+            apiserver: p[8],
+            controller_manager: p[9],
+            scheduler: None,
+        };
+
+        let host = Plane::prepare(Role::Host, host_ports, &dir)?;
+        let virt = Plane::prepare(Role::Virtual, virtual_ports, &dir)?;
+        let host_kc = dir.join("host.kubeconfig");
+        let virt_kc = dir.join("vcluster.kubeconfig");
+        write_private(&host_kc, &host.admin_kubeconfig)?;
+        write_private(&virt_kc, &virt.admin_kubeconfig)?;
+        self.state.host = state::PlaneRecord::new(&host, &host_kc);
+        self.state.vcluster = state::PlaneRecord::new(&virt, &virt_kc);
+        self.state.kwok_port = Some(kwok_port);
+
+        for plane in [&host, &virt] {
+            let n = plane.role.name();
+            self.spawn(&format!("{n}-etcd"), "etcd", plane.etcd_args())?;
+        }
+        for plane in [&host, &virt] {
+            let n = plane.role.name();
+            self.spawn(
+                &format!("{n}-kube-apiserver"),
+                "kube-apiserver",
+                plane.apiserver_args(),
+            )?;
+        }
+        let host_client = client_for(&host.admin_kubeconfig, "the host API").await?;
+        let virt_client = client_for(&virt.admin_kubeconfig, "the virtual API").await?;
+        for (what, client) in [
+            ("host API server /readyz", &host_client),
+            ("virtual API server /readyz", &virt_client),
+        ] {
+            let c = client.clone();
+            self.wait_for(what, deadline, || {
+                let c = c.clone();
+                async move { get_ok(&c, "/readyz").await }
+            })
+            .await?;
+        }
+        tracing::info!(
+            elapsed_ms = started.elapsed().as_millis() as u64,
+            "API servers ready"
+        );
+
+        for plane in [&host, &virt] {
+            let n = plane.role.name();
+            self.spawn(
+                &format!("{n}-kube-controller-manager"),
+                "kube-controller-manager",
+                plane.controller_manager_args(),
+            )?;
+        }
+        if let Some(port) = host.ports.scheduler {
+            self.spawn(
+                "host-kube-scheduler",
+                "kube-scheduler",
+                host.scheduler_args(port),
+            )?;
+        }
+        let stages = dir.join("kwok-stages.yaml");
+        write_public(&stages, kwok::STAGES)?;
+        let (kwok_crt, kwok_key) = host.kwok_tls();
+        self.spawn_with_env(
+            "host-kwok",
+            "kwok",
+            kwok::args(
+                &host.kwok_kubeconfig(),
+                &stages,
+                kwok_port,
+                (&kwok_crt, &kwok_key),
+            ),
+            // kwok also loads $KWOK_WORKDIR/kwok.yaml (default ~/.kwok): keep the user's out.
+            &[("KWOK_WORKDIR", host.dir.join("kwok").display().to_string())],
+        )?;
+        kwok::create_nodes(&host_client, self.opts.nodes).await?;
+
+        let nodes: Api<Node> = Api::all(host_client.clone());
+        let want = self.opts.nodes as usize;
+        self.wait_for("KWOK nodes to become Ready", deadline, || {
+            let nodes = nodes.clone();
+            async move { kwok::ready_nodes(&nodes).await >= want }
+        })
+        .await?;
+        for (what, client) in [
+            (
+                "host controller-manager (default ServiceAccount)",
+                &host_client,
+            ),
+            (
+                "virtual controller-manager (default ServiceAccount)",
+                &virt_client,
+            ),
+        ] {
+            let sas: Api<ServiceAccount> = Api::namespaced(client.clone(), "default");
+            self.wait_for(what, deadline, || {
+                let sas = sas.clone();
+                async move { sas.get_opt("default").await.ok().flatten().is_some() }
+            })
+            .await?;
+        }
+        if let Some(port) = host.ports.scheduler {
+            let c = health_client(port)?;
+            self.wait_for("host kube-scheduler /healthz", deadline, || {
+                let c = c.clone();
+                async move { get_ok(&c, "/healthz").await }
+            })
+            .await?;
+        }
+        self.state.ready = true;
+        self.state.ready_after_ms = Some(started.elapsed().as_millis() as u64);
+        self.state.save()?;
+        tracing::info!(
+            elapsed_ms = started.elapsed().as_millis() as u64,
+            "dev stack ready"
+        );
+        Ok(())
+    }
+
+    /// Waits until a child exits unexpectedly (returns its name) or forever.
+    pub async fn watch_children(&mut self) -> String {
+        loop {
+            for p in &mut self.processes {
+                if let Some(status) = p.exited() {
+                    return format!("{} exited ({status}); see {}", p.name(), p.log().display());
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(500)).await;
+        }
+    }
+
+    /// Stops every process, last started first, and removes the state file.
+    pub async fn shutdown(&mut self) {
+        while let Some(mut p) = self.processes.pop() {
+            p.stop(Duration::from_secs(10)).await;
+        }
+        state::release(&self.opts.state_dir);
+    }
+}
+
+impl Drop for Stack {
+    /// A stack dropped without [`Stack::shutdown`] (a panic, an abandoned
+    /// future) still leaves no process behind.
+    fn drop(&mut self) {
+        for p in &mut self.processes {
+            p.kill_now();
+        }
+    }
+}
+
+/// Removes a stopped stack's state (logs stay).
+pub fn release_state(state_dir: &Path) {
+    state::release(state_dir);
+}
+
+/// True when the API server behind an admin kubeconfig file answers `/readyz`.
+pub async fn api_ready(kubeconfig: &Path) -> bool {
+    let Ok(yaml) = std::fs::read_to_string(kubeconfig) else {
+        return false;
+    };
+    match client_for(&yaml, "status").await {
+        Ok(c) => get_ok(&c, "/readyz").await,
+        Err(_) => false,
+    }
+}
+
+/// Create parameters with the project's field manager.
+pub(crate) fn post_params() -> PostParams {
+    PostParams {
+        field_manager: Some(crate::FIELD_MANAGER.to_owned()),
+        ..PostParams::default()
+    }
+}
