@@ -66,7 +66,6 @@ pub fn to_yaml(config: &Kubeconfig) -> Result<String, KubeconfigError> {
 
 #[cfg(test)]
 mod tests {
-    #![allow(clippy::unwrap_used, clippy::expect_used)]
     use super::*;
     use secrecy::ExposeSecret;
 

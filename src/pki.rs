@@ -61,8 +61,10 @@ pub enum Usage {
 pub struct CertSpec {
     /// Subject common name: the user name for client certificates.
     pub common_name: String,
-    /// Subject organizations: the groups for client certificates.
-    pub organizations: Vec<String>,
+    /// Subject organization: the group of a client certificate. At most one:
+    /// rcgen keys a subject's attributes by type, so a second organization
+    /// would replace the first rather than add a group.
+    pub organization: Option<String>,
     /// Subject alternative names; strings that parse as IP addresses become IP SANs.
     pub sans: Vec<String>,
     /// Server, client or both.
@@ -72,11 +74,11 @@ pub struct CertSpec {
 }
 
 impl CertSpec {
-    /// A client certificate for `user` in `groups`.
-    pub fn client(user: &str, groups: &[&str], validity: Duration) -> Self {
+    /// A client certificate for `user`, in `group` if given.
+    pub fn client(user: &str, group: Option<&str>, validity: Duration) -> Self {
         Self {
             common_name: user.to_owned(),
-            organizations: groups.iter().map(|g| (*g).to_owned()).collect(),
+            organization: group.map(str::to_owned),
             sans: Vec::new(),
             usage: Usage::Client,
             validity,
@@ -87,7 +89,7 @@ impl CertSpec {
     pub fn server(common_name: &str, sans: &[String], validity: Duration) -> Self {
         Self {
             common_name: common_name.to_owned(),
-            organizations: Vec::new(),
+            organization: None,
             sans: sans.to_vec(),
             usage: Usage::Server,
             validity,
@@ -155,7 +157,7 @@ impl Ca {
         let mut params = CertificateParams::new(spec.sans.clone()).map_err(gen_err(what))?;
         params.distinguished_name = DistinguishedName::new();
         params.distinguished_name.push(DnType::CommonName, what);
-        for org in &spec.organizations {
+        if let Some(org) = &spec.organization {
             params
                 .distinguished_name
                 .push(DnType::OrganizationName, org.as_str());
@@ -208,7 +210,6 @@ impl ServiceAccountKeys {
 
 #[cfg(test)]
 mod tests {
-    #![allow(clippy::unwrap_used, clippy::expect_used)]
     use super::*;
     use x509_parser::prelude::*;
 
@@ -251,19 +252,17 @@ mod tests {
         cert.verify_signature(Some(ca_cert.public_key())).unwrap();
         assert!(!cert.is_ca());
         let san = cert.subject_alternative_name().unwrap().unwrap().value;
-        let names: Vec<String> = san.general_names.iter().map(|n| n.to_string()).collect();
-        assert!(
-            names.contains(&"IPAddress(127.0.0.1)".to_owned()),
-            "{names:?}"
-        );
-        assert!(
-            names.contains(&"DNSName(localhost)".to_owned()),
-            "{names:?}"
-        );
-        assert!(
-            names.contains(&"DNSName(kubernetes.default.svc)".to_owned()),
-            "{names:?}"
-        );
+        let mut ips = Vec::new();
+        let mut dns = Vec::new();
+        for n in &san.general_names {
+            match n {
+                GeneralName::IPAddress(b) => ips.push(b.to_vec()),
+                GeneralName::DNSName(d) => dns.push(d.to_string()),
+                other => panic!("unexpected SAN {other:?}"),
+            }
+        }
+        assert_eq!(ips, [vec![127u8, 0, 0, 1]]);
+        assert_eq!(dns, ["localhost", "kubernetes.default.svc"]);
         let eku = cert.extended_key_usage().unwrap().unwrap().value;
         assert!(eku.server_auth && !eku.client_auth);
     }
@@ -272,11 +271,7 @@ mod tests {
     fn client_cert_encodes_user_and_groups() {
         let ca = Ca::generate("ca", DAY).unwrap();
         let leaf = ca
-            .issue(&CertSpec::client(
-                "admin",
-                &["system:masters", "team-a"],
-                DAY,
-            ))
+            .issue(&CertSpec::client("admin", Some("system:masters"), DAY))
             .unwrap();
         let der = parse(&leaf.cert_pem);
         let (_, cert) = X509Certificate::from_der(&der).unwrap();
@@ -291,7 +286,7 @@ mod tests {
             .map(|c| c.as_str().unwrap())
             .collect();
         assert_eq!(cn, ["admin"]);
-        assert_eq!(orgs, ["system:masters", "team-a"]);
+        assert_eq!(orgs, ["system:masters"]);
         let eku = cert.extended_key_usage().unwrap().unwrap().value;
         assert!(eku.client_auth && !eku.server_auth);
     }
@@ -299,7 +294,7 @@ mod tests {
     #[test]
     fn validity_is_backdated_and_bounded() {
         let ca = Ca::generate("ca", DAY).unwrap();
-        let leaf = ca.issue(&CertSpec::client("u", &[], DAY)).unwrap();
+        let leaf = ca.issue(&CertSpec::client("u", None, DAY)).unwrap();
         let der = parse(&leaf.cert_pem);
         let (_, cert) = X509Certificate::from_der(&der).unwrap();
         let now = OffsetDateTime::now_utc().unix_timestamp();
@@ -318,8 +313,8 @@ mod tests {
     #[test]
     fn distinct_leaves_get_distinct_serials_and_keys() {
         let ca = Ca::generate("ca", DAY).unwrap();
-        let a = ca.issue(&CertSpec::client("u", &[], DAY)).unwrap();
-        let b = ca.issue(&CertSpec::client("u", &[], DAY)).unwrap();
+        let a = ca.issue(&CertSpec::client("u", None, DAY)).unwrap();
+        let b = ca.issue(&CertSpec::client("u", None, DAY)).unwrap();
         assert_ne!(a.key_pem, b.key_pem);
         let (da, db) = (parse(&a.cert_pem), parse(&b.cert_pem));
         let (_, ca_) = X509Certificate::from_der(&da).unwrap();
@@ -331,11 +326,7 @@ mod tests {
     fn invalid_san_is_an_error_not_a_panic() {
         let ca = Ca::generate("ca", DAY).unwrap();
         let err = ca
-            .issue(&CertSpec::server(
-                "x",
-                &["bad name with spaces\u{7f}".into()],
-                DAY,
-            ))
+            .issue(&CertSpec::server("x", &["b\u{fc}cher.example".into()], DAY))
             .unwrap_err();
         assert!(
             err.to_string()

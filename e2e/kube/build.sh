@@ -22,6 +22,7 @@ if [ "$missing" = 0 ]; then echo "upstream binaries present in $out"; exit 0; fi
 "$here/gen-gomod.sh" check
 
 export GOFLAGS="-buildvcs=false -trimpath"
+export GOTOOLCHAIN=local  # never download a Go toolchain
 export CGO_ENABLED=0
 stage="$cache_root/$pins/bin.partial"
 rm -rf "$stage"; mkdir -p "$stage"

@@ -117,7 +117,6 @@ pub async fn ready_nodes(nodes: &Api<Node>) -> usize {
 
 #[cfg(test)]
 mod tests {
-    #![allow(clippy::unwrap_used, clippy::expect_used)]
     use super::*;
 
     #[test]

@@ -153,7 +153,7 @@ impl Plane {
             CERT_VALIDITY,
         )?;
         let front_client =
-            front_ca.issue(&CertSpec::client("front-proxy-client", &[], CERT_VALIDITY))?;
+            front_ca.issue(&CertSpec::client("front-proxy-client", None, CERT_VALIDITY))?;
         write_public(&pki.join("front-proxy-ca.crt"), front_ca.cert_pem())?;
         write_public(&pki.join("front-proxy-client.crt"), &front_client.cert_pem)?;
         write_private(&pki.join("front-proxy-client.key"), &front_client.key_pem)?;
@@ -169,7 +169,7 @@ impl Plane {
             write_private(&pki.join("kwok.key"), &kwok.key_pem)?;
             let kubelet_client = ca.issue(&CertSpec::client(
                 "kube-apiserver-kubelet-client",
-                &["system:masters"],
+                None,
                 CERT_VALIDITY,
             ))?;
             write_public(
@@ -195,22 +195,18 @@ impl Plane {
             &context,
             &server,
             "vcluster-dev-admin",
-            &["system:masters"],
+            Some("system:masters"),
         )?;
-        for (file, user, groups) in [
+        for (file, user, group) in [
             (
                 "controller-manager.kubeconfig",
                 "system:kube-controller-manager",
-                &[][..],
+                None,
             ),
-            ("scheduler.kubeconfig", "system:kube-scheduler", &[][..]),
-            (
-                "kwok.kubeconfig",
-                "kwok-controller",
-                &["system:masters"][..],
-            ),
+            ("scheduler.kubeconfig", "system:kube-scheduler", None),
+            ("kwok.kubeconfig", "kwok-controller", Some("system:masters")),
         ] {
-            let yaml = plane.client_kubeconfig(&context, &server, user, groups)?;
+            let yaml = plane.client_kubeconfig(&context, &server, user, group)?;
             write_private(&plane.dir.join(file), &yaml)?;
         }
         Ok(plane)
@@ -221,11 +217,11 @@ impl Plane {
         context: &str,
         server: &str,
         user: &str,
-        groups: &[&str],
+        group: Option<&str>,
     ) -> Result<String, LocalError> {
         let cert = self
             .ca
-            .issue(&CertSpec::client(user, groups, CERT_VALIDITY))?;
+            .issue(&CertSpec::client(user, group, CERT_VALIDITY))?;
         let cfg = kubeconfig::client_cert(
             context,
             server,

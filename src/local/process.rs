@@ -33,6 +33,12 @@ pub enum Tie {
 
 /// Sets the parent-death signal in the child, then checks that the parent did
 /// not die before it was set (in which case the child would never be told).
+///
+/// The signal is SIGKILL: this path is taken only when the supervisor itself
+/// was killed, and then every child gets the signal at once. With SIGTERM,
+/// etcd would stop under a kube-apiserver still in its graceful shutdown,
+/// which then never finishes. Orderly shutdown (API clients first, etcd last)
+/// is the supervisor's job.
 #[allow(unsafe_code)]
 fn tie_to_parent(cmd: &mut Command) {
     let parent = rustix::process::getpid();
@@ -41,7 +47,7 @@ fn tie_to_parent(cmd: &mut Command) {
     // allocates nothing.
     unsafe {
         cmd.pre_exec(move || {
-            rustix::process::set_parent_process_death_signal(Some(Signal::TERM))?;
+            rustix::process::set_parent_process_death_signal(Some(Signal::KILL))?;
             if rustix::process::getppid() != Some(parent) {
                 return Err(std::io::Error::other(
                     "parent exited before the child started",

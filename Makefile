@@ -1,0 +1,53 @@
+# vcluster: the two set-up commands are `make dev` and `make test`.
+SHELL := bash
+.SHELLFLAGS := -eu -o pipefail -c
+CARGO ?= cargo
+STATE_DIR ?= .vcluster-dev
+
+.PHONY: dev test kube-bins kube-mod build prereqs fmt-check clippy unit e2e down status clean
+
+## dev: build what is missing, then run the host and virtual control planes (Ctrl-C stops them)
+dev: prereqs kube-bins build
+	./target/debug/vcluster dev up --state-dir $(STATE_DIR)
+
+## test: everything CI checks
+test: prereqs kube-bins fmt-check clippy unit e2e
+
+prereqs:
+	@command -v go >/dev/null || { echo "make: the Go toolchain (1.26+) is required to build the pinned control-plane binaries"; exit 1; }
+	@command -v $(CARGO) >/dev/null || { echo "make: the Rust toolchain (cargo, stable 1.89+) is required"; exit 1; }
+	@command -v kubectl >/dev/null || { echo "make: kubectl is required on PATH (the end-to-end tests use it as a client)"; exit 1; }
+
+## kube-bins: build the pinned upstream binaries into ~/.cache/vcluster/<pins>/bin (once)
+kube-bins:
+	e2e/kube/build.sh
+
+## kube-mod: regenerate e2e/kube/go.mod after changing e2e/kube/versions.env
+kube-mod:
+	e2e/kube/gen-gomod.sh write
+
+build:
+	$(CARGO) build --locked
+
+fmt-check:
+	$(CARGO) fmt --all -- --check
+
+clippy:
+	$(CARGO) clippy --locked --all-targets -- -D warnings
+
+unit:
+	$(CARGO) test --locked --lib --bins
+
+e2e:
+	e2e/kube/gen-gomod.sh check
+	$(CARGO) test --locked --test e2e_smoke
+
+down:
+	./target/debug/vcluster dev down --state-dir $(STATE_DIR)
+
+status:
+	./target/debug/vcluster dev status --state-dir $(STATE_DIR)
+
+clean:
+	$(CARGO) clean
+	rm -rf $(STATE_DIR)

@@ -1,0 +1,237 @@
+//! Shared harness of the end-to-end tests: a real dev stack started the way a
+//! user starts it (`vcluster dev up --detach`), clients for both planes, the
+//! machine's `kubectl`, and condition waits with deadlines.
+#![allow(dead_code, clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+use std::future::Future;
+use std::io::Write as _;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use kube::config::{KubeConfigOptions, Kubeconfig};
+use vcluster::local::StackState;
+
+/// The `vcluster` binary cargo built for this test.
+pub fn vcluster_bin() -> &'static str {
+    env!("CARGO_BIN_EXE_vcluster")
+}
+
+/// Runs `vcluster` with `args` and returns its output.
+pub fn vcluster(args: &[&str]) -> Output {
+    Command::new(vcluster_bin())
+        .args(args)
+        .stdin(Stdio::null())
+        .output()
+        .expect("run vcluster")
+}
+
+/// Text of a command's stdout and stderr.
+pub fn text(out: &Output) -> (String, String) {
+    (
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+/// A dev stack in a temporary state directory, stopped when dropped.
+pub struct DevStack {
+    pub dir: tempfile::TempDir,
+    pub state: StackState,
+    pub up_time: Duration,
+    stopped: bool,
+}
+
+impl DevStack {
+    /// `vcluster dev up --detach` in a fresh state directory.
+    pub fn up(extra: &[&str]) -> Self {
+        let dir = tempfile::Builder::new()
+            .prefix("vcluster-e2e-")
+            .tempdir()
+            .unwrap();
+        let state_dir = dir.path().to_str().unwrap().to_owned();
+        let started = Instant::now();
+        let mut args = vec!["dev", "up", "--detach", "--state-dir", &state_dir];
+        args.extend_from_slice(extra);
+        let out = vcluster(&args);
+        let up_time = started.elapsed();
+        let (stdout, stderr) = text(&out);
+        assert!(
+            out.status.success(),
+            "dev up failed:\n{stdout}\n{stderr}\n{}",
+            logs(dir.path())
+        );
+        let state = StackState::load(dir.path())
+            .unwrap()
+            .expect("stack.json after dev up");
+        assert!(state.ready);
+        Self {
+            dir,
+            state,
+            up_time,
+            stopped: false,
+        }
+    }
+
+    pub fn state_dir(&self) -> &str {
+        self.dir.path().to_str().unwrap()
+    }
+
+    pub fn host_kubeconfig(&self) -> PathBuf {
+        self.state.host.kubeconfig.clone()
+    }
+
+    pub fn vcluster_kubeconfig(&self) -> PathBuf {
+        self.state.vcluster.kubeconfig.clone()
+    }
+
+    /// `vcluster dev down`; returns its output.
+    pub fn down(&mut self) -> Output {
+        self.stopped = true;
+        vcluster(&["dev", "down", "--state-dir", self.state_dir()])
+    }
+}
+
+impl Drop for DevStack {
+    fn drop(&mut self) {
+        if !self.stopped {
+            let _ = self.down();
+        }
+    }
+}
+
+/// Every component log of a state directory, for failure messages.
+pub fn logs(dir: &Path) -> String {
+    let mut out = String::new();
+    if let Ok(entries) = std::fs::read_dir(dir.join("logs")) {
+        for e in entries.flatten() {
+            let tail = vcluster::local::process::log_tail(&e.path(), 15);
+            out.push_str(&format!("--- {}\n{tail}\n", e.path().display()));
+        }
+    }
+    out
+}
+
+/// A kube client for an admin kubeconfig file.
+pub async fn client(kubeconfig: &Path) -> kube::Client {
+    let kc = Kubeconfig::read_from(kubeconfig).unwrap();
+    let cfg = kube::Config::from_custom_kubeconfig(kc, &KubeConfigOptions::default())
+        .await
+        .unwrap();
+    kube::Client::try_from(cfg).unwrap()
+}
+
+/// The machine's `kubectl` with `--kubeconfig`, optionally fed `stdin`.
+pub fn kubectl(kubeconfig: &Path, args: &[&str], stdin: Option<&str>) -> Output {
+    let mut cmd = Command::new("kubectl");
+    cmd.arg("--kubeconfig").arg(kubeconfig).args(args);
+    cmd.stdin(if stdin.is_some() {
+        Stdio::piped()
+    } else {
+        Stdio::null()
+    })
+    .stdout(Stdio::piped())
+    .stderr(Stdio::piped());
+    let mut child = cmd.spawn().expect("kubectl on PATH");
+    if let Some(input) = stdin {
+        child
+            .stdin
+            .take()
+            .unwrap()
+            .write_all(input.as_bytes())
+            .unwrap();
+    }
+    child.wait_with_output().unwrap()
+}
+
+/// `kubectl` that must succeed; returns stdout.
+pub fn kubectl_ok(kubeconfig: &Path, args: &[&str], stdin: Option<&str>) -> String {
+    let out = kubectl(kubeconfig, args, stdin);
+    let (stdout, stderr) = text(&out);
+    assert!(out.status.success(), "kubectl {args:?} failed: {stderr}");
+    stdout
+}
+
+/// Polls `check` until it yields a value or `timeout` passes (then panics
+/// naming `what` and the last observation).
+pub async fn eventually<T, F, Fut>(what: &str, timeout: Duration, mut check: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Result<T, String>>,
+{
+    let deadline = Instant::now() + timeout;
+    loop {
+        match check().await {
+            Ok(v) => return v,
+            Err(last) if Instant::now() >= deadline => {
+                panic!("timed out after {timeout:?} waiting for {what}; last seen: {last}")
+            }
+            Err(_) => tokio::time::sleep(Duration::from_millis(200)).await,
+        }
+    }
+}
+
+/// Synchronous variant of [`eventually`] for checks that are not async.
+pub fn eventually_sync<T>(
+    what: &str,
+    timeout: Duration,
+    mut check: impl FnMut() -> Result<T, String>,
+) -> T {
+    let deadline = Instant::now() + timeout;
+    loop {
+        match check() {
+            Ok(v) => return v,
+            Err(last) if Instant::now() >= deadline => {
+                panic!("timed out after {timeout:?} waiting for {what}; last seen: {last}")
+            }
+            Err(_) => std::thread::sleep(Duration::from_millis(100)),
+        }
+    }
+}
+
+/// Runs an async test body on its own runtime.
+pub fn block_on<F: Future<Output = ()>>(f: F) {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap()
+        .block_on(f)
+}
+
+/// True when something listens on 127.0.0.1:`port`.
+pub fn listening(port: u16) -> bool {
+    std::net::TcpStream::connect_timeout(
+        &std::net::SocketAddr::from(([127, 0, 0, 1], port)),
+        Duration::from_millis(200),
+    )
+    .is_ok()
+}
+
+/// Asserts that no process of `state` is alive and none of its ports listens,
+/// waiting up to `timeout` for them to go.
+pub fn assert_gone(state: &StackState, timeout: Duration) {
+    let mut pids: Vec<u32> = state.processes.iter().map(|p| p.pid).collect();
+    pids.push(state.supervisor_pid);
+    eventually_sync("every stack process to end", timeout, || {
+        let alive: Vec<u32> = pids
+            .iter()
+            .copied()
+            .filter(|p| vcluster::local::process::alive(*p))
+            .collect();
+        if alive.is_empty() {
+            Ok(())
+        } else {
+            Err(format!("alive: {alive:?}"))
+        }
+    });
+    let ports = state.ports();
+    assert!(ports.len() >= 9, "state records every port: {ports:?}");
+    eventually_sync("every stack port to close", timeout, || {
+        let open: Vec<u16> = ports.iter().copied().filter(|p| listening(*p)).collect();
+        if open.is_empty() {
+            Ok(())
+        } else {
+            Err(format!("listening: {open:?}"))
+        }
+    });
+}
