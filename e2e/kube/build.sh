@@ -35,7 +35,7 @@ for p in k8s.io/component-base/version k8s.io/client-go/pkg/version; do
   kflags+=" -X $p.gitVersion=$kv -X $p.gitMajor=1 -X $p.gitMinor=$minor -X $p.gitTreeState=clean"
 done
 
-echo "building kube-apiserver, kube-controller-manager, kube-scheduler $kv and etcd $ETCD_VERSION (cold: 15-30 min on 2 cores)"
+echo "building kube-apiserver, kube-controller-manager, kube-scheduler $kv and etcd $ETCD_VERSION (cold: about 6 min on 2 cores)"
 (cd "$here" && go build -ldflags "-s -w $kflags" -o "$stage/" \
   k8s.io/kubernetes/cmd/kube-apiserver \
   k8s.io/kubernetes/cmd/kube-controller-manager \

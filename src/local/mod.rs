@@ -374,6 +374,32 @@ impl Stack {
         self.state.save()
     }
 
+    /// Starts `binary` once per plane, named `<plane>-<binary>`.
+    fn spawn_per_plane(
+        &mut self,
+        planes: [&Plane; 2],
+        binary: &str,
+        args: fn(&Plane) -> Vec<String>,
+    ) -> Result<(), LocalError> {
+        for plane in planes {
+            let name = format!("{}-{binary}", plane.role.name());
+            self.spawn(&name, binary, args(plane))?;
+        }
+        Ok(())
+    }
+
+    /// Waits until `GET path` answers `ok`.
+    async fn wait_http_ok(
+        &mut self,
+        what: &str,
+        client: &kube::Client,
+        path: &str,
+        deadline: Instant,
+    ) -> Result<(), LocalError> {
+        self.wait_for(what, deadline, || async { get_ok(client, path).await })
+            .await
+    }
+
     /// Fails with the process's own last words if any child has exited.
     fn check_children(&mut self) -> Result<(), LocalError> {
         for p in &mut self.processes {
@@ -464,44 +490,29 @@ impl Stack {
         self.state.vcluster = state::PlaneRecord::new(&virt, &virt_kc);
         self.state.kwok_port = Some(kwok_port);
 
-        for plane in [&host, &virt] {
-            let n = plane.role.name();
-            self.spawn(&format!("{n}-etcd"), "etcd", plane.etcd_args())?;
-        }
-        for plane in [&host, &virt] {
-            let n = plane.role.name();
-            self.spawn(
-                &format!("{n}-kube-apiserver"),
-                "kube-apiserver",
-                plane.apiserver_args(),
-            )?;
-        }
+        self.spawn_per_plane([&host, &virt], "etcd", Plane::etcd_args)?;
+        self.spawn_per_plane([&host, &virt], "kube-apiserver", Plane::apiserver_args)?;
         let host_client = client_for(&host.admin_kubeconfig, "the host API").await?;
         let virt_client = client_for(&virt.admin_kubeconfig, "the virtual API").await?;
-        for (what, client) in [
-            ("host API server /readyz", &host_client),
-            ("virtual API server /readyz", &virt_client),
-        ] {
-            let c = client.clone();
-            self.wait_for(what, deadline, || {
-                let c = c.clone();
-                async move { get_ok(&c, "/readyz").await }
-            })
+        self.wait_http_ok("host API server /readyz", &host_client, "/readyz", deadline)
             .await?;
-        }
+        self.wait_http_ok(
+            "virtual API server /readyz",
+            &virt_client,
+            "/readyz",
+            deadline,
+        )
+        .await?;
         tracing::info!(
             elapsed_ms = started.elapsed().as_millis() as u64,
             "API servers ready"
         );
 
-        for plane in [&host, &virt] {
-            let n = plane.role.name();
-            self.spawn(
-                &format!("{n}-kube-controller-manager"),
-                "kube-controller-manager",
-                plane.controller_manager_args(),
-            )?;
-        }
+        self.spawn_per_plane(
+            [&host, &virt],
+            "kube-controller-manager",
+            Plane::controller_manager_args,
+        )?;
         if let Some(port) = host.ports.scheduler {
             self.spawn(
                 "host-kube-scheduler",
@@ -552,11 +563,8 @@ impl Stack {
         }
         if let Some(port) = host.ports.scheduler {
             let c = health_client(port)?;
-            self.wait_for("host kube-scheduler /healthz", deadline, || {
-                let c = c.clone();
-                async move { get_ok(&c, "/healthz").await }
-            })
-            .await?;
+            self.wait_http_ok("host kube-scheduler /healthz", &c, "/healthz", deadline)
+                .await?;
         }
         self.state.ready = true;
         self.state.ready_after_ms = Some(started.elapsed().as_millis() as u64);
