@@ -630,3 +630,50 @@ pub(crate) fn post_params() -> PostParams {
         ..PostParams::default()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_upstream_component_is_pinned() {
+        let v = pinned_versions();
+        for key in [
+            "KUBERNETES_VERSION",
+            "ETCD_VERSION",
+            "KWOK_VERSION",
+            "HELM_VERSION",
+        ] {
+            let version = v.get(key).map(String::as_str).unwrap_or("");
+            assert!(version.starts_with('v'), "{key}={version:?}");
+        }
+    }
+
+    #[test]
+    fn bin_dir_is_where_build_script_puts_binaries() {
+        let script = concat!(env!("CARGO_MANIFEST_DIR"), "/e2e/kube/build.sh");
+        let out = std::process::Command::new("bash")
+            .args([script, "--print-dir"])
+            .output()
+            .unwrap();
+        assert!(out.status.success());
+        let printed = String::from_utf8(out.stdout).unwrap();
+        assert_eq!(printed.trim(), default_bin_dir().display().to_string());
+    }
+
+    #[test]
+    fn requested_port_in_use_is_named() {
+        let taken = TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = taken.local_addr().unwrap().port();
+        let err = pick_ports(&[None, Some(port)]).unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            format!("port {port} on 127.0.0.1 is already in use")
+        );
+        let free = pick_ports(&[None, None, None]).unwrap();
+        let mut dedup = free.clone();
+        dedup.sort_unstable();
+        dedup.dedup();
+        assert_eq!(dedup.len(), 3, "{free:?}");
+    }
+}
