@@ -12,6 +12,7 @@ pub mod cli;
 pub mod kubeconfig;
 pub mod local;
 pub mod pki;
+pub mod translate;
 
 /// The field manager of every write the project makes.
 pub const FIELD_MANAGER: &str = "vcluster";
