@@ -12,6 +12,8 @@ pub mod cli;
 pub mod kubeconfig;
 pub mod local;
 pub mod pki;
+pub mod sync;
+pub mod syncer;
 pub mod translate;
 
 /// The field manager of every write the project makes.

@@ -2,6 +2,7 @@
 //! modules; they hold no logic of their own beyond presentation.
 
 mod dev;
+mod syncer;
 
 use std::process::ExitCode;
 
@@ -19,6 +20,8 @@ pub struct Cli {
 enum Command {
     /// Run the product locally on real control planes (the embedded default).
     Dev(dev::DevArgs),
+    /// Run the syncer beside a virtual control plane.
+    Syncer(syncer::SyncerArgs),
 }
 
 /// Logs go to stderr; `VCLUSTER_LOG` takes an env-filter directive. By default
@@ -62,6 +65,7 @@ pub fn main() -> ExitCode {
     init_tracing();
     let result = match cli.command {
         Command::Dev(args) => dev::run(args),
+        Command::Syncer(args) => syncer::run(args),
     };
     match result {
         Ok(code) => code,

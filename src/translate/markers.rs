@@ -105,6 +105,12 @@ pub fn copy_unreserved(from: Option<&BTreeMap<String, String>>) -> BTreeMap<Stri
         .collect()
 }
 
+impl std::fmt::Display for VirtualKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}/{}", self.namespace, self.name)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

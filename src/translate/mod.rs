@@ -8,6 +8,7 @@
 
 pub mod markers;
 pub mod names;
+pub mod pod;
 
 pub use markers::{Ownership, VirtualKey};
 pub use names::{VclusterName, host_name};

@@ -1,0 +1,72 @@
+//! `vcluster syncer`: flags and environment for [`crate::syncer::run`].
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use anyhow::Context as _;
+use clap::Args;
+
+use crate::syncer::{self, SyncerOptions};
+use crate::translate::VclusterName;
+
+const IN_CLUSTER_NAMESPACE: &str = "/var/run/secrets/kubernetes.io/serviceaccount/namespace";
+
+#[derive(Debug, Args)]
+pub struct SyncerArgs {
+    /// The vcluster's name (a DNS label of at most 40 characters).
+    #[arg(long, env = "VCLUSTER_NAME")]
+    name: String,
+    /// The host namespace the vcluster lives in (default: the pod's own namespace).
+    #[arg(long, env = "VCLUSTER_HOST_NAMESPACE")]
+    host_namespace: Option<String>,
+    /// Kubeconfig for the host API (default: the pod's service account).
+    #[arg(long, env = "VCLUSTER_HOST_KUBECONFIG")]
+    host_kubeconfig: Option<PathBuf>,
+    /// Kubeconfig for the virtual API (the admin credential the control plane writes).
+    #[arg(long, env = "VCLUSTER_VIRTUAL_KUBECONFIG")]
+    virtual_kubeconfig: PathBuf,
+    /// Seconds between full resyncs (which also revert drift on the host).
+    #[arg(long, env = "VCLUSTER_RESYNC_SECONDS", default_value_t = 300, value_parser = clap::value_parser!(u64).range(5..))]
+    resync_seconds: u64,
+    /// Concurrent reconciles per kind.
+    #[arg(long, env = "VCLUSTER_CONCURRENCY", default_value_t = 16, value_parser = clap::value_parser!(u16).range(1..=512))]
+    concurrency: u16,
+    /// Sync every ConfigMap and Secret, not only those pods reference.
+    #[arg(long, env = "VCLUSTER_SYNC_ALL_CONFIGS")]
+    sync_all_configs: bool,
+    /// Address of the /healthz and /readyz endpoints.
+    #[arg(long, env = "VCLUSTER_HEALTH_LISTEN", default_value = "0.0.0.0:8080")]
+    health_listen: SocketAddr,
+}
+
+pub fn run(args: SyncerArgs) -> anyhow::Result<ExitCode> {
+    let name = VclusterName::new(&args.name)?;
+    let host_namespace = match args.host_namespace {
+        Some(ns) => ns,
+        None => std::fs::read_to_string(IN_CLUSTER_NAMESPACE)
+            .map(|s| s.trim().to_owned())
+            .context("no --host-namespace given and not running in a pod")?,
+    };
+    let opts = SyncerOptions {
+        name,
+        host_namespace,
+        host_kubeconfig: args.host_kubeconfig,
+        virtual_kubeconfig: args.virtual_kubeconfig,
+        resync: Duration::from_secs(args.resync_seconds),
+        concurrency: usize::from(args.concurrency),
+        sync_all_configs: args.sync_all_configs,
+        listen: args.health_listen,
+    };
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")?;
+    rt.block_on(async move {
+        tokio::select! {
+            r = syncer::run(opts) => r.map(|()| ExitCode::SUCCESS).map_err(anyhow::Error::from),
+            _ = tokio::signal::ctrl_c() => Ok(ExitCode::SUCCESS),
+        }
+    })
+}

@@ -1,0 +1,122 @@
+//! ConfigMaps and Secrets: copied to the host when a pod in the same virtual
+//! namespace references them (default) or all of them (`--sync-all-configs`).
+//! Service-account-token Secrets never go down: the host would reject or
+//! rewrite them, and a virtual token means nothing to the host API.
+
+use std::marker::PhantomData;
+
+use k8s_openapi::api::core::v1::{ConfigMap, Pod, Secret};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
+use kube::ResourceExt;
+use kube::runtime::reflector::Store;
+
+use super::{Context, Decision, Object, Rule, copy_unreserved};
+use crate::translate::pod::{References, references};
+
+/// Which configuration objects go down.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Scope {
+    /// Only those a pod references.
+    Referenced,
+    /// Every one.
+    All,
+}
+
+/// What differs between ConfigMaps and Secrets.
+pub trait ConfigKind: Object {
+    /// Kind name.
+    const KIND: &'static str;
+    /// Whether a pod's references name this object.
+    fn referenced(refs: &References, name: &str) -> bool;
+    /// The host copy's content (metadata is set by the caller).
+    fn content(&self) -> Self;
+    /// Objects that never go down.
+    fn excluded(&self) -> bool {
+        false
+    }
+}
+
+impl ConfigKind for ConfigMap {
+    const KIND: &'static str = "ConfigMap";
+    fn referenced(refs: &References, name: &str) -> bool {
+        refs.uses_configmap(name)
+    }
+    fn content(&self) -> Self {
+        ConfigMap {
+            data: self.data.clone(),
+            binary_data: self.binary_data.clone(),
+            immutable: self.immutable,
+            ..ConfigMap::default()
+        }
+    }
+}
+
+impl ConfigKind for Secret {
+    const KIND: &'static str = "Secret";
+    fn referenced(refs: &References, name: &str) -> bool {
+        refs.uses_secret(name)
+    }
+    fn content(&self) -> Self {
+        Secret {
+            data: self.data.clone(),
+            type_: self.type_.clone(),
+            immutable: self.immutable,
+            ..Secret::default()
+        }
+    }
+    fn excluded(&self) -> bool {
+        self.type_.as_deref() == Some("kubernetes.io/service-account-token")
+    }
+}
+
+/// The rule for ConfigMaps or Secrets.
+#[derive(Debug)]
+pub struct ConfigRule<K> {
+    scope: Scope,
+    pods: Store<Pod>,
+    kind: PhantomData<fn() -> K>,
+}
+
+impl<K> ConfigRule<K> {
+    /// A rule that reads pod references from the virtual pod cache.
+    pub fn new(scope: Scope, pods: Store<Pod>) -> Self {
+        Self {
+            scope,
+            pods,
+            kind: PhantomData,
+        }
+    }
+}
+
+impl<K: ConfigKind> Rule for ConfigRule<K> {
+    type V = K;
+    type H = K;
+    const KIND: &'static str = K::KIND;
+
+    fn decide(&self, _ctx: &Context, v: &K, _h: Option<&K>) -> Decision<K> {
+        if v.excluded() || v.meta().deletion_timestamp.is_some() {
+            return Decision::Remove {
+                grace_seconds: None,
+            };
+        }
+        let ns = v.namespace();
+        let name = v.name_any();
+        let wanted = self.scope == Scope::All
+            || self
+                .pods
+                .find(|p| p.namespace() == ns && K::referenced(&references(p), &name))
+                .is_some();
+        if !wanted {
+            return Decision::Remove {
+                grace_seconds: None,
+            };
+        }
+        let mut out = v.content();
+        *out.meta_mut() = ObjectMeta {
+            labels: Some(copy_unreserved(v.meta().labels.as_ref())),
+            annotations: Some(copy_unreserved(v.meta().annotations.as_ref())),
+            ..ObjectMeta::default()
+        };
+        Decision::Sync(out)
+    }
+}

@@ -1,0 +1,729 @@
+//! The generic sync engine. One [`Engine`] per kind; each kind is a small
+//! [`Rule`] file that says what its host form is and what comes back up.
+//!
+//! For a kind, the engine
+//! - watches the virtual API (all namespaces) and the host namespace (only
+//!   objects carrying this vcluster's owner label), with reflector caches
+//!   stripped of `managedFields`; kube-runtime's watcher relists on expiry
+//!   (410 Gone) and retries with backoff across API server restarts;
+//! - queues virtual keys in a [`queue::FairQueue`], fair across virtual
+//!   namespaces, and reconciles them with bounded concurrency;
+//! - reconciles level-triggered: desired = rule(virtual); written with
+//!   server-side apply under one field manager only when its content hash
+//!   differs (and unconditionally on each periodic resync, which reverts drift);
+//!   status translated back onto the virtual status subresource;
+//! - deletes owned host objects whose source is gone, and at start lists both
+//!   sides and reconciles every key before reporting ready;
+//! - never changes or deletes a host object without this vcluster's owner
+//!   label: a name collision becomes a Warning Event on the virtual object.
+
+pub mod config;
+pub mod nodes;
+pub mod pods;
+pub mod queue;
+
+use std::fmt::Debug;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use backon::{BackoffBuilder, ExponentialBuilder};
+use futures::StreamExt;
+use k8s_openapi::NamespaceResourceScope;
+use kube::api::{Api, DeleteParams, Patch, PatchParams, Preconditions};
+use kube::runtime::events::{Event as KubeEvent, EventType, Recorder, Reporter};
+use kube::runtime::reflector::{self, ObjectRef, Store};
+use kube::runtime::{WatchStreamExt, watcher};
+use kube::{Resource, ResourceExt};
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+use std::future::Future;
+
+use tokio::sync::{Mutex, Notify};
+
+use crate::FIELD_MANAGER;
+use crate::translate::{Ownership, VclusterName, VirtualKey, host_name, markers};
+use queue::FairQueue;
+
+/// Annotation on host objects: hash of the desired content last applied.
+pub const HASH_ANNOTATION: &str = "vcluster.dev/content-hash";
+
+/// Errors of one reconcile (retried with backoff).
+#[derive(Debug, thiserror::Error)]
+pub enum SyncError {
+    /// An API call failed.
+    #[error("{action} {kind} {key}: {source}")]
+    Api {
+        /// What was attempted.
+        action: &'static str,
+        /// The kind.
+        kind: &'static str,
+        /// The object.
+        key: String,
+        /// The cause.
+        source: Box<kube::Error>,
+    },
+    /// The desired object could not be serialized.
+    #[error("serialize {kind}: {source}")]
+    Serialize {
+        /// The kind.
+        kind: &'static str,
+        /// The cause.
+        source: serde_json::Error,
+    },
+}
+
+/// What is shared by every kind's engine.
+#[derive(Clone)]
+pub struct Context {
+    /// This vcluster.
+    pub vc: VclusterName,
+    /// The host namespace the vcluster lives in.
+    pub host_namespace: String,
+    /// Client for the host API (namespaced permissions suffice).
+    pub host: kube::Client,
+    /// Client for the virtual API.
+    pub virt: kube::Client,
+    /// Publishes events on virtual objects.
+    pub recorder: Recorder,
+}
+
+impl Debug for Context {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Context")
+            .field("vc", &self.vc)
+            .field("host_namespace", &self.host_namespace)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Context {
+    /// A context; events are reported as `vcluster-syncer`.
+    pub fn new(
+        vc: VclusterName,
+        host_namespace: String,
+        host: kube::Client,
+        virt: kube::Client,
+    ) -> Self {
+        let recorder = Recorder::new(
+            virt.clone(),
+            Reporter {
+                controller: "vcluster-syncer".into(),
+                instance: None,
+            },
+        );
+        Self {
+            vc,
+            host_namespace,
+            host,
+            virt,
+            recorder,
+        }
+    }
+
+    /// Ownership markers of this vcluster.
+    pub fn ownership(&self) -> Ownership<'_> {
+        Ownership::new(&self.vc)
+    }
+
+    /// The host name of a virtual object.
+    pub fn host_name(&self, key: &VirtualKey) -> String {
+        host_name(&self.vc, &key.namespace, &key.name)
+    }
+
+    /// Publishes an event on a virtual object (best effort: a failure is logged).
+    pub async fn event<K: Resource<DynamicType = ()>>(
+        &self,
+        obj: &K,
+        type_: EventType,
+        reason: &str,
+        note: String,
+    ) {
+        let ev = KubeEvent {
+            type_,
+            reason: reason.to_owned(),
+            note: Some(note),
+            action: "Sync".to_owned(),
+            secondary: None,
+        };
+        if let Err(e) = self.recorder.publish(&ev, &obj.object_ref(&())).await {
+            tracing::warn!(reason, error = %e, "cannot publish event");
+        }
+    }
+}
+
+/// What a rule decides for one virtual object.
+#[derive(Debug)]
+pub enum Decision<H> {
+    /// This is the desired host object (name, namespace and markers are set
+    /// by the engine).
+    Sync(H),
+    /// The object does not belong on the host: an owned host copy is
+    /// deleted, with this grace period if given.
+    Remove {
+        /// Grace period for the host deletion.
+        grace_seconds: Option<i64>,
+    },
+    /// The virtual object is finished (its host copy is gone for good):
+    /// delete it with no grace, as a kubelet does for a pod it has stopped.
+    DeleteVirtual,
+    /// The object is refused: a Warning event with this reason and message,
+    /// and nothing on the host.
+    Reject(&'static str, String),
+    /// Not yet: something it needs is missing; try again shortly.
+    Wait(String),
+}
+
+/// Bounds of a kind's object types.
+pub trait Object:
+    Resource<DynamicType = (), Scope = NamespaceResourceScope>
+    + Clone
+    + Debug
+    + Serialize
+    + DeserializeOwned
+    + Send
+    + Sync
+    + 'static
+{
+}
+impl<T> Object for T where
+    T: Resource<DynamicType = (), Scope = NamespaceResourceScope>
+        + Clone
+        + Debug
+        + Serialize
+        + DeserializeOwned
+        + Send
+        + Sync
+        + 'static
+{
+}
+
+/// The rules of one kind.
+pub trait Rule: Send + Sync + 'static {
+    /// The virtual type.
+    type V: Object;
+    /// The host type.
+    type H: Object;
+    /// Kind name for logs and metrics.
+    const KIND: &'static str;
+
+    /// The host form of a virtual object, given its current host copy.
+    fn decide(&self, ctx: &Context, v: &Self::V, h: Option<&Self::H>) -> Decision<Self::H>;
+
+    /// Called after the host copy was applied or found up to date, with it.
+    fn after_sync(
+        &self,
+        _ctx: &Context,
+        _v: &Self::V,
+        _h: &Self::H,
+    ) -> impl Future<Output = Result<(), SyncError>> + Send {
+        async { Ok(()) }
+    }
+
+    /// A merge patch for the virtual status subresource, when the host object
+    /// reports something the virtual one does not show yet.
+    fn status_up(&self, _v: &Self::V, _h: &Self::H) -> Option<serde_json::Value> {
+        None
+    }
+}
+
+type Hook<V> = Box<dyn Fn(&V) + Send + Sync>;
+
+/// One kind's engine.
+pub struct Engine<R: Rule> {
+    rule: Arc<R>,
+    ctx: Arc<Context>,
+    virt_store: Store<R::V>,
+    virt_writer: Mutex<Option<reflector::store::Writer<R::V>>>,
+    host_store: Store<R::H>,
+    host_writer: Mutex<Option<reflector::store::Writer<R::H>>>,
+    queue: std::sync::Mutex<FairQueue<VirtualKey>>,
+    hooks: std::sync::Mutex<Vec<Hook<R::V>>>,
+    wake: Notify,
+    ready: AtomicBool,
+    force: Mutex<std::collections::HashSet<VirtualKey>>,
+    failures: Mutex<std::collections::HashMap<VirtualKey, backon::ExponentialBackoff>>,
+}
+
+impl<R: Rule> Debug for Engine<R> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Engine")
+            .field("kind", &R::KIND)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Engine settings.
+#[derive(Debug, Clone, Copy)]
+pub struct EngineOptions {
+    /// Concurrent reconciles.
+    pub concurrency: usize,
+    /// Period of the full resync (which also reverts drift).
+    pub resync: Duration,
+}
+
+fn strip<K: Resource>(mut o: K) -> K {
+    o.managed_fields_mut().clear();
+    o
+}
+
+fn hash_of(value: &serde_json::Value) -> String {
+    let d = ring::digest::digest(&ring::digest::SHA256, value.to_string().as_bytes());
+    d.as_ref()[..8].iter().map(|b| format!("{b:02x}")).collect()
+}
+
+impl<R: Rule> Engine<R> {
+    /// A new engine for `rule`.
+    pub fn new(rule: R, ctx: Arc<Context>) -> Arc<Self> {
+        Self::with_virtual_store(rule, ctx, reflector::store())
+    }
+
+    /// A new engine whose virtual cache was made beforehand (so another
+    /// kind's rule can hold a reader of it before this engine exists).
+    pub fn with_virtual_store(
+        rule: R,
+        ctx: Arc<Context>,
+        (virt_store, virt_writer): (Store<R::V>, reflector::store::Writer<R::V>),
+    ) -> Arc<Self> {
+        let (host_store, host_writer) = reflector::store();
+        Arc::new(Self {
+            rule: Arc::new(rule),
+            ctx,
+            virt_store,
+            virt_writer: Mutex::new(Some(virt_writer)),
+            host_store,
+            host_writer: Mutex::new(Some(host_writer)),
+            queue: std::sync::Mutex::new(FairQueue::default()),
+            hooks: std::sync::Mutex::new(Vec::new()),
+            wake: Notify::new(),
+            ready: AtomicBool::new(false),
+            force: Mutex::new(Default::default()),
+            failures: Mutex::new(Default::default()),
+        })
+    }
+
+    /// The virtual cache (for other kinds' rules to read).
+    pub fn virtual_store(&self) -> Store<R::V> {
+        self.virt_store.clone()
+    }
+
+    /// The host cache.
+    pub fn host_store(&self) -> Store<R::H> {
+        self.host_store.clone()
+    }
+
+    /// True once the initial sync has finished.
+    pub fn is_ready(&self) -> bool {
+        self.ready.load(Ordering::Acquire)
+    }
+
+    /// Queues a virtual key.
+    pub fn enqueue(&self, key: VirtualKey) {
+        self.queue_mut().add(key);
+        self.wake.notify_one();
+    }
+
+    fn queue_mut(&self) -> std::sync::MutexGuard<'_, FairQueue<VirtualKey>> {
+        // A poisoned lock means a worker panicked mid-update of plain data
+        // structures; the queue is still consistent enough to go on.
+        self.queue
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// Calls `hook` for every virtual object the watch reports (added,
+    /// changed or deleted): other kinds use it to queue what an object refers to.
+    pub fn on_virtual_change(&self, hook: impl Fn(&R::V) + Send + Sync + 'static) {
+        self.hooks
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .push(Box::new(hook));
+    }
+
+    /// Keys waiting.
+    pub fn queue_depth(&self) -> usize {
+        self.queue_mut().len()
+    }
+
+    async fn enqueue_all(&self, force: bool) {
+        let mut keys: Vec<VirtualKey> = self
+            .virt_store
+            .state()
+            .iter()
+            .map(|v| VirtualKey {
+                namespace: v.namespace().unwrap_or_default(),
+                name: v.name_any(),
+            })
+            .collect();
+        let own = self.ctx.ownership();
+        keys.extend(
+            self.host_store
+                .state()
+                .iter()
+                .filter_map(|h| own.virtual_key(h.meta())),
+        );
+        if force {
+            self.force.lock().await.extend(keys.iter().cloned());
+        }
+        let mut q = self.queue_mut();
+        for k in keys {
+            q.add(k);
+        }
+        drop(q);
+        self.wake.notify_waiters();
+    }
+
+    /// Runs the engine until the process ends.
+    pub async fn run(self: Arc<Self>, opts: EngineOptions) {
+        let (Some(vw), Some(hw)) = (
+            self.virt_writer.lock().await.take(),
+            self.host_writer.lock().await.take(),
+        ) else {
+            tracing::error!(kind = R::KIND, "engine started twice");
+            return;
+        };
+        let virt_api: Api<R::V> = Api::all(self.ctx.virt.clone());
+        let host_api: Api<R::H> = Api::namespaced(self.ctx.host.clone(), &self.ctx.host_namespace);
+        let selector = self.ctx.ownership().selector();
+
+        let me = Arc::clone(&self);
+        let virt_watch = async move {
+            let stream = watcher(virt_api, watcher::Config::default())
+                .default_backoff()
+                .modify(|o| o.managed_fields_mut().clear())
+                .reflect(vw)
+                .touched_objects();
+            futures::pin_mut!(stream);
+            while let Some(ev) = stream.next().await {
+                match ev {
+                    Ok(obj) => {
+                        for hook in me
+                            .hooks
+                            .lock()
+                            .unwrap_or_else(std::sync::PoisonError::into_inner)
+                            .iter()
+                        {
+                            hook(&obj);
+                        }
+                        me.enqueue(VirtualKey {
+                            namespace: obj.namespace().unwrap_or_default(),
+                            name: obj.name_any(),
+                        })
+                    }
+                    Err(e) => {
+                        tracing::warn!(kind = R::KIND, side = "virtual", error = %e, "watch error")
+                    }
+                }
+            }
+        };
+        let me = Arc::clone(&self);
+        let host_watch = async move {
+            let stream = watcher(host_api, watcher::Config::default().labels(&selector))
+                .default_backoff()
+                .modify(|o| o.managed_fields_mut().clear())
+                .reflect(hw)
+                .touched_objects();
+            futures::pin_mut!(stream);
+            while let Some(ev) = stream.next().await {
+                match ev {
+                    Ok(obj) => {
+                        if let Some(key) = me.ctx.ownership().virtual_key(obj.meta()) {
+                            me.enqueue(key);
+                        }
+                    }
+                    Err(e) => {
+                        tracing::warn!(kind = R::KIND, side = "host", error = %e, "watch error")
+                    }
+                }
+            }
+        };
+        tokio::spawn(virt_watch);
+        tokio::spawn(host_watch);
+
+        // Initial sync: both caches complete, then every key on either side.
+        let (a, b) = (self.virt_store.clone(), self.host_store.clone());
+        let _ = futures::join!(a.wait_until_ready(), b.wait_until_ready());
+        self.enqueue_all(false).await;
+        let me = Arc::clone(&self);
+        tokio::spawn(async move {
+            loop {
+                if me.queue_mut().is_idle() {
+                    me.ready.store(true, Ordering::Release);
+                    tracing::info!(
+                        kind = R::KIND,
+                        objects = me.virt_store.len(),
+                        "initial sync done"
+                    );
+                    return;
+                }
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        });
+        let me = Arc::clone(&self);
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(opts.resync);
+            tick.tick().await;
+            loop {
+                tick.tick().await;
+                me.enqueue_all(true).await;
+            }
+        });
+
+        let workers: Vec<_> = (0..opts.concurrency.max(1))
+            .map(|_| tokio::spawn(Arc::clone(&self).worker()))
+            .collect();
+        futures::future::join_all(workers).await;
+    }
+
+    async fn worker(self: Arc<Self>) {
+        loop {
+            let next = self.queue_mut().pop();
+            let Some(key) = next else {
+                self.wake.notified().await;
+                continue;
+            };
+            let force = self.force.lock().await.remove(&key);
+            let result = self.reconcile(&key, force).await;
+            self.queue_mut().done(&key);
+            match result {
+                Ok(again) => {
+                    self.failures.lock().await.remove(&key);
+                    if let Some(after) = again {
+                        self.requeue_after(key, after);
+                    }
+                }
+                Err(e) => {
+                    tracing::warn!(kind = R::KIND, namespace = %key.namespace, name = %key.name, error = %e, "reconcile failed");
+                    // Exponential with jitter per key, reset by the next success.
+                    let delay = self
+                        .failures
+                        .lock()
+                        .await
+                        .entry(key.clone())
+                        .or_insert_with(|| {
+                            ExponentialBuilder::default()
+                                .with_min_delay(Duration::from_millis(200))
+                                .with_max_delay(Duration::from_secs(30))
+                                .with_jitter()
+                                .without_max_times()
+                                .build()
+                        })
+                        .next()
+                        .unwrap_or(Duration::from_secs(30));
+                    self.requeue_after(key, delay);
+                }
+            }
+            self.wake.notify_one();
+        }
+    }
+
+    fn requeue_after(self: &Arc<Self>, key: VirtualKey, after: Duration) {
+        let me = Arc::clone(self);
+        tokio::spawn(async move {
+            tokio::time::sleep(after).await;
+            me.enqueue(key);
+        });
+    }
+
+    /// Reconciles one key; `Ok(Some(d))` asks to be called again after `d`.
+    async fn reconcile(
+        &self,
+        key: &VirtualKey,
+        force: bool,
+    ) -> Result<Option<Duration>, SyncError> {
+        let ctx = &self.ctx;
+        let own = ctx.ownership();
+        let host_name = ctx.host_name(key);
+        let v = self
+            .virt_store
+            .get(&ObjectRef::new(&key.name).within(&key.namespace));
+        let h = self
+            .host_store
+            .get(&ObjectRef::new(&host_name).within(&ctx.host_namespace));
+        let host_api: Api<R::H> = Api::namespaced(ctx.host.clone(), &ctx.host_namespace);
+        let label = format!("{}/{}", key.namespace, key.name);
+
+        let Some(v) = v else {
+            if let Some(h) = h.filter(|h| own.virtual_key(h.meta()).as_ref() == Some(key)) {
+                self.delete_host(&host_api, &h, &label, None).await?;
+            }
+            return Ok(None);
+        };
+        let desired = match self
+            .rule
+            .decide(ctx, &v, h.as_deref().filter(|h| own.owns(h.meta())))
+        {
+            Decision::Sync(d) => d,
+            Decision::Remove { grace_seconds } => {
+                if let Some(h) = h.filter(|h| own.owns(h.meta())) {
+                    self.delete_host(&host_api, &h, &label, grace_seconds)
+                        .await?;
+                }
+                return Ok(None);
+            }
+            Decision::DeleteVirtual => {
+                // The cache may lag a fresh host write: confirm the host copy is gone.
+                if host_api
+                    .get_opt(&host_name)
+                    .await
+                    .map_err(|e| api_err("get", R::KIND, &label, e))?
+                    .is_some()
+                {
+                    return Ok(Some(Duration::from_millis(500)));
+                }
+                let virt_api: Api<R::V> = Api::namespaced(ctx.virt.clone(), &key.namespace);
+                let dp = DeleteParams {
+                    grace_period_seconds: Some(0),
+                    preconditions: Some(Preconditions {
+                        uid: v.uid(),
+                        resource_version: None,
+                    }),
+                    ..DeleteParams::default()
+                };
+                match virt_api.delete(&key.name, &dp).await {
+                    Ok(_) => {}
+                    Err(kube::Error::Api(s)) if s.code == 404 || s.code == 409 => {}
+                    Err(e) => return Err(api_err("delete", R::KIND, &label, e)),
+                }
+                return Ok(None);
+            }
+            Decision::Reject(reason, note) => {
+                ctx.event(v.as_ref(), EventType::Warning, reason, note)
+                    .await;
+                return Ok(None);
+            }
+            Decision::Wait(why) => {
+                tracing::debug!(kind = R::KIND, key = %label, why, "waiting");
+                return Ok(Some(Duration::from_secs(1)));
+            }
+        };
+        if let Some(h) = &h
+            && own.virtual_key(h.meta()).as_ref() != Some(key)
+        {
+            // Owned by us but for another source: should not happen with the
+            // name scheme; treat it as a collision all the same.
+            return self.collision(&v, &host_name).await;
+        }
+        let mut desired = desired;
+        let uid = v.uid().unwrap_or_default();
+        {
+            let meta = desired.meta_mut();
+            meta.name = Some(host_name.clone());
+            meta.namespace = Some(ctx.host_namespace.clone());
+            meta.labels.get_or_insert_default().extend(own.labels(key));
+            meta.annotations
+                .get_or_insert_default()
+                .extend(own.annotations(key, &uid));
+            meta.managed_fields = None;
+            meta.resource_version = None;
+            meta.uid = None;
+        }
+        let mut value = serde_json::to_value(&desired).map_err(|source| SyncError::Serialize {
+            kind: R::KIND,
+            source,
+        })?;
+        let hash = hash_of(&value);
+        if let Some(ann) = value
+            .pointer_mut("/metadata/annotations")
+            .and_then(|a| a.as_object_mut())
+        {
+            ann.insert(
+                HASH_ANNOTATION.to_owned(),
+                serde_json::Value::String(hash.clone()),
+            );
+        }
+        let current_hash = h
+            .as_ref()
+            .and_then(|h| h.annotations().get(HASH_ANNOTATION).cloned());
+        let applied = if force || current_hash.as_deref() != Some(hash.as_str()) {
+            if h.is_none() {
+                // A foreign object may hold the name: the cache only sees ours.
+                if let Some(existing) = host_api
+                    .get_opt(&host_name)
+                    .await
+                    .map_err(|e| api_err("get", R::KIND, &label, e))?
+                    && !own.owns(existing.meta())
+                {
+                    return self.collision(&v, &host_name).await;
+                }
+            }
+            let params = PatchParams::apply(FIELD_MANAGER).force();
+            let out = host_api
+                .patch(&host_name, &params, &Patch::Apply(&value))
+                .await
+                .map_err(|e| api_err("apply", R::KIND, &label, e))?;
+            tracing::debug!(kind = R::KIND, key = %label, host = %host_name, "applied");
+            Some(strip(out))
+        } else {
+            None
+        };
+        let host_now = applied.as_ref().or(h.as_deref());
+        if let Some(hn) = host_now {
+            self.rule.after_sync(ctx, &v, hn).await?;
+            if let Some(patch) = self.rule.status_up(&v, hn) {
+                let virt_api: Api<R::V> = Api::namespaced(ctx.virt.clone(), &key.namespace);
+                virt_api
+                    .patch_status(&key.name, &PatchParams::default(), &Patch::Merge(&patch))
+                    .await
+                    .map_err(|e| api_err("update status of", R::KIND, &label, e))?;
+            }
+        }
+        Ok(None)
+    }
+
+    async fn collision(&self, v: &R::V, host_name: &str) -> Result<Option<Duration>, SyncError> {
+        let note = format!(
+            "cannot sync to host: {} {host_name} already exists in host namespace {} and is not managed by vcluster {}",
+            R::KIND,
+            self.ctx.host_namespace,
+            self.ctx.vc
+        );
+        tracing::warn!(
+            kind = R::KIND,
+            host = host_name,
+            "name collision with a foreign host object"
+        );
+        self.ctx
+            .event(v, EventType::Warning, "SyncNameCollision", note)
+            .await;
+        // Look again later: the foreign object may go away.
+        Ok(Some(Duration::from_secs(30)))
+    }
+
+    async fn delete_host(
+        &self,
+        api: &Api<R::H>,
+        h: &R::H,
+        label: &str,
+        grace_seconds: Option<i64>,
+    ) -> Result<(), SyncError> {
+        if h.meta().deletion_timestamp.is_some() && grace_seconds.is_none() {
+            return Ok(());
+        }
+        let dp = DeleteParams {
+            grace_period_seconds: grace_seconds.and_then(|g| u32::try_from(g).ok()),
+            preconditions: Some(Preconditions {
+                uid: h.uid(),
+                resource_version: None,
+            }),
+            ..DeleteParams::default()
+        };
+        match api.delete(&h.name_any(), &dp).await {
+            Ok(_) => Ok(()),
+            Err(kube::Error::Api(s)) if s.code == 404 || s.code == 409 => Ok(()),
+            Err(e) => Err(api_err("delete host copy of", R::KIND, label, e)),
+        }
+    }
+}
+
+fn api_err(action: &'static str, kind: &'static str, key: &str, e: kube::Error) -> SyncError {
+    SyncError::Api {
+        action,
+        kind,
+        key: key.to_owned(),
+        source: Box::new(e),
+    }
+}
+
+/// Re-exported for rule files.
+pub use markers::copy_unreserved;

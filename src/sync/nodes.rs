@@ -1,0 +1,237 @@
+//! Virtual Nodes: one for each host node that runs this vcluster's pods, so
+//! virtual pods can be bound and `kubectl get pods -o wide` names their node.
+//!
+//! They are fakes that reveal nothing of the host: the host node's name, a
+//! Hostname address only, capacity and allocatable copied from the host node
+//! when the syncer may read it (otherwise generous defaults), and Ready
+//! conditions kept fresh together with a Lease in `kube-node-lease`, as a
+//! kubelet would. A virtual Node no pod needs any more is deleted.
+
+use std::collections::{BTreeMap, HashMap};
+use std::time::{Duration, Instant};
+
+use k8s_openapi::api::coordination::v1::Lease;
+use k8s_openapi::api::core::v1::{Node, Pod};
+use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
+use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams};
+use kube::runtime::reflector::Store;
+use serde_json::json;
+use tokio::sync::Mutex;
+
+use super::SyncError;
+use crate::FIELD_MANAGER;
+
+/// Label on the virtual Nodes the syncer manages.
+pub const FAKE_NODE_LABEL: &str = "vcluster.dev/fake-node";
+
+/// How long a freshly ensured node is kept even if no pod shows up on it.
+const GRACE: Duration = Duration::from_secs(60);
+
+/// The virtual Nodes of one vcluster.
+pub struct VirtualNodes {
+    virt: kube::Client,
+    host: kube::Client,
+    ensured: Mutex<HashMap<String, Instant>>,
+}
+
+impl std::fmt::Debug for VirtualNodes {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("VirtualNodes").finish_non_exhaustive()
+    }
+}
+
+/// Now, as Kubernetes writes `MicroTime` (exactly six fractional digits).
+fn micro_now() -> String {
+    let now = time::OffsetDateTime::now_utc();
+    format!(
+        "{:04}-{:02}-{:02}T{:02}:{:02}:{:02}.{:06}Z",
+        now.year(),
+        u8::from(now.month()),
+        now.day(),
+        now.hour(),
+        now.minute(),
+        now.second(),
+        now.microsecond()
+    )
+}
+
+/// Now, as Kubernetes writes `Time` (whole seconds).
+fn seconds_now() -> String {
+    let m = micro_now();
+    format!("{}Z", &m[..19])
+}
+
+fn api_err(action: &'static str, node: &str, e: kube::Error) -> SyncError {
+    SyncError::Api {
+        action,
+        kind: "Node",
+        key: node.to_owned(),
+        source: Box::new(e),
+    }
+}
+
+fn default_capacity() -> BTreeMap<String, Quantity> {
+    [
+        ("cpu", "64"),
+        ("memory", "256Gi"),
+        ("pods", "1000"),
+        ("ephemeral-storage", "1Ti"),
+    ]
+    .into_iter()
+    .map(|(k, v)| (k.to_owned(), Quantity(v.to_owned())))
+    .collect()
+}
+
+impl VirtualNodes {
+    /// Virtual Nodes written with `virt`, sized from the host via `host`.
+    pub fn new(virt: kube::Client, host: kube::Client) -> Self {
+        Self {
+            virt,
+            host,
+            ensured: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// Makes sure virtual Node `name` exists and is Ready.
+    pub async fn ensure(&self, name: &str) -> Result<(), SyncError> {
+        if self.ensured.lock().await.contains_key(name) {
+            return Ok(());
+        }
+        self.write(name).await?;
+        self.ensured
+            .lock()
+            .await
+            .insert(name.to_owned(), Instant::now());
+        Ok(())
+    }
+
+    async fn write(&self, name: &str) -> Result<(), SyncError> {
+        let nodes: Api<Node> = Api::all(self.virt.clone());
+        // Capacity from the host node if this syncer may read nodes (optional
+        // cluster-wide permission), otherwise defaults.
+        let (capacity, allocatable) = match Api::<Node>::all(self.host.clone()).get_opt(name).await
+        {
+            Ok(Some(n)) => {
+                let st = n.status.unwrap_or_default();
+                (
+                    st.capacity.unwrap_or_else(default_capacity),
+                    st.allocatable.unwrap_or_else(default_capacity),
+                )
+            }
+            _ => (default_capacity(), default_capacity()),
+        };
+        let params = PatchParams::apply(FIELD_MANAGER).force();
+        let node = json!({
+            "apiVersion": "v1", "kind": "Node",
+            "metadata": {"name": name, "labels": {
+                FAKE_NODE_LABEL: "true",
+                "kubernetes.io/hostname": name,
+                "kubernetes.io/os": "linux",
+            }},
+        });
+        nodes
+            .patch(name, &params, &Patch::Apply(&node))
+            .await
+            .map_err(|e| api_err("create virtual", name, e))?;
+        let now = seconds_now();
+        let cond = |t: &str, s: &str, reason: &str| {
+            json!({
+                "type": t, "status": s, "reason": reason,
+                "lastHeartbeatTime": now, "lastTransitionTime": now,
+            })
+        };
+        let status = json!({
+            "apiVersion": "v1", "kind": "Node", "metadata": {"name": name},
+            "status": {
+                "capacity": capacity, "allocatable": allocatable,
+                "addresses": [{"type": "Hostname", "address": name}],
+                "conditions": [
+                    cond("Ready", "True", "KubeletReady"),
+                    cond("MemoryPressure", "False", "KubeletHasSufficientMemory"),
+                    cond("DiskPressure", "False", "KubeletHasNoDiskPressure"),
+                    cond("PIDPressure", "False", "KubeletHasSufficientPID"),
+                ],
+                "nodeInfo": {
+                    "architecture": "amd64", "operatingSystem": "linux",
+                    "kubeletVersion": "vcluster", "kubeProxyVersion": "vcluster",
+                    "containerRuntimeVersion": "vcluster", "kernelVersion": "", "osImage": "",
+                    "machineID": "", "systemUUID": "", "bootID": "",
+                },
+            },
+        });
+        nodes
+            .patch_status(name, &params, &Patch::Apply(&status))
+            .await
+            .map_err(|e| api_err("report status of virtual", name, e))?;
+        self.renew_lease(name).await
+    }
+
+    async fn renew_lease(&self, name: &str) -> Result<(), SyncError> {
+        let leases: Api<Lease> = Api::namespaced(self.virt.clone(), "kube-node-lease");
+        let lease = json!({
+            "apiVersion": "coordination.k8s.io/v1", "kind": "Lease",
+            "metadata": {"name": name},
+            "spec": {
+                "holderIdentity": name,
+                "leaseDurationSeconds": 40,
+                "renewTime": micro_now(),
+            },
+        });
+        leases
+            .patch(
+                name,
+                &PatchParams::apply(FIELD_MANAGER).force(),
+                &Patch::Apply(&lease),
+            )
+            .await
+            .map(|_| ())
+            .map_err(|e| api_err("renew lease of virtual", name, e))
+    }
+
+    /// Every `period`: renews the Nodes that host pods still need and deletes
+    /// the others. `host_pods` is the pod engine's host cache.
+    pub async fn maintain(&self, host_pods: Store<Pod>, period: Duration) {
+        let mut tick = tokio::time::interval(period);
+        loop {
+            tick.tick().await;
+            let needed: std::collections::HashSet<String> = host_pods
+                .state()
+                .iter()
+                .filter_map(|p| p.spec.as_ref().and_then(|s| s.node_name.clone()))
+                .collect();
+            let nodes: Api<Node> = Api::all(self.virt.clone());
+            let existing = match nodes
+                .list(&ListParams::default().labels(&format!("{FAKE_NODE_LABEL}=true")))
+                .await
+            {
+                Ok(l) => l.items,
+                Err(e) => {
+                    tracing::warn!(error = %e, "cannot list virtual nodes");
+                    continue;
+                }
+            };
+            for n in existing {
+                let name = n.metadata.name.unwrap_or_default();
+                let recent = self
+                    .ensured
+                    .lock()
+                    .await
+                    .get(&name)
+                    .is_some_and(|t| t.elapsed() < GRACE);
+                if needed.contains(&name) || recent {
+                    if let Err(e) = self.write(&name).await {
+                        tracing::warn!(node = %name, error = %e, "cannot renew virtual node");
+                    }
+                } else {
+                    self.ensured.lock().await.remove(&name);
+                    match nodes.delete(&name, &DeleteParams::default()).await {
+                        Ok(_) => tracing::info!(node = %name, "removed virtual node no pod needs"),
+                        Err(e) => {
+                            tracing::warn!(node = %name, error = %e, "cannot remove virtual node")
+                        }
+                    }
+                }
+            }
+        }
+    }
+}

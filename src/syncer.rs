@@ -1,0 +1,220 @@
+//! `vcluster syncer`: the process beside the virtual control plane. It runs
+//! one sync engine per kind and answers `/healthz` (alive) and `/readyz`
+//! (every engine has finished its initial sync).
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use http_body_util::Full;
+use hyper::body::Bytes;
+use hyper::{Request, Response, StatusCode};
+use hyper_util::rt::TokioIo;
+use k8s_openapi::api::core::v1::{ConfigMap, Pod, Secret};
+use kube::ResourceExt;
+use kube::config::{KubeConfigOptions, Kubeconfig};
+use kube::runtime::reflector;
+
+use crate::sync::config::{ConfigRule, Scope};
+use crate::sync::nodes::VirtualNodes;
+use crate::sync::pods::PodRule;
+use crate::sync::{Context, Engine, EngineOptions};
+use crate::translate::pod::references;
+use crate::translate::{VclusterName, VirtualKey};
+
+/// Failures that stop the syncer from starting.
+#[derive(Debug, thiserror::Error)]
+pub enum SyncerError {
+    /// A kubeconfig could not be read.
+    #[error("cannot read kubeconfig {path}: {source}")]
+    Kubeconfig {
+        /// The file.
+        path: PathBuf,
+        /// The cause.
+        source: kube::config::KubeconfigError,
+    },
+    /// A client could not be built.
+    #[error("cannot build a client for the {which} API: {source}")]
+    Client {
+        /// Host or virtual.
+        which: &'static str,
+        /// The cause.
+        source: Box<kube::Error>,
+    },
+    /// In-cluster configuration is missing.
+    #[error("no --host-kubeconfig given and not running in a pod: {0}")]
+    InCluster(#[from] kube::config::InClusterError),
+    /// The health endpoint could not listen.
+    #[error("cannot listen on {addr}: {source}")]
+    Listen {
+        /// The address.
+        addr: SocketAddr,
+        /// The cause.
+        source: std::io::Error,
+    },
+}
+
+/// How the syncer runs.
+#[derive(Debug, Clone)]
+pub struct SyncerOptions {
+    /// The vcluster's name.
+    pub name: VclusterName,
+    /// The host namespace it lives in.
+    pub host_namespace: String,
+    /// Host kubeconfig; `None` for the pod's service account.
+    pub host_kubeconfig: Option<PathBuf>,
+    /// Virtual kubeconfig (the admin credential the control plane writes).
+    pub virtual_kubeconfig: PathBuf,
+    /// Full resync period.
+    pub resync: Duration,
+    /// Concurrent reconciles per kind.
+    pub concurrency: usize,
+    /// Sync every ConfigMap and Secret, not only referenced ones.
+    pub sync_all_configs: bool,
+    /// Where `/healthz` and `/readyz` are served.
+    pub listen: SocketAddr,
+}
+
+async fn client_from(path: &PathBuf, which: &'static str) -> Result<kube::Client, SyncerError> {
+    let kc = Kubeconfig::read_from(path).map_err(|source| SyncerError::Kubeconfig {
+        path: path.clone(),
+        source,
+    })?;
+    let config = kube::Config::from_custom_kubeconfig(kc, &KubeConfigOptions::default())
+        .await
+        .map_err(|source| SyncerError::Kubeconfig {
+            path: path.clone(),
+            source,
+        })?;
+    kube::Client::try_from(config).map_err(|e| SyncerError::Client {
+        which,
+        source: Box::new(e),
+    })
+}
+
+/// Runs the syncer until the process ends.
+pub async fn run(opts: SyncerOptions) -> Result<(), SyncerError> {
+    let host = match &opts.host_kubeconfig {
+        Some(p) => client_from(p, "host").await?,
+        None => {
+            kube::Client::try_from(kube::Config::incluster()?).map_err(|e| SyncerError::Client {
+                which: "host",
+                source: Box::new(e),
+            })?
+        }
+    };
+    let virt = client_from(&opts.virtual_kubeconfig, "virtual").await?;
+    let ctx = Arc::new(Context::new(
+        opts.name.clone(),
+        opts.host_namespace.clone(),
+        host.clone(),
+        virt.clone(),
+    ));
+    let engine_opts = EngineOptions {
+        concurrency: opts.concurrency,
+        resync: opts.resync,
+    };
+    let scope = if opts.sync_all_configs {
+        Scope::All
+    } else {
+        Scope::Referenced
+    };
+
+    let pod_cache = reflector::store::<Pod>();
+    let configmaps = Engine::new(
+        ConfigRule::<ConfigMap>::new(scope, pod_cache.0.clone()),
+        Arc::clone(&ctx),
+    );
+    let secrets = Engine::new(
+        ConfigRule::<Secret>::new(scope, pod_cache.0.clone()),
+        Arc::clone(&ctx),
+    );
+    let nodes = Arc::new(VirtualNodes::new(virt.clone(), host.clone()));
+    let pods = Engine::with_virtual_store(
+        PodRule::new(
+            configmaps.host_store(),
+            secrets.host_store(),
+            Arc::clone(&nodes),
+        ),
+        Arc::clone(&ctx),
+        pod_cache,
+    );
+    {
+        // A pod that appears, changes or goes re-evaluates what it references.
+        let (cms, secs) = (Arc::clone(&configmaps), Arc::clone(&secrets));
+        pods.on_virtual_change(move |pod: &Pod| {
+            let ns = pod.namespace().unwrap_or_default();
+            let refs = references(pod);
+            let key = |name: &String| VirtualKey {
+                namespace: ns.clone(),
+                name: name.clone(),
+            };
+            refs.configmaps
+                .iter()
+                .chain(&refs.optional_configmaps)
+                .for_each(|n| cms.enqueue(key(n)));
+            refs.secrets
+                .iter()
+                .chain(&refs.optional_secrets)
+                .for_each(|n| secs.enqueue(key(n)));
+        });
+    }
+
+    tokio::spawn(Arc::clone(&configmaps).run(engine_opts));
+    tokio::spawn(Arc::clone(&secrets).run(engine_opts));
+    tokio::spawn(Arc::clone(&pods).run(engine_opts));
+    {
+        let (nodes, host_pods) = (Arc::clone(&nodes), pods.host_store());
+        tokio::spawn(async move { nodes.maintain(host_pods, Duration::from_secs(10)).await });
+    }
+    let ready = {
+        let (a, b, c) = (
+            Arc::clone(&configmaps),
+            Arc::clone(&secrets),
+            Arc::clone(&pods),
+        );
+        move || a.is_ready() && b.is_ready() && c.is_ready()
+    };
+    tracing::info!(vcluster = %opts.name, host_namespace = %opts.host_namespace, listen = %opts.listen, "syncer started");
+    serve_health(opts.listen, ready).await
+}
+
+async fn serve_health(
+    addr: SocketAddr,
+    ready: impl Fn() -> bool + Clone + Send + Sync + 'static,
+) -> Result<(), SyncerError> {
+    let listener = tokio::net::TcpListener::bind(addr)
+        .await
+        .map_err(|source| SyncerError::Listen { addr, source })?;
+    loop {
+        let (stream, _) = match listener.accept().await {
+            Ok(s) => s,
+            Err(e) => {
+                tracing::warn!(error = %e, "accept failed");
+                continue;
+            }
+        };
+        let ready = ready.clone();
+        tokio::spawn(async move {
+            let svc = hyper::service::service_fn(move |req: Request<hyper::body::Incoming>| {
+                let ready = ready.clone();
+                async move {
+                    let (code, body) = match req.uri().path() {
+                        "/healthz" | "/livez" => (StatusCode::OK, "ok"),
+                        "/readyz" if ready() => (StatusCode::OK, "ok"),
+                        "/readyz" => (StatusCode::SERVICE_UNAVAILABLE, "initial sync in progress"),
+                        _ => (StatusCode::NOT_FOUND, "not found"),
+                    };
+                    let mut resp = Response::new(Full::new(Bytes::from_static(body.as_bytes())));
+                    *resp.status_mut() = code;
+                    Ok::<_, Infallible>(resp)
+                }
+            });
+            let _ = hyper::server::conn::http1::Builder::new()
+                .serve_connection(TokioIo::new(stream), svc)
+                .await;
+        });
+    }
+}
