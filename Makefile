@@ -41,6 +41,7 @@ unit:
 e2e:
 	e2e/kube/gen-gomod.sh check
 	$(CARGO) test --locked --test e2e_smoke
+	$(CARGO) test --locked --test e2e_syncer
 
 down:
 	./target/debug/vcluster dev down --state-dir $(STATE_DIR)

@@ -460,6 +460,17 @@ fn ctrl_c_stops_a_foreground_stack() {
         }
     });
     assert_eq!(state.supervisor_pid, child.id());
+    // `dev up` runs the syncer too, and waits for it to be ready.
+    assert!(
+        state.processes.iter().any(|p| p.name == "syncer"),
+        "{:?}",
+        state.processes
+    );
+    let port = state.syncer_port.expect("syncer health port recorded");
+    assert!(
+        http_ok_blocking(port, "/readyz"),
+        "syncer ready once dev up reports ready"
+    );
     vcluster::local::process::signal(child.id(), rustix::process::Signal::INT);
     let status = eventually_sync(
         "dev up to exit after Ctrl-C",
@@ -480,7 +491,7 @@ fn ctrl_c_stops_a_foreground_stack() {
 }
 
 fn killed_supervisor_takes_its_children_down() {
-    let mut s = DevStack::up(&["--nodes", "1"]);
+    let mut s = DevStack::up(&["--nodes", "1", "--no-syncer"]);
     let state = s.state.clone();
     vcluster::local::process::signal(state.supervisor_pid, rustix::process::Signal::KILL);
     // Children end through their parent-death signal, with no help from `dev down`.
@@ -552,7 +563,8 @@ fn main() {
         eprintln!("e2e: {e}");
         std::process::exit(1);
     }
-    let stack = Arc::new(DevStack::up(&[]));
+    // The bare control planes: the syncer has its own suite (e2e/syncer.rs).
+    let stack = Arc::new(DevStack::up(&["--no-syncer"]));
     eprintln!(
         "e2e: shared dev stack ready in {:.1}s",
         stack.up_time.as_secs_f64()

@@ -235,3 +235,111 @@ pub fn assert_gone(state: &StackState, timeout: Duration) {
         }
     });
 }
+
+/// True when `GET path` on 127.0.0.1:`port` answers 200 (plain HTTP).
+pub fn http_ok_blocking(port: u16, path: &str) -> bool {
+    use std::io::{Read as _, Write as _};
+    let Ok(mut s) = std::net::TcpStream::connect(("127.0.0.1", port)) else {
+        return false;
+    };
+    let _ = s.set_read_timeout(Some(Duration::from_secs(5)));
+    if s.write_all(format!("GET {path} HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n").as_bytes())
+        .is_err()
+    {
+        return false;
+    }
+    let mut buf = [0u8; 16];
+    let n = s.read(&mut buf).unwrap_or(0);
+    buf[..n].starts_with(b"HTTP/1.1 200") || buf[..n].starts_with(b"HTTP/1.0 200")
+}
+
+/// A `vcluster syncer` process run the way the pod runs it, against a dev
+/// stack's planes; killed when dropped.
+pub struct SyncerProcess {
+    pub child: std::process::Child,
+    pub port: u16,
+    pub log: PathBuf,
+    pub name: String,
+    pub host_namespace: String,
+}
+
+impl SyncerProcess {
+    /// Starts a syncer for vcluster `name` in host namespace `host_namespace`
+    /// (created if missing) and waits for /readyz.
+    pub fn start(stack: &DevStack, name: &str, host_namespace: &str) -> Self {
+        let _ = kubectl(
+            &stack.host_kubeconfig(),
+            &["create", "namespace", host_namespace],
+            None,
+        );
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let log = stack
+            .dir
+            .path()
+            .join("logs")
+            .join(format!("syncer-{name}.log"));
+        let out = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&log)
+            .unwrap();
+        let child = Command::new(vcluster_bin())
+            .args([
+                "syncer",
+                "--name",
+                name,
+                "--host-namespace",
+                host_namespace,
+                "--host-kubeconfig",
+                stack.host_kubeconfig().to_str().unwrap(),
+                "--virtual-kubeconfig",
+                stack.vcluster_kubeconfig().to_str().unwrap(),
+                "--health-listen",
+                &format!("127.0.0.1:{port}"),
+                "--resync-seconds",
+                "30",
+            ])
+            .env("VCLUSTER_LOG", "info,vcluster=debug")
+            .stdout(out.try_clone().unwrap())
+            .stderr(out)
+            .spawn()
+            .unwrap();
+        let mut me = Self {
+            child,
+            port,
+            log,
+            name: name.to_owned(),
+            host_namespace: host_namespace.to_owned(),
+        };
+        eventually_sync("syncer /readyz", Duration::from_secs(60), || {
+            if let Ok(Some(status)) = me.child.try_wait() {
+                panic!(
+                    "syncer exited ({status}):\n{}",
+                    vcluster::local::process::log_tail(&me.log, 30)
+                );
+            }
+            if http_ok_blocking(me.port, "/readyz") {
+                Ok(())
+            } else {
+                Err("not ready".into())
+            }
+        });
+        me
+    }
+
+    /// Kills the syncer (SIGKILL, as a crash would) and waits for it.
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for SyncerProcess {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}

@@ -46,6 +46,15 @@ struct UpArgs {
     /// Fixed port for the virtual cluster's API server (default: a free port).
     #[arg(long)]
     vcluster_api_port: Option<u16>,
+    /// Do not run the syncer (only the control planes).
+    #[arg(long)]
+    no_syncer: bool,
+    /// The vcluster name the syncer uses.
+    #[arg(long, default_value = "dev")]
+    name: String,
+    /// The host namespace the vcluster lives in (created if missing).
+    #[arg(long, default_value = "vcluster-dev")]
+    host_namespace: String,
     /// Internal: run as the background supervisor of a detached stack.
     #[arg(long, hide = true)]
     supervise: bool,
@@ -93,6 +102,16 @@ fn options(up: &UpArgs) -> anyhow::Result<StackOptions> {
         host_api_port: up.host_api_port,
         vcluster_api_port: up.vcluster_api_port,
         timeout: Duration::from_secs(up.timeout),
+        syncer: if up.no_syncer {
+            None
+        } else {
+            crate::translate::VclusterName::new(&up.name)?;
+            Some(local::SyncerSpec {
+                exe: std::env::current_exe().context("cannot find the vcluster executable")?,
+                name: up.name.clone(),
+                host_namespace: up.host_namespace.clone(),
+            })
+        },
     })
 }
 
@@ -193,6 +212,11 @@ async fn up_detached(up: &UpArgs) -> anyhow::Result<ExitCode> {
         format!("--timeout={}", up.timeout),
     ];
     args.extend(opts.host_api_port.map(|p| format!("--host-api-port={p}")));
+    if up.no_syncer {
+        args.push("--no-syncer".into());
+    }
+    args.push(format!("--name={}", up.name));
+    args.push(format!("--host-namespace={}", up.host_namespace));
     args.extend(
         opts.vcluster_api_port
             .map(|p| format!("--vcluster-api-port={p}")),

@@ -237,6 +237,19 @@ pub struct StackOptions {
     pub vcluster_api_port: Option<u16>,
     /// How long start-up may take.
     pub timeout: Duration,
+    /// The syncer to run beside the planes, if any.
+    pub syncer: Option<SyncerSpec>,
+}
+
+/// How the stack runs the syncer.
+#[derive(Debug, Clone)]
+pub struct SyncerSpec {
+    /// The `vcluster` executable.
+    pub exe: PathBuf,
+    /// The vcluster name.
+    pub name: String,
+    /// The host namespace (created if missing).
+    pub host_namespace: String,
 }
 
 /// Picks ports: the requested ones must be free; the others are free ports the
@@ -451,7 +464,8 @@ impl Stack {
         std::fs::create_dir_all(dir.join("logs"))
             .map_err(io_err(format!("create {}", dir.join("logs").display())))?;
 
-        // host: etcd client+peer, apiserver, kcm, scheduler, kwok; virtual: etcd client+peer, apiserver, kcm
+        // host: etcd client+peer, apiserver, kcm, scheduler, kwok;
+        // virtual: etcd client+peer, apiserver, kcm; syncer health.
         let p = pick_ports(&[
             None,
             None,
@@ -462,6 +476,7 @@ impl Stack {
             None,
             None,
             self.opts.vcluster_api_port,
+            None,
             None,
         ])?;
         let host_ports = Ports {
@@ -566,6 +581,10 @@ impl Stack {
             self.wait_http_ok("host kube-scheduler /healthz", &c, "/healthz", deadline)
                 .await?;
         }
+        if let Some(spec) = self.opts.syncer.clone() {
+            self.start_syncer(&spec, &host_client, &host_kc, &virt_kc, p[10], deadline)
+                .await?;
+        }
         self.state.ready = true;
         self.state.ready_after_ms = Some(started.elapsed().as_millis() as u64);
         self.state.save()?;
@@ -574,6 +593,65 @@ impl Stack {
             "dev stack ready"
         );
         Ok(())
+    }
+
+    async fn start_syncer(
+        &mut self,
+        spec: &SyncerSpec,
+        host_client: &kube::Client,
+        host_kc: &Path,
+        virt_kc: &Path,
+        port: u16,
+        deadline: Instant,
+    ) -> Result<(), LocalError> {
+        let ns: k8s_openapi::api::core::v1::Namespace =
+            serde_json::from_value(serde_json::json!({"metadata": {"name": spec.host_namespace}}))
+                .map_err(|source| LocalError::State {
+                    path: "host namespace".into(),
+                    source,
+                })?;
+        match Api::all(host_client.clone())
+            .create(&post_params(), &ns)
+            .await
+        {
+            Ok(_) => {}
+            Err(kube::Error::Api(s)) if s.code == 409 => {}
+            Err(source) => {
+                return Err(LocalError::Kube {
+                    what: format!("create host namespace {}", spec.host_namespace),
+                    source: Box::new(source),
+                });
+            }
+        }
+        let args = vec![
+            "syncer".to_owned(),
+            format!("--name={}", spec.name),
+            format!("--host-namespace={}", spec.host_namespace),
+            format!("--host-kubeconfig={}", host_kc.display()),
+            format!("--virtual-kubeconfig={}", virt_kc.display()),
+            format!("--health-listen=127.0.0.1:{port}"),
+        ];
+        let logs = self.opts.state_dir.join("logs");
+        let p = process::spawn(
+            "syncer",
+            &spec.exe,
+            &args,
+            &[],
+            &logs.join("syncer.log"),
+            Tie::ToParent,
+        )?;
+        self.state.processes.push(ProcessRecord {
+            name: "syncer".to_owned(),
+            pid: p.pid(),
+            log: p.log().to_owned(),
+        });
+        self.processes.push(p);
+        self.state.syncer_port = Some(port);
+        self.state.save()?;
+        self.wait_for("syncer /readyz", deadline, || async move {
+            http_ok(port, "/readyz").await
+        })
+        .await
     }
 
     /// Waits until a child exits unexpectedly (returns its name) or forever.
@@ -605,6 +683,21 @@ impl Drop for Stack {
             p.kill_now();
         }
     }
+}
+
+/// True when `GET path` on 127.0.0.1:`port` (plain HTTP) answers 200.
+pub async fn http_ok(port: u16, path: &str) -> bool {
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    let Ok(mut s) = tokio::net::TcpStream::connect((Ipv4Addr::LOCALHOST, port)).await else {
+        return false;
+    };
+    let req = format!("GET {path} HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n");
+    if s.write_all(req.as_bytes()).await.is_err() {
+        return false;
+    }
+    let mut buf = [0u8; 16];
+    let n = s.read(&mut buf).await.unwrap_or(0);
+    buf[..n].starts_with(b"HTTP/1.1 200") || buf[..n].starts_with(b"HTTP/1.0 200")
 }
 
 /// Removes a stopped stack's state (logs stay).

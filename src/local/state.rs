@@ -60,6 +60,9 @@ pub struct StackState {
     pub vcluster: PlaneRecord,
     /// KWOK's kubelet API port.
     pub kwok_port: Option<u16>,
+    /// The syncer's health port, when the stack runs a syncer.
+    #[serde(default)]
+    pub syncer_port: Option<u16>,
     /// Every child process, in start order.
     pub processes: Vec<ProcessRecord>,
 }
@@ -76,6 +79,7 @@ impl StackState {
             host: PlaneRecord::default(),
             vcluster: PlaneRecord::default(),
             kwok_port: None,
+            syncer_port: None,
             processes: Vec::new(),
         }
     }
@@ -95,6 +99,7 @@ impl StackState {
             }
         }
         out.extend(self.kwok_port);
+        out.extend(self.syncer_port);
         out
     }
 

@@ -1,0 +1,641 @@
+//! End-to-end tests of the syncer: tenants create workloads in the virtual
+//! cluster, the host runs them (KWOK), the tenant sees them run. One dev stack
+//! and one `vcluster syncer` process are shared by the first group (each test
+//! works in its own virtual namespace); the second group stops and restarts
+//! the syncer.
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::print_stdout
+)]
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use common::*;
+use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::batch::v1::Job;
+use k8s_openapi::api::core::v1::{ConfigMap, Namespace, Node, Pod, Secret};
+use k8s_openapi::api::events::v1::Event;
+use kube::api::{Api, DeleteParams, ListParams, PostParams};
+use libtest_mimic::{Arguments, Trial};
+use serde_json::json;
+use vcluster::translate::{VclusterName, host_name};
+
+const T: Duration = Duration::from_secs(60);
+const VC: &str = "e2e";
+const HOST_NS: &str = "team-e2e";
+
+struct Env {
+    stack: DevStack,
+    syncer: Mutex<Option<SyncerProcess>>,
+}
+
+impl Env {
+    fn host_name(&self, ns: &str, name: &str) -> String {
+        host_name(&VclusterName::new(VC).unwrap(), ns, name)
+    }
+}
+
+async fn clients(env: &Env) -> (kube::Client, kube::Client) {
+    (
+        client(&env.stack.vcluster_kubeconfig()).await,
+        client(&env.stack.host_kubeconfig()).await,
+    )
+}
+
+async fn create<K>(api: &Api<K>, v: serde_json::Value)
+where
+    K: kube::Resource + Clone + serde::de::DeserializeOwned + serde::Serialize + std::fmt::Debug,
+{
+    let obj: K = serde_json::from_value(v).unwrap();
+    api.create(&PostParams::default(), &obj).await.unwrap();
+}
+
+async fn namespace(c: &kube::Client, name: &str) {
+    create(
+        &Api::<Namespace>::all(c.clone()),
+        json!({"metadata": {"name": name}}),
+    )
+    .await;
+}
+
+fn phase(p: &Pod) -> &str {
+    p.status
+        .as_ref()
+        .and_then(|s| s.phase.as_deref())
+        .unwrap_or("")
+}
+
+/// Virtual pods with label `app=<app>` in `ns`, once `n` of them are Running
+/// with a pod IP and a node.
+async fn running(pods: &Api<Pod>, app: &str, n: usize) -> Vec<Pod> {
+    eventually(&format!("{n} running pods app={app}"), T, || async {
+        let l = pods
+            .list(&ListParams::default().labels(&format!("app={app}")))
+            .await
+            .map_err(|e| e.to_string())?;
+        let ok: Vec<Pod> = l
+            .items
+            .into_iter()
+            .filter(|p| p.metadata.deletion_timestamp.is_none())
+            .filter(|p| phase(p) == "Running")
+            .filter(|p| p.status.as_ref().and_then(|s| s.pod_ip.as_ref()).is_some())
+            .filter(|p| p.spec.as_ref().and_then(|s| s.node_name.as_ref()).is_some())
+            .collect();
+        if ok.len() == n {
+            Ok(ok)
+        } else {
+            Err(format!("{} of {n}", ok.len()))
+        }
+    })
+    .await
+}
+
+fn deployment(name: &str, replicas: i32) -> serde_json::Value {
+    json!({
+        "metadata": {"name": name},
+        "spec": {
+            "replicas": replicas,
+            "selector": {"matchLabels": {"app": name}},
+            "template": {"metadata": {"labels": {"app": name}}, "spec": {
+                "containers": [{"name": "main", "image": "nginx:1.27",
+                    "env": [
+                        {"name": "COLOUR", "valueFrom": {"configMapKeyRef": {"name": "settings", "key": "colour"}}},
+                        {"name": "TOKEN", "valueFrom": {"secretKeyRef": {"name": "creds", "key": "token"}}}
+                    ],
+                    "envFrom": [{"configMapRef": {"name": "settings"}}],
+                    "volumeMounts": [{"name": "cfg", "mountPath": "/cfg"}, {"name": "sec", "mountPath": "/sec"}]}],
+                "volumes": [
+                    {"name": "cfg", "configMap": {"name": "settings"}},
+                    {"name": "sec", "secret": {"secretName": "creds"}}
+                ]
+            }}
+        }
+    })
+}
+
+async fn config_objects(c: &kube::Client, ns: &str) {
+    create(
+        &Api::<ConfigMap>::namespaced(c.clone(), ns),
+        json!({
+            "metadata": {"name": "settings"}, "data": {"colour": "blue"}
+        }),
+    )
+    .await;
+    create(
+        &Api::<Secret>::namespaced(c.clone(), ns),
+        json!({
+            "metadata": {"name": "creds"}, "stringData": {"token": "s3cret"}
+        }),
+    )
+    .await;
+}
+
+fn deployment_with_config_runs_on_the_host(env: &Env) {
+    let ns = "dep";
+    block_on(async {
+        let (v, h) = clients(env).await;
+        namespace(&v, ns).await;
+        config_objects(&v, ns).await;
+        create(
+            &Api::<Deployment>::namespaced(v.clone(), ns),
+            deployment("web", 3),
+        )
+        .await;
+        let vpods: Api<Pod> = Api::namespaced(v.clone(), ns);
+        let pods = running(&vpods, "web", 3).await;
+
+        let hpods: Api<Pod> = Api::namespaced(h.clone(), HOST_NS);
+        let hcms: Api<ConfigMap> = Api::namespaced(h.clone(), HOST_NS);
+        let hsecrets: Api<Secret> = Api::namespaced(h.clone(), HOST_NS);
+        let host_cm = env.host_name(ns, "settings");
+        let host_secret = env.host_name(ns, "creds");
+        assert_eq!(
+            hcms.get(&host_cm).await.unwrap().data.unwrap()["colour"],
+            "blue"
+        );
+        assert!(
+            hsecrets
+                .get(&host_secret)
+                .await
+                .unwrap()
+                .data
+                .unwrap()
+                .contains_key("token")
+        );
+        for p in &pods {
+            let vname = p.metadata.name.clone().unwrap();
+            let hp = hpods.get(&env.host_name(ns, &vname)).await.unwrap();
+            let hspec = hp.spec.clone().unwrap();
+            // The host pod refers to the translated objects and the host placed it.
+            let vols = hspec.volumes.unwrap();
+            assert_eq!(vols[0].config_map.as_ref().unwrap().name, host_cm);
+            assert_eq!(
+                vols[1].secret.as_ref().unwrap().secret_name.as_deref(),
+                Some(host_secret.as_str())
+            );
+            let env_vars = hspec.containers[0].env.clone().unwrap();
+            assert_eq!(
+                env_vars[0]
+                    .value_from
+                    .as_ref()
+                    .unwrap()
+                    .config_map_key_ref
+                    .as_ref()
+                    .unwrap()
+                    .name,
+                host_cm
+            );
+            assert_eq!(hspec.automount_service_account_token, Some(false));
+            // What the tenant sees is what the host did.
+            let vst = p.status.clone().unwrap();
+            let hst = hp.status.unwrap();
+            assert_eq!(vst.pod_ip, hst.pod_ip);
+            assert_eq!(p.spec.as_ref().unwrap().node_name, hspec.node_name);
+        }
+        // A virtual Node stands for each host node in use.
+        let vnodes = Api::<Node>::all(v.clone())
+            .list(&ListParams::default())
+            .await
+            .unwrap();
+        for p in &pods {
+            let node = p.spec.as_ref().unwrap().node_name.clone().unwrap();
+            let vn = vnodes
+                .items
+                .iter()
+                .find(|n| n.metadata.name.as_deref() == Some(&node))
+                .unwrap();
+            let ready = vn
+                .status
+                .as_ref()
+                .unwrap()
+                .conditions
+                .as_ref()
+                .unwrap()
+                .iter()
+                .any(|c| c.type_ == "Ready" && c.status == "True");
+            assert!(ready, "virtual node {node} Ready");
+        }
+        // kubectl through the virtual kubeconfig shows them running with IPs and nodes.
+        let wide = kubectl_ok(
+            &env.stack.vcluster_kubeconfig(),
+            &["-n", ns, "get", "pods", "-o", "wide"],
+            None,
+        );
+        for p in &pods {
+            let line = wide
+                .lines()
+                .find(|l| l.starts_with(p.metadata.name.as_deref().unwrap()))
+                .unwrap();
+            assert!(line.contains("Running"), "{line}");
+            assert!(
+                line.contains(p.status.as_ref().unwrap().pod_ip.as_deref().unwrap()),
+                "{line}"
+            );
+            assert!(
+                line.contains(p.spec.as_ref().unwrap().node_name.as_deref().unwrap()),
+                "{line}"
+            );
+        }
+
+        // Deleting the Deployment cleans the host: pods, and the no longer referenced config.
+        Api::<Deployment>::namespaced(v.clone(), ns)
+            .delete("web", &DeleteParams::foreground())
+            .await
+            .unwrap();
+        eventually(
+            "host copies of the deployment's pods and config gone",
+            T,
+            || async {
+                let left: Vec<String> = hpods
+                    .list(&ListParams::default().labels(&format!("vcluster.dev/namespace={ns}")))
+                    .await
+                    .map_err(|e| e.to_string())?
+                    .items
+                    .into_iter()
+                    .filter_map(|p| p.metadata.name)
+                    .collect();
+                let cm = hcms.get_opt(&host_cm).await.map_err(|e| e.to_string())?;
+                let sec = hsecrets
+                    .get_opt(&host_secret)
+                    .await
+                    .map_err(|e| e.to_string())?;
+                if left.is_empty() && cm.is_none() && sec.is_none() {
+                    Ok(())
+                } else {
+                    Err(format!(
+                        "pods {left:?}, cm {}, secret {}",
+                        cm.is_some(),
+                        sec.is_some()
+                    ))
+                }
+            },
+        )
+        .await;
+        eventually("virtual pods gone", T, || async {
+            let n = vpods
+                .list(&ListParams::default().labels("app=web"))
+                .await
+                .map_err(|e| e.to_string())?
+                .items
+                .len();
+            if n == 0 {
+                Ok(())
+            } else {
+                Err(format!("{n} left"))
+            }
+        })
+        .await;
+    });
+}
+
+fn pod_created_before_its_configmap_still_starts(env: &Env) {
+    let ns = "late";
+    block_on(async {
+        let (v, h) = clients(env).await;
+        namespace(&v, ns).await;
+        let vpods: Api<Pod> = Api::namespaced(v.clone(), ns);
+        create(
+            &vpods,
+            json!({
+                "metadata": {"name": "early", "labels": {"app": "early"}},
+                "spec": {"containers": [{"name": "main", "image": "busybox",
+                    "envFrom": [{"configMapRef": {"name": "arrives-later"}}]}]}
+            }),
+        )
+        .await;
+        let hpods: Api<Pod> = Api::namespaced(h.clone(), HOST_NS);
+        // Waits while its ConfigMap is missing: not on the host, not running.
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        assert!(
+            hpods
+                .get_opt(&env.host_name(ns, "early"))
+                .await
+                .unwrap()
+                .is_none()
+        );
+        create(
+            &Api::<ConfigMap>::namespaced(v.clone(), ns),
+            json!({
+                "metadata": {"name": "arrives-later"}, "data": {"k": "v"}
+            }),
+        )
+        .await;
+        running(&vpods, "early", 1).await;
+    });
+}
+
+fn host_pod_deleted_by_hand_is_replaced(env: &Env) {
+    let ns = "replace";
+    block_on(async {
+        let (v, h) = clients(env).await;
+        namespace(&v, ns).await;
+        config_objects(&v, ns).await;
+        create(
+            &Api::<Deployment>::namespaced(v.clone(), ns),
+            deployment("solo", 1),
+        )
+        .await;
+        let vpods: Api<Pod> = Api::namespaced(v.clone(), ns);
+        let first = running(&vpods, "solo", 1).await.remove(0);
+        let first_name = first.metadata.name.clone().unwrap();
+        let hpods: Api<Pod> = Api::namespaced(h.clone(), HOST_NS);
+        hpods
+            .delete(&env.host_name(ns, &first_name), &DeleteParams::default())
+            .await
+            .unwrap();
+        eventually("the virtual pod to end", T, || async {
+            match vpods
+                .get_opt(&first_name)
+                .await
+                .map_err(|e| e.to_string())?
+            {
+                None => Ok(()),
+                Some(p) => Err(format!("still {}", phase(&p))),
+            }
+        })
+        .await;
+        let next = running(&vpods, "solo", 1).await.remove(0);
+        assert_ne!(
+            next.metadata.name.unwrap(),
+            first_name,
+            "the ReplicaSet made a new pod"
+        );
+    });
+}
+
+fn job_runs_to_completion(env: &Env) {
+    let ns = "batch";
+    block_on(async {
+        let (v, _) = clients(env).await;
+        namespace(&v, ns).await;
+        let jobs: Api<Job> = Api::namespaced(v.clone(), ns);
+        create(
+            &jobs,
+            json!({
+                "metadata": {"name": "once"},
+                "spec": {"backoffLimit": 0, "template": {"spec": {"restartPolicy": "Never",
+                    "containers": [{"name": "main", "image": "busybox", "command": ["true"]}]}}}
+            }),
+        )
+        .await;
+        eventually("job Complete", T, || async {
+            let j = jobs.get("once").await.map_err(|e| e.to_string())?;
+            let st = j.status.unwrap_or_default();
+            let done = st
+                .conditions
+                .unwrap_or_default()
+                .iter()
+                .any(|c| c.type_ == "Complete" && c.status == "True");
+            if done {
+                Ok(())
+            } else {
+                Err(format!("succeeded {:?}", st.succeeded))
+            }
+        })
+        .await;
+    });
+}
+
+fn foreign_host_object_is_untouched_and_reported(env: &Env) {
+    let ns = "clash";
+    block_on(async {
+        let (v, h) = clients(env).await;
+        namespace(&v, ns).await;
+        let taken = env.host_name(ns, "taken");
+        let hcms: Api<ConfigMap> = Api::namespaced(h.clone(), HOST_NS);
+        create(
+            &hcms,
+            json!({"metadata": {"name": taken}, "data": {"owner": "someone else"}}),
+        )
+        .await;
+        create(
+            &Api::<ConfigMap>::namespaced(v.clone(), ns),
+            json!({
+                "metadata": {"name": "taken"}, "data": {"owner": "tenant"}
+            }),
+        )
+        .await;
+        create(
+            &Api::<Pod>::namespaced(v.clone(), ns),
+            json!({
+                "metadata": {"name": "user"},
+                "spec": {"containers": [{"name": "main", "image": "busybox",
+                    "envFrom": [{"configMapRef": {"name": "taken"}}]}]}
+            }),
+        )
+        .await;
+        let events: Api<Event> = Api::namespaced(v.clone(), ns);
+        let ev = eventually(
+            "a SyncNameCollision warning on the virtual ConfigMap",
+            T,
+            || async {
+                let l = events
+                    .list(&ListParams::default())
+                    .await
+                    .map_err(|e| e.to_string())?;
+                l.items
+                    .into_iter()
+                    .find(|e| {
+                        e.reason.as_deref() == Some("SyncNameCollision")
+                            && e.regarding.as_ref().and_then(|r| r.name.as_deref()) == Some("taken")
+                    })
+                    .ok_or_else(|| "no event yet".to_owned())
+            },
+        )
+        .await;
+        assert_eq!(ev.type_.as_deref(), Some("Warning"));
+        assert!(ev.note.unwrap().contains(&taken));
+        let host = hcms.get(&taken).await.unwrap();
+        assert_eq!(
+            host.data.unwrap()["owner"],
+            "someone else",
+            "foreign object untouched"
+        );
+        assert!(host.metadata.labels.unwrap_or_default().is_empty());
+    });
+}
+
+// ---- restart group ----------------------------------------------------------
+
+fn deleted_while_stopped_is_collected_after_restart(env: &Env) {
+    let ns = "restart";
+    block_on(async {
+        let (v, h) = clients(env).await;
+        namespace(&v, ns).await;
+        namespace(&v, "bystander").await;
+        for n in [ns, "bystander"] {
+            config_objects(&v, n).await;
+            create(
+                &Api::<Deployment>::namespaced(v.clone(), n),
+                deployment("app", 2),
+            )
+            .await;
+            running(&Api::<Pod>::namespaced(v.clone(), n), "app", 2).await;
+        }
+        let hpods: Api<Pod> = Api::namespaced(h.clone(), HOST_NS);
+        let hcms: Api<ConfigMap> = Api::namespaced(h.clone(), HOST_NS);
+        // Objects the syncer must never touch: unlabelled, and another vcluster's.
+        create(
+            &hcms,
+            json!({"metadata": {"name": "foreign-plain"}, "data": {"k": "v"}}),
+        )
+        .await;
+        create(
+            &hcms,
+            json!({"metadata": {"name": "foreign-other-vc",
+            "labels": {"vcluster.dev/owner": "other"},
+            "annotations": {"vcluster.dev/name": "settings", "vcluster.dev/namespace": ns}},
+            "data": {"k": "v"}}),
+        )
+        .await;
+        let listed = |hp: &Api<Pod>, label: String| {
+            let hp = hp.clone();
+            async move {
+                hp.list(&ListParams::default().labels(&label))
+                    .await
+                    .map(|l| l.items.len())
+                    .map_err(|e| e.to_string())
+            }
+        };
+        let before_bystander = listed(&hpods, "vcluster.dev/namespace=bystander".into())
+            .await
+            .unwrap();
+        assert_eq!(before_bystander, 2);
+
+        env.syncer.lock().unwrap().as_mut().unwrap().kill();
+        Api::<Deployment>::namespaced(v.clone(), ns)
+            .delete("app", &DeleteParams::background())
+            .await
+            .unwrap();
+        Api::<ConfigMap>::namespaced(v.clone(), ns)
+            .delete("settings", &DeleteParams::default())
+            .await
+            .unwrap();
+        Api::<Secret>::namespaced(v.clone(), ns)
+            .delete("creds", &DeleteParams::default())
+            .await
+            .unwrap();
+        // Host copies are still there while nobody syncs.
+        assert_eq!(
+            listed(&hpods, format!("vcluster.dev/namespace={ns}"))
+                .await
+                .unwrap(),
+            2
+        );
+
+        *env.syncer.lock().unwrap() = Some(SyncerProcess::start(&env.stack, VC, HOST_NS));
+        eventually("host copies of what was deleted to go", T, || async {
+            let pods = listed(&hpods, format!("vcluster.dev/namespace={ns}")).await?;
+            let cm = hcms
+                .get_opt(&env.host_name(ns, "settings"))
+                .await
+                .map_err(|e| e.to_string())?;
+            if pods == 0 && cm.is_none() {
+                Ok(())
+            } else {
+                Err(format!("{pods} pods, cm {}", cm.is_some()))
+            }
+        })
+        .await;
+        // Nothing else was touched.
+        assert_eq!(
+            listed(&hpods, "vcluster.dev/namespace=bystander".into())
+                .await
+                .unwrap(),
+            2
+        );
+        for name in ["foreign-plain", "foreign-other-vc"] {
+            let cm = hcms.get(name).await.unwrap();
+            assert_eq!(cm.data.unwrap()["k"], "v");
+        }
+        let other: BTreeMap<String, String> = hcms
+            .get("foreign-other-vc")
+            .await
+            .unwrap()
+            .metadata
+            .labels
+            .unwrap();
+        assert_eq!(other["vcluster.dev/owner"], "other");
+    });
+}
+
+type Test = (&'static str, fn(&Env));
+
+const SHARED: &[Test] = &[
+    (
+        "deployment_with_config_runs_on_the_host",
+        deployment_with_config_runs_on_the_host,
+    ),
+    (
+        "pod_created_before_its_configmap_still_starts",
+        pod_created_before_its_configmap_still_starts,
+    ),
+    (
+        "host_pod_deleted_by_hand_is_replaced",
+        host_pod_deleted_by_hand_is_replaced,
+    ),
+    ("job_runs_to_completion", job_runs_to_completion),
+    (
+        "foreign_host_object_is_untouched_and_reported",
+        foreign_host_object_is_untouched_and_reported,
+    ),
+];
+
+const SERIAL: &[Test] = &[(
+    "deleted_while_stopped_is_collected_after_restart",
+    deleted_while_stopped_is_collected_after_restart,
+)];
+
+fn trials(env: &Arc<Env>, tests: &[Test]) -> Vec<Trial> {
+    tests
+        .iter()
+        .map(|(name, f)| {
+            let (env, f) = (Arc::clone(env), *f);
+            Trial::test(*name, move || {
+                f(&env);
+                Ok(())
+            })
+        })
+        .collect()
+}
+
+fn main() {
+    let args = Arguments::from_args();
+    if args.list {
+        let names = SHARED.iter().chain(SERIAL).map(|(n, _)| *n);
+        libtest_mimic::run(&args, names.map(|n| Trial::test(n, || Ok(()))).collect()).exit();
+    }
+    if let Err(e) = vcluster::local::check_binaries(&vcluster::local::default_bin_dir()) {
+        eprintln!("e2e: {e}");
+        std::process::exit(1);
+    }
+    let stack = DevStack::up(&["--no-syncer", "--nodes", "3"]);
+    let syncer = SyncerProcess::start(&stack, VC, HOST_NS);
+    let env = Arc::new(Env {
+        stack,
+        syncer: Mutex::new(Some(syncer)),
+    });
+    let first = libtest_mimic::run(&args, trials(&env, SHARED));
+    let mut serial = args.clone();
+    serial.test_threads = Some(1);
+    let second = libtest_mimic::run(&serial, trials(&env, SERIAL));
+    let passed = first.num_passed + second.num_passed;
+    let failed = first.num_failed + second.num_failed;
+    println!("e2e: {passed} passed, {failed} failed");
+    if failed > 0 {
+        let log = env.syncer.lock().unwrap().as_ref().map(|s| s.log.clone());
+        if let Some(log) = log {
+            eprintln!(
+                "--- syncer log tail\n{}",
+                vcluster::local::process::log_tail(&log, 40)
+            );
+        }
+        std::process::exit(101);
+    }
+}
