@@ -243,6 +243,29 @@ fn deployment_with_config_runs_on_the_host(env: &Env) {
             );
         }
 
+        // The host's events about them appear on the virtual pods, in virtual names.
+        let vevents: Api<k8s_openapi::api::core::v1::Event> = Api::namespaced(v.clone(), ns);
+        for p in &pods {
+            let vname = p.metadata.name.clone().unwrap();
+            let ev = eventually("the Scheduled event on the virtual pod", T, || async {
+                let l = vevents
+                    .list(&ListParams::default().fields(&format!("involvedObject.name={vname}")))
+                    .await
+                    .map_err(|e| e.to_string())?;
+                l.items
+                    .into_iter()
+                    .find(|e| e.reason.as_deref() == Some("Scheduled"))
+                    .ok_or_else(|| "none yet".to_owned())
+            })
+            .await;
+            let msg = ev.message.unwrap();
+            assert!(
+                msg.contains(&format!("{ns}/{vname}")) && !msg.contains("-x-"),
+                "{msg}"
+            );
+            assert_eq!(ev.involved_object.uid, p.metadata.uid);
+        }
+
         // Deleting the Deployment cleans the host: pods, and the no longer referenced config.
         Api::<Deployment>::namespaced(v.clone(), ns)
             .delete("web", &DeleteParams::foreground())

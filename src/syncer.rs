@@ -169,6 +169,11 @@ pub async fn run(opts: SyncerOptions) -> Result<(), SyncerError> {
         let (nodes, host_pods) = (Arc::clone(&nodes), pods.host_store());
         tokio::spawn(async move { nodes.maintain(host_pods, Duration::from_secs(10)).await });
     }
+    tokio::spawn(crate::sync::events::run(
+        Arc::clone(&ctx),
+        pods.host_store(),
+        pods.virtual_store(),
+    ));
     let ready = {
         let (a, b, c) = (
             Arc::clone(&configmaps),

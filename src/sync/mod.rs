@@ -18,6 +18,7 @@
 //!   label: a name collision becomes a Warning Event on the virtual object.
 
 pub mod config;
+pub mod events;
 pub mod nodes;
 pub mod pods;
 pub mod queue;

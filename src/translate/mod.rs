@@ -6,6 +6,7 @@
 //! - [`markers`]: the labels and annotations that mark a host object as owned
 //!   by a vcluster and name its virtual source.
 
+pub mod event;
 pub mod markers;
 pub mod names;
 pub mod pod;

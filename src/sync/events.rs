@@ -1,0 +1,81 @@
+//! Events up: host events about synced pods appear on the matching virtual
+//! pods, names translated back, one virtual event per host event (updated as
+//! its count grows).
+
+use futures::StreamExt;
+use k8s_openapi::api::core::v1::{Event, Pod};
+use kube::ResourceExt;
+use kube::api::{Api, Patch, PatchParams};
+use kube::runtime::reflector::{ObjectRef, Store};
+use kube::runtime::{WatchStreamExt, watcher};
+
+use super::Context;
+use crate::FIELD_MANAGER;
+use crate::translate::event::{Target, virtual_event};
+
+/// Copies host pod events up until the process ends. `host_pods` and
+/// `virtual_pods` are the pod engine's caches.
+pub async fn run(ctx: std::sync::Arc<Context>, host_pods: Store<Pod>, virtual_pods: Store<Pod>) {
+    let api: Api<Event> = Api::namespaced(ctx.host.clone(), &ctx.host_namespace);
+    let stream = watcher(api, watcher::Config::default())
+        .default_backoff()
+        .applied_objects();
+    futures::pin_mut!(stream);
+    let own = ctx.ownership();
+    while let Some(ev) = stream.next().await {
+        let host_event = match ev {
+            Ok(e) => e,
+            Err(e) => {
+                tracing::warn!(error = %e, "host event watch error");
+                continue;
+            }
+        };
+        if host_event.involved_object.kind.as_deref() != Some("Pod") {
+            continue;
+        }
+        let Some(host_name) = host_event.involved_object.name.as_deref() else {
+            continue;
+        };
+        let Some(host_pod) = host_pods.get(&ObjectRef::new(host_name).within(&ctx.host_namespace))
+        else {
+            continue;
+        };
+        let Some(key) = own.virtual_key(&host_pod.metadata) else {
+            continue;
+        };
+        let Some(vpod) = virtual_pods.get(&ObjectRef::new(&key.name).within(&key.namespace)) else {
+            continue;
+        };
+        let uid = vpod.uid().unwrap_or_default();
+        let target = Target {
+            kind: "Pod",
+            key: &key,
+            uid: &uid,
+            host_name,
+            host_namespace: &ctx.host_namespace,
+        };
+        let mut event = virtual_event(&host_event, &target);
+        event.metadata.managed_fields = None;
+        let name = event.name_any();
+        let virt: Api<Event> = Api::namespaced(ctx.virt.clone(), &key.namespace);
+        let mut value = match serde_json::to_value(&event) {
+            Ok(v) => v,
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot serialize event");
+                continue;
+            }
+        };
+        value["apiVersion"] = "v1".into();
+        value["kind"] = "Event".into();
+        if let Err(e) = virt
+            .patch(
+                &name,
+                &PatchParams::apply(FIELD_MANAGER).force(),
+                &Patch::Apply(&value),
+            )
+            .await
+        {
+            tracing::warn!(event = %name, error = %e, "cannot copy host event up");
+        }
+    }
+}
