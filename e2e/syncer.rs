@@ -192,6 +192,58 @@ fn deployment_with_config_runs_on_the_host(env: &Env) {
                 host_cm
             );
             assert_eq!(hspec.automount_service_account_token, Some(false));
+            let api_host = env_vars
+                .iter()
+                .find(|e| e.name == "KUBERNETES_SERVICE_HOST")
+                .unwrap();
+            assert_eq!(
+                api_host.value.as_deref(),
+                Some(format!("{VC}.{HOST_NS}.svc").as_str())
+            );
+            // The virtual service-account token, mounted from a host Secret, is
+            // accepted by the virtual API as this pod's service account.
+            let token_secret = format!("{}.sa-token", env.host_name(ns, &vname));
+            let mounted = vols.iter().any(|vol| {
+                vol.projected.as_ref().is_some_and(|p| {
+                    p.sources
+                        .iter()
+                        .flatten()
+                        .any(|s| s.secret.as_ref().is_some_and(|s| s.name == token_secret))
+                })
+            });
+            assert!(mounted, "host pod mounts {token_secret}");
+            let sec = eventually("the token secret", T, || async {
+                hsecrets
+                    .get_opt(&token_secret)
+                    .await
+                    .map_err(|e| e.to_string())?
+                    .ok_or_else(|| "missing".to_owned())
+            })
+            .await;
+            let token = String::from_utf8(sec.data.unwrap()["token"].0.clone()).unwrap();
+            let review: k8s_openapi::api::authentication::v1::TokenReview =
+                serde_json::from_value(json!({
+                    "spec": {"token": token}
+                }))
+                .unwrap();
+            let out = Api::<k8s_openapi::api::authentication::v1::TokenReview>::all(v.clone())
+                .create(&PostParams::default(), &review)
+                .await
+                .unwrap();
+            let st = out.status.unwrap();
+            assert_eq!(st.authenticated, Some(true), "{st:?}");
+            let user = st.user.unwrap();
+            assert_eq!(
+                user.username.as_deref(),
+                Some(format!("system:serviceaccount:{ns}:default").as_str())
+            );
+            let extra = user.extra.unwrap_or_default();
+            assert_eq!(
+                extra
+                    .get("authentication.kubernetes.io/pod-name")
+                    .map(|v| v[0].as_str()),
+                Some(vname.as_str())
+            );
             // What the tenant sees is what the host did.
             let vst = p.status.clone().unwrap();
             let hst = hp.status.unwrap();
@@ -241,6 +293,46 @@ fn deployment_with_config_runs_on_the_host(env: &Env) {
                 line.contains(p.spec.as_ref().unwrap().node_name.as_deref().unwrap()),
                 "{line}"
             );
+        }
+
+        // A token that is due is renewed: mark one due, touch its pod, see a new token.
+        {
+            let vname = pods[0].metadata.name.clone().unwrap();
+            let token_secret = format!("{}.sa-token", env.host_name(ns, &vname));
+            let old = hsecrets.get(&token_secret).await.unwrap().data.unwrap()["token"].clone();
+            let due = json!({"metadata": {"annotations": {"vcluster.dev/token-renew-at": "0"}}});
+            hsecrets
+                .patch(
+                    &token_secret,
+                    &kube::api::PatchParams::default(),
+                    &kube::api::Patch::Merge(&due),
+                )
+                .await
+                .unwrap();
+            let touch = json!({"metadata": {"labels": {"touched": "yes"}}});
+            vpods
+                .patch(
+                    &vname,
+                    &kube::api::PatchParams::default(),
+                    &kube::api::Patch::Merge(&touch),
+                )
+                .await
+                .unwrap();
+            eventually("a renewed token", T, || async {
+                let s = hsecrets
+                    .get(&token_secret)
+                    .await
+                    .map_err(|e| e.to_string())?;
+                let renew =
+                    s.metadata.annotations.unwrap_or_default()["vcluster.dev/token-renew-at"]
+                        .clone();
+                if s.data.unwrap()["token"] != old && renew != "0" {
+                    Ok(())
+                } else {
+                    Err("not yet".into())
+                }
+            })
+            .await;
         }
 
         // The host's events about them appear on the virtual pods, in virtual names.

@@ -75,6 +75,8 @@ pub struct SyncerOptions {
     pub sync_all_configs: bool,
     /// Where `/healthz` and `/readyz` are served.
     pub listen: SocketAddr,
+    /// Where in-cluster clients of synced pods reach the virtual API.
+    pub api: crate::translate::pod::ApiEndpoint,
 }
 
 async fn client_from(path: &PathBuf, which: &'static str) -> Result<kube::Client, SyncerError> {
@@ -137,6 +139,7 @@ pub async fn run(opts: SyncerOptions) -> Result<(), SyncerError> {
             configmaps.host_store(),
             secrets.host_store(),
             Arc::clone(&nodes),
+            opts.api.clone(),
         ),
         Arc::clone(&ctx),
         pod_cache,

@@ -36,6 +36,13 @@ pub struct SyncerArgs {
     /// Sync every ConfigMap and Secret, not only those pods reference.
     #[arg(long, env = "VCLUSTER_SYNC_ALL_CONFIGS")]
     sync_all_configs: bool,
+    /// Host name synced pods use for the virtual API (KUBERNETES_SERVICE_HOST;
+    /// default: the vcluster Service, <name>.<host namespace>.svc).
+    #[arg(long, env = "VCLUSTER_API_SERVICE_HOST")]
+    api_service_host: Option<String>,
+    /// Port synced pods use for the virtual API (KUBERNETES_SERVICE_PORT).
+    #[arg(long, env = "VCLUSTER_API_SERVICE_PORT", default_value_t = 443)]
+    api_service_port: u16,
     /// Address of the /healthz and /readyz endpoints.
     #[arg(long, env = "VCLUSTER_HEALTH_LISTEN", default_value = "0.0.0.0:8080")]
     health_listen: SocketAddr,
@@ -49,7 +56,14 @@ pub fn run(args: SyncerArgs) -> anyhow::Result<ExitCode> {
             .map(|s| s.trim().to_owned())
             .context("no --host-namespace given and not running in a pod")?,
     };
+    let api = crate::translate::pod::ApiEndpoint {
+        host: args
+            .api_service_host
+            .unwrap_or_else(|| format!("{name}.{host_namespace}.svc")),
+        port: args.api_service_port,
+    };
     let opts = SyncerOptions {
+        api,
         name,
         host_namespace,
         host_kubeconfig: args.host_kubeconfig,

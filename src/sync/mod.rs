@@ -211,14 +211,15 @@ pub trait Rule: Send + Sync + 'static {
     /// The host form of a virtual object, given its current host copy.
     fn decide(&self, ctx: &Context, v: &Self::V, h: Option<&Self::H>) -> Decision<Self::H>;
 
-    /// Called after the host copy was applied or found up to date, with it.
+    /// Called after the host copy was applied or found up to date, with it;
+    /// `Ok(Some(d))` asks for another reconcile after `d`.
     fn after_sync(
         &self,
         _ctx: &Context,
         _v: &Self::V,
         _h: &Self::H,
-    ) -> impl Future<Output = Result<(), SyncError>> + Send {
-        async { Ok(()) }
+    ) -> impl Future<Output = Result<Option<Duration>, SyncError>> + Send {
+        async { Ok(None) }
     }
 
     /// A merge patch for the virtual status subresource, when the host object
@@ -659,8 +660,9 @@ impl<R: Rule> Engine<R> {
             None
         };
         let host_now = applied.as_ref().or(h.as_deref());
+        let mut again = None;
         if let Some(hn) = host_now {
-            self.rule.after_sync(ctx, &v, hn).await?;
+            again = self.rule.after_sync(ctx, &v, hn).await?;
             if let Some(patch) = self.rule.status_up(&v, hn) {
                 let virt_api: Api<R::V> = Api::namespaced(ctx.virt.clone(), &key.namespace);
                 virt_api
@@ -669,7 +671,7 @@ impl<R: Rule> Engine<R> {
                     .map_err(|e| api_err("update status of", R::KIND, &label, e))?;
             }
         }
-        Ok(None)
+        Ok(again)
     }
 
     async fn collision(&self, v: &R::V, host_name: &str) -> Result<Option<Duration>, SyncError> {

@@ -8,17 +8,32 @@
 //! ends its bound virtual pod the same way.
 
 use std::sync::Arc;
+use std::time::Duration;
 
-use k8s_openapi::api::core::v1::{Binding, ConfigMap, ObjectReference, Pod, Secret};
+use base64::Engine as _;
+use k8s_openapi::api::authentication::v1::{BoundObjectReference, TokenRequest, TokenRequestSpec};
+use k8s_openapi::api::core::v1::{
+    Binding, ConfigMap, ObjectReference, Pod, Secret, ServiceAccount,
+};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use kube::ResourceExt;
-use kube::api::{Api, PostParams};
+use kube::api::{Api, Patch, PatchParams, PostParams};
 use kube::runtime::reflector::{ObjectRef, Store};
+use serde_json::json;
 
 use super::nodes::VirtualNodes;
 use super::{Context, Decision, Rule, SyncError};
-use crate::translate::pod::{host_pod, references, status_up};
+use crate::FIELD_MANAGER;
+use crate::translate::markers::OWNER_LABEL;
+use crate::translate::pod::{
+    ApiEndpoint, TOKEN_KEY, host_pod, references, status_up, token_secret_name, token_source,
+};
 use crate::translate::{VirtualKey, host_name};
+
+/// Annotation on token Secrets: when (Unix seconds) to renew the token.
+pub const RENEW_AT_ANNOTATION: &str = "vcluster.dev/token-renew-at";
+/// Label on token Secrets: the host pod they belong to.
+pub const TOKEN_FOR_LABEL: &str = "vcluster.dev/token-for";
 
 /// The pod rule.
 #[derive(Debug)]
@@ -26,6 +41,7 @@ pub struct PodRule {
     host_configmaps: Store<ConfigMap>,
     host_secrets: Store<Secret>,
     nodes: Arc<VirtualNodes>,
+    api: ApiEndpoint,
 }
 
 impl PodRule {
@@ -35,12 +51,102 @@ impl PodRule {
         host_configmaps: Store<ConfigMap>,
         host_secrets: Store<Secret>,
         nodes: Arc<VirtualNodes>,
+        api: ApiEndpoint,
     ) -> Self {
         Self {
             host_configmaps,
             host_secrets,
             nodes,
+            api,
         }
+    }
+
+    /// Keeps the host Secret with the pod's virtual service-account token
+    /// fresh; returns when to look again.
+    async fn ensure_token(
+        &self,
+        ctx: &Context,
+        v: &Pod,
+        h: &Pod,
+    ) -> Result<Option<Duration>, SyncError> {
+        let Some(src) = token_source(v) else {
+            return Ok(None);
+        };
+        let host_pod_name = h.name_any();
+        let secret_name = token_secret_name(&host_pod_name);
+        let now = unix_now();
+        let cached = self
+            .host_secrets
+            .get(&ObjectRef::new(&secret_name).within(&ctx.host_namespace));
+        let renew_at = cached.as_ref().and_then(|s| {
+            s.annotations()
+                .get(RENEW_AT_ANNOTATION)
+                .and_then(|t| t.parse::<i64>().ok())
+        });
+        if let Some(at) = renew_at.filter(|at| *at > now) {
+            return Ok(Some(Duration::from_secs(
+                u64::try_from(at - now).unwrap_or(1),
+            )));
+        }
+        let ns = v.namespace().unwrap_or_default();
+        let key = VirtualKey {
+            namespace: ns.clone(),
+            name: v.name_any(),
+        };
+        let err = |action: &'static str| {
+            let key = key.to_string();
+            move |e| SyncError::Api {
+                action,
+                kind: "Pod",
+                key,
+                source: Box::new(e),
+            }
+        };
+        let request = TokenRequest {
+            spec: Some(TokenRequestSpec {
+                audiences: src.audience.clone().map(|a| vec![a]),
+                expiration_seconds: Some(src.expiration_seconds),
+                bound_object_ref: Some(BoundObjectReference {
+                    api_version: Some("v1".into()),
+                    kind: Some("Pod".into()),
+                    name: Some(key.name.clone()),
+                    uid: v.uid(),
+                }),
+            }),
+            ..TokenRequest::default()
+        };
+        let sas: Api<ServiceAccount> = Api::namespaced(ctx.virt.clone(), &ns);
+        let issued = sas
+            .create_token_request(&src.service_account, &PostParams::default(), &request)
+            .await
+            .map_err(err("request a service-account token for"))?;
+        let token = issued.status.and_then(|s| s.token).unwrap_or_default();
+        // Renew at 80% of the lifetime, as the kubelet does.
+        let renew = now + src.expiration_seconds * 4 / 5;
+        let secret = json!({
+            "apiVersion": "v1", "kind": "Secret",
+            "metadata": {
+                "name": secret_name,
+                "namespace": ctx.host_namespace,
+                "labels": {OWNER_LABEL: ctx.vc.as_str(), TOKEN_FOR_LABEL: host_pod_name},
+                "annotations": {RENEW_AT_ANNOTATION: renew.to_string()},
+                "ownerReferences": [{"apiVersion": "v1", "kind": "Pod", "name": host_pod_name, "uid": h.uid()}],
+            },
+            "type": "Opaque",
+            "data": {TOKEN_KEY: base64::engine::general_purpose::STANDARD.encode(token)},
+        });
+        let secrets: Api<Secret> = Api::namespaced(ctx.host.clone(), &ctx.host_namespace);
+        secrets
+            .patch(
+                &secret_name,
+                &PatchParams::apply(FIELD_MANAGER).force(),
+                &Patch::Apply(&secret),
+            )
+            .await
+            .map_err(err("write the service-account token of"))?;
+        Ok(Some(Duration::from_secs(
+            u64::try_from(renew - now).unwrap_or(60),
+        )))
     }
 
     fn missing_reference(&self, ctx: &Context, pod: &Pod) -> Option<String> {
@@ -94,14 +200,20 @@ impl Rule for PodRule {
         {
             return Decision::Wait(format!("{what} is not on the host yet"));
         }
-        Decision::Sync(host_pod(&ctx.vc, v))
+        Decision::Sync(host_pod(&ctx.vc, v, &self.api))
     }
 
-    async fn after_sync(&self, ctx: &Context, v: &Pod, h: &Pod) -> Result<(), SyncError> {
+    async fn after_sync(
+        &self,
+        ctx: &Context,
+        v: &Pod,
+        h: &Pod,
+    ) -> Result<Option<Duration>, SyncError> {
+        let again = self.ensure_token(ctx, v, h).await?;
         let virtual_node = v.spec.as_ref().and_then(|s| s.node_name.clone());
         let host_node = h.spec.as_ref().and_then(|s| s.node_name.clone());
         let (None, Some(node)) = (virtual_node, host_node) else {
-            return Ok(());
+            return Ok(again);
         };
         self.nodes.ensure(&node).await?;
         let ns = v.namespace().unwrap_or_default();
@@ -129,9 +241,9 @@ impl Rule for PodRule {
             )
             .await
         {
-            Ok(_) => Ok(()),
+            Ok(_) => Ok(again),
             // Already bound (a concurrent reconcile won): fine.
-            Err(kube::Error::Api(s)) if s.code == 409 => Ok(()),
+            Err(kube::Error::Api(s)) if s.code == 409 => Ok(again),
             Err(e) => Err(SyncError::Api {
                 action: "bind",
                 kind: "Pod",
@@ -153,4 +265,11 @@ impl Rule for PodRule {
         v.spec.as_ref().and_then(|s| s.node_name.as_ref())?;
         status_up(v, h)
     }
+}
+
+fn unix_now() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX))
+        .unwrap_or(0)
 }

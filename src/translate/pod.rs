@@ -3,9 +3,13 @@
 //! The host pod is the virtual pod rewritten for the host:
 //! - ConfigMaps, Secrets (volumes, projected sources, env, envFrom) and
 //!   imagePullSecrets point at their translated host names;
-//! - no host service-account token: `automountServiceAccountToken: false`,
-//!   no service account, and projected service-account-token sources are
-//!   dropped (the virtual token arrives with the token feature);
+//! - no host service-account token (`automountServiceAccountToken: false`, no
+//!   service account); a projected service-account-token source reads the
+//!   virtual token instead, from the host Secret [`token_secret_name`] that
+//!   the syncer fills by TokenRequest against the virtual API, so in-cluster
+//!   clients authenticate to the virtual API;
+//! - `KUBERNETES_SERVICE_HOST`/`KUBERNETES_SERVICE_PORT` point at the
+//!   vcluster's API endpoint in every container that does not set them;
 //! - service links off (the host's Services mean nothing to the tenant);
 //! - `nodeName` cleared: the host scheduler places the pod;
 //! - downward-API fields for name, namespace and uid read the source
@@ -18,7 +22,8 @@
 use std::collections::BTreeSet;
 
 use k8s_openapi::api::core::v1::{
-    Container, EnvVar, ObjectFieldSelector, Pod, PodSpec, PodStatus, Volume,
+    Container, EnvVar, KeyToPath, ObjectFieldSelector, Pod, PodSpec, PodStatus, SecretProjection,
+    Volume,
 };
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use serde_json::{Value, json};
@@ -26,6 +31,58 @@ use serde_json::{Value, json};
 use super::VclusterName;
 use super::markers::{NAME_ANNOTATION, NAMESPACE_ANNOTATION, UID_ANNOTATION, copy_unreserved};
 use super::names::{host_name, is_dns_label};
+
+/// Where in-cluster clients on the host reach the virtual API.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ApiEndpoint {
+    /// Host name or IP (`KUBERNETES_SERVICE_HOST`).
+    pub host: String,
+    /// Port (`KUBERNETES_SERVICE_PORT`).
+    pub port: u16,
+}
+
+/// The host Secret holding the virtual service-account token of the host
+/// pod `host_pod_name`. The dot keeps it apart from every translated name,
+/// which is a DNS label.
+pub fn token_secret_name(host_pod_name: &str) -> String {
+    format!("{host_pod_name}.sa-token")
+}
+
+/// The key of the token in that Secret.
+pub const TOKEN_KEY: &str = "token";
+
+/// A pod's request for a service-account token (its projected source).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TokenSource {
+    /// The service account.
+    pub service_account: String,
+    /// Requested lifetime.
+    pub expiration_seconds: i64,
+    /// Requested audience, if any.
+    pub audience: Option<String>,
+}
+
+/// The service-account token the pod asks for, if any (the first projected
+/// serviceAccountToken source; the virtual admission plugin adds one unless
+/// automounting is off).
+pub fn token_source(pod: &Pod) -> Option<TokenSource> {
+    let spec = pod.spec.as_ref()?;
+    let src = spec
+        .volumes
+        .iter()
+        .flatten()
+        .filter_map(|v| v.projected.as_ref())
+        .flat_map(|p| p.sources.iter().flatten())
+        .find_map(|s| s.service_account_token.as_ref())?;
+    Some(TokenSource {
+        service_account: spec
+            .service_account_name
+            .clone()
+            .unwrap_or_else(|| "default".to_owned()),
+        expiration_seconds: src.expiration_seconds.unwrap_or(3607),
+        audience: src.audience.clone(),
+    })
+}
 
 /// The ConfigMaps and Secrets a pod needs, by virtual name. Optional
 /// references are listed separately: the pod does not wait for them.
@@ -144,6 +201,7 @@ fn rewrite_field(sel: &mut ObjectFieldSelector) {
 struct Renamer<'a> {
     vc: &'a VclusterName,
     namespace: &'a str,
+    token_secret: String,
 }
 
 impl Renamer<'_> {
@@ -199,8 +257,19 @@ impl Renamer<'_> {
         if let Some(p) = &mut v.projected
             && let Some(sources) = &mut p.sources
         {
-            sources.retain(|s| s.service_account_token.is_none());
             for src in sources.iter_mut() {
+                if let Some(t) = src.service_account_token.take() {
+                    src.secret = Some(SecretProjection {
+                        name: self.token_secret.clone(),
+                        items: Some(vec![KeyToPath {
+                            key: TOKEN_KEY.to_owned(),
+                            path: t.path,
+                            mode: None,
+                        }]),
+                        optional: Some(false),
+                    });
+                    continue;
+                }
                 if let Some(cm) = &mut src.config_map {
                     self.name(&mut cm.name);
                 }
@@ -219,12 +288,32 @@ impl Renamer<'_> {
     }
 }
 
+fn set_api_env(c: &mut Container, api: &ApiEndpoint) {
+    let env = c.env.get_or_insert_default();
+    for (name, value) in [
+        ("KUBERNETES_SERVICE_HOST", api.host.clone()),
+        ("KUBERNETES_SERVICE_PORT", api.port.to_string()),
+    ] {
+        if !env.iter().any(|e| e.name == name) {
+            env.push(EnvVar {
+                name: name.to_owned(),
+                value: Some(value),
+                value_from: None,
+            });
+        }
+    }
+}
+
 /// The host form of virtual pod `pod` (name, namespace and ownership markers
 /// are added by the sync engine).
-pub fn host_pod(vc: &VclusterName, pod: &Pod) -> Pod {
+pub fn host_pod(vc: &VclusterName, pod: &Pod, api: &ApiEndpoint) -> Pod {
     let namespace = pod.metadata.namespace.as_deref().unwrap_or("default");
     let name = pod.metadata.name.as_deref().unwrap_or_default();
-    let r = Renamer { vc, namespace };
+    let r = Renamer {
+        vc,
+        namespace,
+        token_secret: token_secret_name(&host_name(vc, namespace, name)),
+    };
     let mut spec = pod.spec.clone().unwrap_or_default();
     spec.node_name = None;
     spec.service_account_name = None;
@@ -240,11 +329,13 @@ pub fn host_pod(vc: &VclusterName, pod: &Pod) -> Pod {
     for v in spec.volumes.iter_mut().flatten() {
         r.volume(v);
     }
-    for c in spec.containers.iter_mut() {
+    for c in spec
+        .containers
+        .iter_mut()
+        .chain(spec.init_containers.iter_mut().flatten())
+    {
         r.container(c);
-    }
-    for c in spec.init_containers.iter_mut().flatten() {
-        r.container(c);
+        set_api_env(c, api);
     }
     for s in spec.image_pull_secrets.iter_mut().flatten() {
         r.name(&mut s.name);
@@ -307,6 +398,13 @@ mod tests {
         VclusterName::new("vc").unwrap()
     }
 
+    fn api() -> ApiEndpoint {
+        ApiEndpoint {
+            host: "vc.team-a.svc".into(),
+            port: 443,
+        }
+    }
+
     fn pod(spec: Value) -> Pod {
         serde_json::from_value(json!({
             "metadata": {"name": "web-0", "namespace": "team", "uid": "u1",
@@ -361,7 +459,7 @@ mod tests {
     #[test]
     fn host_pod_is_rewritten_for_the_host() {
         let v = vc();
-        let h = host_pod(&v, &pod(full_spec()));
+        let h = host_pod(&v, &pod(full_spec()), &api());
         let j = serde_json::to_value(&h).unwrap();
         let spec = &j["spec"];
         let n = |name: &str| host_name(&v, "team", name);
@@ -379,10 +477,17 @@ mod tests {
         let projected = spec["volumes"][2]["projected"]["sources"]
             .as_array()
             .unwrap();
-        assert_eq!(projected.len(), 2, "service-account token source dropped");
-        assert_eq!(projected[0]["configMap"]["name"], n("kube-root-ca.crt"));
+        assert_eq!(projected.len(), 3);
+        assert_eq!(projected[0].get("serviceAccountToken"), None);
         assert_eq!(
-            projected[1]["downwardAPI"]["items"][0]["fieldRef"]["fieldPath"],
+            projected[0]["secret"]["name"],
+            format!("{}.sa-token", n("web-0"))
+        );
+        assert_eq!(projected[0]["secret"]["items"][0]["key"], "token");
+        assert_eq!(projected[0]["secret"]["items"][0]["path"], "token");
+        assert_eq!(projected[1]["configMap"]["name"], n("kube-root-ca.crt"));
+        assert_eq!(
+            projected[2]["downwardAPI"]["items"][0]["fieldRef"]["fieldPath"],
             "metadata.annotations['vcluster.dev/namespace']"
         );
         assert_eq!(
@@ -418,6 +523,56 @@ mod tests {
         // Tenant labels are copied, reserved ones are not.
         assert_eq!(j["metadata"]["labels"]["app"], "web");
         assert_eq!(j["metadata"]["labels"].get("vcluster.dev/owner"), None);
+    }
+
+    #[test]
+    fn api_endpoint_is_injected_unless_set_and_token_source_is_read() {
+        let v = vc();
+        let mut p = pod(full_spec());
+        let h = serde_json::to_value(host_pod(&v, &p, &api())).unwrap();
+        for c in ["containers", "initContainers"] {
+            let env = h["spec"][c][0]["env"].as_array().unwrap();
+            let get = |k: &str| {
+                env.iter()
+                    .find(|e| e["name"] == k)
+                    .map(|e| e["value"].clone())
+            };
+            assert_eq!(
+                get("KUBERNETES_SERVICE_HOST"),
+                Some(json!("vc.team-a.svc")),
+                "{c}"
+            );
+            assert_eq!(get("KUBERNETES_SERVICE_PORT"), Some(json!("443")), "{c}");
+        }
+        // A container that sets its own value keeps it.
+        p.spec.as_mut().unwrap().containers[0]
+            .env
+            .as_mut()
+            .unwrap()
+            .push(EnvVar {
+                name: "KUBERNETES_SERVICE_HOST".into(),
+                value: Some("mine".into()),
+                value_from: None,
+            });
+        let h = serde_json::to_value(host_pod(&v, &p, &api())).unwrap();
+        let env = h["spec"]["containers"][0]["env"].as_array().unwrap();
+        let hosts: Vec<_> = env
+            .iter()
+            .filter(|e| e["name"] == "KUBERNETES_SERVICE_HOST")
+            .collect();
+        assert_eq!(hosts.len(), 1);
+        assert_eq!(hosts[0]["value"], "mine");
+
+        assert_eq!(
+            token_source(&p),
+            Some(TokenSource {
+                service_account: "builder".into(),
+                expiration_seconds: 3607,
+                audience: None
+            })
+        );
+        let none = pod(json!({"containers": [{"name": "a", "image": "b"}]}));
+        assert_eq!(token_source(&none), None);
     }
 
     #[test]
