@@ -680,6 +680,89 @@ fn deleted_while_stopped_is_collected_after_restart(env: &Env) {
     });
 }
 
+fn watch_expiry_by_etcd_compaction_is_survived(_: &Env) {
+    // A stack without the API servers' watch cache, so a re-watch from a
+    // compacted revision reaches etcd and gets 410 Gone; and a syncer whose
+    // watches end every 2 s, so it re-watches soon, without bookmarks (which
+    // would keep its resource versions fresh).
+    let stack = DevStack::up(&[
+        "--no-syncer",
+        "--nodes",
+        "1",
+        "--apiserver-arg=--watch-cache=false",
+    ]);
+    let syncer = SyncerProcess::start_with(
+        &stack,
+        "compact",
+        "team-compact",
+        &["--watch-timeout-seconds", "2", "--watch-bookmarks=false"],
+    );
+    let ns = "compaction";
+    block_on(async {
+        let v = client(&stack.vcluster_kubeconfig()).await;
+        namespace(&v, ns).await;
+        config_objects(&v, ns).await;
+        create(
+            &Api::<Deployment>::namespaced(v.clone(), ns),
+            deployment("before", 1),
+        )
+        .await;
+        let vpods: Api<Pod> = Api::namespaced(v.clone(), ns);
+        running(&vpods, "before", 1).await;
+        // Writes the syncer does not watch move etcd past every revision it
+        // has seen; compaction then expires them all.
+        let h = client(&stack.host_kubeconfig()).await;
+        for (c, tag) in [(&v, "v"), (&h, "h")] {
+            for i in 0..3 {
+                namespace(c, &format!("unwatched-{tag}-{i}")).await;
+            }
+        }
+        for plane in [&stack.state.host, &stack.state.vcluster] {
+            etcd_compact(plane.ports.unwrap().etcd_client);
+        }
+        // Condition, not a sleep: the syncer reports that its watch expired.
+        eventually_sync("the syncer to see a watch expire (410)", T, || {
+            let log = std::fs::read_to_string(&syncer.log).unwrap_or_default();
+            let expired = log.lines().any(|l| {
+                l.contains("watch error") && (l.contains("Expired") || l.contains("too old"))
+            });
+            if expired {
+                Ok(())
+            } else {
+                let tail: Vec<&str> = log.lines().rev().take(5).collect();
+                Err(format!("no 410 yet; log ends {tail:?}"))
+            }
+        });
+        // It relisted and goes on syncing both ways.
+        create(
+            &Api::<Deployment>::namespaced(v.clone(), ns),
+            deployment("after", 2),
+        )
+        .await;
+        running(&vpods, "after", 2).await;
+        let hpods: Api<Pod> = Api::namespaced(h, "team-compact");
+        Api::<Deployment>::namespaced(v.clone(), ns)
+            .delete("before", &DeleteParams::background())
+            .await
+            .unwrap();
+        eventually("the old deployment's host pod to go", T, || async {
+            let n = hpods
+                .list(&ListParams::default().labels("app=before"))
+                .await
+                .map_err(|e| e.to_string())?
+                .items
+                .len();
+            if n == 0 {
+                Ok(())
+            } else {
+                Err(format!("{n} left"))
+            }
+        })
+        .await;
+    });
+    drop(syncer);
+}
+
 type Test = (&'static str, fn(&Env));
 
 const SHARED: &[Test] = &[
@@ -702,10 +785,16 @@ const SHARED: &[Test] = &[
     ),
 ];
 
-const SERIAL: &[Test] = &[(
-    "deleted_while_stopped_is_collected_after_restart",
-    deleted_while_stopped_is_collected_after_restart,
-)];
+const SERIAL: &[Test] = &[
+    (
+        "deleted_while_stopped_is_collected_after_restart",
+        deleted_while_stopped_is_collected_after_restart,
+    ),
+    (
+        "watch_expiry_by_etcd_compaction_is_survived",
+        watch_expiry_by_etcd_compaction_is_survived,
+    ),
+];
 
 fn trials(env: &Arc<Env>, tests: &[Test]) -> Vec<Trial> {
     tests

@@ -71,6 +71,10 @@ pub struct SyncerOptions {
     pub resync: Duration,
     /// Concurrent reconciles per kind.
     pub concurrency: usize,
+    /// Server-side timeout of each watch call.
+    pub watch_timeout_seconds: u32,
+    /// Ask for watch bookmarks.
+    pub watch_bookmarks: bool,
     /// Sync every ConfigMap and Secret, not only referenced ones.
     pub sync_all_configs: bool,
     /// Where `/healthz` and `/readyz` are served.
@@ -117,6 +121,8 @@ pub async fn run(opts: SyncerOptions) -> Result<(), SyncerError> {
     let engine_opts = EngineOptions {
         concurrency: opts.concurrency,
         resync: opts.resync,
+        watch_timeout_seconds: opts.watch_timeout_seconds,
+        watch_bookmarks: opts.watch_bookmarks,
     };
     let scope = if opts.sync_all_configs {
         Scope::All

@@ -267,6 +267,11 @@ impl SyncerProcess {
     /// Starts a syncer for vcluster `name` in host namespace `host_namespace`
     /// (created if missing) and waits for /readyz.
     pub fn start(stack: &DevStack, name: &str, host_namespace: &str) -> Self {
+        Self::start_with(stack, name, host_namespace, &[])
+    }
+
+    /// [`SyncerProcess::start`] with extra syncer arguments.
+    pub fn start_with(stack: &DevStack, name: &str, host_namespace: &str, extra: &[&str]) -> Self {
         let _ = kubectl(
             &stack.host_kubeconfig(),
             &["create", "namespace", host_namespace],
@@ -303,6 +308,7 @@ impl SyncerProcess {
                 "--resync-seconds",
                 "30",
             ])
+            .args(extra)
             .env("VCLUSTER_LOG", "info,vcluster=debug")
             .stdout(out.try_clone().unwrap())
             .stderr(out)
@@ -342,4 +348,37 @@ impl Drop for SyncerProcess {
     fn drop(&mut self) {
         self.kill();
     }
+}
+
+/// POSTs a JSON body to etcd's HTTP gateway on 127.0.0.1:`port`; returns the body.
+pub fn etcd_post(port: u16, path: &str, body: &str) -> String {
+    use std::io::{Read as _, Write as _};
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    let req = format!(
+        "POST {path} HTTP/1.0\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
+    );
+    s.write_all(req.as_bytes()).unwrap();
+    let mut out = String::new();
+    s.read_to_string(&mut out).unwrap();
+    let (head, body) = out.split_once("\r\n\r\n").unwrap_or((&out, ""));
+    assert!(
+        head.starts_with("HTTP/1.0 200") || head.starts_with("HTTP/1.1 200"),
+        "etcd {path}: {out}"
+    );
+    body.to_owned()
+}
+
+/// Compacts the etcd on `port` to its current revision; returns that revision.
+pub fn etcd_compact(port: u16) -> i64 {
+    let range = etcd_post(port, "/v3/kv/range", r#"{"key":"AA==","limit":1}"#);
+    let v: serde_json::Value = serde_json::from_str(&range).unwrap();
+    let rev: i64 = v["header"]["revision"].as_str().unwrap().parse().unwrap();
+    etcd_post(
+        port,
+        "/v3/kv/compaction",
+        &format!(r#"{{"revision":"{rev}","physical":true}}"#),
+    );
+    rev
 }

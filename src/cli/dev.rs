@@ -46,6 +46,9 @@ struct UpArgs {
     /// Fixed port for the virtual cluster's API server (default: a free port).
     #[arg(long)]
     vcluster_api_port: Option<u16>,
+    /// An extra argument for both kube-apiservers (repeatable), e.g. --apiserver-arg=--watch-cache=false.
+    #[arg(long = "apiserver-arg", allow_hyphen_values = true)]
+    apiserver_args: Vec<String>,
     /// Do not run the syncer (only the control planes).
     #[arg(long)]
     no_syncer: bool,
@@ -102,6 +105,7 @@ fn options(up: &UpArgs) -> anyhow::Result<StackOptions> {
         host_api_port: up.host_api_port,
         vcluster_api_port: up.vcluster_api_port,
         timeout: Duration::from_secs(up.timeout),
+        apiserver_args: up.apiserver_args.clone(),
         syncer: if up.no_syncer {
             None
         } else {
@@ -215,6 +219,11 @@ async fn up_detached(up: &UpArgs) -> anyhow::Result<ExitCode> {
     if up.no_syncer {
         args.push("--no-syncer".into());
     }
+    args.extend(
+        up.apiserver_args
+            .iter()
+            .map(|a| format!("--apiserver-arg={a}")),
+    );
     args.push(format!("--name={}", up.name));
     args.push(format!("--host-namespace={}", up.host_namespace));
     args.extend(

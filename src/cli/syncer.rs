@@ -33,6 +33,12 @@ pub struct SyncerArgs {
     /// Concurrent reconciles per kind.
     #[arg(long, env = "VCLUSTER_CONCURRENCY", default_value_t = 16, value_parser = clap::value_parser!(u16).range(1..=512))]
     concurrency: u16,
+    /// Server-side timeout of each watch call, in seconds (a new watch follows).
+    #[arg(long, env = "VCLUSTER_WATCH_TIMEOUT_SECONDS", default_value_t = 290, value_parser = clap::value_parser!(u32).range(1..=3600))]
+    watch_timeout_seconds: u32,
+    /// Ask the API servers for watch bookmarks.
+    #[arg(long, env = "VCLUSTER_WATCH_BOOKMARKS", default_value_t = true, action = clap::ArgAction::Set)]
+    watch_bookmarks: bool,
     /// Sync every ConfigMap and Secret, not only those pods reference.
     #[arg(long, env = "VCLUSTER_SYNC_ALL_CONFIGS")]
     sync_all_configs: bool,
@@ -70,6 +76,8 @@ pub fn run(args: SyncerArgs) -> anyhow::Result<ExitCode> {
         virtual_kubeconfig: args.virtual_kubeconfig,
         resync: Duration::from_secs(args.resync_seconds),
         concurrency: usize::from(args.concurrency),
+        watch_timeout_seconds: args.watch_timeout_seconds,
+        watch_bookmarks: args.watch_bookmarks,
         sync_all_configs: args.sync_all_configs,
         listen: args.health_listen,
     };

@@ -239,6 +239,9 @@ pub struct StackOptions {
     pub timeout: Duration,
     /// The syncer to run beside the planes, if any.
     pub syncer: Option<SyncerSpec>,
+    /// Extra arguments for both kube-apiservers (for example
+    /// `--watch-cache=false` in fault tests).
+    pub apiserver_args: Vec<String>,
 }
 
 /// How the stack runs the syncer.
@@ -387,16 +390,20 @@ impl Stack {
         self.state.save()
     }
 
-    /// Starts `binary` once per plane, named `<plane>-<binary>`.
+    /// Starts `binary` once per plane, named `<plane>-<binary>`, with the
+    /// plane's arguments followed by `extra`.
     fn spawn_per_plane(
         &mut self,
         planes: [&Plane; 2],
         binary: &str,
         args: fn(&Plane) -> Vec<String>,
+        extra: &[String],
     ) -> Result<(), LocalError> {
         for plane in planes {
             let name = format!("{}-{binary}", plane.role.name());
-            self.spawn(&name, binary, args(plane))?;
+            let mut all = args(plane);
+            all.extend_from_slice(extra);
+            self.spawn(&name, binary, all)?;
         }
         Ok(())
     }
@@ -505,8 +512,14 @@ impl Stack {
         self.state.vcluster = state::PlaneRecord::new(&virt, &virt_kc);
         self.state.kwok_port = Some(kwok_port);
 
-        self.spawn_per_plane([&host, &virt], "etcd", Plane::etcd_args)?;
-        self.spawn_per_plane([&host, &virt], "kube-apiserver", Plane::apiserver_args)?;
+        self.spawn_per_plane([&host, &virt], "etcd", Plane::etcd_args, &[])?;
+        let apiserver_extra = self.opts.apiserver_args.clone();
+        self.spawn_per_plane(
+            [&host, &virt],
+            "kube-apiserver",
+            Plane::apiserver_args,
+            &apiserver_extra,
+        )?;
         let host_client = client_for(&host.admin_kubeconfig, "the host API").await?;
         let virt_client = client_for(&virt.admin_kubeconfig, "the virtual API").await?;
         self.wait_http_ok("host API server /readyz", &host_client, "/readyz", deadline)
@@ -527,6 +540,7 @@ impl Stack {
             [&host, &virt],
             "kube-controller-manager",
             Plane::controller_manager_args,
+            &[],
         )?;
         if let Some(port) = host.ports.scheduler {
             self.spawn(

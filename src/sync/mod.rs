@@ -262,6 +262,23 @@ pub struct EngineOptions {
     pub concurrency: usize,
     /// Period of the full resync (which also reverts drift).
     pub resync: Duration,
+    /// Server-side timeout of each watch call (a new watch follows each).
+    pub watch_timeout_seconds: u32,
+    /// Ask for watch bookmarks (they keep resource versions fresh, so a
+    /// re-watch rarely finds its version compacted).
+    pub watch_bookmarks: bool,
+}
+
+impl EngineOptions {
+    /// The watcher configuration these options ask for.
+    pub fn watcher_config(&self) -> watcher::Config {
+        let c = watcher::Config::default().timeout(self.watch_timeout_seconds);
+        if self.watch_bookmarks {
+            c
+        } else {
+            c.disable_bookmarks()
+        }
+    }
 }
 
 fn strip<K: Resource>(mut o: K) -> K {
@@ -390,7 +407,7 @@ impl<R: Rule> Engine<R> {
 
         let me = Arc::clone(&self);
         let virt_watch = async move {
-            let stream = watcher(virt_api, watcher::Config::default())
+            let stream = watcher(virt_api, opts.watcher_config())
                 .default_backoff()
                 .modify(|o| o.managed_fields_mut().clear())
                 .reflect(vw)
@@ -420,7 +437,7 @@ impl<R: Rule> Engine<R> {
         };
         let me = Arc::clone(&self);
         let host_watch = async move {
-            let stream = watcher(host_api, watcher::Config::default().labels(&selector))
+            let stream = watcher(host_api, opts.watcher_config().labels(&selector))
                 .default_backoff()
                 .modify(|o| o.managed_fields_mut().clear())
                 .reflect(hw)
