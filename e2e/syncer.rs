@@ -576,6 +576,67 @@ fn foreign_host_object_is_untouched_and_reported(env: &Env) {
     });
 }
 
+fn pod_the_host_rejects_gets_a_warning_event(env: &Env) {
+    let ns = "rejected";
+    block_on(async {
+        let (v, h) = clients(env).await;
+        namespace(&v, ns).await;
+        // Host policy the virtual cluster does not have: no container above 1Ti of memory.
+        let limits: Api<k8s_openapi::api::core::v1::LimitRange> =
+            Api::namespaced(h.clone(), HOST_NS);
+        create(
+            &limits,
+            json!({
+                "metadata": {"name": "cap-memory"},
+                "spec": {"limits": [{"type": "Container", "max": {"memory": "1Ti"}}]}
+            }),
+        )
+        .await;
+        create(
+            &Api::<Pod>::namespaced(v.clone(), ns),
+            json!({
+                "metadata": {"name": "greedy"},
+                "spec": {"containers": [{"name": "main", "image": "busybox",
+                    "resources": {"limits": {"memory": "2Ti"}, "requests": {"memory": "2Ti"}}}]}
+            }),
+        )
+        .await;
+        let events: Api<Event> = Api::namespaced(v.clone(), ns);
+        let ev = eventually("a SyncRejected warning on the virtual pod", T, || async {
+            let l = events
+                .list(&ListParams::default())
+                .await
+                .map_err(|e| e.to_string())?;
+            l.items
+                .into_iter()
+                .find(|e| e.reason.as_deref() == Some("SyncRejected"))
+                .ok_or_else(|| "no event yet".to_owned())
+        })
+        .await;
+        limits
+            .delete("cap-memory", &DeleteParams::default())
+            .await
+            .unwrap();
+        assert_eq!(ev.type_.as_deref(), Some("Warning"));
+        assert_eq!(ev.regarding.and_then(|r| r.name).as_deref(), Some("greedy"));
+        let note = ev.note.unwrap();
+        assert!(
+            note.contains("maximum memory usage per Container is 1Ti"),
+            "{note}"
+        );
+        let hpods: Api<Pod> = Api::namespaced(h, HOST_NS);
+        assert!(
+            hpods
+                .get_opt(&env.host_name(ns, "greedy"))
+                .await
+                .unwrap()
+                .is_none()
+        );
+        let vpod = Api::<Pod>::namespaced(v, ns).get("greedy").await.unwrap();
+        assert_eq!(phase(&vpod), "Pending");
+    });
+}
+
 // ---- restart group ----------------------------------------------------------
 
 fn deleted_while_stopped_is_collected_after_restart(env: &Env) {
@@ -782,6 +843,10 @@ const SHARED: &[Test] = &[
     (
         "foreign_host_object_is_untouched_and_reported",
         foreign_host_object_is_untouched_and_reported,
+    ),
+    (
+        "pod_the_host_rejects_gets_a_warning_event",
+        pod_the_host_rejects_gets_a_warning_event,
     ),
 ];
 

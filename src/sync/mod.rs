@@ -667,10 +667,25 @@ impl<R: Rule> Engine<R> {
                 }
             }
             let params = PatchParams::apply(FIELD_MANAGER).force();
-            let out = host_api
+            let out = match host_api
                 .patch(&host_name, &params, &Patch::Apply(&value))
                 .await
-                .map_err(|e| api_err("apply", R::KIND, &label, e))?;
+            {
+                Ok(out) => out,
+                Err(kube::Error::Api(status)) if rejected(status.code) => {
+                    // The host refuses this object as it is: tell the tenant,
+                    // then keep retrying with backoff (it may be fixed either side).
+                    let note = format!(
+                        "the host API rejected the {} copy: {}",
+                        R::KIND,
+                        status.message
+                    );
+                    ctx.event(v.as_ref(), EventType::Warning, "SyncRejected", note)
+                        .await;
+                    return Err(api_err("apply", R::KIND, &label, kube::Error::Api(status)));
+                }
+                Err(e) => return Err(api_err("apply", R::KIND, &label, e)),
+            };
             tracing::debug!(kind = R::KIND, key = %label, host = %host_name, "applied");
             Some(strip(out))
         } else {
@@ -734,6 +749,12 @@ impl<R: Rule> Engine<R> {
             Err(e) => Err(api_err("delete host copy of", R::KIND, label, e)),
         }
     }
+}
+
+/// Host answers that mean "this object is not acceptable", as opposed to
+/// transient failures.
+fn rejected(code: u16) -> bool {
+    matches!(code, 400 | 403 | 404 | 422)
 }
 
 fn api_err(action: &'static str, kind: &'static str, key: &str, e: kube::Error) -> SyncError {
