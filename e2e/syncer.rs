@@ -576,6 +576,54 @@ fn foreign_host_object_is_untouched_and_reported(env: &Env) {
     });
 }
 
+fn service_links_of_virtual_services_reach_host_pods(env: &Env) {
+    let ns = "links";
+    block_on(async {
+        let (v, h) = clients(env).await;
+        namespace(&v, ns).await;
+        create(
+            &Api::<k8s_openapi::api::core::v1::Service>::namespaced(v.clone(), ns),
+            json!({
+                "metadata": {"name": "backend"},
+                "spec": {"selector": {"app": "backend"}, "ports": [{"name": "http", "port": 8080}]}
+            }),
+        )
+        .await;
+        let svc = Api::<k8s_openapi::api::core::v1::Service>::namespaced(v.clone(), ns)
+            .get("backend")
+            .await
+            .unwrap();
+        let ip = svc.spec.unwrap().cluster_ip.unwrap();
+        let vpods: Api<Pod> = Api::namespaced(v.clone(), ns);
+        create(
+            &vpods,
+            json!({
+                "metadata": {"name": "client", "labels": {"app": "client"}},
+                "spec": {"containers": [{"name": "main", "image": "busybox"}]}
+            }),
+        )
+        .await;
+        running(&vpods, "client", 1).await;
+        let hp = Api::<Pod>::namespaced(h, HOST_NS)
+            .get(&env.host_name(ns, "client"))
+            .await
+            .unwrap();
+        let env_vars = hp.spec.unwrap().containers[0].env.clone().unwrap();
+        let get = |k: &str| {
+            env_vars
+                .iter()
+                .find(|e| e.name == k)
+                .and_then(|e| e.value.clone())
+        };
+        assert_eq!(get("BACKEND_SERVICE_HOST"), Some(ip.clone()));
+        assert_eq!(get("BACKEND_SERVICE_PORT_HTTP").as_deref(), Some("8080"));
+        assert_eq!(
+            get("BACKEND_PORT").as_deref(),
+            Some(format!("tcp://{ip}:8080").as_str())
+        );
+    });
+}
+
 fn pod_the_host_rejects_gets_a_warning_event(env: &Env) {
     let ns = "rejected";
     block_on(async {
@@ -588,7 +636,10 @@ fn pod_the_host_rejects_gets_a_warning_event(env: &Env) {
             &limits,
             json!({
                 "metadata": {"name": "cap-memory"},
-                "spec": {"limits": [{"type": "Container", "max": {"memory": "1Ti"}}]}
+                // Explicit small defaults: with only `max`, every other test's pod
+            // would default to requesting 1Ti and fit no node.
+            "spec": {"limits": [{"type": "Container", "max": {"memory": "1Ti"},
+                "default": {"memory": "64Mi"}, "defaultRequest": {"memory": "64Mi"}}]}
             }),
         )
         .await;
@@ -847,6 +898,10 @@ const SHARED: &[Test] = &[
     (
         "pod_the_host_rejects_gets_a_warning_event",
         pod_the_host_rejects_gets_a_warning_event,
+    ),
+    (
+        "service_links_of_virtual_services_reach_host_pods",
+        service_links_of_virtual_services_reach_host_pods,
     ),
 ];
 

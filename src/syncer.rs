@@ -8,14 +8,17 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
+use futures::StreamExt as _;
 use http_body_util::Full;
 use hyper::body::Bytes;
 use hyper::{Request, Response, StatusCode};
 use hyper_util::rt::TokioIo;
-use k8s_openapi::api::core::v1::{ConfigMap, Pod, Secret};
+use k8s_openapi::api::core::v1::{ConfigMap, Pod, Secret, Service};
 use kube::ResourceExt;
+use kube::api::Api;
 use kube::config::{KubeConfigOptions, Kubeconfig};
 use kube::runtime::reflector;
+use kube::runtime::{WatchStreamExt as _, watcher};
 
 use crate::sync::config::{ConfigRule, Scope};
 use crate::sync::nodes::VirtualNodes;
@@ -130,6 +133,20 @@ pub async fn run(opts: SyncerOptions) -> Result<(), SyncerError> {
         Scope::Referenced
     };
 
+    // Virtual Services, for the service links of new pods: cached before any
+    // pod is synced.
+    let (services, services_writer) = reflector::store::<Service>();
+    let service_watch = watcher(
+        Api::<Service>::all(virt.clone()),
+        engine_opts.watcher_config(),
+    )
+    .default_backoff()
+    .modify(|s| s.managed_fields_mut().clear())
+    .reflect(services_writer);
+    tokio::spawn(service_watch.for_each(|_| std::future::ready(())));
+    // If the writer is dropped the watch task ended; nothing more to wait for.
+    let _ = services.wait_until_ready().await;
+
     let pod_cache = reflector::store::<Pod>();
     let configmaps = Engine::new(
         ConfigRule::<ConfigMap>::new(scope, pod_cache.0.clone()),
@@ -146,6 +163,7 @@ pub async fn run(opts: SyncerOptions) -> Result<(), SyncerError> {
             secrets.host_store(),
             Arc::clone(&nodes),
             opts.api.clone(),
+            services,
         ),
         Arc::clone(&ctx),
         pod_cache,

@@ -13,7 +13,7 @@ use std::time::Duration;
 use base64::Engine as _;
 use k8s_openapi::api::authentication::v1::{BoundObjectReference, TokenRequest, TokenRequestSpec};
 use k8s_openapi::api::core::v1::{
-    Binding, ConfigMap, ObjectReference, Pod, Secret, ServiceAccount,
+    Binding, ConfigMap, ObjectReference, Pod, Secret, Service, ServiceAccount,
 };
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use kube::ResourceExt;
@@ -42,6 +42,7 @@ pub struct PodRule {
     host_secrets: Store<Secret>,
     nodes: Arc<VirtualNodes>,
     api: ApiEndpoint,
+    services: Store<Service>,
 }
 
 impl PodRule {
@@ -52,12 +53,14 @@ impl PodRule {
         host_secrets: Store<Secret>,
         nodes: Arc<VirtualNodes>,
         api: ApiEndpoint,
+        services: Store<Service>,
     ) -> Self {
         Self {
             host_configmaps,
             host_secrets,
             nodes,
             api,
+            services,
         }
     }
 
@@ -200,7 +203,31 @@ impl Rule for PodRule {
         {
             return Decision::Wait(format!("{what} is not on the host yet"));
         }
-        Decision::Sync(host_pod(&ctx.vc, v, &self.api))
+        let ns = v.namespace();
+        let services: Vec<Service> = self
+            .services
+            .state()
+            .iter()
+            .filter(|s| s.namespace() == ns)
+            .map(|s| (**s).clone())
+            .collect();
+        let mut desired = host_pod(&ctx.vc, v, &self.api, &services);
+        if let (Some(h), Some(spec)) = (h.and_then(|h| h.spec.as_ref()), desired.spec.as_mut()) {
+            // Container environments are fixed at creation (as service links
+            // are for a kubelet): keep the host pod's.
+            for (want, have) in spec.containers.iter_mut().zip(&h.containers) {
+                want.env.clone_from(&have.env);
+            }
+            for (want, have) in spec
+                .init_containers
+                .iter_mut()
+                .flatten()
+                .zip(h.init_containers.iter().flatten())
+            {
+                want.env.clone_from(&have.env);
+            }
+        }
+        Decision::Sync(desired)
     }
 
     async fn after_sync(

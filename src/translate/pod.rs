@@ -23,7 +23,7 @@ use std::collections::BTreeSet;
 
 use k8s_openapi::api::core::v1::{
     Container, EnvVar, KeyToPath, ObjectFieldSelector, Pod, PodSpec, PodStatus, SecretProjection,
-    Volume,
+    Service, Volume,
 };
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use serde_json::{Value, json};
@@ -304,9 +304,92 @@ fn set_api_env(c: &mut Container, api: &ApiEndpoint) {
     }
 }
 
+/// The environment a kubelet gives containers for the Services of their
+/// namespace (service links): `<NAME>_SERVICE_HOST`, `<NAME>_SERVICE_PORT`,
+/// `<NAME>_SERVICE_PORT_<PORT NAME>` and the Docker-link style `<NAME>_PORT*`
+/// variables, for every Service with a cluster IP. The `kubernetes` Service of
+/// `default` is left out: the API endpoint variables stand for it.
+pub fn service_link_env(namespace: &str, services: &[Service]) -> Vec<EnvVar> {
+    let var = |name: String, value: String| EnvVar {
+        name,
+        value: Some(value),
+        value_from: None,
+    };
+    let mut sorted: Vec<&Service> = services.iter().collect();
+    sorted.sort_by_key(|s| s.metadata.name.clone());
+    let mut out = Vec::new();
+    for svc in sorted {
+        let name = svc.metadata.name.as_deref().unwrap_or_default();
+        if namespace == "default" && name == "kubernetes" {
+            continue;
+        }
+        let Some(spec) = &svc.spec else { continue };
+        let Some(ip) = spec
+            .cluster_ip
+            .as_deref()
+            .filter(|ip| !ip.is_empty() && *ip != "None")
+        else {
+            continue;
+        };
+        let ports = spec.ports.as_deref().unwrap_or_default();
+        let Some(first) = ports.first() else { continue };
+        let prefix = name.to_ascii_uppercase().replace('-', "_");
+        out.push(var(format!("{prefix}_SERVICE_HOST"), ip.to_owned()));
+        out.push(var(
+            format!("{prefix}_SERVICE_PORT"),
+            first.port.to_string(),
+        ));
+        for p in ports {
+            if let Some(pn) = p.name.as_deref().filter(|n| !n.is_empty()) {
+                let pn = pn.to_ascii_uppercase().replace('-', "_");
+                out.push(var(
+                    format!("{prefix}_SERVICE_PORT_{pn}"),
+                    p.port.to_string(),
+                ));
+            }
+        }
+        let proto = |p: &k8s_openapi::api::core::v1::ServicePort| {
+            p.protocol.clone().unwrap_or_else(|| "TCP".to_owned())
+        };
+        out.push(var(
+            format!("{prefix}_PORT"),
+            format!(
+                "{}://{ip}:{}",
+                proto(first).to_ascii_lowercase(),
+                first.port
+            ),
+        ));
+        for p in ports {
+            let pr = proto(p);
+            let base = format!("{prefix}_PORT_{}_{pr}", p.port);
+            out.push(var(
+                base.clone(),
+                format!("{}://{ip}:{}", pr.to_ascii_lowercase(), p.port),
+            ));
+            out.push(var(format!("{base}_PROTO"), pr.to_ascii_lowercase()));
+            out.push(var(format!("{base}_PORT"), p.port.to_string()));
+            out.push(var(format!("{base}_ADDR"), ip.to_owned()));
+        }
+    }
+    out
+}
+
+/// Puts `links` before a container's own variables, except names it sets itself.
+fn add_service_links(c: &mut Container, links: &[EnvVar]) {
+    let own = c.env.take().unwrap_or_default();
+    let mut env: Vec<EnvVar> = links
+        .iter()
+        .filter(|l| !own.iter().any(|e| e.name == l.name))
+        .cloned()
+        .collect();
+    env.extend(own);
+    c.env = Some(env);
+}
+
 /// The host form of virtual pod `pod` (name, namespace and ownership markers
-/// are added by the sync engine).
-pub fn host_pod(vc: &VclusterName, pod: &Pod, api: &ApiEndpoint) -> Pod {
+/// are added by the sync engine). `services` are the virtual Services of the
+/// pod's namespace, for its service links (when the pod keeps them on).
+pub fn host_pod(vc: &VclusterName, pod: &Pod, api: &ApiEndpoint, services: &[Service]) -> Pod {
     let namespace = pod.metadata.namespace.as_deref().unwrap_or("default");
     let name = pod.metadata.name.as_deref().unwrap_or_default();
     let r = Renamer {
@@ -329,6 +412,11 @@ pub fn host_pod(vc: &VclusterName, pod: &Pod, api: &ApiEndpoint) -> Pod {
     for v in spec.volumes.iter_mut().flatten() {
         r.volume(v);
     }
+    let links = if pod.spec.as_ref().and_then(|s| s.enable_service_links) == Some(false) {
+        Vec::new()
+    } else {
+        service_link_env(namespace, services)
+    };
     for c in spec
         .containers
         .iter_mut()
@@ -336,6 +424,7 @@ pub fn host_pod(vc: &VclusterName, pod: &Pod, api: &ApiEndpoint) -> Pod {
     {
         r.container(c);
         set_api_env(c, api);
+        add_service_links(c, &links);
     }
     for s in spec.image_pull_secrets.iter_mut().flatten() {
         r.name(&mut s.name);
@@ -459,7 +548,7 @@ mod tests {
     #[test]
     fn host_pod_is_rewritten_for_the_host() {
         let v = vc();
-        let h = host_pod(&v, &pod(full_spec()), &api());
+        let h = host_pod(&v, &pod(full_spec()), &api(), &[]);
         let j = serde_json::to_value(&h).unwrap();
         let spec = &j["spec"];
         let n = |name: &str| host_name(&v, "team", name);
@@ -529,7 +618,7 @@ mod tests {
     fn api_endpoint_is_injected_unless_set_and_token_source_is_read() {
         let v = vc();
         let mut p = pod(full_spec());
-        let h = serde_json::to_value(host_pod(&v, &p, &api())).unwrap();
+        let h = serde_json::to_value(host_pod(&v, &p, &api(), &[])).unwrap();
         for c in ["containers", "initContainers"] {
             let env = h["spec"][c][0]["env"].as_array().unwrap();
             let get = |k: &str| {
@@ -554,7 +643,7 @@ mod tests {
                 value: Some("mine".into()),
                 value_from: None,
             });
-        let h = serde_json::to_value(host_pod(&v, &p, &api())).unwrap();
+        let h = serde_json::to_value(host_pod(&v, &p, &api(), &[])).unwrap();
         let env = h["spec"]["containers"][0]["env"].as_array().unwrap();
         let hosts: Vec<_> = env
             .iter()
@@ -573,6 +662,76 @@ mod tests {
         );
         let none = pod(json!({"containers": [{"name": "a", "image": "b"}]}));
         assert_eq!(token_source(&none), None);
+    }
+
+    #[test]
+    fn service_links_match_what_a_kubelet_injects() {
+        let svcs: Vec<Service> = serde_json::from_value(json!([
+            {"metadata": {"name": "redis-primary"}, "spec": {"clusterIP": "10.97.0.11",
+                "ports": [{"name": "redis", "port": 6379, "protocol": "TCP"}, {"port": 9121}]}},
+            {"metadata": {"name": "headless"}, "spec": {"clusterIP": "None", "ports": [{"port": 80}]}},
+            {"metadata": {"name": "kubernetes"}, "spec": {"clusterIP": "10.97.0.1", "ports": [{"name": "https", "port": 443}]}}
+        ]))
+        .unwrap();
+        let env = service_link_env("default", &svcs);
+        let get = |k: &str| {
+            env.iter()
+                .find(|e| e.name == k)
+                .and_then(|e| e.value.clone())
+        };
+        assert_eq!(
+            get("REDIS_PRIMARY_SERVICE_HOST").as_deref(),
+            Some("10.97.0.11")
+        );
+        assert_eq!(get("REDIS_PRIMARY_SERVICE_PORT").as_deref(), Some("6379"));
+        assert_eq!(
+            get("REDIS_PRIMARY_SERVICE_PORT_REDIS").as_deref(),
+            Some("6379")
+        );
+        assert_eq!(
+            get("REDIS_PRIMARY_PORT").as_deref(),
+            Some("tcp://10.97.0.11:6379")
+        );
+        assert_eq!(
+            get("REDIS_PRIMARY_PORT_9121_TCP_ADDR").as_deref(),
+            Some("10.97.0.11")
+        );
+        assert_eq!(
+            get("REDIS_PRIMARY_PORT_6379_TCP_PROTO").as_deref(),
+            Some("tcp")
+        );
+        assert!(
+            get("HEADLESS_SERVICE_HOST").is_none(),
+            "headless services have no links"
+        );
+        assert!(
+            get("KUBERNETES_SERVICE_HOST").is_none(),
+            "the API endpoint stands for it"
+        );
+
+        // Injected before the container's own variables, which win on a clash.
+        let mut p = pod(json!({"containers": [{"name": "a", "image": "b",
+            "env": [{"name": "REDIS_PRIMARY_SERVICE_PORT", "value": "1"}]}]}));
+        p.metadata.namespace = Some("default".into());
+        let h = host_pod(&vc(), &p, &api(), &svcs);
+        let env = h.spec.unwrap().containers[0].env.clone().unwrap();
+        assert_eq!(env[0].name, "REDIS_PRIMARY_SERVICE_HOST");
+        let ports: Vec<_> = env
+            .iter()
+            .filter(|e| e.name == "REDIS_PRIMARY_SERVICE_PORT")
+            .collect();
+        assert_eq!(ports.len(), 1);
+        assert_eq!(ports[0].value.as_deref(), Some("1"));
+        // A pod that turns service links off gets none.
+        p.spec.as_mut().unwrap().enable_service_links = Some(false);
+        let h = host_pod(&vc(), &p, &api(), &svcs);
+        let env = h.spec.unwrap().containers[0].env.clone().unwrap();
+        assert!(!env.iter().any(|e| e.name == "REDIS_PRIMARY_SERVICE_HOST"));
+        assert_eq!(
+            env.iter().filter(|e| e.name.starts_with("REDIS")).count(),
+            1,
+            "only its own"
+        );
     }
 
     #[test]
