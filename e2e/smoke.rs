@@ -422,6 +422,33 @@ fn usage_mistakes_are_one_line(_: &DevStack) {
     let out = vcluster(&["dev", "launch"]);
     assert_eq!(out.status.code(), Some(2));
     assert_one_line_error(&out, "launch");
+    let syncer = |name: &str, extra: &[&str]| {
+        let mut args = vec![
+            "syncer",
+            "--name",
+            name,
+            "--host-namespace",
+            "a",
+            "--virtual-kubeconfig",
+            "/nonexistent/vcluster-e2e.kubeconfig",
+            "--host-kubeconfig",
+            "/nonexistent/vcluster-e2e.kubeconfig",
+        ];
+        args.extend_from_slice(extra);
+        vcluster(&args)
+    };
+    assert_one_line_error(
+        &syncer("x", &["--sync", "pods"]),
+        "pods need configmaps and secrets",
+    );
+    assert_one_line_error(
+        &syncer("Bad_Name", &[]),
+        "invalid vcluster name \"Bad_Name\"",
+    );
+    assert_one_line_error(
+        &syncer("x", &[]),
+        "cannot read kubeconfig /nonexistent/vcluster-e2e.kubeconfig",
+    );
     let out = vcluster(&["dev", "status", "--state-dir", "/nonexistent/vcluster-e2e"]);
     assert_one_line_error(&out, "no dev stack in /nonexistent/vcluster-e2e");
 }

@@ -59,6 +59,65 @@ pub enum SyncerError {
     },
 }
 
+/// Which kinds the syncer syncs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Kinds {
+    /// Pods (and the virtual Nodes they are bound to).
+    pub pods: bool,
+    /// ConfigMaps.
+    pub configmaps: bool,
+    /// Secrets.
+    pub secrets: bool,
+    /// Host events about pods, copied up.
+    pub events: bool,
+}
+
+impl Kinds {
+    /// Every kind.
+    pub const ALL: Self = Self {
+        pods: true,
+        configmaps: true,
+        secrets: true,
+        events: true,
+    };
+
+    /// Parses a comma-separated list (`pods,configmaps,secrets,events`) and
+    /// refuses combinations that cannot work.
+    pub fn parse(list: &str, sync_all_configs: bool) -> Result<Self, String> {
+        let mut k = Self {
+            pods: false,
+            configmaps: false,
+            secrets: false,
+            events: false,
+        };
+        for item in list.split(',').map(str::trim).filter(|s| !s.is_empty()) {
+            match item {
+                "pods" => k.pods = true,
+                "configmaps" => k.configmaps = true,
+                "secrets" => k.secrets = true,
+                "events" => k.events = true,
+                other => {
+                    return Err(format!(
+                        "unknown kind {other:?} in --sync (known: pods, configmaps, secrets, events)"
+                    ));
+                }
+            }
+        }
+        if k.pods && !(k.configmaps && k.secrets) {
+            return Err("--sync: pods need configmaps and secrets (the objects they mount)".into());
+        }
+        if !k.pods && (k.configmaps || k.secrets) && !sync_all_configs {
+            return Err(
+                "--sync: without pods, configmaps and secrets are synced only with --sync-all-configs".into(),
+            );
+        }
+        if k.events && !k.pods {
+            return Err("--sync: events are those of synced pods, so they need pods".into());
+        }
+        Ok(k)
+    }
+}
+
 /// How the syncer runs.
 #[derive(Debug, Clone)]
 pub struct SyncerOptions {
@@ -84,6 +143,8 @@ pub struct SyncerOptions {
     pub listen: SocketAddr,
     /// Where in-cluster clients of synced pods reach the virtual API.
     pub api: crate::translate::pod::ApiEndpoint,
+    /// Which kinds sync.
+    pub kinds: Kinds,
 }
 
 async fn client_from(path: &PathBuf, which: &'static str) -> Result<kube::Client, SyncerError> {
@@ -189,25 +250,37 @@ pub async fn run(opts: SyncerOptions) -> Result<(), SyncerError> {
         });
     }
 
-    tokio::spawn(Arc::clone(&configmaps).run(engine_opts));
-    tokio::spawn(Arc::clone(&secrets).run(engine_opts));
-    tokio::spawn(Arc::clone(&pods).run(engine_opts));
-    {
+    let kinds = &opts.kinds;
+    if kinds.configmaps {
+        tokio::spawn(Arc::clone(&configmaps).run(engine_opts));
+    }
+    if kinds.secrets {
+        tokio::spawn(Arc::clone(&secrets).run(engine_opts));
+    }
+    if kinds.pods {
+        tokio::spawn(Arc::clone(&pods).run(engine_opts));
         let (nodes, host_pods) = (Arc::clone(&nodes), pods.host_store());
         tokio::spawn(async move { nodes.maintain(host_pods, Duration::from_secs(10)).await });
+        if kinds.events {
+            tokio::spawn(crate::sync::events::run(
+                Arc::clone(&ctx),
+                pods.host_store(),
+                pods.virtual_store(),
+            ));
+        }
     }
-    tokio::spawn(crate::sync::events::run(
-        Arc::clone(&ctx),
-        pods.host_store(),
-        pods.virtual_store(),
-    ));
     let ready = {
         let (a, b, c) = (
             Arc::clone(&configmaps),
             Arc::clone(&secrets),
             Arc::clone(&pods),
         );
-        move || a.is_ready() && b.is_ready() && c.is_ready()
+        let k = *kinds;
+        move || {
+            (!k.configmaps || a.is_ready())
+                && (!k.secrets || b.is_ready())
+                && (!k.pods || c.is_ready())
+        }
     };
     tracing::info!(vcluster = %opts.name, host_namespace = %opts.host_namespace, listen = %opts.listen, "syncer started");
     serve_health(opts.listen, ready).await
@@ -248,5 +321,34 @@ async fn serve_health(
                 .serve_connection(TokioIo::new(stream), svc)
                 .await;
         });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn kind_lists_are_parsed_and_checked() {
+        assert_eq!(
+            Kinds::parse("pods,configmaps,secrets,events", false),
+            Ok(Kinds::ALL)
+        );
+        assert_eq!(
+            Kinds::parse("configmaps, secrets", true).map(|k| (k.pods, k.configmaps)),
+            Ok((false, true))
+        );
+        for (bad, why) in [
+            ("pods", "pods need configmaps and secrets"),
+            ("configmaps", "only with --sync-all-configs"),
+            (
+                "pods,configmaps,secrets,services",
+                "unknown kind \"services\"",
+            ),
+            ("events", "need pods"),
+        ] {
+            let err = Kinds::parse(bad, false).unwrap_err();
+            assert!(err.contains(why), "{bad}: {err}");
+        }
     }
 }

@@ -39,6 +39,13 @@ pub struct SyncerArgs {
     /// Ask the API servers for watch bookmarks.
     #[arg(long, env = "VCLUSTER_WATCH_BOOKMARKS", default_value_t = true, action = clap::ArgAction::Set)]
     watch_bookmarks: bool,
+    /// Which kinds sync: a comma-separated subset of pods,configmaps,secrets,events.
+    #[arg(
+        long = "sync",
+        env = "VCLUSTER_SYNC",
+        default_value = "pods,configmaps,secrets,events"
+    )]
+    sync: String,
     /// Sync every ConfigMap and Secret, not only those pods reference.
     #[arg(long, env = "VCLUSTER_SYNC_ALL_CONFIGS")]
     sync_all_configs: bool,
@@ -68,7 +75,10 @@ pub fn run(args: SyncerArgs) -> anyhow::Result<ExitCode> {
             .unwrap_or_else(|| format!("{name}.{host_namespace}.svc")),
         port: args.api_service_port,
     };
+    let kinds =
+        syncer::Kinds::parse(&args.sync, args.sync_all_configs).map_err(anyhow::Error::msg)?;
     let opts = SyncerOptions {
+        kinds,
         api,
         name,
         host_namespace,
