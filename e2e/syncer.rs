@@ -119,6 +119,16 @@ fn deployment(name: &str, replicas: i32) -> serde_json::Value {
     })
 }
 
+/// The `settings` ConfigMap, the `creds` Secret and a Deployment using both.
+async fn deploy_with_config(c: &kube::Client, ns: &str, name: &str, replicas: i32) {
+    config_objects(c, ns).await;
+    create(
+        &Api::<Deployment>::namespaced(c.clone(), ns),
+        deployment(name, replicas),
+    )
+    .await;
+}
+
 async fn config_objects(c: &kube::Client, ns: &str) {
     create(
         &Api::<ConfigMap>::namespaced(c.clone(), ns),
@@ -141,12 +151,7 @@ fn deployment_with_config_runs_on_the_host(env: &Env) {
     block_on(async {
         let (v, h) = clients(env).await;
         namespace(&v, ns).await;
-        config_objects(&v, ns).await;
-        create(
-            &Api::<Deployment>::namespaced(v.clone(), ns),
-            deployment("web", 3),
-        )
-        .await;
+        deploy_with_config(&v, ns, "web", 3).await;
         let vpods: Api<Pod> = Api::namespaced(v.clone(), ns);
         let pods = running(&vpods, "web", 3).await;
 
@@ -392,20 +397,7 @@ fn deployment_with_config_runs_on_the_host(env: &Env) {
             },
         )
         .await;
-        eventually("virtual pods gone", T, || async {
-            let n = vpods
-                .list(&ListParams::default().labels("app=web"))
-                .await
-                .map_err(|e| e.to_string())?
-                .items
-                .len();
-            if n == 0 {
-                Ok(())
-            } else {
-                Err(format!("{n} left"))
-            }
-        })
-        .await;
+        none_left("virtual pods gone", &vpods, "app=web").await;
     });
 }
 
@@ -450,12 +442,7 @@ fn host_pod_deleted_by_hand_is_replaced(env: &Env) {
     block_on(async {
         let (v, h) = clients(env).await;
         namespace(&v, ns).await;
-        config_objects(&v, ns).await;
-        create(
-            &Api::<Deployment>::namespaced(v.clone(), ns),
-            deployment("solo", 1),
-        )
-        .await;
+        deploy_with_config(&v, ns, "solo", 1).await;
         let vpods: Api<Pod> = Api::namespaced(v.clone(), ns);
         let first = running(&vpods, "solo", 1).await.remove(0);
         let first_name = first.metadata.name.clone().unwrap();
@@ -813,12 +800,7 @@ fn watch_expiry_by_etcd_compaction_is_survived(_: &Env) {
     block_on(async {
         let v = client(&stack.vcluster_kubeconfig()).await;
         namespace(&v, ns).await;
-        config_objects(&v, ns).await;
-        create(
-            &Api::<Deployment>::namespaced(v.clone(), ns),
-            deployment("before", 1),
-        )
-        .await;
+        deploy_with_config(&v, ns, "before", 1).await;
         let vpods: Api<Pod> = Api::namespaced(v.clone(), ns);
         running(&vpods, "before", 1).await;
         // Writes the syncer does not watch move etcd past every revision it
@@ -857,20 +839,7 @@ fn watch_expiry_by_etcd_compaction_is_survived(_: &Env) {
             .delete("before", &DeleteParams::background())
             .await
             .unwrap();
-        eventually("the old deployment's host pod to go", T, || async {
-            let n = hpods
-                .list(&ListParams::default().labels("app=before"))
-                .await
-                .map_err(|e| e.to_string())?
-                .items
-                .len();
-            if n == 0 {
-                Ok(())
-            } else {
-                Err(format!("{n} left"))
-            }
-        })
-        .await;
+        none_left("the old deployment's host pod to go", &hpods, "app=before").await;
     });
     drop(syncer);
 }

@@ -18,7 +18,6 @@ use kube::ResourceExt;
 use kube::api::Api;
 use kube::config::{KubeConfigOptions, Kubeconfig};
 use kube::runtime::reflector;
-use kube::runtime::{WatchStreamExt as _, watcher};
 
 use crate::sync::config::{ConfigRule, Scope};
 use crate::sync::nodes::VirtualNodes;
@@ -197,13 +196,11 @@ pub async fn run(opts: SyncerOptions) -> Result<(), SyncerError> {
     // Virtual Services, for the service links of new pods: cached before any
     // pod is synced.
     let (services, services_writer) = reflector::store::<Service>();
-    let service_watch = watcher(
+    let service_watch = crate::sync::cached_watch(
         Api::<Service>::all(virt.clone()),
         engine_opts.watcher_config(),
-    )
-    .default_backoff()
-    .modify(|s| s.managed_fields_mut().clear())
-    .reflect(services_writer);
+        services_writer,
+    );
     tokio::spawn(service_watch.for_each(|_| std::future::ready(())));
     // If the writer is dropped the watch task ended; nothing more to wait for.
     let _ = services.wait_until_ready().await;

@@ -382,3 +382,24 @@ pub fn etcd_compact(port: u16) -> i64 {
     );
     rev
 }
+
+/// Waits until no object of `api` matches `labels`.
+pub async fn none_left<K>(what: &str, api: &kube::Api<K>, labels: &str)
+where
+    K: kube::Resource + Clone + serde::de::DeserializeOwned + std::fmt::Debug,
+{
+    eventually(what, Duration::from_secs(60), || async {
+        let n = api
+            .list(&kube::api::ListParams::default().labels(labels))
+            .await
+            .map_err(|e| e.to_string())?
+            .items
+            .len();
+        if n == 0 {
+            Ok(())
+        } else {
+            Err(format!("{n} left"))
+        }
+    })
+    .await
+}

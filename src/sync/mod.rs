@@ -281,6 +281,24 @@ impl EngineOptions {
     }
 }
 
+/// A watch that keeps `writer`'s cache (with `managedFields` stripped),
+/// relists after expiry, retries with backoff, and yields each object it
+/// sees change.
+pub fn cached_watch<K>(
+    api: Api<K>,
+    config: watcher::Config,
+    writer: reflector::store::Writer<K>,
+) -> impl futures::Stream<Item = Result<K, watcher::Error>> + Send
+where
+    K: Resource<DynamicType = ()> + Clone + DeserializeOwned + Debug + Send + Sync + 'static,
+{
+    watcher(api, config)
+        .default_backoff()
+        .modify(|o| o.managed_fields_mut().clear())
+        .reflect(writer)
+        .touched_objects()
+}
+
 fn strip<K: Resource>(mut o: K) -> K {
     o.managed_fields_mut().clear();
     o
@@ -407,11 +425,7 @@ impl<R: Rule> Engine<R> {
 
         let me = Arc::clone(&self);
         let virt_watch = async move {
-            let stream = watcher(virt_api, opts.watcher_config())
-                .default_backoff()
-                .modify(|o| o.managed_fields_mut().clear())
-                .reflect(vw)
-                .touched_objects();
+            let stream = cached_watch(virt_api, opts.watcher_config(), vw);
             futures::pin_mut!(stream);
             while let Some(ev) = stream.next().await {
                 match ev {
@@ -437,11 +451,7 @@ impl<R: Rule> Engine<R> {
         };
         let me = Arc::clone(&self);
         let host_watch = async move {
-            let stream = watcher(host_api, opts.watcher_config().labels(&selector))
-                .default_backoff()
-                .modify(|o| o.managed_fields_mut().clear())
-                .reflect(hw)
-                .touched_objects();
+            let stream = cached_watch(host_api, opts.watcher_config().labels(&selector), hw);
             futures::pin_mut!(stream);
             while let Some(ev) = stream.next().await {
                 match ev {
