@@ -2,6 +2,9 @@
 //!
 //! See `ARCHITECTURE.md` in the design notes for the module map. Modules that
 //! exist today:
+//! - [`translate`]: pure translation between virtual and host objects;
+//! - [`sync`]: the generic sync engine and one rule file per kind;
+//! - [`syncer`]: the syncer process (engines, virtual nodes, health);
 //! - [`pki`]: certificate authorities and certificates (rcgen);
 //! - [`kubeconfig`]: building kubeconfig files;
 //! - [`local`]: the embedded default, real local control planes for
