@@ -94,14 +94,14 @@ impl VirtualNodes {
 
     /// Makes sure virtual Node `name` exists and is Ready.
     pub async fn ensure(&self, name: &str) -> Result<(), SyncError> {
-        if self.ensured.lock().await.contains_key(name) {
-            return Ok(());
+        // Held across the write: `maintain` deletes under the same lock, so a
+        // node cannot be removed between this check and the binding after it.
+        let mut ensured = self.ensured.lock().await;
+        if !ensured.contains_key(name) {
+            self.write(name).await?;
         }
-        self.write(name).await?;
-        self.ensured
-            .lock()
-            .await
-            .insert(name.to_owned(), Instant::now());
+        // Every use restarts the grace period.
+        ensured.insert(name.to_owned(), Instant::now());
         Ok(())
     }
 
@@ -212,23 +212,23 @@ impl VirtualNodes {
             };
             for n in existing {
                 let name = n.metadata.name.unwrap_or_default();
-                let recent = self
-                    .ensured
-                    .lock()
-                    .await
-                    .get(&name)
-                    .is_some_and(|t| t.elapsed() < GRACE);
+                // Decide and delete under the lock `ensure` takes: a pod being
+                // bound to this node right now either kept it (recent) or
+                // waits, then recreates it.
+                let mut ensured = self.ensured.lock().await;
+                let recent = ensured.get(&name).is_some_and(|t| t.elapsed() < GRACE);
                 if needed.contains(&name) || recent {
+                    drop(ensured);
                     if let Err(e) = self.write(&name).await {
                         tracing::warn!(node = %name, error = %e, "cannot renew virtual node");
                     }
-                } else {
-                    self.ensured.lock().await.remove(&name);
-                    match nodes.delete(&name, &DeleteParams::default()).await {
-                        Ok(_) => tracing::info!(node = %name, "removed virtual node no pod needs"),
-                        Err(e) => {
-                            tracing::warn!(node = %name, error = %e, "cannot remove virtual node")
-                        }
+                    continue;
+                }
+                ensured.remove(&name);
+                match nodes.delete(&name, &DeleteParams::default()).await {
+                    Ok(_) => tracing::info!(node = %name, "removed virtual node no pod needs"),
+                    Err(e) => {
+                        tracing::warn!(node = %name, error = %e, "cannot remove virtual node")
                     }
                 }
             }
