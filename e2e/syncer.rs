@@ -929,6 +929,11 @@ fn main() {
                 vcluster::local::process::log_tail(&log, 40)
             );
         }
+    }
+    // `process::exit` runs no destructors: stop the syncer and the stack first
+    // (the trials have released their references by now).
+    drop(env);
+    if failed > 0 {
         std::process::exit(101);
     }
 }
