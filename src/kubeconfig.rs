@@ -59,6 +59,14 @@ pub fn client_cert(
     }
 }
 
+/// A client for the cluster and user of the kubeconfig's current context.
+pub async fn client(config: Kubeconfig) -> Result<kube::Client, kube::Error> {
+    let config =
+        kube::Config::from_custom_kubeconfig(config, &kube::config::KubeConfigOptions::default())
+            .await?;
+    kube::Client::try_from(config)
+}
+
 /// Renders a kubeconfig as YAML, the form kubectl and helm read.
 pub fn to_yaml(config: &Kubeconfig) -> Result<String, KubeconfigError> {
     Ok(serde_yaml::to_string(config)?)

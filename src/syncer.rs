@@ -16,7 +16,7 @@ use hyper_util::rt::TokioIo;
 use k8s_openapi::api::core::v1::{ConfigMap, Pod, Secret, Service};
 use kube::ResourceExt;
 use kube::api::Api;
-use kube::config::{KubeConfigOptions, Kubeconfig};
+use kube::config::Kubeconfig;
 use kube::runtime::reflector;
 
 use crate::sync::config::{ConfigRule, Scope};
@@ -151,16 +151,12 @@ async fn client_from(path: &PathBuf, which: &'static str) -> Result<kube::Client
         path: path.clone(),
         source,
     })?;
-    let config = kube::Config::from_custom_kubeconfig(kc, &KubeConfigOptions::default())
+    crate::kubeconfig::client(kc)
         .await
-        .map_err(|source| SyncerError::Kubeconfig {
-            path: path.clone(),
-            source,
-        })?;
-    kube::Client::try_from(config).map_err(|e| SyncerError::Client {
-        which,
-        source: Box::new(e),
-    })
+        .map_err(|e| SyncerError::Client {
+            which,
+            source: Box::new(e),
+        })
 }
 
 /// Runs the syncer until the process ends.

@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
-use kube::config::{KubeConfigOptions, Kubeconfig};
+use kube::config::Kubeconfig;
 use vcluster::local::StackState;
 
 /// The `vcluster` binary cargo built for this test.
@@ -115,10 +115,7 @@ pub fn logs(dir: &Path) -> String {
 /// A kube client for an admin kubeconfig file.
 pub async fn client(kubeconfig: &Path) -> kube::Client {
     let kc = Kubeconfig::read_from(kubeconfig).unwrap();
-    let cfg = kube::Config::from_custom_kubeconfig(kc, &KubeConfigOptions::default())
-        .await
-        .unwrap();
-    kube::Client::try_from(cfg).unwrap()
+    vcluster::kubeconfig::client(kc).await.unwrap()
 }
 
 /// The machine's `kubectl` with `--kubeconfig`, optionally fed `stdin`.

@@ -21,7 +21,7 @@ use std::time::{Duration, Instant};
 
 use k8s_openapi::api::core::v1::{Node, ServiceAccount};
 use kube::api::{Api, PostParams};
-use kube::config::{KubeConfigOptions, Kubeconfig};
+use kube::config::Kubeconfig;
 
 use plane::Plane;
 pub use plane::{Ports, Role, VIRTUAL_DISABLED_CONTROLLERS};
@@ -297,10 +297,7 @@ async fn client_for(kubeconfig_yaml: &str, what: &str) -> Result<kube::Client, L
         source: Box::new(source),
     };
     let kc = Kubeconfig::from_yaml(kubeconfig_yaml).map_err(|e| kube_err(e.into()))?;
-    let config = kube::Config::from_custom_kubeconfig(kc, &KubeConfigOptions::default())
-        .await
-        .map_err(|e| kube_err(e.into()))?;
-    kube::Client::try_from(config).map_err(kube_err)
+    crate::kubeconfig::client(kc).await.map_err(kube_err)
 }
 
 /// A client for a component's self-signed health endpoint.
@@ -372,10 +369,23 @@ impl Stack {
         args: Vec<String>,
         env: &[(&str, String)],
     ) -> Result<(), LocalError> {
+        let program = self.opts.bin_dir.join(binary);
+        self.spawn_program(name, &program, args, env)
+    }
+
+    /// Starts `program` as child `name`, logging to `logs/<name>.log`, and
+    /// records it in the state file.
+    fn spawn_program(
+        &mut self,
+        name: &str,
+        program: &Path,
+        args: Vec<String>,
+        env: &[(&str, String)],
+    ) -> Result<(), LocalError> {
         let logs = self.opts.state_dir.join("logs");
         let p = process::spawn(
             name,
-            &self.opts.bin_dir.join(binary),
+            program,
             &args,
             env,
             &logs.join(format!("{name}.log")),
@@ -645,21 +655,7 @@ impl Stack {
             format!("--virtual-kubeconfig={}", virt_kc.display()),
             format!("--health-listen=127.0.0.1:{port}"),
         ];
-        let logs = self.opts.state_dir.join("logs");
-        let p = process::spawn(
-            "syncer",
-            &spec.exe,
-            &args,
-            &[],
-            &logs.join("syncer.log"),
-            Tie::ToParent,
-        )?;
-        self.state.processes.push(ProcessRecord {
-            name: "syncer".to_owned(),
-            pid: p.pid(),
-            log: p.log().to_owned(),
-        });
-        self.processes.push(p);
+        self.spawn_program("syncer", &spec.exe, args, &[])?;
         self.state.syncer_port = Some(port);
         self.state.save()?;
         self.wait_for("syncer /readyz", deadline, || async move {
