@@ -14,16 +14,22 @@ use hyper::body::Bytes;
 use hyper::{Request, Response, StatusCode};
 use hyper_util::rt::TokioIo;
 use k8s_openapi::api::core::v1::{ConfigMap, Pod, Secret, Service};
+use k8s_openapi::api::networking::v1::Ingress;
 use kube::ResourceExt;
 use kube::api::Api;
 use kube::config::Kubeconfig;
 use kube::runtime::reflector;
 
 use crate::sync::config::{ConfigRule, Scope};
+use crate::sync::endpoints::{EndpointsRule, SliceRule};
+use crate::sync::ingresses::IngressRule;
 use crate::sync::nodes::VirtualNodes;
 use crate::sync::pods::PodRule;
+use crate::sync::services::ServiceRule;
 use crate::sync::{Context, Engine, EngineOptions};
+use crate::translate::ingress::tls_secrets;
 use crate::translate::pod::references;
+use crate::translate::service::slice_service;
 use crate::translate::{VclusterName, VirtualKey};
 
 /// Failures that stop the syncer from starting.
@@ -69,6 +75,12 @@ pub struct Kinds {
     pub secrets: bool,
     /// Host events about pods, copied up.
     pub events: bool,
+    /// Services (and the virtual `default/kubernetes` Service's address).
+    pub services: bool,
+    /// Endpoints and EndpointSlices of selector-less Services.
+    pub endpoints: bool,
+    /// Ingresses (and mirrors of the certificates cert-manager issues).
+    pub ingresses: bool,
 }
 
 impl Kinds {
@@ -78,7 +90,14 @@ impl Kinds {
         configmaps: true,
         secrets: true,
         events: true,
+        services: true,
+        endpoints: true,
+        ingresses: true,
     };
+
+    /// The default `--sync` list.
+    pub const DEFAULT_LIST: &'static str =
+        "pods,configmaps,secrets,events,services,endpoints,ingresses";
 
     /// Parses a comma-separated list (`pods,configmaps,secrets,events`) and
     /// refuses combinations that cannot work.
@@ -88,6 +107,9 @@ impl Kinds {
             configmaps: false,
             secrets: false,
             events: false,
+            services: false,
+            endpoints: false,
+            ingresses: false,
         };
         for item in list.split(',').map(str::trim).filter(|s| !s.is_empty()) {
             match item {
@@ -95,9 +117,13 @@ impl Kinds {
                 "configmaps" => k.configmaps = true,
                 "secrets" => k.secrets = true,
                 "events" => k.events = true,
+                "services" => k.services = true,
+                "endpoints" => k.endpoints = true,
+                "ingresses" => k.ingresses = true,
                 other => {
                     return Err(format!(
-                        "unknown kind {other:?} in --sync (known: pods, configmaps, secrets, events)"
+                        "unknown kind {other:?} in --sync (known: {})",
+                        Self::DEFAULT_LIST.replace(',', ", ")
                     ));
                 }
             }
@@ -112,6 +138,15 @@ impl Kinds {
         }
         if k.events && !k.pods {
             return Err("--sync: events are those of synced pods, so they need pods".into());
+        }
+        if k.endpoints && !k.services {
+            return Err("--sync: endpoints belong to Services, so they need services".into());
+        }
+        if k.ingresses && !(k.services && k.secrets) {
+            return Err(
+                "--sync: ingresses need services and secrets (their backends and TLS certificates)"
+                    .into(),
+            );
         }
         Ok(k)
     }
@@ -140,8 +175,15 @@ pub struct SyncerOptions {
     pub sync_all_configs: bool,
     /// Where `/healthz` and `/readyz` are served.
     pub listen: SocketAddr,
-    /// Where in-cluster clients of synced pods reach the virtual API.
-    pub api: crate::translate::pod::ApiEndpoint,
+    /// Host name or IP synced pods use for the virtual API; `None`: the
+    /// cluster IP of host Service `api_service` (its DNS name until it exists).
+    pub api_host: Option<String>,
+    /// Port synced pods use for the virtual API.
+    pub api_port: u16,
+    /// The vcluster's API Service in the host namespace.
+    pub api_service: String,
+    /// What ingresses may do.
+    pub ingress_policy: crate::translate::ingress::IngressPolicy,
     /// Which kinds sync.
     pub kinds: Kinds,
 }
@@ -189,25 +231,61 @@ pub async fn run(opts: SyncerOptions) -> Result<(), SyncerError> {
         Scope::Referenced
     };
 
-    // Virtual Services, for the service links of new pods: cached before any
-    // pod is synced.
+    let kinds = &opts.kinds;
+    let mut service_links = None;
+
+    // Virtual Services: the Service engine's cache, or a plain watch when
+    // Services are not synced; pods need it complete (service links) first.
     let (services, services_writer) = reflector::store::<Service>();
-    let service_watch = crate::sync::cached_watch(
-        Api::<Service>::all(virt.clone()),
-        engine_opts.watcher_config(),
-        services_writer,
+    let service_engine = Engine::with_virtual_store(
+        ServiceRule::new(services.clone()),
+        Arc::clone(&ctx),
+        (services.clone(), services_writer),
     );
-    tokio::spawn(service_watch.for_each(|_| std::future::ready(())));
-    // If the writer is dropped the watch task ended; nothing more to wait for.
-    let _ = services.wait_until_ready().await;
+    if kinds.services {
+        tokio::spawn(Arc::clone(&service_engine).run(engine_opts));
+        tokio::spawn(crate::sync::apiservice::run(
+            Arc::clone(&ctx),
+            opts.api_service.clone(),
+        ));
+        tokio::spawn(crate::sync::cidr::run(Arc::clone(&ctx), opts.resync));
+    } else {
+        let (links, links_writer) = reflector::store::<Service>();
+        let watch = crate::sync::cached_watch(
+            Api::<Service>::all(virt.clone()),
+            engine_opts.watcher_config(),
+            links_writer,
+        );
+        tokio::spawn(watch.for_each(|_| std::future::ready(())));
+        let _ = links.wait_until_ready().await;
+        service_links = Some(links);
+    }
+    let services_for_links = service_links.unwrap_or_else(|| services.clone());
+    // Not `wait_until_ready` on the engine's own cache: that future wakes only
+    // its latest waiter, and the engine waits on it too.
+    while kinds.services && !service_engine.is_ready() {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let api = crate::translate::pod::ApiEndpoint {
+        host: match &opts.api_host {
+            Some(h) => h.clone(),
+            None => crate::sync::apiservice::host_ip(&ctx, &opts.api_service)
+                .await
+                .ok()
+                .flatten()
+                .unwrap_or_else(|| format!("{}.{}.svc", opts.api_service, opts.host_namespace)),
+        },
+        port: opts.api_port,
+    };
 
     let pod_cache = reflector::store::<Pod>();
+    let ingress_cache = reflector::store::<Ingress>();
     let configmaps = Engine::new(
-        ConfigRule::<ConfigMap>::new(scope, pod_cache.0.clone()),
+        ConfigRule::<ConfigMap>::new(scope, pod_cache.0.clone(), ingress_cache.0.clone()),
         Arc::clone(&ctx),
     );
     let secrets = Engine::new(
-        ConfigRule::<Secret>::new(scope, pod_cache.0.clone()),
+        ConfigRule::<Secret>::new(scope, pod_cache.0.clone(), ingress_cache.0.clone()),
         Arc::clone(&ctx),
     );
     let nodes = Arc::new(VirtualNodes::new(virt.clone(), host.clone()));
@@ -216,12 +294,19 @@ pub async fn run(opts: SyncerOptions) -> Result<(), SyncerError> {
             configmaps.host_store(),
             secrets.host_store(),
             Arc::clone(&nodes),
-            opts.api.clone(),
-            services,
+            api,
+            services_for_links,
         ),
         Arc::clone(&ctx),
         pod_cache,
     );
+    let ingresses = Engine::with_virtual_store(
+        IngressRule::new(opts.ingress_policy.clone()),
+        Arc::clone(&ctx),
+        ingress_cache,
+    );
+    let endpoints = Engine::new(EndpointsRule::new(services.clone()), Arc::clone(&ctx));
+    let slices = Engine::new(SliceRule::new(services.clone()), Arc::clone(&ctx));
     {
         // A pod that appears, changes or goes re-evaluates what it references.
         let (cms, secs) = (Arc::clone(&configmaps), Arc::clone(&secrets));
@@ -241,9 +326,38 @@ pub async fn run(opts: SyncerOptions) -> Result<(), SyncerError> {
                 .chain(&refs.optional_secrets)
                 .for_each(|n| secs.enqueue(key(n)));
         });
+        // So does an ingress, for its TLS Secrets.
+        let secs = Arc::clone(&secrets);
+        ingresses.on_virtual_change(move |ing: &Ingress| {
+            let ns = ing.namespace().unwrap_or_default();
+            for name in tls_secrets(ing) {
+                secs.enqueue(VirtualKey {
+                    namespace: ns.clone(),
+                    name,
+                });
+            }
+        });
+        // A Service that gains or loses its selector re-evaluates its endpoints.
+        let (eps, sls) = (Arc::clone(&endpoints), Arc::clone(&slices));
+        service_engine.on_virtual_change(move |svc: &Service| {
+            let key = VirtualKey {
+                namespace: svc.namespace().unwrap_or_default(),
+                name: svc.name_any(),
+            };
+            for slice in sls.virtual_store().state() {
+                if slice.namespace().as_deref() == Some(key.namespace.as_str())
+                    && slice_service(&slice) == Some(key.name.as_str())
+                {
+                    sls.enqueue(VirtualKey {
+                        namespace: key.namespace.clone(),
+                        name: slice.name_any(),
+                    });
+                }
+            }
+            eps.enqueue(key);
+        });
     }
 
-    let kinds = &opts.kinds;
     if kinds.configmaps {
         tokio::spawn(Arc::clone(&configmaps).run(engine_opts));
     }
@@ -262,17 +376,46 @@ pub async fn run(opts: SyncerOptions) -> Result<(), SyncerError> {
             ));
         }
     }
+    if kinds.endpoints {
+        tokio::spawn(Arc::clone(&endpoints).run(engine_opts));
+        tokio::spawn(Arc::clone(&slices).run(engine_opts));
+    }
+    if kinds.ingresses {
+        tokio::spawn(Arc::clone(&ingresses).run(engine_opts));
+        tokio::spawn(crate::sync::certs::run(
+            Arc::clone(&ctx),
+            crate::sync::certs::Sources {
+                ingresses: ingresses.virtual_store(),
+                host_ingresses: ingresses.host_store(),
+                secrets: secrets.virtual_store(),
+                ready: {
+                    let (i, s) = (Arc::clone(&ingresses), Arc::clone(&secrets));
+                    Arc::new(move || i.is_ready() && s.is_ready())
+                },
+            },
+            engine_opts,
+        ));
+    }
     let ready = {
         let (a, b, c) = (
             Arc::clone(&configmaps),
             Arc::clone(&secrets),
             Arc::clone(&pods),
         );
+        let (d, e, f, g) = (
+            Arc::clone(&service_engine),
+            Arc::clone(&endpoints),
+            Arc::clone(&slices),
+            Arc::clone(&ingresses),
+        );
         let k = *kinds;
         move || {
             (!k.configmaps || a.is_ready())
                 && (!k.secrets || b.is_ready())
                 && (!k.pods || c.is_ready())
+                && (!k.services || d.is_ready())
+                && (!k.endpoints || (e.is_ready() && f.is_ready()))
+                && (!k.ingresses || g.is_ready())
         }
     };
     tracing::info!(vcluster = %opts.name, host_namespace = %opts.host_namespace, listen = %opts.listen, "syncer started");

@@ -10,6 +10,7 @@ use clap::Args;
 
 use crate::syncer::{self, SyncerOptions};
 use crate::translate::VclusterName;
+use crate::translate::ingress::{DEFAULT_DENIED_ANNOTATIONS, IngressPolicy};
 
 const IN_CLUSTER_NAMESPACE: &str = "/var/run/secrets/kubernetes.io/serviceaccount/namespace";
 
@@ -39,20 +40,34 @@ pub struct SyncerArgs {
     /// Ask the API servers for watch bookmarks.
     #[arg(long, env = "VCLUSTER_WATCH_BOOKMARKS", default_value_t = true, action = clap::ArgAction::Set)]
     watch_bookmarks: bool,
-    /// Which kinds sync: a comma-separated subset of pods,configmaps,secrets,events.
+    /// Which kinds sync: a comma-separated subset of
+    /// pods,configmaps,secrets,events,services,endpoints,ingresses.
     #[arg(
         long = "sync",
         env = "VCLUSTER_SYNC",
-        default_value = "pods,configmaps,secrets,events"
+        default_value = syncer::Kinds::DEFAULT_LIST
     )]
     sync: String,
     /// Sync every ConfigMap and Secret, not only those pods reference.
     #[arg(long, env = "VCLUSTER_SYNC_ALL_CONFIGS")]
     sync_all_configs: bool,
     /// Host name synced pods use for the virtual API (KUBERNETES_SERVICE_HOST;
-    /// default: the vcluster Service, <name>.<host namespace>.svc).
+    /// default: the cluster IP of the vcluster's host Service, see --api-service).
     #[arg(long, env = "VCLUSTER_API_SERVICE_HOST")]
     api_service_host: Option<String>,
+    /// The vcluster's API Service in the host namespace (default: the
+    /// vcluster's name); the virtual default/kubernetes Service gets its cluster IP.
+    #[arg(long, env = "VCLUSTER_API_SERVICE")]
+    api_service: Option<String>,
+    /// Ingress annotations refused (comma-separated; `*` matches any run of
+    /// characters). Default: every *snippet* annotation and the nginx
+    /// annotations that name secrets.
+    #[arg(long, env = "VCLUSTER_INGRESS_DENIED_ANNOTATIONS", value_delimiter = ',', default_values_t = DEFAULT_DENIED_ANNOTATIONS.iter().map(|s| (*s).to_owned()))]
+    ingress_denied_annotations: Vec<String>,
+    /// Hosts ingresses may use (comma-separated `*.suffix` or exact names;
+    /// `{name}` stands for the vcluster's name). Default: any host.
+    #[arg(long, env = "VCLUSTER_INGRESS_ALLOWED_HOSTS", value_delimiter = ',')]
+    ingress_allowed_hosts: Vec<String>,
     /// Port synced pods use for the virtual API (KUBERNETES_SERVICE_PORT).
     #[arg(long, env = "VCLUSTER_API_SERVICE_PORT", default_value_t = 443)]
     api_service_port: u16,
@@ -69,17 +84,25 @@ pub fn run(args: SyncerArgs) -> anyhow::Result<ExitCode> {
             .map(|s| s.trim().to_owned())
             .context("no --host-namespace given and not running in a pod")?,
     };
-    let api = crate::translate::pod::ApiEndpoint {
-        host: args
-            .api_service_host
-            .unwrap_or_else(|| format!("{name}.{host_namespace}.svc")),
-        port: args.api_service_port,
-    };
+    let ingress_policy = IngressPolicy::new(
+        &name,
+        args.ingress_denied_annotations
+            .into_iter()
+            .filter(|s| !s.trim().is_empty())
+            .collect(),
+        args.ingress_allowed_hosts
+            .into_iter()
+            .filter(|s| !s.trim().is_empty())
+            .collect(),
+    );
     let kinds =
         syncer::Kinds::parse(&args.sync, args.sync_all_configs).map_err(anyhow::Error::msg)?;
     let opts = SyncerOptions {
         kinds,
-        api,
+        api_host: args.api_service_host,
+        api_port: args.api_service_port,
+        api_service: args.api_service.unwrap_or_else(|| name.to_string()),
+        ingress_policy,
         name,
         host_namespace,
         host_kubeconfig: args.host_kubeconfig,

@@ -647,6 +647,7 @@ impl Stack {
                 });
             }
         }
+        self.create_api_service(spec, host_client).await?;
         let args = vec![
             "syncer".to_owned(),
             format!("--name={}", spec.name),
@@ -662,6 +663,36 @@ impl Stack {
             http_ok(port, "/readyz").await
         })
         .await
+    }
+
+    /// The vcluster's API Service in the host namespace, as the chart makes
+    /// it (443 -> the syncer's 8443): its cluster IP is what the virtual
+    /// `default/kubernetes` Service shows and synced pods use.
+    async fn create_api_service(
+        &self,
+        spec: &SyncerSpec,
+        host_client: &kube::Client,
+    ) -> Result<(), LocalError> {
+        let svc: k8s_openapi::api::core::v1::Service = serde_json::from_value(serde_json::json!({
+            "metadata": {"name": spec.name, "labels": {"app.kubernetes.io/name": "vcluster", "app.kubernetes.io/instance": spec.name}},
+            "spec": {"selector": {"app.kubernetes.io/name": "vcluster", "app.kubernetes.io/instance": spec.name},
+                     "ports": [{"name": "https", "port": 443, "targetPort": 8443, "protocol": "TCP"}]}
+        }))
+        .map_err(|source| LocalError::State {
+            path: "vcluster Service".into(),
+            source,
+        })?;
+        match Api::namespaced(host_client.clone(), &spec.host_namespace)
+            .create(&post_params(), &svc)
+            .await
+        {
+            Ok(_) => Ok(()),
+            Err(kube::Error::Api(s)) if s.code == 409 => Ok(()),
+            Err(source) => Err(LocalError::Kube {
+                what: format!("create the vcluster Service {}", spec.name),
+                source: Box::new(source),
+            }),
+        }
     }
 
     /// Waits until a child exits unexpectedly (returns its name) or forever.

@@ -17,6 +17,9 @@ use super::{LocalError, write_private, write_public};
 /// Certificates live a year: a dev stack is recreated long before then.
 const CERT_VALIDITY: Duration = Duration::from_secs(365 * 86_400);
 
+/// The host's service CIDR, which the virtual plane shares.
+pub const SERVICE_CIDR: &str = "10.96.0.0/16";
+
 /// The controller-manager controllers disabled on the virtual plane: those that
 /// act on real nodes, cloud resources or volume attachment. The same set is
 /// disabled in the k3s configuration.
@@ -51,20 +54,15 @@ impl Role {
         }
     }
 
-    /// The service CIDR of this plane.
+    /// The service CIDR of this plane: the host's for both, since the
+    /// virtual API hands out the host's cluster IPs (ClusterIP parity).
     pub fn service_cidr(self) -> &'static str {
-        match self {
-            Role::Host => "10.96.0.0/16",
-            Role::Virtual => "10.97.0.0/16",
-        }
+        SERVICE_CIDR
     }
 
     /// The first address of the service CIDR (the `kubernetes` Service).
     fn api_service_ip(self) -> &'static str {
-        match self {
-            Role::Host => "10.96.0.1",
-            Role::Virtual => "10.97.0.1",
-        }
+        "10.96.0.1"
     }
 
     /// The `--controllers` value for kube-controller-manager.

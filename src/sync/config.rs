@@ -1,16 +1,20 @@
 //! ConfigMaps and Secrets: copied to the host when a pod in the same virtual
-//! namespace references them (default) or all of them (`--sync-all-configs`).
-//! Service-account-token Secrets never go down: the host would reject or
-//! rewrite them, and a virtual token means nothing to the host API.
+//! namespace references them, or an ingress names a Secret for TLS (default),
+//! or all of them (`--sync-all-configs`). Service-account-token Secrets never
+//! go down: the host would reject or rewrite them, and a virtual token means
+//! nothing to the host API. Nor do mirrors of host certificates
+//! ([`super::certs`]), nor TLS Secrets of ingresses that ask cert-manager.
 
 use std::marker::PhantomData;
 
 use k8s_openapi::api::core::v1::{ConfigMap, Pod, Secret};
+use k8s_openapi::api::networking::v1::Ingress;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use kube::ResourceExt;
 use kube::runtime::reflector::Store;
 
 use super::{Context, Decision, Object, Rule, copy_unreserved};
+use crate::translate::ingress::{tls_secrets, wants_cert_manager};
 use crate::translate::pod::{References, references};
 
 /// Which configuration objects go down.
@@ -32,6 +36,10 @@ pub trait ConfigKind: Object {
     fn content(&self) -> Self;
     /// Objects that never go down.
     fn excluded(&self) -> bool {
+        false
+    }
+    /// Whether an ingress names this object.
+    fn referenced_by_ingress(_ing: &Ingress, _name: &str) -> bool {
         false
     }
 }
@@ -66,6 +74,11 @@ impl ConfigKind for Secret {
     }
     fn excluded(&self) -> bool {
         self.type_.as_deref() == Some("kubernetes.io/service-account-token")
+            || super::certs::is_mirror(self)
+    }
+    fn referenced_by_ingress(ing: &Ingress, name: &str) -> bool {
+        // cert-manager writes those on the host itself.
+        !wants_cert_manager(ing) && tls_secrets(ing).iter().any(|s| s == name)
     }
 }
 
@@ -74,15 +87,17 @@ impl ConfigKind for Secret {
 pub struct ConfigRule<K> {
     scope: Scope,
     pods: Store<Pod>,
+    ingresses: Store<Ingress>,
     kind: PhantomData<fn() -> K>,
 }
 
 impl<K> ConfigRule<K> {
-    /// A rule that reads pod references from the virtual pod cache.
-    pub fn new(scope: Scope, pods: Store<Pod>) -> Self {
+    /// A rule that reads references from the virtual pod and ingress caches.
+    pub fn new(scope: Scope, pods: Store<Pod>, ingresses: Store<Ingress>) -> Self {
         Self {
             scope,
             pods,
+            ingresses,
             kind: PhantomData,
         }
     }
@@ -105,6 +120,10 @@ impl<K: ConfigKind> Rule for ConfigRule<K> {
             || self
                 .pods
                 .find(|p| p.namespace() == ns && K::referenced(&references(p), &name))
+                .is_some()
+            || self
+                .ingresses
+                .find(|i| i.namespace() == ns && K::referenced_by_ingress(i, &name))
                 .is_some();
         if !wanted {
             return Decision::Remove {

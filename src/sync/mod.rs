@@ -17,11 +17,17 @@
 //! - never changes or deletes a host object without this vcluster's owner
 //!   label: a name collision becomes a Warning Event on the virtual object.
 
+pub mod apiservice;
+pub mod certs;
+pub mod cidr;
 pub mod config;
+pub mod endpoints;
 pub mod events;
+pub mod ingresses;
 pub mod nodes;
 pub mod pods;
 pub mod queue;
+pub mod services;
 
 use std::fmt::Debug;
 use std::sync::Arc;
@@ -225,6 +231,18 @@ pub trait Rule: Send + Sync + 'static {
     /// A merge patch for the virtual status subresource, when the host object
     /// reports something the virtual one does not show yet.
     fn status_up(&self, _v: &Self::V, _h: &Self::H) -> Option<serde_json::Value> {
+        None
+    }
+
+    /// The host refused `desired` with `message` (400/403/404/422): another
+    /// form to apply instead, if the rule has one (for example without an
+    /// address the host has already given to someone else).
+    fn on_rejected(
+        &self,
+        _desired: &Self::H,
+        _h: Option<&Self::H>,
+        _message: &str,
+    ) -> Option<Self::H> {
         None
     }
 }
@@ -574,6 +592,17 @@ impl<R: Rule> Engine<R> {
 
         let Some(v) = v else {
             if let Some(h) = h.filter(|h| own.virtual_key(h.meta()).as_ref() == Some(key)) {
+                // The cache may lag a re-creation (a rule may replace a
+                // virtual object): delete only what the API confirms gone.
+                let virt_api: Api<R::V> = Api::namespaced(ctx.virt.clone(), &key.namespace);
+                if virt_api
+                    .get_metadata_opt(&key.name)
+                    .await
+                    .map_err(|e| api_err("get", R::KIND, &label, e))?
+                    .is_some()
+                {
+                    return Ok(Some(Duration::from_millis(200)));
+                }
                 self.delete_host(&host_api, &h, &label, None).await?;
             }
             return Ok(None);
@@ -617,6 +646,10 @@ impl<R: Rule> Engine<R> {
                 return Ok(None);
             }
             Decision::Reject(reason, note) => {
+                // Refused: nothing of it stays on the host.
+                if let Some(h) = h.filter(|h| own.virtual_key(h.meta()).as_ref() == Some(key)) {
+                    self.delete_host(&host_api, &h, &label, None).await?;
+                }
                 ctx.event(v.as_ref(), EventType::Warning, reason, note)
                     .await;
                 return Ok(None);
@@ -677,10 +710,35 @@ impl<R: Rule> Engine<R> {
                 }
             }
             let params = PatchParams::apply(FIELD_MANAGER).force();
-            let out = match host_api
+            let mut result = host_api
                 .patch(&host_name, &params, &Patch::Apply(&value))
-                .await
+                .await;
+            if let Err(kube::Error::Api(status)) = &result
+                && rejected(status.code)
+                && let Some(alt) = self
+                    .rule
+                    .on_rejected(&desired, h.as_deref(), &status.message)
             {
+                tracing::info!(kind = R::KIND, key = %label, reason = %status.message, "host refused the copy; applying the rule's alternative");
+                let mut alt_value =
+                    serde_json::to_value(&alt).map_err(|source| SyncError::Serialize {
+                        kind: R::KIND,
+                        source,
+                    })?;
+                if let Some(ann) = alt_value
+                    .pointer_mut("/metadata/annotations")
+                    .and_then(|a| a.as_object_mut())
+                {
+                    ann.insert(
+                        HASH_ANNOTATION.to_owned(),
+                        serde_json::Value::String(hash.clone()),
+                    );
+                }
+                result = host_api
+                    .patch(&host_name, &params, &Patch::Apply(&alt_value))
+                    .await;
+            }
+            let out = match result {
                 Ok(out) => out,
                 Err(kube::Error::Api(status)) if rejected(status.code) => {
                     // The host refuses this object as it is: tell the tenant,

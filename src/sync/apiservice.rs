@@ -1,0 +1,119 @@
+//! The virtual `default/kubernetes` Service points at the vcluster's API
+//! Service on the host: same cluster IP, port 443. A host pod that reaches
+//! the address the virtual API shows for `kubernetes` thus reaches the
+//! vcluster (through its front door), not the host's API. The virtual API
+//! server creates that Service at the first address of its range; the
+//! syncer re-creates it at the host Service's address (cluster IPs are
+//! immutable) and checks again periodically.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use k8s_openapi::api::core::v1::Service;
+use kube::api::{Api, DeleteParams, PostParams, Preconditions};
+use serde_json::json;
+
+use super::Context;
+
+/// Why one round failed.
+#[derive(Debug, thiserror::Error)]
+#[error("{what}: {source}")]
+pub struct ApiServiceError {
+    what: &'static str,
+    source: Box<kube::Error>,
+}
+
+fn fail(what: &'static str) -> impl FnOnce(kube::Error) -> ApiServiceError {
+    move |e| ApiServiceError {
+        what,
+        source: Box::new(e),
+    }
+}
+
+/// The cluster IP of host Service `name` in the vcluster's host namespace.
+pub async fn host_ip(ctx: &Context, name: &str) -> Result<Option<String>, kube::Error> {
+    let svc = Api::<Service>::namespaced(ctx.host.clone(), &ctx.host_namespace)
+        .get_opt(name)
+        .await?;
+    Ok(svc
+        .and_then(|s| s.spec)
+        .and_then(|s| s.cluster_ip)
+        .filter(|ip| !ip.is_empty() && ip != "None"))
+}
+
+/// One round: true when the virtual Service now has the host's address.
+pub async fn ensure(ctx: &Context, host_service: &str) -> Result<bool, ApiServiceError> {
+    let Some(ip) = host_ip(ctx, host_service)
+        .await
+        .map_err(fail("read the vcluster's host Service"))?
+    else {
+        tracing::debug!(
+            service = host_service,
+            "no vcluster Service on the host yet"
+        );
+        return Ok(false);
+    };
+    let api: Api<Service> = Api::namespaced(ctx.virt.clone(), "default");
+    let current = api
+        .get_opt("kubernetes")
+        .await
+        .map_err(fail("read the virtual kubernetes Service"))?;
+    let mut target_port = json!(443);
+    if let Some(cur) = &current {
+        let spec = cur.spec.as_ref();
+        if spec.and_then(|s| s.cluster_ip.as_deref()) == Some(ip.as_str()) {
+            return Ok(true);
+        }
+        if let Some(tp) = spec
+            .and_then(|s| s.ports.as_ref())
+            .and_then(|p| p.first())
+            .and_then(|p| p.target_port.as_ref())
+        {
+            target_port = serde_json::to_value(tp).unwrap_or(target_port);
+        }
+        let dp = DeleteParams {
+            preconditions: Some(Preconditions {
+                uid: cur.metadata.uid.clone(),
+                resource_version: None,
+            }),
+            ..DeleteParams::default()
+        };
+        match api.delete("kubernetes", &dp).await {
+            Ok(_) => {}
+            Err(kube::Error::Api(s)) if s.code == 404 || s.code == 409 => {}
+            Err(e) => return Err(fail("replace the virtual kubernetes Service")(e)),
+        }
+    }
+    let svc: Service = serde_json::from_value(json!({
+        "metadata": {"name": "kubernetes", "namespace": "default",
+                     "labels": {"component": "apiserver", "provider": "kubernetes"}},
+        "spec": {"type": "ClusterIP", "clusterIP": ip, "clusterIPs": [ip], "sessionAffinity": "None",
+                 "ports": [{"name": "https", "port": 443, "protocol": "TCP", "targetPort": target_port}]}
+    }))
+    .map_err(|e| fail("build the kubernetes Service")(kube::Error::SerdeError(e)))?;
+    match api.create(&PostParams::default(), &svc).await {
+        Ok(_) => {
+            tracing::info!(cluster_ip = %ip, "virtual kubernetes Service points at the vcluster Service");
+            Ok(true)
+        }
+        // The API server re-created it first: next round.
+        Err(kube::Error::Api(s)) if s.code == 409 => Ok(false),
+        Err(e) => Err(fail("create the virtual kubernetes Service")(e)),
+    }
+}
+
+/// Keeps the virtual `kubernetes` Service at host Service `host_service`'s
+/// address until the process ends.
+pub async fn run(ctx: Arc<Context>, host_service: String) {
+    loop {
+        let wait = match ensure(&ctx, &host_service).await {
+            Ok(true) => Duration::from_secs(30),
+            Ok(false) => Duration::from_secs(2),
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot point the virtual kubernetes Service at the vcluster");
+                Duration::from_secs(5)
+            }
+        };
+        tokio::time::sleep(wait).await;
+    }
+}

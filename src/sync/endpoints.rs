@@ -1,0 +1,96 @@
+//! Endpoints and EndpointSlices the tenant writes for its selector-less
+//! Services go down, with pod references translated. Those of Services with
+//! a selector are derived on each side by its own control plane from the
+//! synced pods, so they never go down.
+
+use k8s_openapi::api::core::v1::{Endpoints, Service};
+use k8s_openapi::api::discovery::v1::EndpointSlice;
+use kube::ResourceExt;
+use kube::runtime::reflector::{ObjectRef, Store};
+
+use super::{Context, Decision, Rule};
+use crate::translate::service::{
+    derived_slice, host_endpoint_slice, host_endpoints, is_api_service, selector, slice_service,
+};
+
+/// Whether endpoints of Service `name` in `namespace` are the tenant's to give.
+fn tenant_managed(services: &Store<Service>, namespace: &str, name: &str) -> bool {
+    !is_api_service(Some(namespace), name)
+        && services
+            .get(&ObjectRef::new(name).within(namespace))
+            .is_some_and(|s| selector(&s).is_none())
+}
+
+const GONE: Decision<Endpoints> = Decision::Remove {
+    grace_seconds: None,
+};
+
+/// The Endpoints rule.
+#[derive(Debug)]
+pub struct EndpointsRule {
+    services: Store<Service>,
+}
+
+impl EndpointsRule {
+    /// A rule reading the virtual Services cache.
+    pub fn new(services: Store<Service>) -> Self {
+        Self { services }
+    }
+}
+
+impl Rule for EndpointsRule {
+    type V = Endpoints;
+    type H = Endpoints;
+    const KIND: &'static str = "Endpoints";
+
+    fn decide(&self, ctx: &Context, v: &Endpoints, _h: Option<&Endpoints>) -> Decision<Endpoints> {
+        let ns = v.namespace().unwrap_or_default();
+        if v.metadata.deletion_timestamp.is_some()
+            || !tenant_managed(&self.services, &ns, &v.name_any())
+        {
+            return GONE;
+        }
+        Decision::Sync(host_endpoints(&ctx.vc, v, &ctx.host_namespace))
+    }
+}
+
+/// The EndpointSlice rule.
+#[derive(Debug)]
+pub struct SliceRule {
+    services: Store<Service>,
+}
+
+impl SliceRule {
+    /// A rule reading the virtual Services cache.
+    pub fn new(services: Store<Service>) -> Self {
+        Self { services }
+    }
+}
+
+impl Rule for SliceRule {
+    type V = EndpointSlice;
+    type H = EndpointSlice;
+    const KIND: &'static str = "EndpointSlice";
+
+    fn decide(
+        &self,
+        ctx: &Context,
+        v: &EndpointSlice,
+        _h: Option<&EndpointSlice>,
+    ) -> Decision<EndpointSlice> {
+        let ns = v.namespace().unwrap_or_default();
+        let service = slice_service(v).map(str::to_owned);
+        match service {
+            Some(svc)
+                if v.metadata.deletion_timestamp.is_none()
+                    && !derived_slice(v)
+                    && tenant_managed(&self.services, &ns, &svc) =>
+            {
+                Decision::Sync(host_endpoint_slice(&ctx.vc, v, &svc, &ctx.host_namespace))
+            }
+            _ => Decision::Remove {
+                grace_seconds: None,
+            },
+        }
+    }
+}

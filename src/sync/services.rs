@@ -1,0 +1,157 @@
+//! Services: copied to the host with selectors confined to the tenant's own
+//! pods (see [`crate::translate::service`]). The host's cluster IP and node
+//! ports are brought back into the virtual Service, so host pods reach a
+//! Service at the address the virtual API shows; a LoadBalancer's status
+//! comes up. The virtual `default/kubernetes` Service is not synced (see
+//! [`super::apiservice`]).
+
+use std::time::Duration;
+
+use k8s_openapi::api::core::v1::Service;
+use kube::ResourceExt;
+use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams, Preconditions};
+use kube::runtime::events::EventType;
+use kube::runtime::reflector::Store;
+
+use super::{Context, Decision, Rule, SyncError};
+use crate::translate::VirtualKey;
+use crate::translate::service::{
+    Parity, allocation_conflict, host_service, is_api_service, parity, status_up,
+    without_allocations,
+};
+
+/// The Service rule.
+#[derive(Debug)]
+pub struct ServiceRule {
+    virtual_services: Store<Service>,
+}
+
+impl ServiceRule {
+    /// A rule that checks the virtual cache before taking an address.
+    pub fn new(virtual_services: Store<Service>) -> Self {
+        Self { virtual_services }
+    }
+
+    /// True when another virtual Service holds `ip`.
+    fn ip_taken(&self, v: &Service, ip: &str) -> bool {
+        self.virtual_services
+            .find(|s| {
+                s.uid() != v.uid()
+                    && s.spec
+                        .as_ref()
+                        .and_then(|s| s.cluster_ips.as_ref())
+                        .is_some_and(|ips| ips.iter().any(|i| i == ip))
+            })
+            .is_some()
+    }
+}
+
+fn err(action: &'static str, v: &Service) -> impl FnOnce(kube::Error) -> SyncError {
+    let key = VirtualKey {
+        namespace: v.namespace().unwrap_or_default(),
+        name: v.name_any(),
+    }
+    .to_string();
+    move |e| SyncError::Api {
+        action,
+        kind: "Service",
+        key,
+        source: Box::new(e),
+    }
+}
+
+impl Rule for ServiceRule {
+    type V = Service;
+    type H = Service;
+    const KIND: &'static str = "Service";
+
+    fn decide(&self, ctx: &Context, v: &Service, h: Option<&Service>) -> Decision<Service> {
+        if is_api_service(v.namespace().as_deref(), &v.name_any())
+            || v.metadata.deletion_timestamp.is_some()
+        {
+            return Decision::Remove {
+                grace_seconds: None,
+            };
+        }
+        match host_service(&ctx.vc, v, h) {
+            Ok(s) => Decision::Sync(s),
+            Err(r) => Decision::Reject(r.reason, r.message),
+        }
+    }
+
+    fn on_rejected(
+        &self,
+        desired: &Service,
+        h: Option<&Service>,
+        message: &str,
+    ) -> Option<Service> {
+        allocation_conflict(message).then(|| without_allocations(desired, h))
+    }
+
+    async fn after_sync(
+        &self,
+        ctx: &Context,
+        v: &Service,
+        h: &Service,
+    ) -> Result<Option<Duration>, SyncError> {
+        let ns = v.namespace().unwrap_or_default();
+        let api: Api<Service> = Api::namespaced(ctx.virt.clone(), &ns);
+        match parity(v, h) {
+            Parity::InSync => Ok(None),
+            Parity::Patch(p) => {
+                api.patch(&v.name_any(), &PatchParams::default(), &Patch::Merge(&p))
+                    .await
+                    .map_err(err("align node ports of", v))?;
+                Ok(None)
+            }
+            Parity::Recreate(replacement) => {
+                let ip = h
+                    .spec
+                    .as_ref()
+                    .and_then(|s| s.cluster_ip.clone())
+                    .unwrap_or_default();
+                if self.ip_taken(v, &ip) {
+                    let note = format!(
+                        "the host gave this Service cluster IP {ip}, which another Service of this virtual cluster holds; it keeps its own address, which host pods cannot reach"
+                    );
+                    ctx.event(v, EventType::Warning, "ClusterIPMismatch", note)
+                        .await;
+                    return Ok(Some(Duration::from_secs(60)));
+                }
+                // The cluster IP is immutable: replace the virtual Service
+                // with one at the host's address (the engine keeps the host
+                // copy while the replacement is created).
+                let dp = DeleteParams {
+                    preconditions: Some(Preconditions {
+                        uid: v.uid(),
+                        resource_version: None,
+                    }),
+                    ..DeleteParams::default()
+                };
+                match api.delete(&v.name_any(), &dp).await {
+                    Ok(_) => {}
+                    Err(kube::Error::Api(s)) if s.code == 404 || s.code == 409 => return Ok(None),
+                    Err(e) => return Err(err("replace", v)(e)),
+                }
+                tracing::info!(namespace = %ns, name = %v.name_any(), cluster_ip = %ip, "virtual Service re-created at the host's cluster IP");
+                if let Err(e) = api.create(&PostParams::default(), &replacement).await {
+                    // Put the Service back as it was (the virtual API picks an address).
+                    let mut original = (*replacement).clone();
+                    if let Some(spec) = original.spec.as_mut() {
+                        spec.cluster_ip = None;
+                        spec.cluster_ips = None;
+                    }
+                    api.create(&PostParams::default(), &original)
+                        .await
+                        .map_err(err("restore", v))?;
+                    return Err(err("re-create at the host's address", v)(e));
+                }
+                Ok(None)
+            }
+        }
+    }
+
+    fn status_up(&self, v: &Service, h: &Service) -> Option<serde_json::Value> {
+        status_up(v, h)
+    }
+}
