@@ -466,9 +466,10 @@ mod tests {
 
     #[test]
     fn kind_lists_are_parsed_and_checked() {
+        assert_eq!(Kinds::parse(Kinds::DEFAULT_LIST, false), Ok(Kinds::ALL));
         assert_eq!(
-            Kinds::parse("pods,configmaps,secrets,events", false),
-            Ok(Kinds::ALL)
+            Kinds::parse("pods,configmaps,secrets,events", false).map(|k| (k.pods, k.services)),
+            Ok((true, false))
         );
         assert_eq!(
             Kinds::parse("configmaps, secrets", true).map(|k| (k.pods, k.configmaps)),
@@ -478,10 +479,12 @@ mod tests {
             ("pods", "pods need configmaps and secrets"),
             ("configmaps", "only with --sync-all-configs"),
             (
-                "pods,configmaps,secrets,services",
-                "unknown kind \"services\"",
+                "pods,configmaps,secrets,service",
+                "unknown kind \"service\"",
             ),
             ("events", "need pods"),
+            ("endpoints", "need services"),
+            ("services,ingresses", "need services and secrets"),
         ] {
             let err = Kinds::parse(bad, false).unwrap_err();
             assert!(err.contains(why), "{bad}: {err}");

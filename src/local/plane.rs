@@ -384,7 +384,8 @@ mod tests {
     }
 
     #[test]
-    fn planes_have_distinct_service_ranges() {
-        assert_ne!(Role::Host.service_cidr(), Role::Virtual.service_cidr());
+    fn planes_share_the_host_service_range() {
+        // ClusterIP parity: the virtual API hands out the host's addresses.
+        assert_eq!(Role::Host.service_cidr(), Role::Virtual.service_cidr());
     }
 }
