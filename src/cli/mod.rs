@@ -1,6 +1,7 @@
 //! The `vcluster` command line (clap). Subcommands parse options and call the
 //! modules; they hold no logic of their own beyond presentation.
 
+mod cidr;
 mod dev;
 mod syncer;
 
@@ -22,6 +23,8 @@ enum Command {
     Dev(dev::DevArgs),
     /// Run the syncer beside a virtual control plane.
     Syncer(syncer::SyncerArgs),
+    /// Print the host's service CIDR (what the virtual API must be started with).
+    ServiceCidr(cidr::ServiceCidrArgs),
 }
 
 /// Logs go to stderr; `VCLUSTER_LOG` takes an env-filter directive. By default
@@ -66,6 +69,7 @@ pub fn main() -> ExitCode {
     let result = match cli.command {
         Command::Dev(args) => dev::run(args),
         Command::Syncer(args) => syncer::run(args),
+        Command::ServiceCidr(args) => cidr::run(args),
     };
     match result {
         Ok(code) => code,

@@ -12,7 +12,8 @@ use crate::syncer::{self, SyncerOptions};
 use crate::translate::VclusterName;
 use crate::translate::ingress::{DEFAULT_DENIED_ANNOTATIONS, IngressPolicy};
 
-const IN_CLUSTER_NAMESPACE: &str = "/var/run/secrets/kubernetes.io/serviceaccount/namespace";
+pub(super) const IN_CLUSTER_NAMESPACE: &str =
+    "/var/run/secrets/kubernetes.io/serviceaccount/namespace";
 
 #[derive(Debug, Args)]
 pub struct SyncerArgs {

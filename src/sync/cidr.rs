@@ -61,18 +61,23 @@ fn cidrs_of(list: &[ServiceCIDR]) -> Vec<String> {
         .collect()
 }
 
-/// The host's service CIDRs, seen from host namespace `namespace`.
+/// The host's service CIDRs, seen from host namespace `namespace`: from the
+/// `ServiceCIDR` objects when `read_objects` and they can be read, else by
+/// the probe.
 pub async fn host_service_cidrs(
     host: &kube::Client,
     namespace: &str,
+    read_objects: bool,
 ) -> Result<Vec<String>, CidrError> {
-    match Api::<ServiceCIDR>::all(host.clone())
-        .list(&ListParams::default())
-        .await
-    {
-        Ok(list) if !cidrs_of(&list.items).is_empty() => return Ok(cidrs_of(&list.items)),
-        Ok(_) => {}
-        Err(e) => tracing::debug!(error = %e, "cannot read host ServiceCIDRs; probing"),
+    if read_objects {
+        match Api::<ServiceCIDR>::all(host.clone())
+            .list(&ListParams::default())
+            .await
+        {
+            Ok(list) if !cidrs_of(&list.items).is_empty() => return Ok(cidrs_of(&list.items)),
+            Ok(_) => {}
+            Err(e) => tracing::debug!(error = %e, "cannot read host ServiceCIDRs; probing"),
+        }
     }
     let probe: Service = serde_json::from_value(json!({
         "metadata": {"name": PROBE_NAME},
@@ -115,7 +120,7 @@ pub async fn virtual_service_cidrs(virt: &kube::Client) -> Result<Vec<String>, C
 /// Compares both sides once; adds the host's range to the virtual API when
 /// it is missing there. Returns the host's ranges.
 pub async fn check(ctx: &Context) -> Result<Vec<String>, CidrError> {
-    let host = host_service_cidrs(&ctx.host, &ctx.host_namespace).await?;
+    let host = host_service_cidrs(&ctx.host, &ctx.host_namespace, true).await?;
     let virt = virtual_service_cidrs(&ctx.virt).await?;
     let missing: Vec<&String> = host.iter().filter(|c| !virt.contains(c)).collect();
     if missing.is_empty() {

@@ -607,13 +607,13 @@ impl<R: Rule> Engine<R> {
             }
             return Ok(None);
         };
-        let desired = match self
-            .rule
-            .decide(ctx, &v, h.as_deref().filter(|h| own.owns(h.meta())))
-        {
+        // Ours means written for this very source: host controllers copy a
+        // Service's labels (the owner label among them) onto what they derive.
+        let ours = |h: &R::H| own.virtual_key(h.meta()).as_ref() == Some(key);
+        let desired = match self.rule.decide(ctx, &v, h.as_deref().filter(|h| ours(h))) {
             Decision::Sync(d) => d,
             Decision::Remove { grace_seconds } => {
-                if let Some(h) = h.filter(|h| own.owns(h.meta())) {
+                if let Some(h) = h.filter(|h| ours(h)) {
                     self.delete_host(&host_api, &h, &label, grace_seconds)
                         .await?;
                 }
