@@ -844,6 +844,97 @@ fn watch_expiry_by_etcd_compaction_is_survived(_: &Env) {
     drop(syncer);
 }
 
+/// One pod per Pod Security Standards baseline control, each with the
+/// control its Warning event must name (shared with the unit tests).
+fn baseline_offenders() -> Vec<(String, serde_json::Value, String)> {
+    let list: Vec<serde_json::Value> =
+        serde_json::from_str(include_str!("../src/policy/pss-baseline-offenders.json")).unwrap();
+    list.into_iter()
+        .map(|e| {
+            let name = e["pod"]["metadata"]["name"].as_str().unwrap().to_owned();
+            (
+                name,
+                e["pod"].clone(),
+                e["control"].as_str().unwrap().to_owned(),
+            )
+        })
+        .collect()
+}
+
+fn pods_violating_baseline_never_reach_the_host(env: &Env) {
+    block_on(async {
+        let (v, h) = clients(env).await;
+        let ns = "pss";
+        namespace(&v, ns).await;
+        let pods: Api<Pod> = Api::namespaced(v.clone(), ns);
+        let offenders = baseline_offenders();
+        for (_, pod, _) in &offenders {
+            create(&pods, pod.clone()).await;
+        }
+        create(
+            &pods,
+            json!({"metadata": {"name": "fine", "labels": {"app": "fine"}},
+                "spec": {"containers": [{"name": "app", "image": "x", "securityContext": {"capabilities": {"add": ["NET_BIND_SERVICE"]}}}]}}),
+        )
+        .await;
+        running(&pods, "fine", 1).await;
+        let events: Api<Event> = Api::namespaced(v.clone(), ns);
+        let notes = eventually(
+            "a PodSecurityViolation warning on every offender",
+            T,
+            || async {
+                let l = events
+                    .list(&ListParams::default())
+                    .await
+                    .map_err(|e| e.to_string())?;
+                let mut notes = BTreeMap::new();
+                for e in l.items {
+                    if e.reason.as_deref() == Some("PodSecurityViolation")
+                        && e.type_.as_deref() == Some("Warning")
+                    {
+                        let name = e.regarding.and_then(|r| r.name).unwrap_or_default();
+                        notes.insert(name, e.note.unwrap_or_default());
+                    }
+                }
+                if notes.len() == offenders.len() {
+                    Ok(notes)
+                } else {
+                    Err(format!(
+                        "{} of {}: {:?}",
+                        notes.len(),
+                        offenders.len(),
+                        notes.keys()
+                    ))
+                }
+            },
+        )
+        .await;
+        let hpods: Api<Pod> = Api::namespaced(h, HOST_NS);
+        for (name, _, control) in &offenders {
+            let control = control.as_str();
+            let note = &notes[name];
+            assert!(
+                note.contains("violates PodSecurity \"baseline:latest\""),
+                "{name}: {note}"
+            );
+            assert!(
+                note.contains(control),
+                "{name}: {note} should name {control}"
+            );
+            assert!(
+                hpods
+                    .get_opt(&env.host_name(ns, name))
+                    .await
+                    .unwrap()
+                    .is_none(),
+                "{name} reached the host"
+            );
+            let vpod = pods.get(name).await.unwrap();
+            assert_eq!(phase(&vpod), "Pending", "{name}");
+        }
+    });
+}
+
 type Test = (&'static str, fn(&Env));
 
 const SHARED: &[Test] = &[
@@ -871,6 +962,10 @@ const SHARED: &[Test] = &[
     (
         "service_links_of_virtual_services_reach_host_pods",
         service_links_of_virtual_services_reach_host_pods,
+    ),
+    (
+        "pods_violating_baseline_never_reach_the_host",
+        pods_violating_baseline_never_reach_the_host,
     ),
 ];
 

@@ -15,6 +15,7 @@ pub mod cli;
 pub mod kubeconfig;
 pub mod local;
 pub mod pki;
+pub mod policy;
 pub mod sync;
 pub mod syncer;
 pub mod translate;

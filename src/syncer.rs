@@ -184,6 +184,8 @@ pub struct SyncerOptions {
     pub api_service: String,
     /// What ingresses may do.
     pub ingress_policy: crate::translate::ingress::IngressPolicy,
+    /// The Pod Security Standards level pods must meet to reach the host.
+    pub pod_security: crate::policy::pss::Level,
     /// Which kinds sync.
     pub kinds: Kinds,
 }
@@ -296,6 +298,7 @@ pub async fn run(opts: SyncerOptions) -> Result<(), SyncerError> {
             Arc::clone(&nodes),
             api,
             services_for_links,
+            opts.pod_security,
         ),
         Arc::clone(&ctx),
         pod_cache,

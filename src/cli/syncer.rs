@@ -69,6 +69,14 @@ pub struct SyncerArgs {
     /// `{name}` stands for the vcluster's name). Default: any host.
     #[arg(long, env = "VCLUSTER_INGRESS_ALLOWED_HOSTS", value_delimiter = ',')]
     ingress_allowed_hosts: Vec<String>,
+    /// Pod Security Standards level a pod must meet to reach the host:
+    /// privileged, baseline or restricted.
+    #[arg(
+        long,
+        env = "VCLUSTER_POD_SECURITY_STANDARD",
+        default_value = "baseline"
+    )]
+    pod_security_standard: crate::policy::pss::Level,
     /// Port synced pods use for the virtual API (KUBERNETES_SERVICE_PORT).
     #[arg(long, env = "VCLUSTER_API_SERVICE_PORT", default_value_t = 443)]
     api_service_port: u16,
@@ -104,6 +112,7 @@ pub fn run(args: SyncerArgs) -> anyhow::Result<ExitCode> {
         api_port: args.api_service_port,
         api_service: args.api_service.unwrap_or_else(|| name.to_string()),
         ingress_policy,
+        pod_security: args.pod_security_standard,
         name,
         host_namespace,
         host_kubeconfig: args.host_kubeconfig,

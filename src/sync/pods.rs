@@ -24,6 +24,7 @@ use serde_json::json;
 use super::nodes::VirtualNodes;
 use super::{Context, Decision, Rule, SyncError};
 use crate::FIELD_MANAGER;
+use crate::policy::pss::{self, Level};
 use crate::translate::markers::OWNER_LABEL;
 use crate::translate::pod::{
     ApiEndpoint, TOKEN_KEY, host_pod, references, status_up, token_secret_name, token_source,
@@ -43,6 +44,7 @@ pub struct PodRule {
     nodes: Arc<VirtualNodes>,
     api: ApiEndpoint,
     services: Store<Service>,
+    pod_security: Level,
 }
 
 impl PodRule {
@@ -54,6 +56,7 @@ impl PodRule {
         nodes: Arc<VirtualNodes>,
         api: ApiEndpoint,
         services: Store<Service>,
+        pod_security: Level,
     ) -> Self {
         Self {
             host_configmaps,
@@ -61,6 +64,7 @@ impl PodRule {
             nodes,
             api,
             services,
+            pod_security,
         }
     }
 
@@ -197,6 +201,17 @@ impl Rule for PodRule {
         if bound && h.is_none() {
             // It ran on the host and its host pod is gone.
             return Decision::DeleteVirtual;
+        }
+        if h.is_none() {
+            // Checked at creation, as admission would: a pod already running
+            // on the host is not ended by a later change of level.
+            let violations = pss::check(v, self.pod_security);
+            if !violations.is_empty() {
+                return Decision::Reject(
+                    "PodSecurityViolation",
+                    pss::message(self.pod_security, &violations),
+                );
+            }
         }
         if h.is_none()
             && let Some(what) = self.missing_reference(ctx, v)
