@@ -163,6 +163,8 @@ pub struct SyncerOptions {
     pub host_kubeconfig: Option<PathBuf>,
     /// Virtual kubeconfig (the admin credential the control plane writes).
     pub virtual_kubeconfig: PathBuf,
+    /// How long to wait for the virtual kubeconfig to appear (zero: not at all).
+    pub virtual_kubeconfig_wait: Duration,
     /// Full resync period.
     pub resync: Duration,
     /// Concurrent reconciles per kind.
@@ -214,6 +216,14 @@ pub async fn run(opts: SyncerOptions) -> Result<(), SyncerError> {
             })?
         }
     };
+    // In the pod the control plane writes its admin kubeconfig once it is up.
+    let give_up = std::time::Instant::now() + opts.virtual_kubeconfig_wait;
+    if !opts.virtual_kubeconfig.exists() && !opts.virtual_kubeconfig_wait.is_zero() {
+        tracing::info!(path = %opts.virtual_kubeconfig.display(), "waiting for the virtual control plane's kubeconfig");
+        while !opts.virtual_kubeconfig.exists() && std::time::Instant::now() < give_up {
+            tokio::time::sleep(Duration::from_millis(500)).await;
+        }
+    }
     let virt = client_from(&opts.virtual_kubeconfig, "virtual").await?;
     let ctx = Arc::new(Context::new(
         opts.name.clone(),

@@ -24,6 +24,9 @@ pub struct ServiceCidrArgs {
     /// Skip the ServiceCIDR objects and use the dry-run probe only.
     #[arg(long)]
     probe: bool,
+    /// Write the result to this file (directories created) instead of stdout.
+    #[arg(long)]
+    output: Option<PathBuf>,
 }
 
 pub fn run(args: ServiceCidrArgs) -> anyhow::Result<ExitCode> {
@@ -54,7 +57,20 @@ pub fn run(args: ServiceCidrArgs) -> anyhow::Result<ExitCode> {
             .await
             .context("cannot discover the host's service CIDR")
     })?;
-    let mut out = std::io::stdout().lock();
-    writeln!(out, "{}", cidrs.join(",")).context("cannot write to stdout")?;
+    let line = cidrs.join(",");
+    match &args.output {
+        Some(path) => {
+            if let Some(dir) = path.parent() {
+                std::fs::create_dir_all(dir)
+                    .with_context(|| format!("cannot create {}", dir.display()))?;
+            }
+            std::fs::write(path, format!("{line}\n"))
+                .with_context(|| format!("cannot write {}", path.display()))?;
+        }
+        None => {
+            let mut out = std::io::stdout().lock();
+            writeln!(out, "{line}").context("cannot write to stdout")?;
+        }
+    }
     Ok(ExitCode::SUCCESS)
 }

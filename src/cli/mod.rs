@@ -3,6 +3,7 @@
 
 mod cidr;
 mod dev;
+mod pki;
 mod syncer;
 
 use std::process::ExitCode;
@@ -25,6 +26,8 @@ enum Command {
     Syncer(syncer::SyncerArgs),
     /// Print the host's service CIDR (what the virtual API must be started with).
     ServiceCidr(cidr::ServiceCidrArgs),
+    /// Prepare the certificates of the chart's upstream (`k8s`) control plane.
+    ControlPlanePki(pki::PkiArgs),
 }
 
 /// Logs go to stderr; `VCLUSTER_LOG` takes an env-filter directive. By default
@@ -70,6 +73,7 @@ pub fn main() -> ExitCode {
         Command::Dev(args) => dev::run(args),
         Command::Syncer(args) => syncer::run(args),
         Command::ServiceCidr(args) => cidr::run(args),
+        Command::ControlPlanePki(args) => pki::run(args),
     };
     match result {
         Ok(code) => code,

@@ -29,6 +29,14 @@ pub struct SyncerArgs {
     /// Kubeconfig for the virtual API (the admin credential the control plane writes).
     #[arg(long, env = "VCLUSTER_VIRTUAL_KUBECONFIG")]
     virtual_kubeconfig: PathBuf,
+    /// Wait up to this many seconds for the virtual kubeconfig to appear (the
+    /// control plane writes it once up; the chart sets 600).
+    #[arg(
+        long,
+        env = "VCLUSTER_VIRTUAL_KUBECONFIG_WAIT_SECONDS",
+        default_value_t = 0
+    )]
+    virtual_kubeconfig_wait_seconds: u64,
     /// Seconds between full resyncs (which also revert drift on the host).
     #[arg(long, env = "VCLUSTER_RESYNC_SECONDS", default_value_t = 300, value_parser = clap::value_parser!(u64).range(5..))]
     resync_seconds: u64,
@@ -117,6 +125,7 @@ pub fn run(args: SyncerArgs) -> anyhow::Result<ExitCode> {
         host_namespace,
         host_kubeconfig: args.host_kubeconfig,
         virtual_kubeconfig: args.virtual_kubeconfig,
+        virtual_kubeconfig_wait: Duration::from_secs(args.virtual_kubeconfig_wait_seconds),
         resync: Duration::from_secs(args.resync_seconds),
         concurrency: usize::from(args.concurrency),
         watch_timeout_seconds: args.watch_timeout_seconds,

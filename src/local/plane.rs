@@ -103,7 +103,6 @@ pub struct Plane {
     pub dir: PathBuf,
     /// The admin kubeconfig for users of this plane.
     pub admin_kubeconfig: String,
-    ca: Ca,
 }
 
 fn sans(role: Role) -> Vec<String> {
@@ -182,14 +181,9 @@ impl Plane {
 
         let server = format!("https://127.0.0.1:{}", ports.apiserver);
         let context = format!("vcluster-dev-{}", role.name());
-        let mut plane = Self {
-            role,
-            ports,
-            dir,
-            admin_kubeconfig: String::new(),
-            ca,
-        };
+        let mut plane = Self::layout(role, ports, state_dir);
         plane.admin_kubeconfig = plane.client_kubeconfig(
+            &ca,
             &context,
             &server,
             "vcluster-dev-admin",
@@ -204,26 +198,36 @@ impl Plane {
             ("scheduler.kubeconfig", "system:kube-scheduler", None),
             ("kwok.kubeconfig", "kwok-controller", Some("system:masters")),
         ] {
-            let yaml = plane.client_kubeconfig(&context, &server, user, group)?;
+            let yaml = plane.client_kubeconfig(&ca, &context, &server, user, group)?;
             write_private(&plane.dir.join(file), &yaml)?;
         }
         Ok(plane)
     }
 
+    /// The plane's paths and ports, without generating anything (for a plane
+    /// whose files already exist).
+    pub fn layout(role: Role, ports: Ports, state_dir: &Path) -> Self {
+        Self {
+            role,
+            ports,
+            dir: state_dir.join(role.name()),
+            admin_kubeconfig: String::new(),
+        }
+    }
+
     fn client_kubeconfig(
         &self,
+        ca: &Ca,
         context: &str,
         server: &str,
         user: &str,
         group: Option<&str>,
     ) -> Result<String, LocalError> {
-        let cert = self
-            .ca
-            .issue(&CertSpec::client(user, group, CERT_VALIDITY))?;
+        let cert = ca.issue(&CertSpec::client(user, group, CERT_VALIDITY))?;
         let cfg = kubeconfig::client_cert(
             context,
             server,
-            self.ca.cert_pem(),
+            ca.cert_pem(),
             &cert.cert_pem,
             &cert.key_pem,
         );
