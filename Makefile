@@ -43,6 +43,7 @@ e2e:
 	$(CARGO) test --locked --test e2e_smoke
 	$(CARGO) test --locked --test e2e_syncer
 	$(CARGO) test --locked --test e2e_network
+	$(CARGO) test --locked --test e2e_chart
 
 down:
 	./target/debug/vcluster dev down --state-dir $(STATE_DIR)

@@ -269,6 +269,17 @@ impl SyncerProcess {
 
     /// [`SyncerProcess::start`] with extra syncer arguments.
     pub fn start_with(stack: &DevStack, name: &str, host_namespace: &str, extra: &[&str]) -> Self {
+        Self::start_as(stack, name, host_namespace, &stack.host_kubeconfig(), extra)
+    }
+
+    /// [`SyncerProcess::start_with`] with its own host credential.
+    pub fn start_as(
+        stack: &DevStack,
+        name: &str,
+        host_namespace: &str,
+        host_kubeconfig: &Path,
+        extra: &[&str],
+    ) -> Self {
         let _ = kubectl(
             &stack.host_kubeconfig(),
             &["create", "namespace", host_namespace],
@@ -297,7 +308,7 @@ impl SyncerProcess {
                 "--host-namespace",
                 host_namespace,
                 "--host-kubeconfig",
-                stack.host_kubeconfig().to_str().unwrap(),
+                host_kubeconfig.to_str().unwrap(),
                 "--virtual-kubeconfig",
                 stack.vcluster_kubeconfig().to_str().unwrap(),
                 "--health-listen",

@@ -1,0 +1,736 @@
+//! End-to-end tests of the Helm chart and of Helm inside a virtual cluster,
+//! with the real `helm` binary: lint and template checks (k3s/config.yaml is
+//! the source of truth; the `k8s` distro runs the dev plane's flags), a
+//! server-side dry run and a real install into the host, the syncer running
+//! with nothing but the chart's ServiceAccount, and CRD-heavy charts and CRD
+//! bundles installed inside the virtual cluster.
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::print_stdout
+)]
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use common::*;
+use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::authentication::v1::TokenRequest;
+use k8s_openapi::api::core::v1::{ConfigMap, Namespace, Pod, Secret, Service, ServiceAccount};
+use k8s_openapi::api::networking::v1::Ingress;
+use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
+use kube::api::{Api, ListParams, PostParams};
+use libtest_mimic::{Arguments, Trial};
+use serde_json::{Value, json};
+use vcluster::translate::{VclusterName, host_name};
+
+const T: Duration = Duration::from_secs(90);
+const RELEASE: &str = "my-vc";
+const HOST_NS: &str = "team-chart";
+
+struct Env {
+    stack: DevStack,
+    /// The syncer running as the chart's ServiceAccount (started by a test).
+    syncer: Mutex<Option<SyncerProcess>>,
+}
+
+fn helm_bin() -> PathBuf {
+    vcluster::local::default_bin_dir().join("helm")
+}
+
+fn helm(kubeconfig: Option<&Path>, args: &[&str]) -> Output {
+    let mut cmd = Command::new(helm_bin());
+    cmd.args(args).stdin(Stdio::null());
+    if let Some(kc) = kubeconfig {
+        cmd.arg("--kubeconfig").arg(kc);
+    }
+    // Helm keeps caches and a registry config under HOME: keep them out of the user's.
+    let home = std::env::temp_dir().join("vcluster-e2e-helm-home");
+    cmd.env("HELM_CACHE_HOME", home.join("cache"))
+        .env("HELM_CONFIG_HOME", home.join("config"))
+        .env("HELM_DATA_HOME", home.join("data"));
+    cmd.output().expect("run helm")
+}
+
+fn helm_ok(kubeconfig: Option<&Path>, args: &[&str]) -> String {
+    let out = helm(kubeconfig, args);
+    let (stdout, stderr) = text(&out);
+    assert!(
+        out.status.success(),
+        "helm {args:?} failed: {stderr}\n{stdout}"
+    );
+    stdout
+}
+
+/// The documents of a rendered chart.
+fn render(extra: &[&str]) -> Vec<Value> {
+    let mut args = vec![
+        "template",
+        RELEASE,
+        "chart",
+        "--namespace",
+        HOST_NS,
+        "--kube-version",
+        "1.36.3",
+    ];
+    args.extend_from_slice(extra);
+    let yaml = helm_ok(None, &args);
+    yaml.split("\n---")
+        .filter_map(|doc| serde_yaml::from_str::<Value>(doc).ok())
+        .filter(|v| v.is_object())
+        .collect()
+}
+
+fn find<'a>(docs: &'a [Value], kind: &str, name: &str) -> &'a Value {
+    docs.iter()
+        .find(|d| d["kind"] == kind && d["metadata"]["name"] == name)
+        .unwrap_or_else(|| panic!("{kind} {name} not rendered"))
+}
+
+fn container<'a>(sts: &'a Value, name: &str) -> &'a Value {
+    sts["spec"]["template"]["spec"]["containers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["name"] == name)
+        .unwrap_or_else(|| panic!("container {name} not rendered"))
+}
+
+fn args_of(c: &Value) -> Vec<String> {
+    c["args"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|a| a.as_str().unwrap().to_owned())
+        .collect()
+}
+
+fn helm_lint_passes(_: &Env) {
+    for set in ["distro=k3s", "distro=k8s", "persistence.enabled=false"] {
+        helm_ok(None, &["lint", "chart", "--set", set]);
+    }
+    helm_ok(
+        None,
+        &["lint", "chart", "-f", "examples/values-isolated.yaml"],
+    );
+    helm_ok(None, &["lint", "examples/widgets"]);
+}
+
+fn k3s_configuration_matches_its_source_of_truth(_: &Env) {
+    let docs = render(&[]);
+    let cm = find(&docs, "ConfigMap", &format!("vc-{RELEASE}-k3s"));
+    let rendered: Value =
+        serde_yaml::from_str(cm["data"]["config.yaml"].as_str().unwrap()).unwrap();
+    let truth: Value =
+        serde_yaml::from_str(&std::fs::read_to_string("k3s/config.yaml").unwrap()).unwrap();
+    assert_eq!(
+        rendered, truth,
+        "chart/templates/k3s-config.yaml and k3s/config.yaml disagree"
+    );
+    // The dev stack's virtual plane disables the same controllers.
+    let kcm = truth["kube-controller-manager-arg"][0].as_str().unwrap();
+    assert_eq!(
+        kcm,
+        format!(
+            "controllers={}",
+            vcluster::local::Role::Virtual.controllers()
+        )
+    );
+    let sts = find(&docs, "StatefulSet", RELEASE);
+    let k3s = container(sts, "k3s");
+    let line = args_of(k3s).join(" ");
+    assert!(
+        line.contains("--config=/etc/vcluster/k3s/config.yaml"),
+        "{line}"
+    );
+    assert!(
+        line.contains("--service-cidr=\"$(cat /data/vcluster/service-cidr)\""),
+        "{line}"
+    );
+    assert!(
+        line.contains(&format!("--tls-san={RELEASE}.{HOST_NS}.svc")),
+        "{line}"
+    );
+    // The service CIDR is discovered before k3s starts, unless given.
+    let init = &sts["spec"]["template"]["spec"]["initContainers"][0];
+    assert_eq!(init["args"][0], "service-cidr");
+    let given = render(&["--set", "serviceCIDR=10.100.0.0/16"]);
+    let line = args_of(container(find(&given, "StatefulSet", RELEASE), "k3s")).join(" ");
+    assert!(line.contains("--service-cidr=\"10.100.0.0/16\""), "{line}");
+}
+
+fn k8s_distro_runs_the_dev_planes_flags(_: &Env) {
+    let docs = render(&["--set", "distro=k8s", "--set", "serviceCIDR=10.96.0.0/16"]);
+    let sts = find(&docs, "StatefulSet", RELEASE);
+    let want = vcluster::local::pod_control_plane(Path::new("/data"), false).unwrap();
+    assert_eq!(args_of(container(sts, "etcd")), want.etcd);
+    assert_eq!(args_of(container(sts, "kube-apiserver")), want.apiserver);
+    assert_eq!(
+        args_of(container(sts, "kube-controller-manager")),
+        want.controller_manager
+    );
+    let syncer = args_of(container(sts, "syncer"));
+    assert!(syncer.contains(&format!(
+        "--virtual-kubeconfig={}",
+        want.admin_kubeconfig.display()
+    )));
+    assert!(syncer.contains(&format!("--client-ca-cert={}", want.client_ca.0.display())));
+    // `control-plane-pki --print-args` prints what the manifests carry.
+    let out = vcluster(&["control-plane-pki", "--dir", "/data", "--print-args"]);
+    let (stdout, _) = text(&out);
+    assert!(stdout.contains(&format!("kube-apiserver: {}", want.apiserver.join(" "))));
+}
+
+fn bad_values_are_refused_with_a_reason(_: &Env) {
+    for (set, why) in [
+        ("distro=vanilla", "distro \"vanilla\" is not supported"),
+        (
+            "isolation.podSecurityStandard=strict",
+            "is not a Pod Security Standards level",
+        ),
+    ] {
+        let out = helm(
+            None,
+            &[
+                "template",
+                RELEASE,
+                "chart",
+                "--kube-version",
+                "1.36.3",
+                "--set",
+                set,
+            ],
+        );
+        let (_, stderr) = text(&out);
+        assert!(!out.status.success(), "{set}");
+        assert!(stderr.contains(why), "{set}: {stderr}");
+    }
+    let long = "a-release-name-that-is-far-too-long-for-vc";
+    let out = helm(
+        None,
+        &["template", long, "chart", "--kube-version", "1.36.3"],
+    );
+    assert!(!out.status.success());
+    assert!(text(&out).1.contains("longer than 40 characters"));
+}
+
+/// Names of the objects a manifest holds, as `Kind/name`.
+fn objects(manifest: &str) -> Vec<String> {
+    manifest
+        .split("\n---")
+        .filter_map(|d| serde_yaml::from_str::<Value>(d).ok())
+        .filter(|v| v.is_object())
+        .map(|v| {
+            format!(
+                "{}/{}",
+                v["kind"].as_str().unwrap(),
+                v["metadata"]["name"].as_str().unwrap()
+            )
+        })
+        .collect()
+}
+
+fn install_creates_every_object(env: &Env) {
+    let hk = env.stack.host_kubeconfig();
+    helm_ok(
+        Some(&hk),
+        &[
+            "install",
+            RELEASE,
+            "chart",
+            "-n",
+            HOST_NS,
+            "--create-namespace",
+            "--dry-run=server",
+        ],
+    );
+    // The dry run made nothing.
+    let out = kubectl(&hk, &["get", "statefulset", RELEASE, "-n", HOST_NS], None);
+    assert!(!out.status.success());
+    let notes = helm_ok(
+        Some(&hk),
+        &[
+            "install",
+            RELEASE,
+            "chart",
+            "-n",
+            HOST_NS,
+            "--create-namespace",
+            "--wait=false",
+        ],
+    );
+    assert!(
+        notes.contains(&format!("vcluster connect {RELEASE} -n {HOST_NS}")),
+        "{notes}"
+    );
+    let manifest = helm_ok(Some(&hk), &["get", "manifest", RELEASE, "-n", HOST_NS]);
+    let want = objects(&manifest);
+    assert!(want.len() >= 12, "{want:?}");
+    for kind in [
+        "StatefulSet",
+        "Service",
+        "ServiceAccount",
+        "Role",
+        "RoleBinding",
+        "ClusterRole",
+        "ClusterRoleBinding",
+        "ConfigMap",
+        "ResourceQuota",
+        "LimitRange",
+        "NetworkPolicy",
+    ] {
+        assert!(
+            want.iter().any(|o| o.starts_with(&format!("{kind}/"))),
+            "{kind} missing: {want:?}"
+        );
+    }
+    let got = kubectl_ok(
+        &hk,
+        &["get", "-f", "-", "-n", HOST_NS, "-o", "name"],
+        Some(&manifest),
+    );
+    assert_eq!(got.lines().count(), want.len(), "{got}");
+    // The StatefulSet's pod is created and carries the discovery labels.
+    let sel = "vcluster.dev/instance=my-vc,vcluster.dev/component=control-plane";
+    eventually_sync("the control-plane pod", T, || {
+        let out = kubectl_ok(
+            &hk,
+            &["get", "pods", "-n", HOST_NS, "-l", sel, "-o", "name"],
+            None,
+        );
+        if out.trim() == format!("pod/{RELEASE}-0") {
+            Ok(())
+        } else {
+            Err(out)
+        }
+    });
+}
+
+async fn token_kubeconfig(env: &Env) -> PathBuf {
+    let h = client(&env.stack.host_kubeconfig()).await;
+    let sas: Api<ServiceAccount> = Api::namespaced(h, HOST_NS);
+    let sa = format!("vc-{RELEASE}");
+    eventually("the chart's ServiceAccount", T, || async {
+        sas.get_opt(&sa)
+            .await
+            .map_err(|e| e.to_string())?
+            .ok_or("absent".to_owned())
+    })
+    .await;
+    let tr: TokenRequest =
+        serde_json::from_value(json!({"spec": {"expirationSeconds": 3600}})).unwrap();
+    let issued = sas
+        .create_token_request(&sa, &PostParams::default(), &tr)
+        .await
+        .unwrap();
+    let token = issued.status.unwrap().token;
+    let mut kc: Value =
+        serde_yaml::from_str(&std::fs::read_to_string(env.stack.host_kubeconfig()).unwrap())
+            .unwrap();
+    kc["users"] = json!([{"name": "chart-sa", "user": {"token": token}}]);
+    let ctx = &mut kc["contexts"][0]["context"];
+    ctx["user"] = json!("chart-sa");
+    ctx["namespace"] = json!(HOST_NS);
+    let path = env.stack.dir.path().join("chart-sa.kubeconfig");
+    std::fs::write(&path, serde_yaml::to_string(&kc).unwrap()).unwrap();
+    path
+}
+
+fn the_role_suffices_for_the_syncer(env: &Env) {
+    block_on(async {
+        let kc = token_kubeconfig(env).await;
+        // The token really is the ServiceAccount, and may not do more.
+        let out = kubectl(&kc, &["get", "pods", "-n", "default"], None);
+        assert!(
+            !out.status.success(),
+            "the chart's ServiceAccount reads another namespace"
+        );
+        let syncer = SyncerProcess::start_as(&env.stack, RELEASE, HOST_NS, &kc, &[]);
+        let log = syncer.log.clone();
+        *env.syncer.lock().unwrap() = Some(syncer);
+
+        // The syncer-core smoke, plus Services, Endpoints and Ingresses.
+        let v = client(&env.stack.vcluster_kubeconfig()).await;
+        let h = client(&env.stack.host_kubeconfig()).await;
+        let ns = "smoke";
+        Api::<Namespace>::all(v.clone())
+            .create(
+                &PostParams::default(),
+                &serde_json::from_value(json!({"metadata": {"name": ns}})).unwrap(),
+            )
+            .await
+            .unwrap();
+        let post = PostParams::default();
+        Api::<ConfigMap>::namespaced(v.clone(), ns)
+            .create(
+                &post,
+                &serde_json::from_value(
+                    json!({"metadata": {"name": "settings"}, "data": {"colour": "blue"}}),
+                )
+                .unwrap(),
+            )
+            .await
+            .unwrap();
+        Api::<Secret>::namespaced(v.clone(), ns)
+            .create(
+                &post,
+                &serde_json::from_value(
+                    json!({"metadata": {"name": "web-tls"}, "type": "kubernetes.io/tls",
+                "data": {"tls.crt": "Y2VydA==", "tls.key": "a2V5"}}),
+                )
+                .unwrap(),
+            )
+            .await
+            .unwrap();
+        Api::<Deployment>::namespaced(v.clone(), ns)
+            .create(&post, &serde_json::from_value(json!({
+                "metadata": {"name": "web"},
+                "spec": {"replicas": 2, "selector": {"matchLabels": {"app": "web"}},
+                  "template": {"metadata": {"labels": {"app": "web"}}, "spec": {"containers": [{"name": "web", "image": "nginx",
+                    "envFrom": [{"configMapRef": {"name": "settings"}}]}]}}}})).unwrap())
+            .await
+            .unwrap();
+        Api::<Service>::namespaced(v.clone(), ns)
+            .create(
+                &post,
+                &serde_json::from_value(json!({"metadata": {"name": "web"},
+                "spec": {"selector": {"app": "web"}, "ports": [{"port": 80}]}}))
+                .unwrap(),
+            )
+            .await
+            .unwrap();
+        Api::<Ingress>::namespaced(v.clone(), ns)
+            .create(&post, &serde_json::from_value(json!({"metadata": {"name": "web"},
+                "spec": {"tls": [{"hosts": ["web.example.com"], "secretName": "web-tls"}],
+                  "rules": [{"host": "web.example.com", "http": {"paths": [{"path": "/", "pathType": "Prefix",
+                    "backend": {"service": {"name": "web", "port": {"number": 80}}}}]}}]}})).unwrap())
+            .await
+            .unwrap();
+        let vpods: Api<Pod> = Api::namespaced(v.clone(), ns);
+        eventually("2 web pods Running in the virtual cluster", T, || async {
+            let l = vpods
+                .list(&ListParams::default().labels("app=web"))
+                .await
+                .map_err(|e| e.to_string())?;
+            let running = l
+                .items
+                .iter()
+                .filter(|p| {
+                    p.status.as_ref().and_then(|s| s.phase.as_deref()) == Some("Running")
+                        && p.status.as_ref().and_then(|s| s.pod_ip.as_ref()).is_some()
+                })
+                .count();
+            if running == 2 {
+                Ok(())
+            } else {
+                Err(format!("{running} of 2"))
+            }
+        })
+        .await;
+        let vc = VclusterName::new(RELEASE).unwrap();
+        let hing: Api<Ingress> = Api::namespaced(h.clone(), HOST_NS);
+        eventually("the ingress and its TLS secret on the host", T, || async {
+            let i = hing
+                .get_opt(&host_name(&vc, ns, "web"))
+                .await
+                .map_err(|e| e.to_string())?;
+            let s = Api::<Secret>::namespaced(h.clone(), HOST_NS)
+                .get_opt(&host_name(&vc, ns, "web-tls"))
+                .await
+                .map_err(|e| e.to_string())?;
+            if i.is_some() && s.is_some() {
+                Ok(())
+            } else {
+                Err(format!("{:?} {:?}", i.is_some(), s.is_some()))
+            }
+        })
+        .await;
+        let vsvc = Api::<Service>::namespaced(v.clone(), ns)
+            .get("web")
+            .await
+            .unwrap();
+        let hsvc = Api::<Service>::namespaced(h.clone(), HOST_NS)
+            .get(&host_name(&vc, ns, "web"))
+            .await
+            .unwrap();
+        assert_eq!(
+            vsvc.spec.unwrap().cluster_ip,
+            hsvc.spec.unwrap().cluster_ip,
+            "ClusterIP parity with the chart's Role"
+        );
+        // Deleting goes through too.
+        Api::<Deployment>::namespaced(v.clone(), ns)
+            .delete("web", &Default::default())
+            .await
+            .unwrap();
+        let hpods: Api<Pod> = Api::namespaced(h.clone(), HOST_NS);
+        none_left(
+            "host pods of the smoke",
+            &hpods,
+            &format!("vcluster.dev/owner={RELEASE},app=web"),
+        )
+        .await;
+        let text = std::fs::read_to_string(&log).unwrap();
+        let forbidden: Vec<&str> = text
+            .lines()
+            .filter(|l| l.contains("403") || l.to_ascii_lowercase().contains("forbidden"))
+            .collect();
+        assert!(
+            forbidden.is_empty(),
+            "the syncer was refused with the chart's Role:\n{}",
+            forbidden.join("\n")
+        );
+    });
+}
+
+fn crd_heavy_charts_install_inside(env: &Env) {
+    block_on(async {
+        let vk = env.stack.vcluster_kubeconfig();
+        {
+            // Run on its own, it needs a syncer of its own.
+            let mut s = env.syncer.lock().unwrap();
+            if s.is_none() {
+                *s = Some(SyncerProcess::start(&env.stack, RELEASE, HOST_NS));
+            }
+        }
+        helm_ok(
+            Some(&vk),
+            &[
+                "install",
+                "widgets",
+                "examples/widgets",
+                "-n",
+                "demo",
+                "--create-namespace",
+                "--wait=false",
+            ],
+        );
+        let out = kubectl_ok(&vk, &["get", "widgets", "-n", "demo", "-o", "name"], None);
+        assert_eq!(
+            out.lines().collect::<Vec<_>>(),
+            [
+                "widget.example.vcluster.dev/blue",
+                "widget.example.vcluster.dev/red"
+            ]
+        );
+        let out = kubectl_ok(&vk, &["get", "gadgets", "-o", "name"], None);
+        assert_eq!(out.trim(), "gadget.example.vcluster.dev/widgets-gadget");
+        // Its controller runs (on the host).
+        let v = client(&vk).await;
+        let pods: Api<Pod> = Api::namespaced(v.clone(), "demo");
+        eventually("the widget controller Running", T, || async {
+            let l = pods
+                .list(&ListParams::default().labels("app=widgets-controller"))
+                .await
+                .map_err(|e| e.to_string())?;
+            let ok = l
+                .items
+                .iter()
+                .any(|p| p.status.as_ref().and_then(|s| s.phase.as_deref()) == Some("Running"));
+            if ok {
+                Ok(())
+            } else {
+                Err(format!("{} pods", l.items.len()))
+            }
+        })
+        .await;
+
+        // Real-world CRD bundles (some over 1 MB: server-side apply).
+        for bundle in ["cert-manager", "argo-cd"] {
+            let dir = format!("../shared/testdata/crds/{bundle}");
+            kubectl_ok(&vk, &["apply", "--server-side", "-f", &dir], None);
+        }
+        let crds: Api<CustomResourceDefinition> = Api::all(v.clone());
+        let names: Vec<String> = eventually("every CRD Established", T, || async {
+            let l = crds
+                .list(&ListParams::default())
+                .await
+                .map_err(|e| e.to_string())?;
+            let pending: Vec<String> = l
+                .items
+                .iter()
+                .filter(|c| {
+                    !c.status
+                        .as_ref()
+                        .and_then(|s| s.conditions.as_ref())
+                        .is_some_and(|cs| {
+                            cs.iter()
+                                .any(|c| c.type_ == "Established" && c.status == "True")
+                        })
+                })
+                .map(|c| c.metadata.name.clone().unwrap_or_default())
+                .collect();
+            if pending.is_empty() {
+                Ok(l.items
+                    .iter()
+                    .map(|c| c.metadata.name.clone().unwrap_or_default())
+                    .collect())
+            } else {
+                Err(format!("{pending:?}"))
+            }
+        })
+        .await;
+        for want in [
+            "certificates.cert-manager.io",
+            "clusterissuers.cert-manager.io",
+            "applications.argoproj.io",
+            "applicationsets.argoproj.io",
+            "appprojects.argoproj.io",
+            "widgets.example.vcluster.dev",
+        ] {
+            assert!(names.iter().any(|n| n == want), "{want} missing: {names:?}");
+        }
+        // None of it is on the host.
+        let host_crds: Api<CustomResourceDefinition> =
+            Api::all(client(&env.stack.host_kubeconfig()).await);
+        let on_host = host_crds.list(&ListParams::default()).await.unwrap();
+        assert!(
+            on_host.items.is_empty(),
+            "{:?}",
+            on_host
+                .items
+                .iter()
+                .map(|c| c.metadata.name.clone())
+                .collect::<Vec<_>>()
+        );
+
+        // Custom resources of both, created and listed.
+        let resources = r#"
+apiVersion: cert-manager.io/v1
+kind: ClusterIssuer
+metadata: {name: selfsigned}
+spec: {selfSigned: {}}
+---
+apiVersion: cert-manager.io/v1
+kind: Certificate
+metadata: {name: web, namespace: demo}
+spec:
+  secretName: web-tls
+  dnsNames: [web.example.com]
+  issuerRef: {name: selfsigned, kind: ClusterIssuer}
+---
+apiVersion: argoproj.io/v1alpha1
+kind: AppProject
+metadata: {name: team, namespace: demo}
+spec:
+  destinations: [{namespace: '*', server: '*'}]
+  sourceRepos: ['*']
+---
+apiVersion: argoproj.io/v1alpha1
+kind: Application
+metadata: {name: guestbook, namespace: demo}
+spec:
+  project: team
+  source: {repoURL: 'https://example.com/repo.git', path: guestbook, targetRevision: HEAD}
+  destination: {server: 'https://kubernetes.default.svc', namespace: guestbook}
+"#;
+        kubectl_ok(&vk, &["apply", "-f", "-"], Some(resources));
+        let listed = kubectl_ok(
+            &vk,
+            &[
+                "get",
+                "certificates.cert-manager.io,applications.argoproj.io,appprojects.argoproj.io",
+                "-n",
+                "demo",
+                "-o",
+                "name",
+            ],
+            None,
+        );
+        let mut got: Vec<&str> = listed.lines().collect();
+        got.sort_unstable();
+        assert_eq!(
+            got,
+            [
+                "application.argoproj.io/guestbook",
+                "appproject.argoproj.io/team",
+                "certificate.cert-manager.io/web",
+            ]
+        );
+    });
+}
+
+type Test = (&'static str, fn(&Env));
+
+const TESTS: &[Test] = &[
+    ("helm_lint_passes", helm_lint_passes),
+    (
+        "k3s_configuration_matches_its_source_of_truth",
+        k3s_configuration_matches_its_source_of_truth,
+    ),
+    (
+        "k8s_distro_runs_the_dev_planes_flags",
+        k8s_distro_runs_the_dev_planes_flags,
+    ),
+    (
+        "bad_values_are_refused_with_a_reason",
+        bad_values_are_refused_with_a_reason,
+    ),
+    (
+        "crd_heavy_charts_install_inside",
+        crd_heavy_charts_install_inside,
+    ),
+];
+
+/// Run one after the other: the install comes before the syncer that uses it.
+const ORDERED: &[Test] = &[
+    ("install_creates_every_object", install_creates_every_object),
+    (
+        "the_role_suffices_for_the_syncer",
+        the_role_suffices_for_the_syncer,
+    ),
+];
+
+fn main() {
+    let args = Arguments::from_args();
+    if args.list {
+        let names = TESTS.iter().chain(ORDERED).map(|(n, _)| *n);
+        libtest_mimic::run(&args, names.map(|n| Trial::test(n, || Ok(()))).collect()).exit();
+    }
+    if let Err(e) = vcluster::local::check_binaries(&vcluster::local::default_bin_dir()) {
+        eprintln!("e2e: {e}");
+        std::process::exit(1);
+    }
+    let stack = DevStack::up(&["--no-syncer", "--nodes", "2"]);
+    let env = Arc::new(Env {
+        stack,
+        syncer: Mutex::new(None),
+    });
+    let trials = |tests: &[Test]| -> Vec<Trial> {
+        tests
+            .iter()
+            .map(|(name, f)| {
+                let (env, f) = (Arc::clone(&env), *f);
+                Trial::test(*name, move || {
+                    f(&env);
+                    Ok(())
+                })
+            })
+            .collect()
+    };
+    let mut ordered = args.clone();
+    ordered.test_threads = Some(1);
+    let first = libtest_mimic::run(&ordered, trials(ORDERED));
+    let second = libtest_mimic::run(&args, trials(TESTS));
+    let passed = first.num_passed + second.num_passed;
+    let failed = first.num_failed + second.num_failed;
+    println!("e2e: {passed} passed, {failed} failed");
+    if failed > 0 {
+        let log = env.syncer.lock().unwrap().as_ref().map(|s| s.log.clone());
+        if let Some(log) = log {
+            eprintln!(
+                "--- syncer log tail\n{}",
+                vcluster::local::process::log_tail(&log, 40)
+            );
+        }
+    }
+    drop(env);
+    if failed > 0 {
+        std::process::exit(101);
+    }
+}
