@@ -346,6 +346,23 @@ async fn status(state_dir: &Path) -> anyhow::Result<ExitCode> {
             plane.kubeconfig.display()
         ));
     }
+    if let Some(port) = state.syncer_port {
+        match local::http_get(port, "/metrics").await {
+            Some(text) => {
+                lines.push(format!(
+                    "  syncer metrics (http://127.0.0.1:{port}/metrics):"
+                ));
+                lines.extend(
+                    crate::sync::metrics::summarize(&text)
+                        .into_iter()
+                        .map(|l| format!("    {l}")),
+                );
+            }
+            None => lines.push(format!(
+                "  syncer metrics: http://127.0.0.1:{port}/metrics does not answer"
+            )),
+        }
+    }
     say(&lines.join("\n"));
     Ok(if all_up && state.ready {
         ExitCode::SUCCESS

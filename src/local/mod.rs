@@ -697,17 +697,29 @@ impl Drop for Stack {
 
 /// True when `GET path` on 127.0.0.1:`port` (plain HTTP) answers 200.
 pub async fn http_ok(port: u16, path: &str) -> bool {
+    http_get(port, path).await.is_some()
+}
+
+/// The body of `GET path` on 127.0.0.1:`port` (plain HTTP) when it answers
+/// 200 within 5 seconds.
+pub async fn http_get(port: u16, path: &str) -> Option<String> {
     use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
-    let Ok(mut s) = tokio::net::TcpStream::connect((Ipv4Addr::LOCALHOST, port)).await else {
-        return false;
+    let exchange = async {
+        let mut s = tokio::net::TcpStream::connect((Ipv4Addr::LOCALHOST, port))
+            .await
+            .ok()?;
+        let req = format!("GET {path} HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n");
+        s.write_all(req.as_bytes()).await.ok()?;
+        let mut buf = Vec::new();
+        s.read_to_end(&mut buf).await.ok()?;
+        Some(buf)
     };
-    let req = format!("GET {path} HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n");
-    if s.write_all(req.as_bytes()).await.is_err() {
-        return false;
-    }
-    let mut buf = [0u8; 16];
-    let n = s.read(&mut buf).await.unwrap_or(0);
-    buf[..n].starts_with(b"HTTP/1.1 200") || buf[..n].starts_with(b"HTTP/1.0 200")
+    let buf = tokio::time::timeout(Duration::from_secs(5), exchange)
+        .await
+        .ok()??;
+    let text = String::from_utf8_lossy(&buf);
+    let (head, body) = text.split_once("\r\n\r\n")?;
+    (head.starts_with("HTTP/1.1 200") || head.starts_with("HTTP/1.0 200")).then(|| body.to_owned())
 }
 
 /// Removes a stopped stack's state (logs stay).
