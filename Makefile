@@ -4,7 +4,7 @@ SHELL := bash
 CARGO ?= cargo
 STATE_DIR ?= .vcluster-dev
 
-.PHONY: dev test kube-bins kube-mod build prereqs fmt-check clippy unit e2e down status clean
+.PHONY: dev test kube-bins kube-mod build prereqs fmt-check clippy unit e2e down status clean bench
 
 ## dev: build what is missing, then run the host and virtual control planes (Ctrl-C stops them)
 dev: prereqs kube-bins build
@@ -42,6 +42,12 @@ e2e:
 	e2e/kube/gen-gomod.sh check
 	$(CARGO) test --locked --test e2e_smoke
 	$(CARGO) test --locked --test e2e_syncer
+
+## bench: pod-startup latency, virtual against direct (N=1000 for one quick size); writes bench/results and BENCHMARKS.md
+N ?= 1000,5000,10000
+bench: prereqs kube-bins
+	$(CARGO) build --locked --release --bin vcluster --example bench
+	./target/release/examples/bench --sizes $(N)
 
 down:
 	./target/debug/vcluster dev down --state-dir $(STATE_DIR)
