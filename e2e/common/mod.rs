@@ -269,6 +269,12 @@ impl SyncerProcess {
 
     /// [`SyncerProcess::start`] with extra syncer arguments.
     pub fn start_with(stack: &DevStack, name: &str, host_namespace: &str, extra: &[&str]) -> Self {
+        let me = Self::spawn_with(stack, name, host_namespace, extra);
+        me.wait_ready(Duration::from_secs(60))
+    }
+
+    /// Starts a syncer like [`SyncerProcess::start_with`] without waiting for /readyz.
+    pub fn spawn_with(stack: &DevStack, name: &str, host_namespace: &str, extra: &[&str]) -> Self {
         let _ = kubectl(
             &stack.host_kubeconfig(),
             &["create", "namespace", host_namespace],
@@ -311,14 +317,20 @@ impl SyncerProcess {
             .stderr(out)
             .spawn()
             .unwrap();
-        let mut me = Self {
+        Self {
             child,
             port,
             log,
             name: name.to_owned(),
             host_namespace: host_namespace.to_owned(),
-        };
-        eventually_sync("syncer /readyz", Duration::from_secs(60), || {
+        }
+    }
+
+    /// Waits up to `timeout` for /readyz; panics with the log tail if the
+    /// syncer exits.
+    pub fn wait_ready(mut self, timeout: Duration) -> Self {
+        let me = &mut self;
+        eventually_sync("syncer /readyz", timeout, || {
             if let Ok(Some(status)) = me.child.try_wait() {
                 panic!(
                     "syncer exited ({status}):\n{}",
@@ -331,7 +343,7 @@ impl SyncerProcess {
                 Err("not ready".into())
             }
         });
-        me
+        self
     }
 
     /// Kills the syncer (SIGKILL, as a crash would) and waits for it.
