@@ -402,12 +402,17 @@ struct Seen {
     running: HashMap<(String, String), Instant>,
 }
 
-/// Watches pods of `api` matching `labels`, recording into `seen`; resolves
-/// once the watch has listed.
-async fn watch_pods(api: Api<Pod>, labels: &str, seen: Arc<Mutex<Seen>>) -> anyhow::Result<()> {
+/// Watches pods of `api` matching `labels`, recording into `seen`, until the
+/// returned task is aborted; returns once the watch has listed.
+async fn watch_pods(
+    api: Api<Pod>,
+    labels: &str,
+    seen: Arc<Mutex<Seen>>,
+) -> anyhow::Result<tokio::task::JoinHandle<()>> {
+    use kube::runtime::WatchStreamExt as _;
     let (tx, rx) = tokio::sync::oneshot::channel();
-    let stream = watcher(api, watcher::Config::default().labels(labels));
-    tokio::spawn(async move {
+    let stream = watcher(api, watcher::Config::default().labels(labels)).default_backoff();
+    let task = tokio::spawn(async move {
         let mut tx = Some(tx);
         futures::pin_mut!(stream);
         while let Some(ev) = stream.next().await {
@@ -434,7 +439,7 @@ async fn watch_pods(api: Api<Pod>, labels: &str, seen: Arc<Mutex<Seen>>) -> anyh
         }
     });
     rx.await.context("pod watch ended before listing")?;
-    Ok(())
+    Ok(task)
 }
 
 fn pod_manifest(name: &str) -> anyhow::Result<Pod> {
@@ -575,7 +580,7 @@ async fn one_size(args: &Args, n: usize) -> anyhow::Result<SizeResult> {
     // 1. Direct.
     let direct_ns = namespaces(&host, "direct", args.namespaces).await?;
     let direct_seen = Arc::new(Mutex::new(Seen::default()));
-    watch_pods(Api::all(host.clone()), "bench=1", Arc::clone(&direct_seen)).await?;
+    let w1 = watch_pods(Api::all(host.clone()), "bench=1", Arc::clone(&direct_seen)).await?;
     let created = create_pods(&host, &direct_ns, n, args.concurrency).await?;
     wait_running(&direct_seen, n, timeout).await;
     let direct = {
@@ -593,8 +598,8 @@ async fn one_size(args: &Args, n: usize) -> anyhow::Result<SizeResult> {
     let virt_ns = namespaces(&virt, "bench", args.namespaces).await?;
     let virt_seen = Arc::new(Mutex::new(Seen::default()));
     let host_seen = Arc::new(Mutex::new(Seen::default()));
-    watch_pods(Api::all(virt.clone()), "bench=1", Arc::clone(&virt_seen)).await?;
-    watch_pods(
+    let w2 = watch_pods(Api::all(virt.clone()), "bench=1", Arc::clone(&virt_seen)).await?;
+    let w3 = watch_pods(
         Api::namespaced(host.clone(), HOST_NS),
         "bench=1",
         Arc::clone(&host_seen),
@@ -620,6 +625,10 @@ async fn one_size(args: &Args, n: usize) -> anyhow::Result<SizeResult> {
         "bench: virtual done: wall {:.1}s, {} missing",
         virt_result.wall, virt_result.missing
     );
+
+    for w in [w1, w2, w3] {
+        w.abort();
+    }
 
     // 3. Initial resync with N pods in place.
     syncer.stop();
