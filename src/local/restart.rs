@@ -1,6 +1,8 @@
 //! Restarting one component of a running stack (`vcluster dev restart`), for
 //! fault runs: the command leaves a request file `restart/<name>` in the
-//! state directory and stops the component with SIGTERM; the supervisor,
+//! state directory and stops the component with SIGTERM, then SIGKILL after
+//! [`STOP_GRACE`] (a kube-apiserver otherwise waits a minute for its open
+//! watches); the supervisor,
 //! seeing that child exit with a request waiting, starts it again with the
 //! same command line, log and environment and records the new pid.
 
@@ -30,6 +32,9 @@ impl Spec {
         }
     }
 }
+
+/// How long a component may take to stop before it is killed.
+pub const STOP_GRACE: Duration = Duration::from_secs(5);
 
 fn request_file(state_dir: &Path, name: &str) -> PathBuf {
     state_dir.join("restart").join(name)
@@ -106,8 +111,14 @@ pub async fn request_restart(
     }
     super::write_public(&file, "")?;
     process::signal(old.pid, rustix::process::Signal::TERM);
-    let deadline = Instant::now() + timeout;
+    let started = Instant::now();
+    let deadline = started + timeout;
+    let mut killed = false;
     loop {
+        if !killed && started.elapsed() > STOP_GRACE && process::alive(old.pid) {
+            process::signal(old.pid, rustix::process::Signal::KILL);
+            killed = true;
+        }
         let new = StackState::load(state_dir)?
             .and_then(|s| s.processes.into_iter().find(|p| p.name == name))
             .map(|p| p.pid)
@@ -116,7 +127,7 @@ pub async fn request_restart(
             return Ok(pid);
         }
         if Instant::now() >= deadline {
-            let _ = std::fs::remove_file(&file);
+            // The request stays: the supervisor acts on it once the process ends.
             return Err(LocalError::Timeout {
                 what: format!("{name} to restart"),
                 secs: timeout.as_secs(),
