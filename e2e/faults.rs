@@ -227,7 +227,9 @@ async fn differences(v: &Client, h: &Client, ns: &str) -> Result<Vec<String>, ku
     let want_cms: BTreeSet<String> = if want.is_empty() {
         BTreeSet::new()
     } else {
-        BTreeSet::from([hname(ns, "settings")])
+        // What the pods read: their ConfigMap, and the CA bundle their
+        // service-account token volume projects.
+        BTreeSet::from([hname(ns, "settings"), hname(ns, "kube-root-ca.crt")])
     };
     if cms != want_cms {
         diff.push(format!("host ConfigMaps {cms:?}, want {want_cms:?}"));
