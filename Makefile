@@ -4,7 +4,7 @@ SHELL := bash
 CARGO ?= cargo
 STATE_DIR ?= .vcluster-dev
 
-.PHONY: dev test kube-bins kube-mod build prereqs fmt-check clippy unit e2e down status clean
+.PHONY: dev test kube-bins kube-mod build prereqs fmt-check clippy unit e2e down status clean bench faults
 
 ## dev: build what is missing, then run the host and virtual control planes (Ctrl-C stops them)
 dev: prereqs kube-bins build
@@ -44,6 +44,17 @@ e2e:
 	$(CARGO) test --locked --test e2e_syncer
 	$(CARGO) test --locked --test e2e_network
 	$(CARGO) test --locked --test e2e_chart
+	$(CARGO) test --locked --test e2e_faults
+
+## faults: the full fault runs (1,000-pod bursts, five syncer kills, API server restarts, compaction, drift)
+faults: prereqs kube-bins
+	VCLUSTER_FAULTS=full $(CARGO) test --locked --test e2e_faults
+
+## bench: pod-startup latency, virtual against direct (N=1000 for one quick size); writes bench/results and BENCHMARKS.md
+N ?= 1000,5000,10000
+bench: prereqs kube-bins
+	$(CARGO) build --locked --release --bin vcluster --example bench
+	./target/release/examples/bench --sizes $(N)
 
 down:
 	./target/debug/vcluster dev down --state-dir $(STATE_DIR)

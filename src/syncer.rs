@@ -1,6 +1,7 @@
 //! `vcluster syncer`: the process beside the virtual control plane. It runs
 //! one sync engine per kind and answers `/healthz` (alive) and `/readyz`
-//! (every engine has finished its initial sync).
+//! (every engine has finished its initial sync), and serves its Prometheus
+//! metrics at `/metrics` (see [`crate::sync::metrics`]).
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -455,6 +456,17 @@ async fn serve_health(
             let svc = hyper::service::service_fn(move |req: Request<hyper::body::Incoming>| {
                 let ready = ready.clone();
                 async move {
+                    if req.uri().path() == "/metrics" {
+                        let body = crate::sync::metrics::global().encode();
+                        let mut resp = Response::new(Full::new(Bytes::from(body)));
+                        resp.headers_mut().insert(
+                            hyper::header::CONTENT_TYPE,
+                            hyper::header::HeaderValue::from_static(
+                                "application/openmetrics-text; version=1.0.0; charset=utf-8",
+                            ),
+                        );
+                        return Ok::<_, Infallible>(resp);
+                    }
                     let (code, body) = match req.uri().path() {
                         "/healthz" | "/livez" => (StatusCode::OK, "ok"),
                         "/readyz" if ready() => (StatusCode::OK, "ok"),

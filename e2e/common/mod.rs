@@ -269,11 +269,29 @@ impl SyncerProcess {
 
     /// [`SyncerProcess::start`] with extra syncer arguments.
     pub fn start_with(stack: &DevStack, name: &str, host_namespace: &str, extra: &[&str]) -> Self {
-        Self::start_as(stack, name, host_namespace, &stack.host_kubeconfig(), extra)
+        let me = Self::spawn_with(stack, name, host_namespace, extra);
+        me.wait_ready(Duration::from_secs(60))
     }
 
     /// [`SyncerProcess::start_with`] with its own host credential.
     pub fn start_as(
+        stack: &DevStack,
+        name: &str,
+        host_namespace: &str,
+        host_kubeconfig: &Path,
+        extra: &[&str],
+    ) -> Self {
+        Self::spawn_as(stack, name, host_namespace, host_kubeconfig, extra)
+            .wait_ready(Duration::from_secs(60))
+    }
+
+    /// Starts a syncer like [`SyncerProcess::start_with`] without waiting for /readyz.
+    pub fn spawn_with(stack: &DevStack, name: &str, host_namespace: &str, extra: &[&str]) -> Self {
+        Self::spawn_as(stack, name, host_namespace, &stack.host_kubeconfig(), extra)
+    }
+
+    /// [`SyncerProcess::spawn_with`] with its own host credential.
+    pub fn spawn_as(
         stack: &DevStack,
         name: &str,
         host_namespace: &str,
@@ -322,14 +340,20 @@ impl SyncerProcess {
             .stderr(out)
             .spawn()
             .unwrap();
-        let mut me = Self {
+        Self {
             child,
             port,
             log,
             name: name.to_owned(),
             host_namespace: host_namespace.to_owned(),
-        };
-        eventually_sync("syncer /readyz", Duration::from_secs(60), || {
+        }
+    }
+
+    /// Waits up to `timeout` for /readyz; panics with the log tail if the
+    /// syncer exits.
+    pub fn wait_ready(mut self, timeout: Duration) -> Self {
+        let me = &mut self;
+        eventually_sync("syncer /readyz", timeout, || {
             if let Ok(Some(status)) = me.child.try_wait() {
                 panic!(
                     "syncer exited ({status}):\n{}",
@@ -342,7 +366,7 @@ impl SyncerProcess {
                 Err("not ready".into())
             }
         });
-        me
+        self
     }
 
     /// Kills the syncer (SIGKILL, as a crash would) and waits for it.

@@ -71,6 +71,19 @@ enum DevCommand {
     Down(StateDirArg),
     /// Show what runs and whether it is ready.
     Status(StateDirArg),
+    /// Restart one component of a running stack (for fault runs), e.g. host-kube-apiserver.
+    Restart(RestartArgs),
+}
+
+#[derive(Debug, Args, Clone)]
+struct RestartArgs {
+    #[command(flatten)]
+    state: StateDirArg,
+    /// The component, as `vcluster dev status` names it (host-kube-apiserver, vcluster-etcd, ...).
+    component: String,
+    /// How long the restart may take, in seconds.
+    #[arg(long, default_value_t = 60)]
+    timeout: u64,
 }
 
 pub fn run(args: DevArgs) -> anyhow::Result<ExitCode> {
@@ -86,6 +99,7 @@ pub fn run(args: DevArgs) -> anyhow::Result<ExitCode> {
             DevCommand::Up(up) => up_foreground(&up).await,
             DevCommand::Down(s) => down(&absolute(&s.state_dir)?).await,
             DevCommand::Status(s) => status(&absolute(&s.state_dir)?).await,
+            DevCommand::Restart(r) => restart(&r).await,
         }
     })
 }
@@ -346,12 +360,60 @@ async fn status(state_dir: &Path) -> anyhow::Result<ExitCode> {
             plane.kubeconfig.display()
         ));
     }
+    if let Some(port) = state.syncer_port {
+        match local::http_get(port, "/metrics").await {
+            Some(text) => {
+                lines.push(format!(
+                    "  syncer metrics (http://127.0.0.1:{port}/metrics):"
+                ));
+                lines.extend(
+                    crate::sync::metrics::summarize(&text)
+                        .into_iter()
+                        .map(|l| format!("    {l}")),
+                );
+            }
+            None => lines.push(format!(
+                "  syncer metrics: http://127.0.0.1:{port}/metrics does not answer"
+            )),
+        }
+    }
     say(&lines.join("\n"));
     Ok(if all_up && state.ready {
         ExitCode::SUCCESS
     } else {
         ExitCode::FAILURE
     })
+}
+
+async fn restart(r: &RestartArgs) -> anyhow::Result<ExitCode> {
+    let dir = absolute(&r.state.state_dir)?;
+    let timeout = Duration::from_secs(r.timeout);
+    let started = Instant::now();
+    let pid = local::request_restart(&dir, &r.component, timeout).await?;
+    // An API server counts as restarted once it answers /readyz again.
+    let plane = StackState::load(&dir)?.and_then(|s| match r.component.as_str() {
+        "host-kube-apiserver" => Some(s.host.kubeconfig),
+        "vcluster-kube-apiserver" => Some(s.vcluster.kubeconfig),
+        _ => None,
+    });
+    if let Some(kubeconfig) = plane {
+        while !local::api_ready(&kubeconfig).await {
+            if started.elapsed() > timeout {
+                bail!(
+                    "{} restarted (pid {pid}) but is not ready after {}s",
+                    r.component,
+                    r.timeout
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+    say(&format!(
+        "{} restarted (pid {pid}) in {:.1}s",
+        r.component,
+        started.elapsed().as_secs_f64()
+    ));
+    Ok(ExitCode::SUCCESS)
 }
 
 fn up_down(alive: bool) -> &'static str {

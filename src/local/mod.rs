@@ -12,6 +12,7 @@
 mod kwok;
 mod plane;
 pub mod process;
+mod restart;
 mod state;
 
 use std::collections::BTreeMap;
@@ -26,6 +27,7 @@ use kube::config::Kubeconfig;
 use plane::Plane;
 pub use plane::{Ports, Role, VIRTUAL_DISABLED_CONTROLLERS};
 use process::{Process, Tie};
+pub use restart::request_restart;
 pub use state::{ProcessRecord, StackState};
 
 /// The pinned upstream versions, from `e2e/kube/versions.env`.
@@ -81,6 +83,14 @@ pub enum LocalError {
         dir: PathBuf,
         /// Supervisor pid recorded there.
         pid: u32,
+    },
+    /// `vcluster dev restart` named a component the stack does not run.
+    #[error("the dev stack has no component {name:?} (known: {known})")]
+    UnknownComponent {
+        /// The name given.
+        name: String,
+        /// The components it runs.
+        known: String,
     },
     /// No stack in this state directory.
     #[error("no dev stack in {dir}: start one with `vcluster dev up`")]
@@ -288,6 +298,8 @@ fn pick_ports(requested: &[Option<u16>]) -> Result<Vec<u16>, LocalError> {
 pub struct Stack {
     opts: StackOptions,
     processes: Vec<Process>,
+    /// How each of `processes` was started (for restarts), same order.
+    specs: Vec<restart::Spec>,
     state: StackState,
 }
 
@@ -350,6 +362,7 @@ impl Stack {
             state: StackState::new(&opts.state_dir, opts.nodes),
             opts,
             processes: Vec::new(),
+            specs: Vec::new(),
         })
     }
 
@@ -397,6 +410,7 @@ impl Stack {
             log: p.log().to_owned(),
         });
         self.processes.push(p);
+        self.specs.push(restart::Spec::new(program, &args, env));
         self.state.save()
     }
 
@@ -696,10 +710,18 @@ impl Stack {
     }
 
     /// Waits until a child exits unexpectedly (returns its name) or forever.
+    /// A child that exits because `vcluster dev restart` asked for it is
+    /// started again instead.
     pub async fn watch_children(&mut self) -> String {
         loop {
-            for p in &mut self.processes {
-                if let Some(status) = p.exited() {
+            for i in 0..self.processes.len() {
+                if let Some(status) = self.processes[i].exited() {
+                    match self.restart_if_requested(i) {
+                        Ok(true) => continue,
+                        Ok(false) => {}
+                        Err(e) => return format!("restart failed: {e}"),
+                    }
+                    let p = &self.processes[i];
                     return format!("{} exited ({status}); see {}", p.name(), p.log().display());
                 }
             }
@@ -728,17 +750,29 @@ impl Drop for Stack {
 
 /// True when `GET path` on 127.0.0.1:`port` (plain HTTP) answers 200.
 pub async fn http_ok(port: u16, path: &str) -> bool {
+    http_get(port, path).await.is_some()
+}
+
+/// The body of `GET path` on 127.0.0.1:`port` (plain HTTP) when it answers
+/// 200 within 5 seconds.
+pub async fn http_get(port: u16, path: &str) -> Option<String> {
     use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
-    let Ok(mut s) = tokio::net::TcpStream::connect((Ipv4Addr::LOCALHOST, port)).await else {
-        return false;
+    let exchange = async {
+        let mut s = tokio::net::TcpStream::connect((Ipv4Addr::LOCALHOST, port))
+            .await
+            .ok()?;
+        let req = format!("GET {path} HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n");
+        s.write_all(req.as_bytes()).await.ok()?;
+        let mut buf = Vec::new();
+        s.read_to_end(&mut buf).await.ok()?;
+        Some(buf)
     };
-    let req = format!("GET {path} HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n");
-    if s.write_all(req.as_bytes()).await.is_err() {
-        return false;
-    }
-    let mut buf = [0u8; 16];
-    let n = s.read(&mut buf).await.unwrap_or(0);
-    buf[..n].starts_with(b"HTTP/1.1 200") || buf[..n].starts_with(b"HTTP/1.0 200")
+    let buf = tokio::time::timeout(Duration::from_secs(5), exchange)
+        .await
+        .ok()??;
+    let text = String::from_utf8_lossy(&buf);
+    let (head, body) = text.split_once("\r\n\r\n")?;
+    (head.starts_with("HTTP/1.1 200") || head.starts_with("HTTP/1.0 200")).then(|| body.to_owned())
 }
 
 /// The upstream control plane of the chart's `k8s` distro, inside the

@@ -24,6 +24,7 @@ pub mod config;
 pub mod endpoints;
 pub mod events;
 pub mod ingresses;
+pub mod metrics;
 pub mod nodes;
 pub mod pods;
 pub mod queue;
@@ -310,10 +311,33 @@ pub fn cached_watch<K>(
 where
     K: Resource<DynamicType = ()> + Clone + DeserializeOwned + Debug + Send + Sync + 'static,
 {
+    counted_watch(api, config, writer, || {})
+}
+
+/// [`cached_watch`] that calls `on_relist` each time the watch lists again
+/// after its first list (expiry, 410 Gone, an API server that went away).
+pub fn counted_watch<K>(
+    api: Api<K>,
+    config: watcher::Config,
+    writer: reflector::store::Writer<K>,
+    on_relist: impl Fn() + Send + 'static,
+) -> impl futures::Stream<Item = Result<K, watcher::Error>> + Send
+where
+    K: Resource<DynamicType = ()> + Clone + DeserializeOwned + Debug + Send + Sync + 'static,
+{
+    let mut lists = 0u64;
     watcher(api, config)
         .default_backoff()
         .modify(|o| o.managed_fields_mut().clear())
         .reflect(writer)
+        .inspect(move |ev| {
+            if matches!(ev, Ok(watcher::Event::Init)) {
+                lists += 1;
+                if lists > 1 {
+                    on_relist();
+                }
+            }
+        })
         .touched_objects()
 }
 
@@ -443,7 +467,9 @@ impl<R: Rule> Engine<R> {
 
         let me = Arc::clone(&self);
         let virt_watch = async move {
-            let stream = cached_watch(virt_api, opts.watcher_config(), vw);
+            let stream = counted_watch(virt_api, opts.watcher_config(), vw, || {
+                metrics::global().watch_restarted(R::KIND, "virtual")
+            });
             futures::pin_mut!(stream);
             while let Some(ev) = stream.next().await {
                 match ev {
@@ -462,6 +488,7 @@ impl<R: Rule> Engine<R> {
                         })
                     }
                     Err(e) => {
+                        metrics::global().watch_error(R::KIND, "virtual");
                         tracing::warn!(kind = R::KIND, side = "virtual", error = %e, "watch error")
                     }
                 }
@@ -469,7 +496,10 @@ impl<R: Rule> Engine<R> {
         };
         let me = Arc::clone(&self);
         let host_watch = async move {
-            let stream = cached_watch(host_api, opts.watcher_config().labels(&selector), hw);
+            let config = opts.watcher_config().labels(&selector);
+            let stream = counted_watch(host_api, config, hw, || {
+                metrics::global().watch_restarted(R::KIND, "host")
+            });
             futures::pin_mut!(stream);
             while let Some(ev) = stream.next().await {
                 match ev {
@@ -479,6 +509,7 @@ impl<R: Rule> Engine<R> {
                         }
                     }
                     Err(e) => {
+                        metrics::global().watch_error(R::KIND, "host");
                         tracing::warn!(kind = R::KIND, side = "host", error = %e, "watch error")
                     }
                 }
@@ -516,6 +547,15 @@ impl<R: Rule> Engine<R> {
             }
         });
 
+        let me = Arc::clone(&self);
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(Duration::from_secs(2));
+            loop {
+                tick.tick().await;
+                metrics::global().levels(R::KIND, me.queue_depth(), me.host_store.len());
+            }
+        });
+
         let workers: Vec<_> = (0..opts.concurrency.max(1))
             .map(|_| tokio::spawn(Arc::clone(&self).worker()))
             .collect();
@@ -530,7 +570,9 @@ impl<R: Rule> Engine<R> {
                 continue;
             };
             let force = self.force.lock().await.remove(&key);
+            let started = std::time::Instant::now();
             let result = self.reconcile(&key, force).await;
+            metrics::global().reconciled(R::KIND, started.elapsed(), result.is_ok());
             self.queue_mut().done(&key);
             match result {
                 Ok(again) => {

@@ -1,0 +1,660 @@
+//! `make bench`: pod-startup latency through the virtual cluster against the
+//! same pods created directly in the host, on the real local planes.
+//!
+//! For each size N it starts a dev stack (`vcluster dev up --detach
+//! --no-syncer`, enough KWOK nodes for 2N pods), runs the release syncer as
+//! its own child (so it can read `/proc/<pid>` for CPU and VmHWM), then
+//! 1. creates N pods directly in M host namespaces and times, per pod,
+//!    creation → Running observed by a watch on the host (the baseline);
+//! 2. creates N pods in M virtual namespaces and times creation → host pod
+//!    observed and creation → Running observed by a watch on the virtual API;
+//! 3. restarts the syncer and times start → /readyz with the N pods in
+//!    place (the initial resync).
+//!
+//! The method is the Kubernetes pod-startup latency SLI: creation to Running
+//! observed by watch, no image pulls (KWOK nodes).
+#![allow(clippy::print_stdout)]
+
+mod report;
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context as _, bail};
+use futures::{StreamExt as _, TryStreamExt as _};
+use k8s_openapi::api::core::v1::{Namespace, Pod, ServiceAccount};
+use kube::api::{Api, PostParams};
+use kube::runtime::watcher;
+use kube::{Client, ResourceExt as _};
+use report::{PathResult, RunInfo, SizeResult, SyncerUse};
+use serde_json::json;
+use vcluster::local::StackState;
+use vcluster::translate::{VclusterName, host_name};
+
+const VC: &str = "bench";
+const HOST_NS: &str = "vcluster-bench";
+const PODS_PER_NODE: usize = 250;
+
+#[derive(Debug)]
+struct Args {
+    sizes: Vec<usize>,
+    namespaces: usize,
+    concurrency: usize,
+    out: PathBuf,
+    vcluster: PathBuf,
+    benchmarks_md: Option<PathBuf>,
+}
+
+fn parse_args() -> anyhow::Result<Args> {
+    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
+    let mut a = Args {
+        sizes: vec![1000, 5000, 10000],
+        namespaces: 10,
+        concurrency: 32,
+        out: root.join("bench/results"),
+        vcluster: root.join("target/release/vcluster"),
+        benchmarks_md: Some(root.join("BENCHMARKS.md")),
+    };
+    let mut it = std::env::args().skip(1);
+    while let Some(flag) = it.next() {
+        let mut val = || it.next().with_context(|| format!("{flag} needs a value"));
+        match flag.as_str() {
+            "--sizes" => {
+                a.sizes = val()?
+                    .split(',')
+                    .map(|s| s.trim().parse::<usize>())
+                    .collect::<Result<_, _>>()
+                    .context("--sizes: a comma-separated list of pod counts")?;
+            }
+            "--namespaces" => a.namespaces = val()?.parse().context("--namespaces")?,
+            "--concurrency" => a.concurrency = val()?.parse().context("--concurrency")?,
+            "--out" => a.out = val()?.into(),
+            "--vcluster" => a.vcluster = val()?.into(),
+            "--no-benchmarks-md" => a.benchmarks_md = None,
+            other => bail!(
+                "unknown argument {other:?} (known: --sizes, --namespaces, --concurrency, --out, --vcluster, --no-benchmarks-md)"
+            ),
+        }
+    }
+    if a.sizes.is_empty() || a.sizes.contains(&0) || a.namespaces == 0 {
+        bail!("--sizes and --namespaces must be positive");
+    }
+    if !a.vcluster.is_file() {
+        bail!(
+            "{} not found: build it with `cargo build --release` (make bench does)",
+            a.vcluster.display()
+        );
+    }
+    Ok(a)
+}
+
+fn main() -> anyhow::Result<()> {
+    let args = parse_args()?;
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
+    rt.block_on(run(args))
+}
+
+fn loadavg() -> String {
+    std::fs::read_to_string("/proc/loadavg")
+        .ok()
+        .and_then(|s| s.split_whitespace().next().map(str::to_owned))
+        .unwrap_or_else(|| "?".into())
+}
+
+fn machine() -> String {
+    let cpu = std::fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("model name"))
+                .and_then(|l| l.split_once(':'))
+                .map(|(_, v)| v.trim().to_owned())
+        })
+        .unwrap_or_else(|| "unknown CPU".into());
+    let cores = std::thread::available_parallelism().map_or(0, usize::from);
+    let mem_gib = std::fs::read_to_string("/proc/meminfo")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("MemTotal:"))
+                .and_then(|l| l.split_whitespace().nth(1))
+                .and_then(|kb| kb.parse::<f64>().ok())
+        })
+        .map_or(0.0, |kb| kb / 1024.0 / 1024.0);
+    format!("{cores} cores ({cpu}), {mem_gib:.0} GiB RAM, shared with other workloads")
+}
+
+fn utc_now() -> String {
+    Command::new("date")
+        .args(["-u", "+%Y-%m-%d %H:%M UTC"])
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_owned())
+        .unwrap_or_default()
+}
+
+async fn run(args: Args) -> anyhow::Result<()> {
+    std::fs::create_dir_all(&args.out)?;
+    let info_start = (utc_now(), loadavg());
+    let mut results = Vec::new();
+    let mut plots = Vec::new();
+    for &n in &args.sizes {
+        println!("bench: {n} pods in {} namespaces", args.namespaces);
+        let r = one_size(&args, n).await?;
+        let name = format!("latency-{n}.png");
+        report::plot(&r, &args.out.join(&name))?;
+        plots.push(name);
+        print_brief(&r);
+        results.push(r);
+    }
+    let info = RunInfo {
+        started_utc: info_start.0,
+        machine: machine(),
+        load_start: info_start.1,
+        load_end: loadavg(),
+        command: format!(
+            "make bench N={}",
+            args.sizes
+                .iter()
+                .map(usize::to_string)
+                .collect::<Vec<_>>()
+                .join(",")
+        ),
+    };
+    let md = report::markdown(&info, &results, &plots);
+    std::fs::write(args.out.join("results.md"), &md)?;
+    std::fs::write(
+        args.out.join("results.json"),
+        serde_json::to_string_pretty(&json!({"run": info, "sizes": results}))?,
+    )?;
+    if let Some(path) = &args.benchmarks_md {
+        let rel = args
+            .out
+            .strip_prefix(env!("CARGO_MANIFEST_DIR"))
+            .unwrap_or(&args.out)
+            .display()
+            .to_string();
+        let linked = plots.iter().fold(md.clone(), |m, p| {
+            m.replace(&format!("]({p})"), &format!("]({rel}/{p})"))
+        });
+        std::fs::write(path, benchmarks_md(&linked, &rel))?;
+    }
+    println!("bench: wrote {}", args.out.join("results.md").display());
+    Ok(())
+}
+
+fn benchmarks_md(figures: &str, rel: &str) -> String {
+    format!(
+        "# Benchmarks\n\n\
+This page is written by `make bench` (`bench/main.rs`); the raw figures are in `{rel}/`.\n\n\
+## Method\n\n\
+The Kubernetes pod-startup latency SLI: per pod, from the client sending the create to the\n\
+Running phase observed by a watch. No image pulls: the host's nodes are KWOK fake nodes (the\n\
+project's Stages mark a scheduled pod Running at once). For each size N the bench starts the\n\
+real local planes (`vcluster dev up --detach --no-syncer`, etcd + kube-apiserver + KCM +\n\
+scheduler + KWOK for the host, etcd + kube-apiserver + KCM for the virtual cluster) with enough\n\
+KWOK nodes for 2N pods at {PODS_PER_NODE} pods each, and runs the release `vcluster syncer`\n\
+(default flags: 16 concurrent reconciles per kind) as its own child. Then, with 32 creates in\n\
+flight:\n\n\
+1. **direct** (baseline): N pods created in the host in M namespaces; creation → Running\n   observed in the host;\n\
+2. **virtual**: N pods created in the virtual cluster in M namespaces; creation → host pod\n   observed, and creation → Running observed in the virtual cluster;\n\
+3. **initial resync**: the syncer is restarted and timed from start to `/readyz` with the N\n   pods in place on both sides.\n\n\
+Both paths use the same stack with the same settings (the stock scheduler and API server\n\
+limits); the direct pods stay in place while the virtual burst runs. Pods mount the default\n\
+service-account token, as pods do by default, so the virtual path includes the syncer's\n\
+TokenRequest and token Secret per pod. Wall time is first create → last Running; throughput\n\
+is N / wall time. The syncer's CPU seconds come from `/proc/<pid>/stat` and its peak RSS from\n\
+VmHWM in `/proc/<pid>/status`.\n\n\
+The machine is shared: other builds and test stacks ran on the same cores during the run,\n\
+so the 1-minute load average at start and end is recorded. Treat the absolute figures as\n\
+indicative and the virtual/direct ratios as the meaningful part.\n\n\
+## Reproduce\n\n\
+```sh\n\
+make bench                 # N = 1000, 5000, 10000 (M = 10 namespaces)\n\
+make bench N=1000          # one quick size\n\
+```\n\n\
+`make bench` builds `vcluster` and the bench in release mode, then runs\n\
+`target/release/examples/bench --sizes $N`; it writes `bench/results/results.md`,\n\
+`results.json`, one `latency-<N>.png` per size, and this page.\n\n\
+## Latest figures\n\n{figures}"
+    )
+}
+
+fn print_brief(r: &SizeResult) {
+    println!(
+        "bench: N={} direct p50/p99 {:.2}/{:.2}s wall {:.1}s | virtual p50/p99 {:.2}/{:.2}s wall {:.1}s | syncer cpu {:.1}s peak {:.0} MiB resync {:.2}s",
+        r.pods,
+        r.direct.to_running.p50,
+        r.direct.to_running.p99,
+        r.direct.wall,
+        r.virt.to_running.p50,
+        r.virt.to_running.p99,
+        r.virt.wall,
+        r.syncer.cpu_burst,
+        r.syncer.peak_rss_mib,
+        r.syncer.resync_ready
+    );
+}
+
+/// A stack started with the release binary, stopped when dropped.
+struct Stack {
+    dir: tempfile::TempDir,
+    state: StackState,
+    exe: PathBuf,
+}
+
+impl Stack {
+    fn up(exe: &Path, nodes: u32) -> anyhow::Result<Self> {
+        let dir = tempfile::Builder::new()
+            .prefix("vcluster-bench-")
+            .tempdir()?;
+        let out = Command::new(exe)
+            .args(["dev", "up", "--detach", "--no-syncer", "--timeout", "300"])
+            .arg(format!("--nodes={nodes}"))
+            .arg("--state-dir")
+            .arg(dir.path())
+            .stdin(Stdio::null())
+            .output()?;
+        if !out.status.success() {
+            bail!(
+                "dev up failed: {}",
+                String::from_utf8_lossy(&out.stderr).trim()
+            );
+        }
+        let state = StackState::load(dir.path())?.context("no stack.json after dev up")?;
+        Ok(Self {
+            dir,
+            state,
+            exe: exe.to_owned(),
+        })
+    }
+}
+
+impl Drop for Stack {
+    fn drop(&mut self) {
+        let _ = Command::new(&self.exe)
+            .args(["dev", "down", "--state-dir"])
+            .arg(self.dir.path())
+            .stdout(Stdio::null())
+            .status();
+    }
+}
+
+/// The syncer as a child of the bench.
+struct Syncer {
+    child: Child,
+    port: u16,
+}
+
+impl Syncer {
+    fn start(stack: &Stack, exe: &Path, log: &str) -> anyhow::Result<Self> {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")?
+            .local_addr()?
+            .port();
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(stack.dir.path().join("logs").join(log))?;
+        let child = Command::new(exe)
+            .arg("syncer")
+            .args(["--name", VC, "--host-namespace", HOST_NS])
+            .arg("--host-kubeconfig")
+            .arg(&stack.state.host.kubeconfig)
+            .arg("--virtual-kubeconfig")
+            .arg(&stack.state.vcluster.kubeconfig)
+            .arg(format!("--health-listen=127.0.0.1:{port}"))
+            .stdin(Stdio::null())
+            .stdout(log.try_clone()?)
+            .stderr(log)
+            .spawn()?;
+        Ok(Self { child, port })
+    }
+
+    async fn wait_ready(&mut self, timeout: Duration) -> anyhow::Result<()> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(status) = self.child.try_wait()? {
+                bail!("syncer exited ({status})");
+            }
+            if vcluster::local::http_ok(self.port, "/readyz").await {
+                return Ok(());
+            }
+            if Instant::now() > deadline {
+                bail!("syncer not ready after {timeout:?}");
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// User + system CPU seconds so far.
+    fn cpu_seconds(&self) -> f64 {
+        let stat =
+            std::fs::read_to_string(format!("/proc/{}/stat", self.pid())).unwrap_or_default();
+        // Fields after the parenthesised command name; utime and stime are 14 and 15.
+        let rest = stat.rsplit_once(')').map_or("", |(_, r)| r);
+        let f: Vec<&str> = rest.split_whitespace().collect();
+        let ticks = |i: usize| f.get(i).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
+        // Clock ticks per second are 100 on Linux for every supported architecture.
+        (ticks(11) + ticks(12)) / 100.0
+    }
+
+    /// A `/proc/<pid>/status` field in MiB (VmRSS, VmHWM).
+    fn mem_mib(&self, field: &str) -> f64 {
+        std::fs::read_to_string(format!("/proc/{}/status", self.pid()))
+            .unwrap_or_default()
+            .lines()
+            .find(|l| l.starts_with(field))
+            .and_then(|l| l.split_whitespace().nth(1))
+            .and_then(|kb| kb.parse::<f64>().ok())
+            .map_or(0.0, |kb| kb / 1024.0)
+    }
+
+    fn stop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for Syncer {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+async fn client(kubeconfig: &Path) -> anyhow::Result<Client> {
+    let kc = kube::config::Kubeconfig::read_from(kubeconfig)?;
+    Ok(vcluster::kubeconfig::client(kc).await?)
+}
+
+/// Creates namespaces `prefix-0..m` and waits for their default ServiceAccount.
+async fn namespaces(c: &Client, prefix: &str, m: usize) -> anyhow::Result<Vec<String>> {
+    let names: Vec<String> = (0..m).map(|i| format!("{prefix}-{i}")).collect();
+    let api: Api<Namespace> = Api::all(c.clone());
+    for n in &names {
+        let ns: Namespace = serde_json::from_value(json!({"metadata": {"name": n}}))?;
+        api.create(&PostParams::default(), &ns).await?;
+    }
+    let deadline = Instant::now() + Duration::from_secs(120);
+    for n in &names {
+        let sas: Api<ServiceAccount> = Api::namespaced(c.clone(), n);
+        while sas.get_opt("default").await?.is_none() {
+            if Instant::now() > deadline {
+                bail!("no default ServiceAccount in {n}");
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+    Ok(names)
+}
+
+/// When each watched pod was first seen and first seen Running.
+#[derive(Default)]
+struct Seen {
+    first: HashMap<(String, String), Instant>,
+    running: HashMap<(String, String), Instant>,
+}
+
+/// Watches pods of `api` matching `labels`, recording into `seen`, until the
+/// returned task is aborted; returns once the watch has listed.
+async fn watch_pods(
+    api: Api<Pod>,
+    labels: &str,
+    seen: Arc<Mutex<Seen>>,
+) -> anyhow::Result<tokio::task::JoinHandle<()>> {
+    use kube::runtime::WatchStreamExt as _;
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    let stream = watcher(api, watcher::Config::default().labels(labels)).default_backoff();
+    let task = tokio::spawn(async move {
+        let mut tx = Some(tx);
+        futures::pin_mut!(stream);
+        while let Some(ev) = stream.next().await {
+            let now = Instant::now();
+            let pod = match ev {
+                Ok(watcher::Event::Apply(p) | watcher::Event::InitApply(p)) => p,
+                Ok(watcher::Event::InitDone) => {
+                    if let Some(tx) = tx.take() {
+                        let _ = tx.send(());
+                    }
+                    continue;
+                }
+                _ => continue,
+            };
+            let key = (pod.namespace().unwrap_or_default(), pod.name_any());
+            let running = pod.status.as_ref().and_then(|s| s.phase.as_deref()) == Some("Running");
+            let mut s = seen
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            s.first.entry(key.clone()).or_insert(now);
+            if running {
+                s.running.entry(key).or_insert(now);
+            }
+        }
+    });
+    rx.await.context("pod watch ended before listing")?;
+    Ok(task)
+}
+
+fn pod_manifest(name: &str) -> anyhow::Result<Pod> {
+    Ok(serde_json::from_value(json!({
+        "metadata": {"name": name, "labels": {"bench": "1"}},
+        "spec": {"containers": [{"name": "c", "image": "registry.invalid/bench:1"}]},
+    }))?)
+}
+
+/// Creates `n` pods round-robin over `namespaces`, `concurrency` at a time;
+/// returns each pod's (namespace, name) and when its create was sent.
+async fn create_pods(
+    c: &Client,
+    namespaces: &[String],
+    n: usize,
+    concurrency: usize,
+) -> anyhow::Result<Vec<((String, String), Instant)>> {
+    let out = Arc::new(Mutex::new(Vec::with_capacity(n)));
+    futures::stream::iter(0..n)
+        .map(Ok)
+        .try_for_each_concurrent(concurrency, |i| {
+            let ns = namespaces[i % namespaces.len()].clone();
+            let name = format!("p-{i}");
+            let api: Api<Pod> = Api::namespaced(c.clone(), &ns);
+            let out = Arc::clone(&out);
+            async move {
+                let pod = pod_manifest(&name)?;
+                let sent = Instant::now();
+                api.create(&PostParams::default(), &pod)
+                    .await
+                    .with_context(|| format!("create pod {ns}/{name}"))?;
+                out.lock()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner)
+                    .push(((ns, name), sent));
+                anyhow::Ok(())
+            }
+        })
+        .await?;
+    let v = std::mem::take(
+        &mut *out
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner),
+    );
+    Ok(v)
+}
+
+/// Waits until `want` pods are Running in `seen` or `timeout` passes.
+async fn wait_running(seen: &Mutex<Seen>, want: usize, timeout: Duration) {
+    let deadline = Instant::now() + timeout;
+    loop {
+        let got = seen
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .running
+            .len();
+        if got >= want || Instant::now() > deadline {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// A pod's (namespace, name).
+type PodKey = (String, String);
+
+/// Where the host copies were seen, and the host key of a virtual pod.
+type HostView<'a> = (&'a Seen, &'a dyn Fn(&PodKey) -> PodKey);
+
+/// Latencies of created pods against when they were seen; `map` turns a
+/// created pod's key into the key it is seen under.
+fn path_result(
+    created: &[((String, String), Instant)],
+    seen: &Seen,
+    host_seen: Option<HostView<'_>>,
+) -> PathResult {
+    let mut samples = Vec::new();
+    let mut host_samples = Vec::new();
+    let mut missing = 0;
+    let first = created.iter().map(|(_, t)| *t).min();
+    let mut last = first;
+    for (key, sent) in created {
+        match seen.running.get(key) {
+            Some(t) => {
+                samples.push(t.duration_since(*sent).as_secs_f64());
+                last = last.max(Some(*t));
+            }
+            None => missing += 1,
+        }
+        if let Some((hs, map)) = &host_seen
+            && let Some(t) = hs.first.get(&map(key))
+        {
+            host_samples.push(t.duration_since(*sent).as_secs_f64());
+        }
+    }
+    let wall = match (first, last) {
+        (Some(a), Some(b)) => b.duration_since(a).as_secs_f64(),
+        _ => f64::NAN,
+    };
+    PathResult {
+        to_host: host_seen.map(|_| report::summarize(&host_samples)),
+        to_running: report::summarize(&samples),
+        wall,
+        throughput: if wall > 0.0 {
+            samples.len() as f64 / wall
+        } else {
+            0.0
+        },
+        missing,
+        samples,
+        host_samples,
+    }
+}
+
+async fn one_size(args: &Args, n: usize) -> anyhow::Result<SizeResult> {
+    let nodes = u32::try_from((2 * n).div_ceil(PODS_PER_NODE) + 1)?;
+    let stack = Stack::up(&args.vcluster, nodes)?;
+    println!(
+        "bench: stack up with {nodes} KWOK nodes in {}",
+        stack.dir.path().display()
+    );
+    let host = client(&stack.state.host.kubeconfig).await?;
+    let virt = client(&stack.state.vcluster.kubeconfig).await?;
+    let ns: Namespace = serde_json::from_value(json!({"metadata": {"name": HOST_NS}}))?;
+    Api::<Namespace>::all(host.clone())
+        .create(&PostParams::default(), &ns)
+        .await?;
+
+    let started = Instant::now();
+    let mut syncer = Syncer::start(&stack, &args.vcluster, "syncer.log")?;
+    syncer.wait_ready(Duration::from_secs(120)).await?;
+    println!(
+        "bench: syncer ready in {:.2}s (empty)",
+        started.elapsed().as_secs_f64()
+    );
+    let idle_rss = syncer.mem_mib("VmRSS:");
+    let timeout = Duration::from_secs(300 + (n as u64) / 10);
+
+    // 1. Direct.
+    let direct_ns = namespaces(&host, "direct", args.namespaces).await?;
+    let direct_seen = Arc::new(Mutex::new(Seen::default()));
+    let w1 = watch_pods(Api::all(host.clone()), "bench=1", Arc::clone(&direct_seen)).await?;
+    let created = create_pods(&host, &direct_ns, n, args.concurrency).await?;
+    wait_running(&direct_seen, n, timeout).await;
+    let direct = {
+        let s = direct_seen
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        path_result(&created, &s, None)
+    };
+    println!(
+        "bench: direct done: wall {:.1}s, {} missing",
+        direct.wall, direct.missing
+    );
+
+    // 2. Virtual.
+    let virt_ns = namespaces(&virt, "bench", args.namespaces).await?;
+    let virt_seen = Arc::new(Mutex::new(Seen::default()));
+    let host_seen = Arc::new(Mutex::new(Seen::default()));
+    let w2 = watch_pods(Api::all(virt.clone()), "bench=1", Arc::clone(&virt_seen)).await?;
+    let w3 = watch_pods(
+        Api::namespaced(host.clone(), HOST_NS),
+        "bench=1",
+        Arc::clone(&host_seen),
+    )
+    .await?;
+    let cpu_before = syncer.cpu_seconds();
+    let created = create_pods(&virt, &virt_ns, n, args.concurrency).await?;
+    wait_running(&virt_seen, n, timeout).await;
+    let cpu_after = syncer.cpu_seconds();
+    let peak_rss = syncer.mem_mib("VmHWM:");
+    let vc = VclusterName::new(VC)?;
+    let to_host = |k: &(String, String)| (HOST_NS.to_owned(), host_name(&vc, &k.0, &k.1));
+    let virt_result = {
+        let s = virt_seen
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let h = host_seen
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        path_result(&created, &s, Some((&h, &to_host)))
+    };
+    println!(
+        "bench: virtual done: wall {:.1}s, {} missing",
+        virt_result.wall, virt_result.missing
+    );
+
+    for w in [w1, w2, w3] {
+        w.abort();
+    }
+
+    // 3. Initial resync with N pods in place.
+    syncer.stop();
+    let restarted = Instant::now();
+    let mut again = Syncer::start(&stack, &args.vcluster, "syncer-restarted.log")?;
+    again.wait_ready(Duration::from_secs(300)).await?;
+    let resync_ready = restarted.elapsed().as_secs_f64();
+    // Let the restarted syncer settle (its resync of every key) before reading its peak.
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    let resync_peak = again.mem_mib("VmHWM:");
+    again.stop();
+    drop(stack);
+
+    Ok(SizeResult {
+        pods: n,
+        namespaces: args.namespaces,
+        nodes,
+        direct,
+        virt: virt_result,
+        syncer: SyncerUse {
+            cpu_burst: cpu_after - cpu_before,
+            cpu_total: cpu_after,
+            peak_rss_mib: peak_rss,
+            idle_rss_mib: idle_rss,
+            resync_ready,
+            resync_peak_rss_mib: resync_peak,
+        },
+    })
+}

@@ -1,0 +1,619 @@
+//! Fault runs: the syncer killed with SIGKILL during a burst of pods, the
+//! host and the virtual API servers restarted mid-burst, watches expired by
+//! etcd compaction, owned host objects edited and deleted by hand. After each
+//! fault the host must hold exactly the desired state (nothing missing,
+//! duplicated or orphaned) within a bound.
+//!
+//! `make test` runs the reduced mode (small bursts, two kills); `make faults`
+//! sets `VCLUSTER_FAULTS=full` (1,000-pod bursts, five kills).
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::print_stdout
+)]
+
+mod common;
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use common::*;
+use k8s_openapi::api::core::v1::{ConfigMap, Namespace, Pod, Secret};
+use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams};
+use kube::{Client, ResourceExt as _};
+use libtest_mimic::{Arguments, Trial};
+use serde_json::json;
+use vcluster::translate::markers::{NAMESPACE_LABEL, OWNER_LABEL, UID_ANNOTATION};
+use vcluster::translate::{VclusterName, host_name};
+
+const VC: &str = "faults";
+const HOST_NS: &str = "team-faults";
+/// Label of token Secrets naming their host pod (see src/sync/pods.rs).
+const TOKEN_FOR_LABEL: &str = "vcluster.dev/token-for";
+
+/// Sizes of one mode.
+#[derive(Clone, Copy, Debug)]
+struct Mode {
+    burst: usize,
+    kills: usize,
+    bound: Duration,
+}
+
+impl Mode {
+    fn from_env() -> Self {
+        if std::env::var("VCLUSTER_FAULTS").as_deref() == Ok("full") {
+            Self {
+                burst: 1000,
+                kills: 5,
+                bound: Duration::from_secs(300),
+            }
+        } else {
+            Self {
+                burst: 40,
+                kills: 2,
+                bound: Duration::from_secs(120),
+            }
+        }
+    }
+}
+
+struct Env {
+    stack: DevStack,
+    syncer: Mutex<Option<SyncerProcess>>,
+    mode: Mode,
+}
+
+/// The syncer's flags here: watches that end every 5 s without bookmarks, so
+/// a compaction expires them soon (the stack runs without a watch cache).
+const SYNCER_ARGS: &[&str] = &["--watch-timeout-seconds", "5", "--watch-bookmarks=false"];
+
+impl Env {
+    fn start_syncer(&self) {
+        let s = SyncerProcess::spawn_with(&self.stack, VC, HOST_NS, SYNCER_ARGS);
+        *self.syncer.lock().unwrap() = Some(s.wait_ready(self.mode.bound));
+    }
+
+    fn kill_syncer(&self) {
+        if let Some(mut s) = self.syncer.lock().unwrap().take() {
+            s.kill();
+        }
+    }
+
+    /// The syncer's /metrics text.
+    fn metrics(&self) -> String {
+        use std::io::{Read as _, Write as _};
+        let port = self.syncer.lock().unwrap().as_ref().unwrap().port;
+        let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+        s.write_all(b"GET /metrics HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n")
+            .unwrap();
+        let mut out = String::new();
+        s.read_to_string(&mut out).unwrap();
+        out.split_once("\r\n\r\n").unwrap().1.to_owned()
+    }
+}
+
+/// Sum of a metric's series whose labels contain `labels`.
+fn metric(text: &str, name: &str, labels: &str) -> f64 {
+    text.lines()
+        .filter(|l| l.starts_with(name) && l[name.len()..].starts_with('{') && l.contains(labels))
+        .filter_map(|l| l.rsplit_once(' ').and_then(|(_, v)| v.parse::<f64>().ok()))
+        .sum()
+}
+
+fn hname(ns: &str, name: &str) -> String {
+    host_name(&VclusterName::new(VC).unwrap(), ns, name)
+}
+
+async fn clients(env: &Env) -> (Client, Client) {
+    (
+        client(&env.stack.vcluster_kubeconfig()).await,
+        client(&env.stack.host_kubeconfig()).await,
+    )
+}
+
+/// A virtual namespace with the ConfigMap the burst's pods read.
+async fn prepare(v: &Client, ns: &str) {
+    let nss: Api<Namespace> = Api::all(v.clone());
+    let n: Namespace = serde_json::from_value(json!({"metadata": {"name": ns}})).unwrap();
+    nss.create(&PostParams::default(), &n).await.unwrap();
+    let cm: ConfigMap = serde_json::from_value(
+        json!({"metadata": {"name": "settings"}, "data": {"mode": "fault"}}),
+    )
+    .unwrap();
+    Api::<ConfigMap>::namespaced(v.clone(), ns)
+        .create(&PostParams::default(), &cm)
+        .await
+        .unwrap();
+    // Pods need the namespace's default ServiceAccount.
+    let sas: Api<k8s_openapi::api::core::v1::ServiceAccount> = Api::namespaced(v.clone(), ns);
+    eventually(
+        "default ServiceAccount",
+        Duration::from_secs(60),
+        || async {
+            match sas.get_opt("default").await {
+                Ok(Some(_)) => Ok(()),
+                other => Err(format!("{other:?}")),
+            }
+        },
+    )
+    .await;
+}
+
+/// Creates `n` pods in `ns`, 16 at a time, each retried until it exists
+/// (the virtual API server may be restarting).
+async fn burst(v: Client, ns: String, n: usize) {
+    use futures::StreamExt as _;
+    futures::stream::iter(0..n)
+        .for_each_concurrent(16, |i| {
+            let api: Api<Pod> = Api::namespaced(v.clone(), &ns);
+            async move {
+                let pod: Pod = serde_json::from_value(json!({
+                    "metadata": {"name": format!("p-{i}"), "labels": {"app": "burst"}},
+                    "spec": {"containers": [{"name": "c", "image": "registry.invalid/burst:1",
+                        "envFrom": [{"configMapRef": {"name": "settings"}}]}]},
+                }))
+                .unwrap();
+                let deadline = Instant::now() + Duration::from_secs(180);
+                loop {
+                    match api.create(&PostParams::default(), &pod).await {
+                        Ok(_) => return,
+                        Err(kube::Error::Api(s)) if s.code == 409 => return,
+                        Err(e) if Instant::now() > deadline => panic!("create p-{i}: {e}"),
+                        Err(_) => tokio::time::sleep(Duration::from_millis(250)).await,
+                    }
+                }
+            }
+        })
+        .await;
+}
+
+/// What differs between the desired host state of virtual namespace `ns`
+/// and the host; empty when they match exactly.
+async fn differences(v: &Client, h: &Client, ns: &str) -> Result<Vec<String>, kube::Error> {
+    let vpods = Api::<Pod>::namespaced(v.clone(), ns)
+        .list(&ListParams::default())
+        .await?;
+    let sel = format!("{OWNER_LABEL}={VC},{NAMESPACE_LABEL}={ns}");
+    let hpods = Api::<Pod>::namespaced(h.clone(), HOST_NS)
+        .list(&ListParams::default().labels(&sel))
+        .await?;
+    let hcms = Api::<ConfigMap>::namespaced(h.clone(), HOST_NS)
+        .list(&ListParams::default().labels(&sel))
+        .await?;
+    let tokens = Api::<Secret>::namespaced(h.clone(), HOST_NS)
+        .list(&ListParams::default().labels(TOKEN_FOR_LABEL))
+        .await?;
+    let mut diff = Vec::new();
+    let want: BTreeMap<String, String> = vpods
+        .items
+        .iter()
+        .map(|p| (hname(ns, &p.name_any()), p.uid().unwrap_or_default()))
+        .collect();
+    let mut have: BTreeMap<String, usize> = BTreeMap::new();
+    for p in &hpods.items {
+        *have.entry(p.name_any()).or_default() += 1;
+        match want.get(&p.name_any()) {
+            None => diff.push(format!("orphan host pod {}", p.name_any())),
+            Some(uid) if p.annotations().get(UID_ANNOTATION) != Some(uid) => {
+                diff.push(format!("host pod {} of another virtual uid", p.name_any()))
+            }
+            Some(_) if p.metadata.deletion_timestamp.is_some() => {
+                diff.push(format!("host pod {} terminating", p.name_any()))
+            }
+            Some(_) => {}
+        }
+    }
+    for (name, n) in &have {
+        if *n > 1 {
+            diff.push(format!("host pod {name} {n} times"));
+        }
+    }
+    for name in want.keys() {
+        if !have.contains_key(name) {
+            diff.push(format!("missing host pod {name}"));
+        }
+    }
+    let not_running = vpods
+        .items
+        .iter()
+        .filter(|p| p.status.as_ref().and_then(|s| s.phase.as_deref()) != Some("Running"))
+        .count();
+    if not_running > 0 {
+        diff.push(format!("{not_running} virtual pods not Running"));
+    }
+    let cms: BTreeSet<String> = hcms.items.iter().map(|c| c.name_any()).collect();
+    let want_cms: BTreeSet<String> = if want.is_empty() {
+        BTreeSet::new()
+    } else {
+        // What the pods read: their ConfigMap, and the CA bundle their
+        // service-account token volume projects.
+        BTreeSet::from([hname(ns, "settings"), hname(ns, "kube-root-ca.crt")])
+    };
+    if cms != want_cms {
+        diff.push(format!("host ConfigMaps {cms:?}, want {want_cms:?}"));
+    }
+    let host_pods: BTreeSet<String> = hpods.items.iter().map(|p| p.name_any()).collect();
+    let of_this_ns = format!("-x-{ns}-x-{VC}");
+    for t in &tokens.items {
+        let pod = t.labels().get(TOKEN_FOR_LABEL).cloned().unwrap_or_default();
+        if pod.ends_with(&of_this_ns) && !want.contains_key(&pod) {
+            diff.push(format!("orphan token Secret {}", t.name_any()));
+        }
+    }
+    for p in &host_pods {
+        if !tokens
+            .items
+            .iter()
+            .any(|t| t.labels().get(TOKEN_FOR_LABEL) == Some(p))
+        {
+            diff.push(format!("no token Secret for {p}"));
+        }
+    }
+    Ok(diff)
+}
+
+/// Waits until the host holds exactly the desired state of `ns`.
+async fn converged(env: &Env, ns: &str) -> Duration {
+    let (v, h) = clients(env).await;
+    let started = Instant::now();
+    eventually(
+        &format!("host to hold exactly the desired state of {ns}"),
+        env.mode.bound,
+        || async {
+            match differences(&v, &h, ns).await {
+                Ok(d) if d.is_empty() => Ok(()),
+                Ok(d) => Err(format!(
+                    "{} differences, first: {:?}",
+                    d.len(),
+                    &d[..d.len().min(3)]
+                )),
+                Err(e) => Err(e.to_string()),
+            }
+        },
+    )
+    .await;
+    started.elapsed()
+}
+
+/// Deletes every pod of `ns` and waits until the host has none of them.
+async fn clean(env: &Env, ns: &str) {
+    let (v, h) = clients(env).await;
+    Api::<Pod>::namespaced(v.clone(), ns)
+        .delete_collection(&DeleteParams::default(), &ListParams::default())
+        .await
+        .unwrap();
+    let sel = format!("{OWNER_LABEL}={VC},{NAMESPACE_LABEL}={ns}");
+    let hpods: Api<Pod> = Api::namespaced(h, HOST_NS);
+    eventually(
+        "host pods of the namespace to go",
+        env.mode.bound,
+        || async {
+            let n = hpods
+                .list(&ListParams::default().labels(&sel))
+                .await
+                .map_err(|e| e.to_string())?
+                .items
+                .len();
+            if n == 0 {
+                Ok(())
+            } else {
+                Err(format!("{n} left"))
+            }
+        },
+    )
+    .await;
+}
+
+/// A pseudo-random duration in `0..max` (no seedable source needed: the
+/// moment is what should vary between runs).
+fn random_delay(max: Duration) -> Duration {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default()
+        .subsec_nanos();
+    let x = u64::from(nanos).wrapping_mul(6_364_136_223_846_793_005) >> 33;
+    max.mul_f64((x % 1000) as f64 / 1000.0)
+}
+
+fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap()
+}
+
+fn log(msg: &str) {
+    println!("faults: {msg}");
+}
+
+// ---- the faults -------------------------------------------------------------
+
+fn syncer_killed_during_burst(env: &Env) {
+    runtime().block_on(async {
+        for round in 0..env.mode.kills {
+            let ns = format!("kill-{round}");
+            let (v, _) = clients(env).await;
+            prepare(&v, &ns).await;
+            let creating = tokio::spawn(burst(v.clone(), ns.clone(), env.mode.burst));
+            let delay = random_delay(Duration::from_secs(4));
+            tokio::time::sleep(delay).await;
+            env.kill_syncer();
+            log(&format!(
+                "round {round}: syncer killed (SIGKILL) {delay:?} into the burst"
+            ));
+            // Some of the burst lands while no syncer runs.
+            tokio::time::sleep(random_delay(Duration::from_secs(2))).await;
+            tokio::task::block_in_place(|| env.start_syncer());
+            creating.await.unwrap();
+            let took = converged(env, &ns).await;
+            log(&format!(
+                "round {round}: converged {took:?} after the burst"
+            ));
+            clean(env, &ns).await;
+        }
+    });
+}
+
+fn restart_mid_burst(env: &Env, component: &str, ns: &str) {
+    runtime().block_on(async {
+        let (v, _) = clients(env).await;
+        prepare(&v, ns).await;
+        let creating = tokio::spawn(burst(v.clone(), ns.to_owned(), env.mode.burst));
+        tokio::time::sleep(random_delay(Duration::from_secs(2))).await;
+        let state_dir = env.stack.state_dir().to_owned();
+        let component = component.to_owned();
+        let out = tokio::task::spawn_blocking(move || {
+            vcluster(&["dev", "restart", &component, "--state-dir", &state_dir])
+        })
+        .await
+        .unwrap();
+        let (stdout, stderr) = text(&out);
+        assert!(out.status.success(), "dev restart failed: {stdout}{stderr}");
+        log(stdout.trim());
+        creating.await.unwrap();
+        let took = converged(env, ns).await;
+        log(&format!("{ns}: converged {took:?} after the burst"));
+        clean(env, ns).await;
+    });
+}
+
+fn host_api_server_restarted_mid_burst(env: &Env) {
+    restart_mid_burst(env, "host-kube-apiserver", "host-restart");
+}
+
+fn virtual_api_server_restarted_mid_burst(env: &Env) {
+    restart_mid_burst(env, "vcluster-kube-apiserver", "virtual-restart");
+}
+
+fn watches_expired_by_compaction_mid_burst(env: &Env) {
+    runtime().block_on(async {
+        let before = metric(
+            &env.metrics(),
+            "vcluster_syncer_watch_restarts_total",
+            "kind=\"Pod\"",
+        );
+        let (v, h) = clients(env).await;
+        let ns = "compaction";
+        prepare(&v, ns).await;
+        let creating = tokio::spawn(burst(v.clone(), ns.to_owned(), env.mode.burst));
+        // Writes nobody watches, then compaction: every revision the syncer
+        // saw is gone, so its next watch gets 410 Gone and relists.
+        let mut i = 0;
+        eventually(
+            "a Pod watch to restart after compaction",
+            env.mode.bound,
+            || {
+                i += 1;
+                let (v, h) = (v.clone(), h.clone());
+                let metrics = env.metrics();
+                let i = i;
+                async move {
+                    for (c, tag) in [(&v, "v"), (&h, "h")] {
+                        let cm: ConfigMap = serde_json::from_value(
+                            json!({"metadata": {"name": format!("unwatched-{tag}-{i}")}}),
+                        )
+                        .unwrap();
+                        let _ = Api::<ConfigMap>::namespaced(c.clone(), "default")
+                            .create(&PostParams::default(), &cm)
+                            .await;
+                    }
+                    for plane in [&env.stack.state.host, &env.stack.state.vcluster] {
+                        etcd_compact(plane.ports.unwrap().etcd_client);
+                    }
+                    let now = metric(
+                        &metrics,
+                        "vcluster_syncer_watch_restarts_total",
+                        "kind=\"Pod\"",
+                    );
+                    if now > before {
+                        Ok(now)
+                    } else {
+                        tokio::time::sleep(Duration::from_secs(1)).await;
+                        Err(format!("{now} restarts"))
+                    }
+                }
+            },
+        )
+        .await;
+        creating.await.unwrap();
+        let took = converged(env, ns).await;
+        log(&format!(
+            "{ns}: converged {took:?} after the burst and compactions"
+        ));
+        clean(env, ns).await;
+    });
+}
+
+fn drift_on_owned_host_objects_is_reverted(env: &Env) {
+    runtime().block_on(async {
+        let (v, h) = clients(env).await;
+        let ns = "drift";
+        prepare(&v, ns).await;
+        burst(v.clone(), ns.to_owned(), 3).await;
+        converged(env, ns).await;
+        let hcms: Api<ConfigMap> = Api::namespaced(h.clone(), HOST_NS);
+        let hpods: Api<Pod> = Api::namespaced(h.clone(), HOST_NS);
+        let cm = hname(ns, "settings");
+        let pod = hname(ns, "p-0");
+        // By hand, as another field manager would.
+        let by_hand = PatchParams::default();
+        hcms.patch(
+            &cm,
+            &by_hand,
+            &Patch::Merge(json!({"data": {"mode": "tampered", "extra": "x"}})),
+        )
+        .await
+        .unwrap();
+        hpods
+            .patch(
+                &pod,
+                &by_hand,
+                &Patch::Merge(json!({"metadata": {"labels": {"app": "tampered"}}})),
+            )
+            .await
+            .unwrap();
+        eventually("the drift to be reverted", env.mode.bound, || async {
+            let c = hcms.get(&cm).await.map_err(|e| e.to_string())?;
+            let p = hpods.get(&pod).await.map_err(|e| e.to_string())?;
+            let data = c.data.unwrap_or_default();
+            let label = p.labels().get("app").cloned().unwrap_or_default();
+            if data.get("mode").map(String::as_str) == Some("fault")
+                && !data.contains_key("extra")
+                && label == "burst"
+            {
+                Ok(())
+            } else {
+                Err(format!("data {data:?}, label app={label}"))
+            }
+        })
+        .await;
+        converged(env, ns).await;
+        clean(env, ns).await;
+    });
+}
+
+fn deleted_owned_host_objects_follow_the_rules(env: &Env) {
+    runtime().block_on(async {
+        let (v, h) = clients(env).await;
+        let ns = "deleted";
+        prepare(&v, ns).await;
+        burst(v.clone(), ns.to_owned(), 3).await;
+        converged(env, ns).await;
+        let hcms: Api<ConfigMap> = Api::namespaced(h.clone(), HOST_NS);
+        let hpods: Api<Pod> = Api::namespaced(h.clone(), HOST_NS);
+        let vpods: Api<Pod> = Api::namespaced(v.clone(), ns);
+        // A ConfigMap a pod needs is recreated.
+        let cm = hname(ns, "settings");
+        let old_uid = hcms.get(&cm).await.unwrap().uid();
+        hcms.delete(&cm, &DeleteParams::default()).await.unwrap();
+        eventually(
+            "the host ConfigMap to be recreated",
+            env.mode.bound,
+            || async {
+                match hcms.get_opt(&cm).await {
+                    Ok(Some(c)) if c.uid() != old_uid => Ok(()),
+                    other => Err(format!("{:?}", other.map(|c| c.map(|c| c.uid())))),
+                }
+            },
+        )
+        .await;
+        // A host pod deleted by hand ends its bare virtual pod (as a kubelet
+        // would); nothing is left behind on either side.
+        hpods
+            .delete(&hname(ns, "p-1"), &DeleteParams::default())
+            .await
+            .unwrap();
+        eventually("the virtual pod to end", env.mode.bound, || async {
+            match vpods.get_opt("p-1").await {
+                Ok(None) => Ok(()),
+                other => Err(format!("{:?}", other.map(|p| p.map(|p| p.status)))),
+            }
+        })
+        .await;
+        converged(env, ns).await;
+        clean(env, ns).await;
+    });
+}
+
+type Test = (&'static str, fn(&Env));
+
+const TESTS: &[Test] = &[
+    ("syncer_killed_during_burst", syncer_killed_during_burst),
+    (
+        "host_api_server_restarted_mid_burst",
+        host_api_server_restarted_mid_burst,
+    ),
+    (
+        "virtual_api_server_restarted_mid_burst",
+        virtual_api_server_restarted_mid_burst,
+    ),
+    (
+        "watches_expired_by_compaction_mid_burst",
+        watches_expired_by_compaction_mid_burst,
+    ),
+    (
+        "drift_on_owned_host_objects_is_reverted",
+        drift_on_owned_host_objects_is_reverted,
+    ),
+    (
+        "deleted_owned_host_objects_follow_the_rules",
+        deleted_owned_host_objects_follow_the_rules,
+    ),
+];
+
+fn main() {
+    let mut args = Arguments::from_args();
+    if args.list {
+        let trials = TESTS.iter().map(|(n, _)| Trial::test(*n, || Ok(())));
+        libtest_mimic::run(&args, trials.collect()).exit();
+    }
+    if let Err(e) = vcluster::local::check_binaries(&vcluster::local::default_bin_dir()) {
+        eprintln!("e2e: {e}");
+        std::process::exit(1);
+    }
+    let mode = Mode::from_env();
+    log(&format!("mode {mode:?}"));
+    let nodes = (2 * mode.burst / 250 + 2).to_string();
+    let stack = DevStack::up(&[
+        "--no-syncer",
+        "--nodes",
+        &nodes,
+        "--apiserver-arg=--watch-cache=false",
+    ]);
+    let env = Arc::new(Env {
+        stack,
+        syncer: Mutex::new(None),
+        mode,
+    });
+    env.start_syncer();
+    // One fault at a time: they share the stack and the syncer.
+    args.test_threads = Some(1);
+    let trials = TESTS
+        .iter()
+        .map(|(name, f)| {
+            let (env, f) = (Arc::clone(&env), *f);
+            Trial::test(*name, move || {
+                f(&env);
+                Ok(())
+            })
+        })
+        .collect();
+    let out = libtest_mimic::run(&args, trials);
+    println!("e2e: {} passed, {} failed", out.num_passed, out.num_failed);
+    if out.num_failed > 0 {
+        let log = env.syncer.lock().unwrap().as_ref().map(|s| s.log.clone());
+        if let Some(log) = log {
+            eprintln!(
+                "--- syncer log tail\n{}",
+                vcluster::local::process::log_tail(&log, 40)
+            );
+        }
+    }
+    drop(env);
+    if out.num_failed > 0 {
+        std::process::exit(101);
+    }
+}
