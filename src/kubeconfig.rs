@@ -59,6 +59,18 @@ pub fn client_cert(
     }
 }
 
+/// True when the kubeconfig's first cluster is `server`, trusting `ca_pem`.
+pub fn points_at(config: &Kubeconfig, server: &str, ca_pem: &str) -> bool {
+    config
+        .clusters
+        .first()
+        .and_then(|c| c.cluster.as_ref())
+        .is_some_and(|c| {
+            c.server.as_deref() == Some(server)
+                && c.certificate_authority_data.as_deref() == Some(&STANDARD.encode(ca_pem))
+        })
+}
+
 /// A client for the cluster and user of the kubeconfig's current context.
 pub async fn client(config: Kubeconfig) -> Result<kube::Client, kube::Error> {
     let config =
@@ -103,5 +115,8 @@ mod tests {
             back.contexts[0].context.as_ref().unwrap().cluster,
             "dev-host"
         );
+        assert!(points_at(&back, "https://127.0.0.1:6443", "CA"));
+        assert!(!points_at(&back, "https://127.0.0.1:6444", "CA"));
+        assert!(!points_at(&back, "https://127.0.0.1:6443", "other CA"));
     }
 }

@@ -9,12 +9,17 @@
 //! - [`kubeconfig`]: building kubeconfig files;
 //! - [`local`]: the embedded default, real local control planes for
 //!   development and tests;
+//! - [`proxy`]: the front door (TLS, authentication, impersonation, host
+//!   redirects);
+//! - [`discovery`]: the labels and names that find a vcluster's host objects;
 //! - [`cli`]: the `vcluster` command line.
 
 pub mod cli;
+pub mod discovery;
 pub mod kubeconfig;
 pub mod local;
 pub mod pki;
+pub mod proxy;
 pub mod sync;
 pub mod syncer;
 pub mod translate;
