@@ -2,6 +2,7 @@
 //! modules; they hold no logic of their own beyond presentation.
 
 mod dev;
+mod instances;
 mod syncer;
 
 use std::process::ExitCode;
@@ -22,6 +23,12 @@ enum Command {
     Dev(dev::DevArgs),
     /// Run the syncer beside a virtual control plane.
     Syncer(syncer::SyncerArgs),
+    /// Connect to a vcluster: write a kubeconfig context and port-forward to it.
+    Connect(instances::ConnectArgs),
+    /// List the vclusters in the host cluster.
+    List(instances::ListArgs),
+    /// Delete a vcluster and everything it owns in its host namespace.
+    Delete(instances::DeleteArgs),
 }
 
 /// Logs go to stderr; `VCLUSTER_LOG` takes an env-filter directive. By default
@@ -66,6 +73,9 @@ pub fn main() -> ExitCode {
     let result = match cli.command {
         Command::Dev(args) => dev::run(args),
         Command::Syncer(args) => syncer::run(args),
+        Command::Connect(args) => instances::connect(args),
+        Command::List(args) => instances::list(args),
+        Command::Delete(args) => instances::delete(args),
     };
     match result {
         Ok(code) => code,
