@@ -42,6 +42,7 @@ e2e:
 	e2e/kube/gen-gomod.sh check
 	$(CARGO) test --locked --test e2e_smoke
 	$(CARGO) test --locked --test e2e_syncer
+	$(CARGO) test --locked --test e2e_frontdoor
 
 down:
 	./target/debug/vcluster dev down --state-dir $(STATE_DIR)
