@@ -635,7 +635,7 @@ fn connect_list_and_delete(env: &Env) {
         None,
     );
     let nobody = env.stack.dir.path().join("nobody.kubeconfig");
-    let mut kc = kube::config::Kubeconfig::read_from(&env.host_kc()).unwrap();
+    let mut kc = kube::config::Kubeconfig::read_from(env.host_kc()).unwrap();
     let user = kc.auth_infos[0].auth_info.as_mut().unwrap();
     user.client_certificate_data = None;
     user.client_key_data = None;

@@ -59,12 +59,15 @@ pub fn bearer(header: &str) -> Option<&str> {
     (scheme.eq_ignore_ascii_case("bearer") && !token.is_empty()).then_some(token)
 }
 
+/// A cached answer: when it expires, and the identity (`None`: rejected).
+type CacheEntry = (Instant, Option<Identity>);
+
 /// Checks bearer tokens with TokenReviews against the virtual API and keeps
 /// the answers briefly.
 #[derive(Debug)]
 pub struct TokenAuthenticator {
     api: Api<TokenReview>,
-    cache: Mutex<HashMap<[u8; 32], (Instant, Option<Identity>)>>,
+    cache: Mutex<HashMap<[u8; 32], CacheEntry>>,
 }
 
 /// A TokenReview that could not be made (the virtual API is unreachable).

@@ -158,10 +158,7 @@ fn irregular(path: &str, decoded: &str) -> bool {
 
 /// True for a DNS-1123 subdomain (a pod name).
 fn is_dns_subdomain(s: &str) -> bool {
-    s.len() <= 253
-        && !s.is_empty()
-        && s.split('.')
-            .all(|label| crate::translate::names::is_dns_label(label))
+    s.len() <= 253 && !s.is_empty() && s.split('.').all(crate::translate::names::is_dns_label)
 }
 
 /// Decides where a request for `path` with `query` goes.
@@ -174,17 +171,13 @@ pub fn classify(path: &str, query: Option<&str>) -> Route {
     let norm = normalized_segments(&decoded);
     let target = match norm.as_slice() {
         ["api", "v1", "namespaces", ns, "pods", name, sub, rest @ ..] => {
-            match Subresource::parse(sub) {
-                Some(sub) => Some((*ns, *name, sub, rest.is_empty())),
-                None => None,
-            }
+            Subresource::parse(sub).map(|sub| (*ns, *name, sub, rest.is_empty()))
         }
         _ => None,
     };
-    let mentions_sub = norm
-        .iter()
-        .any(|s| Subresource::parse(s).is_some() || s.contains('/'))
-        && norm.iter().any(|s| *s == "pods");
+    let mentions_sub = decoded
+        .split('/')
+        .any(|s| s == "pods" || Subresource::parse(s).is_some());
     let Some((ns, name, sub, no_trailing)) = target else {
         if mentions_sub && irregular(path, &decoded) {
             // An escaped or dotted spelling that mentions a pod subresource
