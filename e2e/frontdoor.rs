@@ -428,21 +428,13 @@ fn crafted_paths_reach_no_other_host_object(env: &Env) {
     block_on(async {
         let admin = client(&env.kc()).await;
         let host = client(&env.host_kc()).await;
-        // The host pod for web is ours: the canonical path works.
-        let (code, body) = status_of(
-            &admin,
-            "GET",
-            &format!("/api/v1/namespaces/{ns}/pods/web/log"),
-        )
-        .await;
-        assert_eq!(code, 200, "{body}");
-        let (code, body) = status_of(
-            &admin,
-            "GET",
-            &format!("/api/v1/namespaces/{ns}/pods/trap/log"),
-        )
-        .await;
-        assert_eq!(code, 404, "the foreign twin must not be reached: {body}");
+        // The host pod for web is ours: the canonical path works. The host
+        // pod under trap's name is foreign: it must not be reached.
+        for (pod, want) in [("web", 200), ("trap", 404)] {
+            let path = format!("/api/v1/namespaces/{ns}/pods/{pod}/log");
+            let (code, body) = status_of(&admin, "GET", &path).await;
+            assert_eq!(code, want, "{path}: {body}");
+        }
         for path in [
             format!("/api/v1/namespaces/{ns}/pods/web%2Flog"),
             format!("/api/v1/namespaces/{ns}/pods/..%2F..%2F{HOST_NS}%2Fpods%2F{VC}-0/log"),
@@ -535,17 +527,16 @@ fn connect_list_and_delete(env: &Env) {
     // connect: port-forward through the host API to the vcluster pod (KWOK
     // forwards its port 8443 to the front door), context merged into a file.
     let out_kc = env.stack.dir.path().join("connect.kubeconfig");
-    let mut connect = Streaming::spawn(Command::new(vcluster_bin()).args([
-        "connect",
-        VC,
-        "-n",
-        HOST_NS,
-        "--kubeconfig",
-        host,
+    let connect_dev = |extra: &[&str]| {
+        let mut a = vec!["connect", VC, "-n", HOST_NS, "--kubeconfig", host];
+        a.extend_from_slice(extra);
+        a.into_iter().map(str::to_owned).collect::<Vec<_>>()
+    };
+    let mut connect = Streaming::spawn(Command::new(vcluster_bin()).args(connect_dev(&[
         "--update-kubeconfig",
         out_kc.to_str().unwrap(),
         "--switch-context",
-    ]));
+    ])));
     connect.wait_for_line("connect to forward", |l| {
         l.starts_with("forwarding https://127.0.0.1:")
     });
@@ -557,17 +548,8 @@ fn connect_list_and_delete(env: &Env) {
     drop(connect);
 
     // --print with a reachable URL: no forward, the kubeconfig on stdout.
-    let out = vcluster(&[
-        "connect",
-        VC,
-        "-n",
-        HOST_NS,
-        "--kubeconfig",
-        host,
-        "--print",
-        "--server",
-        &env.server(),
-    ]);
+    let args = connect_dev(&["--print", "--server", &env.server()]);
+    let out = vcluster(&args.iter().map(String::as_str).collect::<Vec<_>>());
     let (printed, stderr) = text(&out);
     assert!(out.status.success(), "{stderr}");
     let printed_path = env.stack.dir.path().join("printed.kubeconfig");

@@ -294,22 +294,8 @@ pub fn merge_into_file(path: &Path, add: Kubeconfig, switch: bool) -> Result<(),
         std::fs::create_dir_all(dir)
             .map_err(|e| InstanceError::Config(format!("cannot create {}: {e}", dir.display())))?;
     }
-    write_private(path, &yaml)
-}
-
-fn write_private(path: &Path, contents: &str) -> Result<(), InstanceError> {
-    use std::io::Write as _;
-    use std::os::unix::fs::OpenOptionsExt as _;
-    let fail =
-        |e: std::io::Error| InstanceError::Config(format!("cannot write {}: {e}", path.display()));
-    let mut f = std::fs::OpenOptions::new()
-        .create(true)
-        .write(true)
-        .truncate(true)
-        .mode(0o600)
-        .open(path)
-        .map_err(fail)?;
-    f.write_all(contents.as_bytes()).map_err(fail)
+    crate::kubeconfig::write_private(path, &yaml)
+        .map_err(|e| InstanceError::Config(format!("cannot write {}: {e}", path.display())))
 }
 
 /// Forwards every connection accepted on `listener` to port `port` of pod

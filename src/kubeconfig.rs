@@ -79,6 +79,19 @@ pub async fn client(config: Kubeconfig) -> Result<kube::Client, kube::Error> {
     kube::Client::try_from(config)
 }
 
+/// Writes a file readable only by its owner (kubeconfigs, keys).
+pub fn write_private(path: &std::path::Path, contents: &str) -> std::io::Result<()> {
+    use std::io::Write as _;
+    use std::os::unix::fs::OpenOptionsExt as _;
+    std::fs::OpenOptions::new()
+        .create(true)
+        .write(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(path)?
+        .write_all(contents.as_bytes())
+}
+
 /// Renders a kubeconfig as YAML, the form kubectl and helm read.
 pub fn to_yaml(config: &Kubeconfig) -> Result<String, KubeconfigError> {
     Ok(serde_yaml::to_string(config)?)

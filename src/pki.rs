@@ -233,6 +233,16 @@ mod tests {
         p.contents
     }
 
+    /// The leaf names the CA as its issuer and the CA's key signed it.
+    fn assert_chains_to(leaf_pem: &str, ca_pem: &str) {
+        let ca_der = parse(ca_pem);
+        let (_, ca_cert) = X509Certificate::from_der(&ca_der).unwrap();
+        let der = parse(leaf_pem);
+        let (_, cert) = X509Certificate::from_der(&der).unwrap();
+        cert.verify_signature(Some(ca_cert.public_key())).unwrap();
+        assert_eq!(cert.issuer(), ca_cert.subject());
+    }
+
     #[test]
     fn ca_is_self_signed_ca_with_requested_name() {
         let ca = Ca::generate("test-ca", DAY).unwrap();
@@ -258,11 +268,9 @@ mod tests {
                 DAY,
             ))
             .unwrap();
-        let ca_der = parse(ca.cert_pem());
-        let (_, ca_cert) = X509Certificate::from_der(&ca_der).unwrap();
+        assert_chains_to(&leaf.cert_pem, ca.cert_pem());
         let der = parse(&leaf.cert_pem);
         let (_, cert) = X509Certificate::from_der(&der).unwrap();
-        cert.verify_signature(Some(ca_cert.public_key())).unwrap();
         assert!(!cert.is_ca());
         let san = cert.subject_alternative_name().unwrap().unwrap().value;
         let mut ips = Vec::new();
@@ -355,12 +363,7 @@ mod tests {
         let leaf = loaded
             .issue(&CertSpec::server("front-door", &["127.0.0.1".into()], DAY))
             .unwrap();
-        let ca_der = parse(ca.cert_pem());
-        let (_, ca_cert) = X509Certificate::from_der(&ca_der).unwrap();
-        let der = parse(&leaf.cert_pem);
-        let (_, cert) = X509Certificate::from_der(&der).unwrap();
-        cert.verify_signature(Some(ca_cert.public_key())).unwrap();
-        assert_eq!(cert.issuer(), ca_cert.subject());
+        assert_chains_to(&leaf.cert_pem, ca.cert_pem());
         assert!(Ca::from_pem("not pem", ca.key_pem()).is_err());
     }
 

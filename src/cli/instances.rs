@@ -111,14 +111,22 @@ fn say_err(text: &str) {
     let _ = writeln!(e, "{text}");
 }
 
+/// The host client, its kubeconfig file and the vcluster's namespace (given,
+/// or the context's).
+async fn target(
+    name: &str,
+    h: &HostArgs,
+    namespace: Option<&str>,
+) -> anyhow::Result<(kube::Client, PathBuf, String)> {
+    crate::translate::VclusterName::new(name)?;
+    let (host, file) = host_client(h).await?;
+    let ns = namespace.map_or_else(|| host.default_namespace().to_owned(), str::to_owned);
+    Ok((host, file, ns))
+}
+
 pub fn connect(args: ConnectArgs) -> anyhow::Result<ExitCode> {
-    crate::translate::VclusterName::new(&args.name)?;
     runtime()?.block_on(async move {
-        let (host, file) = host_client(&args.host).await?;
-        let ns = args
-            .namespace
-            .clone()
-            .unwrap_or_else(|| host.default_namespace().to_owned());
+        let (host, file, ns) = target(&args.name, &args.host, args.namespace.as_deref()).await?;
         let secret_kc = instances::kubeconfig(&host, &args.name, &ns).await?;
         let context = format!("vcluster_{}_{ns}", args.name);
         let (server, forwarding) = match &args.server {
@@ -186,13 +194,8 @@ pub fn list(args: ListArgs) -> anyhow::Result<ExitCode> {
 }
 
 pub fn delete(args: DeleteArgs) -> anyhow::Result<ExitCode> {
-    crate::translate::VclusterName::new(&args.name)?;
     runtime()?.block_on(async move {
-        let (host, _) = host_client(&args.host).await?;
-        let ns = args
-            .namespace
-            .clone()
-            .unwrap_or_else(|| host.default_namespace().to_owned());
+        let (host, _, ns) = target(&args.name, &args.host, args.namespace.as_deref()).await?;
         let deleted = instances::delete(&host, &args.name, &ns).await?;
         let summary: Vec<String> = deleted.iter().map(|(k, n)| format!("{n} {k}")).collect();
         let mut out = std::io::stdout().lock();

@@ -147,16 +147,7 @@ fn io_err(what: impl Into<String>) -> impl FnOnce(std::io::Error) -> LocalError 
 
 /// Writes a file readable only by its owner (keys, kubeconfigs).
 pub(crate) fn write_private(path: &Path, contents: &str) -> Result<(), LocalError> {
-    use std::io::Write as _;
-    use std::os::unix::fs::OpenOptionsExt as _;
-    let mut f = std::fs::OpenOptions::new()
-        .create(true)
-        .write(true)
-        .truncate(true)
-        .mode(0o600)
-        .open(path)
-        .map_err(io_err(format!("write {}", path.display())))?;
-    f.write_all(contents.as_bytes())
+    crate::kubeconfig::write_private(path, contents)
         .map_err(io_err(format!("write {}", path.display())))
 }
 
