@@ -692,6 +692,67 @@ fn connect_list_and_delete(env: &Env) {
     );
 }
 
+fn helm_installs_and_uninstalls_through_the_front_door(env: &Env) {
+    let chart = env.stack.dir.path().join("demo-chart");
+    std::fs::create_dir_all(chart.join("templates")).unwrap();
+    std::fs::write(
+        chart.join("Chart.yaml"),
+        "apiVersion: v2\nname: demo\nversion: 0.1.0\n",
+    )
+    .unwrap();
+    std::fs::write(
+        chart.join("templates/cm.yaml"),
+        "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: {{ .Release.Name }}-settings\ndata:\n  colour: {{ .Values.colour | default \"blue\" }}\n",
+    )
+    .unwrap();
+    let helm = |args: &[&str]| {
+        let out = Command::new(vcluster::local::default_bin_dir().join("helm"))
+            .arg("--kubeconfig")
+            .arg(env.kc())
+            .args(args)
+            .env("HELM_CACHE_HOME", env.stack.dir.path().join("helm-cache"))
+            .env("HELM_CONFIG_HOME", env.stack.dir.path().join("helm-config"))
+            .env("HELM_DATA_HOME", env.stack.dir.path().join("helm-data"))
+            .output()
+            .unwrap();
+        let (o, e) = text(&out);
+        assert!(out.status.success(), "helm {args:?}: {o}{e}");
+        o
+    };
+    helm(&[
+        "install",
+        "demo",
+        chart.to_str().unwrap(),
+        "-n",
+        "helm",
+        "--create-namespace",
+        "--wait",
+    ]);
+    let colour = kubectl_ok(
+        &env.kc(),
+        &[
+            "-n",
+            "helm",
+            "get",
+            "configmap",
+            "demo-settings",
+            "-o",
+            "jsonpath={.data.colour}",
+        ],
+        None,
+    );
+    assert_eq!(colour, "blue");
+    let listed = helm(&["list", "-n", "helm", "-q"]);
+    assert_eq!(listed.trim(), "demo");
+    helm(&["uninstall", "demo", "-n", "helm", "--wait"]);
+    let left = kubectl_ok(
+        &env.kc(),
+        &["-n", "helm", "get", "configmaps", "-o", "name"],
+        None,
+    );
+    assert!(!left.contains("demo-settings"), "{left}");
+}
+
 fn block_on_value<T>(f: impl Future<Output = T>) -> T {
     tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -732,6 +793,10 @@ const TESTS: &[Test] = &[
         serving_identity_survives_a_restart,
     ),
     ("connect_list_and_delete", connect_list_and_delete),
+    (
+        "helm_installs_and_uninstalls_through_the_front_door",
+        helm_installs_and_uninstalls_through_the_front_door,
+    ),
 ];
 
 fn main() {

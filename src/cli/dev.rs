@@ -119,7 +119,7 @@ fn options(up: &UpArgs) -> anyhow::Result<StackOptions> {
     })
 }
 
-async fn interrupted() {
+pub(super) async fn interrupted() {
     use tokio::signal::unix::{SignalKind, signal};
     match (
         signal(SignalKind::interrupt()),

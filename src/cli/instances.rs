@@ -164,7 +164,7 @@ pub fn connect(args: ConnectArgs) -> anyhow::Result<ExitCode> {
                 r?;
                 Ok(ExitCode::FAILURE)
             }
-            _ = tokio::signal::ctrl_c() => Ok(ExitCode::SUCCESS),
+            () = super::dev::interrupted() => Ok(ExitCode::SUCCESS),
         }
     })
 }
