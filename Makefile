@@ -45,6 +45,7 @@ e2e:
 	$(CARGO) test --locked --test e2e_network
 	$(CARGO) test --locked --test e2e_chart
 	$(CARGO) test --locked --test e2e_faults
+	$(CARGO) test --locked --test e2e_frontdoor
 
 ## faults: the full fault runs (1,000-pod bursts, five syncer kills, API server restarts, compaction, drift)
 faults: prereqs kube-bins

@@ -59,12 +59,37 @@ pub fn client_cert(
     }
 }
 
+/// True when the kubeconfig's first cluster is `server`, trusting `ca_pem`.
+pub fn points_at(config: &Kubeconfig, server: &str, ca_pem: &str) -> bool {
+    config
+        .clusters
+        .first()
+        .and_then(|c| c.cluster.as_ref())
+        .is_some_and(|c| {
+            c.server.as_deref() == Some(server)
+                && c.certificate_authority_data.as_deref() == Some(&STANDARD.encode(ca_pem))
+        })
+}
+
 /// A client for the cluster and user of the kubeconfig's current context.
 pub async fn client(config: Kubeconfig) -> Result<kube::Client, kube::Error> {
     let config =
         kube::Config::from_custom_kubeconfig(config, &kube::config::KubeConfigOptions::default())
             .await?;
     kube::Client::try_from(config)
+}
+
+/// Writes a file readable only by its owner (kubeconfigs, keys).
+pub fn write_private(path: &std::path::Path, contents: &str) -> std::io::Result<()> {
+    use std::io::Write as _;
+    use std::os::unix::fs::OpenOptionsExt as _;
+    std::fs::OpenOptions::new()
+        .create(true)
+        .write(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(path)?
+        .write_all(contents.as_bytes())
 }
 
 /// Renders a kubeconfig as YAML, the form kubectl and helm read.
@@ -103,5 +128,8 @@ mod tests {
             back.contexts[0].context.as_ref().unwrap().cluster,
             "dev-host"
         );
+        assert!(points_at(&back, "https://127.0.0.1:6443", "CA"));
+        assert!(!points_at(&back, "https://127.0.0.1:6444", "CA"));
+        assert!(!points_at(&back, "https://127.0.0.1:6443", "other CA"));
     }
 }

@@ -9,13 +9,20 @@
 //! - [`kubeconfig`]: building kubeconfig files;
 //! - [`local`]: the embedded default, real local control planes for
 //!   development and tests;
+//! - [`proxy`]: the front door (TLS, authentication, impersonation, host
+//!   redirects);
+//! - [`discovery`]: the labels and names that find a vcluster's host objects;
+//! - [`instances`]: vclusters seen from the host (list, connect, delete);
 //! - [`cli`]: the `vcluster` command line.
 
 pub mod cli;
+pub mod discovery;
+pub mod instances;
 pub mod kubeconfig;
 pub mod local;
 pub mod pki;
 pub mod policy;
+pub mod proxy;
 pub mod sync;
 pub mod syncer;
 pub mod translate;

@@ -139,6 +139,19 @@ impl Ca {
         })
     }
 
+    /// Loads an existing CA from its PEM certificate and PKCS#8 PEM key (for
+    /// example the virtual cluster's client CA, or a CA kept in a Secret).
+    pub fn from_pem(cert_pem: &str, key_pem: &str) -> Result<Self, PkiError> {
+        let what = "an existing CA";
+        let key = KeyPair::from_pem(key_pem).map_err(gen_err(what))?;
+        let issuer = Issuer::from_ca_cert_pem(cert_pem, key).map_err(gen_err(what))?;
+        Ok(Self {
+            cert_pem: cert_pem.to_owned(),
+            key_pem: key_pem.to_owned(),
+            issuer,
+        })
+    }
+
     /// The CA certificate, PEM.
     pub fn cert_pem(&self) -> &str {
         &self.cert_pem
@@ -220,6 +233,16 @@ mod tests {
         p.contents
     }
 
+    /// The leaf names the CA as its issuer and the CA's key signed it.
+    fn assert_chains_to(leaf_pem: &str, ca_pem: &str) {
+        let ca_der = parse(ca_pem);
+        let (_, ca_cert) = X509Certificate::from_der(&ca_der).unwrap();
+        let der = parse(leaf_pem);
+        let (_, cert) = X509Certificate::from_der(&der).unwrap();
+        cert.verify_signature(Some(ca_cert.public_key())).unwrap();
+        assert_eq!(cert.issuer(), ca_cert.subject());
+    }
+
     #[test]
     fn ca_is_self_signed_ca_with_requested_name() {
         let ca = Ca::generate("test-ca", DAY).unwrap();
@@ -245,11 +268,9 @@ mod tests {
                 DAY,
             ))
             .unwrap();
-        let ca_der = parse(ca.cert_pem());
-        let (_, ca_cert) = X509Certificate::from_der(&ca_der).unwrap();
+        assert_chains_to(&leaf.cert_pem, ca.cert_pem());
         let der = parse(&leaf.cert_pem);
         let (_, cert) = X509Certificate::from_der(&der).unwrap();
-        cert.verify_signature(Some(ca_cert.public_key())).unwrap();
         assert!(!cert.is_ca());
         let san = cert.subject_alternative_name().unwrap().unwrap().value;
         let mut ips = Vec::new();
@@ -333,6 +354,17 @@ mod tests {
                 .contains("certificate generation failed for x"),
             "{err}"
         );
+    }
+
+    #[test]
+    fn a_loaded_ca_issues_certificates_that_chain_to_it() {
+        let ca = Ca::generate("persisted-ca", DAY).unwrap();
+        let loaded = Ca::from_pem(ca.cert_pem(), ca.key_pem()).unwrap();
+        let leaf = loaded
+            .issue(&CertSpec::server("front-door", &["127.0.0.1".into()], DAY))
+            .unwrap();
+        assert_chains_to(&leaf.cert_pem, ca.cert_pem());
+        assert!(Ca::from_pem("not pem", ca.key_pem()).is_err());
     }
 
     #[test]

@@ -55,6 +55,9 @@ pub enum SyncerError {
     /// In-cluster configuration is missing.
     #[error("no --host-kubeconfig given and not running in a pod: {0}")]
     InCluster(#[from] kube::config::InClusterError),
+    /// The front door failed.
+    #[error("front door: {0}")]
+    FrontDoor(#[from] crate::proxy::ProxyError),
     /// The health endpoint could not listen.
     #[error("cannot listen on {addr}: {source}")]
     Listen {
@@ -191,6 +194,8 @@ pub struct SyncerOptions {
     pub pod_security: crate::policy::pss::Level,
     /// Which kinds sync.
     pub kinds: Kinds,
+    /// The front door, when it is served.
+    pub front_door: Option<crate::proxy::FrontDoorOptions>,
 }
 
 async fn client_from(path: &PathBuf, which: &'static str) -> Result<kube::Client, SyncerError> {
@@ -433,6 +438,18 @@ pub async fn run(opts: SyncerOptions) -> Result<(), SyncerError> {
         }
     };
     tracing::info!(vcluster = %opts.name, host_namespace = %opts.host_namespace, listen = %opts.listen, "syncer started");
+    if let Some(fd) = opts.front_door.clone() {
+        let target = crate::proxy::host::HostTarget {
+            vcluster: opts.name.clone(),
+            namespace: opts.host_namespace.clone(),
+            host: host.clone(),
+            virt: virt.clone(),
+        };
+        tokio::select! {
+            r = crate::proxy::run(target, fd) => return r.map_err(SyncerError::from),
+            r = serve_health(opts.listen, ready) => return r,
+        }
+    }
     serve_health(opts.listen, ready).await
 }
 

@@ -133,7 +133,7 @@ fn options(up: &UpArgs) -> anyhow::Result<StackOptions> {
     })
 }
 
-async fn interrupted() {
+pub(super) async fn interrupted() {
     use tokio::signal::unix::{SignalKind, signal};
     match (
         signal(SignalKind::interrupt()),
@@ -157,6 +157,16 @@ fn say(text: &str) {
 
 fn ready_banner(state: &StackState) -> String {
     let secs = state.ready_after_ms.unwrap_or(0) as f64 / 1000.0;
+    if let Some(fd) = &state.front_door {
+        return format!(
+            "dev stack ready in {secs:.1}s ({} fake nodes)\n  host:     {}  kubectl --kubeconfig {}\n  vcluster: {}  kubectl --kubeconfig {}  (the syncer's front door)",
+            state.nodes,
+            state.host.server,
+            state.host.kubeconfig.display(),
+            fd.server,
+            fd.kubeconfig.display(),
+        );
+    }
     format!(
         "dev stack ready in {secs:.1}s ({} fake nodes)\n  host:     {}  kubectl --kubeconfig {}\n  vcluster: {}  kubectl --kubeconfig {}",
         state.nodes,
@@ -358,6 +368,17 @@ async fn status(state_dir: &Path) -> anyhow::Result<ExitCode> {
             plane.server,
             if ready { "ready" } else { "not ready" },
             plane.kubeconfig.display()
+        ));
+    }
+    if let Some(fd) = &state.front_door {
+        let ready = local::api_ready(&fd.kubeconfig).await;
+        all_up &= ready;
+        lines.push(format!(
+            "  {:<33}{:<28} {}  kubeconfig {}",
+            "front door",
+            fd.server,
+            if ready { "ready" } else { "not ready" },
+            fd.kubeconfig.display()
         ));
     }
     if let Some(port) = state.syncer_port {

@@ -3,6 +3,7 @@
 
 mod cidr;
 mod dev;
+mod instances;
 mod pki;
 mod syncer;
 
@@ -23,11 +24,17 @@ enum Command {
     /// Run the product locally on real control planes (the embedded default).
     Dev(dev::DevArgs),
     /// Run the syncer beside a virtual control plane.
-    Syncer(syncer::SyncerArgs),
+    Syncer(Box<syncer::SyncerArgs>),
     /// Print the host's service CIDR (what the virtual API must be started with).
     ServiceCidr(cidr::ServiceCidrArgs),
     /// Prepare the certificates of the chart's upstream (`k8s`) control plane.
     ControlPlanePki(pki::PkiArgs),
+    /// Connect to a vcluster: write a kubeconfig context and port-forward to it.
+    Connect(instances::ConnectArgs),
+    /// List the vclusters in the host cluster.
+    List(instances::ListArgs),
+    /// Delete a vcluster and everything it owns in its host namespace.
+    Delete(instances::DeleteArgs),
 }
 
 /// Logs go to stderr; `VCLUSTER_LOG` takes an env-filter directive. By default
@@ -71,9 +78,12 @@ pub fn main() -> ExitCode {
     init_tracing();
     let result = match cli.command {
         Command::Dev(args) => dev::run(args),
-        Command::Syncer(args) => syncer::run(args),
+        Command::Syncer(args) => syncer::run(*args),
         Command::ServiceCidr(args) => cidr::run(args),
         Command::ControlPlanePki(args) => pki::run(args),
+        Command::Connect(args) => instances::connect(args),
+        Command::List(args) => instances::list(args),
+        Command::Delete(args) => instances::delete(args),
     };
     match result {
         Ok(code) => code,

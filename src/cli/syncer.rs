@@ -88,6 +88,31 @@ pub struct SyncerArgs {
     /// Port synced pods use for the virtual API (KUBERNETES_SERVICE_PORT).
     #[arg(long, env = "VCLUSTER_API_SERVICE_PORT", default_value_t = 443)]
     api_service_port: u16,
+    /// The virtual cluster's client CA certificate (PEM). Setting it turns the
+    /// front door on: client certificates it signed authenticate there.
+    #[arg(long, env = "VCLUSTER_CLIENT_CA_CERT")]
+    client_ca_cert: Option<PathBuf>,
+    /// The client CA's private key (PKCS#8 PEM): signs the admin certificate
+    /// of the `vc-<name>` kubeconfig Secret.
+    #[arg(long, env = "VCLUSTER_CLIENT_CA_KEY", requires = "client_ca_cert")]
+    client_ca_key: Option<PathBuf>,
+    /// Address of the front door (HTTPS).
+    #[arg(
+        long,
+        env = "VCLUSTER_FRONT_DOOR_LISTEN",
+        default_value = "0.0.0.0:8443"
+    )]
+    front_door_listen: SocketAddr,
+    /// An extra name or IP of the front door's serving certificate (repeatable).
+    #[arg(long = "tls-san", env = "VCLUSTER_TLS_SANS", value_delimiter = ',')]
+    tls_sans: Vec<String>,
+    /// Lifetime of the serving certificate in hours (renewed at two thirds).
+    #[arg(long, env = "VCLUSTER_SERVING_CERT_HOURS", default_value_t = 2160, value_parser = clap::value_parser!(u64).range(1..=87_600))]
+    serving_cert_hours: u64,
+    /// Server URL of the `vc-<name>` kubeconfig (default: the vcluster
+    /// Service, https://<name>.<host namespace>.svc:443).
+    #[arg(long, env = "VCLUSTER_KUBECONFIG_SERVER")]
+    kubeconfig_server: Option<String>,
     /// Address of the /healthz and /readyz endpoints.
     #[arg(long, env = "VCLUSTER_HEALTH_LISTEN", default_value = "0.0.0.0:8080")]
     health_listen: SocketAddr,
@@ -112,6 +137,18 @@ pub fn run(args: SyncerArgs) -> anyhow::Result<ExitCode> {
             .filter(|s| !s.trim().is_empty())
             .collect(),
     );
+    let front_door = args
+        .client_ca_cert
+        .map(|client_ca_cert| crate::proxy::FrontDoorOptions {
+            listen: args.front_door_listen,
+            client_ca_cert,
+            client_ca_key: args.client_ca_key,
+            tls_sans: args.tls_sans,
+            serving_validity: Duration::from_secs(args.serving_cert_hours * 3600),
+            kubeconfig_server: args
+                .kubeconfig_server
+                .unwrap_or_else(|| format!("https://{name}.{host_namespace}.svc:443")),
+        });
     let kinds =
         syncer::Kinds::parse(&args.sync, args.sync_all_configs).map_err(anyhow::Error::msg)?;
     let opts = SyncerOptions {
@@ -132,6 +169,7 @@ pub fn run(args: SyncerArgs) -> anyhow::Result<ExitCode> {
         watch_bookmarks: args.watch_bookmarks,
         sync_all_configs: args.sync_all_configs,
         listen: args.health_listen,
+        front_door,
     };
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()

@@ -48,6 +48,45 @@ pub fn args(kubeconfig: &str, stages: &Path, port: u16, tls: (&Path, &Path)) -> 
     ]
 }
 
+/// kwok's node-API simulation for every pod it manages: logs from
+/// `logs_file`, exec running the command locally in `exec_dir`, and
+/// port-forward to 127.0.0.1 (`front_door` for port 8443, the vcluster pod's
+/// front-door port; `other` for any other port).
+pub fn node_api_config(
+    logs_file: &Path,
+    exec_dir: &Path,
+    front_door: Option<u16>,
+    other: Option<u16>,
+) -> String {
+    let mut forwards = Vec::new();
+    if let Some(port) = front_door {
+        forwards.push(json!({
+            "ports": [crate::discovery::FRONT_DOOR_PORT],
+            "target": {"address": "127.0.0.1", "port": port},
+        }));
+    }
+    if let Some(port) = other {
+        forwards.push(json!({"target": {"address": "127.0.0.1", "port": port}}));
+    }
+    let meta = |name: &str| json!({"name": name});
+    let api = "kwok.x-k8s.io/v1alpha1";
+    let mut docs = vec![
+        json!({"apiVersion": api, "kind": "ClusterLogs", "metadata": meta("vcluster-logs"),
+            "spec": {"logs": [{"logsFile": logs_file.display().to_string(), "follow": false}]}}),
+        json!({"apiVersion": api, "kind": "ClusterExec", "metadata": meta("vcluster-exec"),
+            "spec": {"execs": [{"local": {"workDir": exec_dir.display().to_string()}}]}}),
+    ];
+    if !forwards.is_empty() {
+        docs.push(json!({"apiVersion": api, "kind": "ClusterPortForward",
+            "metadata": meta("vcluster-port-forward"), "spec": {"forwards": forwards}}));
+    }
+    docs.iter().map(|d| format!("---\n{d}\n")).collect()
+}
+
+/// The container log kwok serves for every pod (CRI log format).
+pub const CONTAINER_LOG: &str =
+    "2026-01-01T00:00:00.000000000Z stdout F hello from the host node agent (kwok)\n";
+
 fn fake_node(i: u32) -> Result<Node, serde_json::Error> {
     let name = node_name(i);
     let capacity = [
@@ -147,6 +186,21 @@ mod tests {
             assert!(d["spec"]["selector"].is_object(), "{d}");
             assert!(!d["spec"]["steps"].as_array().unwrap().is_empty(), "{d}");
         }
+    }
+
+    #[test]
+    fn node_api_config_forwards_the_front_door_port() {
+        let y = node_api_config(Path::new("/l"), Path::new("/w"), Some(1234), Some(99));
+        let docs: Vec<serde_json::Value> = serde_yaml::Deserializer::from_str(&y)
+            .map(|d| serde::Deserialize::deserialize(d).unwrap())
+            .collect();
+        let kinds: Vec<&str> = docs.iter().map(|d| d["kind"].as_str().unwrap()).collect();
+        assert_eq!(kinds, ["ClusterLogs", "ClusterExec", "ClusterPortForward"]);
+        let fwd = &docs[2]["spec"]["forwards"];
+        assert_eq!(fwd[0]["ports"][0], 8443);
+        assert_eq!(fwd[0]["target"]["port"], 1234);
+        assert_eq!(fwd[1]["target"]["port"], 99);
+        assert!(fwd[1].get("ports").is_none());
     }
 
     #[test]

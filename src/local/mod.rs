@@ -28,7 +28,7 @@ use plane::Plane;
 pub use plane::{Ports, Role, VIRTUAL_DISABLED_CONTROLLERS};
 use process::{Process, Tie};
 pub use restart::request_restart;
-pub use state::{ProcessRecord, StackState};
+pub use state::{FrontDoorRecord, ProcessRecord, StackState};
 
 /// The pinned upstream versions, from `e2e/kube/versions.env`.
 pub const VERSIONS_ENV: &str = include_str!("../../e2e/kube/versions.env");
@@ -157,16 +157,7 @@ fn io_err(what: impl Into<String>) -> impl FnOnce(std::io::Error) -> LocalError 
 
 /// Writes a file readable only by its owner (keys, kubeconfigs).
 pub(crate) fn write_private(path: &Path, contents: &str) -> Result<(), LocalError> {
-    use std::io::Write as _;
-    use std::os::unix::fs::OpenOptionsExt as _;
-    let mut f = std::fs::OpenOptions::new()
-        .create(true)
-        .write(true)
-        .truncate(true)
-        .mode(0o600)
-        .open(path)
-        .map_err(io_err(format!("write {}", path.display())))?;
-    f.write_all(contents.as_bytes())
+    crate::kubeconfig::write_private(path, contents)
         .map_err(io_err(format!("write {}", path.display())))
 }
 
@@ -252,6 +243,13 @@ pub struct StackOptions {
     /// Extra arguments for both kube-apiservers (for example
     /// `--watch-cache=false` in fault tests).
     pub apiserver_args: Vec<String>,
+}
+
+/// The syncer's ports in the stack.
+#[derive(Debug, Clone, Copy)]
+struct SyncerPorts {
+    health: u16,
+    front_door: u16,
 }
 
 /// How the stack runs the syncer.
@@ -496,8 +494,9 @@ impl Stack {
             .map_err(io_err(format!("create {}", dir.join("logs").display())))?;
 
         // host: etcd client+peer, apiserver, kcm, scheduler, kwok;
-        // virtual: etcd client+peer, apiserver, kcm; syncer health.
+        // virtual: etcd client+peer, apiserver, kcm; syncer health, front door.
         let p = pick_ports(&[
+            None,
             None,
             None,
             self.opts.host_api_port,
@@ -529,7 +528,13 @@ impl Stack {
         let host = Plane::prepare(Role::Host, host_ports, &dir)?;
         let virt = Plane::prepare(Role::Virtual, virtual_ports, &dir)?;
         let host_kc = dir.join("host.kubeconfig");
-        let virt_kc = dir.join("vcluster.kubeconfig");
+        // With a syncer, `vcluster.kubeconfig` is the front door's (written
+        // once the syncer runs); the direct admin credential is the syncer's.
+        let virt_kc = if self.opts.syncer.is_some() {
+            virt.dir.join("admin.kubeconfig")
+        } else {
+            dir.join("vcluster.kubeconfig")
+        };
         write_private(&host_kc, &host.admin_kubeconfig)?;
         write_private(&virt_kc, &virt.admin_kubeconfig)?;
         self.state.host = state::PlaneRecord::new(&host, &host_kc);
@@ -576,15 +581,33 @@ impl Stack {
         let stages = dir.join("kwok-stages.yaml");
         write_public(&stages, kwok::STAGES)?;
         let (kwok_crt, kwok_key) = host.kwok_tls();
+        let kwok_dir = host.dir.join("kwok");
+        std::fs::create_dir_all(&kwok_dir)
+            .map_err(io_err(format!("create {}", kwok_dir.display())))?;
+        let logs_file = kwok_dir.join("container.log");
+        write_public(&logs_file, kwok::CONTAINER_LOG)?;
+        let node_api = dir.join("kwok-node-api.yaml");
+        let with_syncer = self.opts.syncer.is_some();
+        write_public(
+            &node_api,
+            &kwok::node_api_config(
+                &logs_file,
+                &kwok_dir,
+                with_syncer.then_some(p[11]),
+                with_syncer.then_some(p[10]),
+            ),
+        )?;
+        let mut kwok_args = kwok::args(
+            &host.kwok_kubeconfig(),
+            &stages,
+            kwok_port,
+            (&kwok_crt, &kwok_key),
+        );
+        kwok_args.push(format!("--config={}", node_api.display()));
         self.spawn_with_env(
             "host-kwok",
             "kwok",
-            kwok::args(
-                &host.kwok_kubeconfig(),
-                &stages,
-                kwok_port,
-                (&kwok_crt, &kwok_key),
-            ),
+            kwok_args,
             // kwok also loads $KWOK_WORKDIR/kwok.yaml (default ~/.kwok): keep the user's out.
             &[("KWOK_WORKDIR", host.dir.join("kwok").display().to_string())],
         )?;
@@ -620,7 +643,13 @@ impl Stack {
                 .await?;
         }
         if let Some(spec) = self.opts.syncer.clone() {
-            self.start_syncer(&spec, &host_client, &host_kc, &virt_kc, p[10], deadline)
+            let ports = SyncerPorts {
+                health: p[10],
+                front_door: p[11],
+            };
+            self.start_syncer(&spec, &host_client, &host_kc, &virt_kc, ports, deadline)
+                .await?;
+            self.open_front_door(&spec, &host_client, ports.front_door, deadline)
                 .await?;
         }
         self.state.ready = true;
@@ -639,9 +668,10 @@ impl Stack {
         host_client: &kube::Client,
         host_kc: &Path,
         virt_kc: &Path,
-        port: u16,
+        ports: SyncerPorts,
         deadline: Instant,
     ) -> Result<(), LocalError> {
+        let port = ports.health;
         let ns: k8s_openapi::api::core::v1::Namespace =
             serde_json::from_value(serde_json::json!({"metadata": {"name": spec.host_namespace}}))
                 .map_err(|source| LocalError::State {
@@ -670,6 +700,17 @@ impl Stack {
             format!("--virtual-kubeconfig={}", virt_kc.display()),
             format!("--health-listen=127.0.0.1:{port}"),
         ];
+        let mut args = args;
+        // The virtual plane's client CA, beside its admin kubeconfig.
+        if let Some(pki) = virt_kc.parent().map(|d| d.join("pki")) {
+            let front_door = ports.front_door;
+            args.extend([
+                format!("--client-ca-cert={}", pki.join("ca.crt").display()),
+                format!("--client-ca-key={}", pki.join("ca.key").display()),
+                format!("--front-door-listen=127.0.0.1:{front_door}"),
+                format!("--kubeconfig-server=https://127.0.0.1:{front_door}"),
+            ]);
+        }
         self.spawn_program("syncer", &spec.exe, args, &[])?;
         self.state.syncer_port = Some(port);
         self.state.save()?;
@@ -688,9 +729,9 @@ impl Stack {
         host_client: &kube::Client,
     ) -> Result<(), LocalError> {
         let svc: k8s_openapi::api::core::v1::Service = serde_json::from_value(serde_json::json!({
-            "metadata": {"name": spec.name, "labels": {"app.kubernetes.io/name": "vcluster", "app.kubernetes.io/instance": spec.name}},
-            "spec": {"selector": {"app.kubernetes.io/name": "vcluster", "app.kubernetes.io/instance": spec.name},
-                     "ports": [{"name": "https", "port": 443, "targetPort": 8443, "protocol": "TCP"}]}
+            "metadata": {"name": spec.name, "labels": crate::discovery::labels(&spec.name, "api")},
+            "spec": {"selector": crate::discovery::labels(&spec.name, crate::discovery::COMPONENT_CONTROL_PLANE),
+                     "ports": [{"name": "https", "port": 443, "targetPort": crate::discovery::FRONT_DOOR_PORT, "protocol": "TCP"}]}
         }))
         .map_err(|source| LocalError::State {
             path: "vcluster Service".into(),
@@ -707,6 +748,79 @@ impl Stack {
                 source: Box::new(source),
             }),
         }
+    }
+
+    /// Waits for the front door: its `vc-<name>` Secret becomes the tenant
+    /// kubeconfig `vcluster.kubeconfig`, and a stand-in for the vcluster pod
+    /// (labelled per the discovery contract; KWOK forwards its port 8443 to
+    /// the front door) lets `vcluster list` and `vcluster connect` find it.
+    async fn open_front_door(
+        &mut self,
+        spec: &SyncerSpec,
+        host_client: &kube::Client,
+        port: u16,
+        deadline: Instant,
+    ) -> Result<(), LocalError> {
+        use k8s_openapi::api::core::v1::{Pod, Secret};
+        let secrets: Api<Secret> = Api::namespaced(host_client.clone(), &spec.host_namespace);
+        let name = crate::discovery::kubeconfig_secret(&spec.name);
+        let read = |secrets: Api<Secret>, name: String| async move {
+            secrets
+                .get_opt(&name)
+                .await
+                .ok()
+                .flatten()
+                .and_then(|s| s.data)
+                .and_then(|d| d.get(crate::discovery::KUBECONFIG_KEY).cloned())
+                .and_then(|b| String::from_utf8(b.0).ok())
+        };
+        self.wait_for(&format!("Secret {name} from the syncer"), deadline, || {
+            let (secrets, name) = (secrets.clone(), name.clone());
+            async move {
+                read(secrets, name).await.is_some()
+                    && std::net::TcpStream::connect((Ipv4Addr::LOCALHOST, port)).is_ok()
+            }
+        })
+        .await?;
+        let kubeconfig = read(secrets.clone(), name.clone())
+            .await
+            .unwrap_or_default();
+        let path = self.opts.state_dir.join("vcluster.kubeconfig");
+        write_private(&path, &kubeconfig)?;
+        let pod: Pod = serde_json::from_value(serde_json::json!({
+            "metadata": {
+                "name": format!("{}-0", spec.name),
+                "labels": crate::discovery::labels(&spec.name, crate::discovery::COMPONENT_CONTROL_PLANE),
+            },
+            "spec": {"containers": [{
+                "name": "syncer",
+                "image": "vcluster-dev-stand-in",
+                "ports": [{"containerPort": crate::discovery::FRONT_DOOR_PORT, "name": "https"}],
+            }]},
+        }))
+        .map_err(|source| LocalError::State {
+            path: "control-plane pod".into(),
+            source,
+        })?;
+        match Api::<Pod>::namespaced(host_client.clone(), &spec.host_namespace)
+            .create(&post_params(), &pod)
+            .await
+        {
+            Ok(_) => {}
+            Err(kube::Error::Api(s)) if s.code == 409 => {}
+            Err(source) => {
+                return Err(LocalError::Kube {
+                    what: "create the control-plane stand-in pod".into(),
+                    source: Box::new(source),
+                });
+            }
+        }
+        self.state.front_door = Some(FrontDoorRecord {
+            server: format!("https://127.0.0.1:{port}"),
+            port,
+            kubeconfig: path,
+        });
+        self.state.save()
     }
 
     /// Waits until a child exits unexpectedly (returns its name) or forever.

@@ -63,8 +63,22 @@ pub struct StackState {
     /// The syncer's health port, when the stack runs a syncer.
     #[serde(default)]
     pub syncer_port: Option<u16>,
+    /// The syncer's front door, when the stack runs a syncer.
+    #[serde(default)]
+    pub front_door: Option<FrontDoorRecord>,
     /// Every child process, in start order.
     pub processes: Vec<ProcessRecord>,
+}
+
+/// The front door of the stack's syncer.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct FrontDoorRecord {
+    /// Its URL.
+    pub server: String,
+    /// Its port on 127.0.0.1.
+    pub port: u16,
+    /// The tenant kubeconfig pointing at it (`vcluster.kubeconfig`).
+    pub kubeconfig: PathBuf,
 }
 
 impl StackState {
@@ -80,6 +94,7 @@ impl StackState {
             vcluster: PlaneRecord::default(),
             kwok_port: None,
             syncer_port: None,
+            front_door: None,
             processes: Vec::new(),
         }
     }
@@ -100,6 +115,7 @@ impl StackState {
         }
         out.extend(self.kwok_port);
         out.extend(self.syncer_port);
+        out.extend(self.front_door.as_ref().map(|f| f.port));
         out
     }
 

@@ -1,0 +1,184 @@
+//! Authentication of front-door requests: a client certificate signed by the
+//! virtual cluster's client CA (verified during the TLS handshake, read here),
+//! or a bearer token checked with a TokenReview against the virtual API.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use k8s_openapi::api::authentication::v1::{TokenReview, TokenReviewSpec};
+use kube::api::{Api, PostParams};
+
+/// How long a TokenReview answer is reused.
+const TOKEN_CACHE_TTL: Duration = Duration::from_secs(10);
+/// How long a rejected token stays rejected without asking again.
+const TOKEN_NEGATIVE_TTL: Duration = Duration::from_secs(2);
+/// Entries kept before the cache is swept.
+const TOKEN_CACHE_MAX: usize = 4096;
+
+/// The authenticated caller, as the virtual API will see it (impersonated).
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct Identity {
+    /// User name.
+    pub user: String,
+    /// User uid, when the authenticator gives one.
+    pub uid: Option<String>,
+    /// Groups.
+    pub groups: Vec<String>,
+    /// Extra attributes.
+    pub extra: BTreeMap<String, Vec<String>>,
+}
+
+/// The identity in a verified client certificate: the CN is the user, each O
+/// a group (as kube-apiserver reads it). `None` when the certificate cannot be
+/// parsed or has no CN.
+pub fn from_client_cert(der: &[u8]) -> Option<Identity> {
+    use x509_parser::prelude::*;
+    let (_, cert) = X509Certificate::from_der(der).ok()?;
+    let subject = cert.subject();
+    let user = subject.iter_common_name().next()?.as_str().ok()?.to_owned();
+    if user.is_empty() {
+        return None;
+    }
+    let groups = subject
+        .iter_organization()
+        .filter_map(|o| o.as_str().ok().map(str::to_owned))
+        .collect();
+    Some(Identity {
+        user,
+        uid: None,
+        groups,
+        extra: BTreeMap::new(),
+    })
+}
+
+/// The bearer token of an `Authorization` header value, if it is one.
+pub fn bearer(header: &str) -> Option<&str> {
+    let (scheme, token) = header.split_once(' ')?;
+    let token = token.trim();
+    (scheme.eq_ignore_ascii_case("bearer") && !token.is_empty()).then_some(token)
+}
+
+/// A cached answer: when it expires, and the identity (`None`: rejected).
+type CacheEntry = (Instant, Option<Identity>);
+
+/// Checks bearer tokens with TokenReviews against the virtual API and keeps
+/// the answers briefly.
+#[derive(Debug)]
+pub struct TokenAuthenticator {
+    api: Api<TokenReview>,
+    cache: Mutex<HashMap<[u8; 32], CacheEntry>>,
+}
+
+/// A TokenReview that could not be made (the virtual API is unreachable).
+#[derive(Debug, thiserror::Error)]
+#[error("token review failed: {0}")]
+pub struct ReviewError(#[source] Box<kube::Error>);
+
+impl TokenAuthenticator {
+    /// An authenticator asking the virtual API through `client`.
+    pub fn new(client: kube::Client) -> Self {
+        Self {
+            api: Api::all(client),
+            cache: Mutex::new(HashMap::new()),
+        }
+    }
+
+    fn key(token: &str) -> [u8; 32] {
+        let d = ring::digest::digest(&ring::digest::SHA256, token.as_bytes());
+        let mut k = [0u8; 32];
+        k.copy_from_slice(d.as_ref());
+        k
+    }
+
+    fn cached(&self, key: &[u8; 32]) -> Option<Option<Identity>> {
+        let cache = self.cache.lock().unwrap_or_else(|e| e.into_inner());
+        let (expires, id) = cache.get(key)?;
+        (Instant::now() < *expires).then(|| id.clone())
+    }
+
+    fn remember(&self, key: [u8; 32], id: Option<Identity>) {
+        let ttl = if id.is_some() {
+            TOKEN_CACHE_TTL
+        } else {
+            TOKEN_NEGATIVE_TTL
+        };
+        let now = Instant::now();
+        let mut cache = self.cache.lock().unwrap_or_else(|e| e.into_inner());
+        if cache.len() >= TOKEN_CACHE_MAX {
+            cache.retain(|_, (expires, _)| *expires > now);
+            if cache.len() >= TOKEN_CACHE_MAX {
+                cache.clear();
+            }
+        }
+        cache.insert(key, (now + ttl, id));
+    }
+
+    /// The identity of `token`, or `None` when the virtual API rejects it.
+    pub async fn authenticate(&self, token: &str) -> Result<Option<Identity>, ReviewError> {
+        let key = Self::key(token);
+        if let Some(hit) = self.cached(&key) {
+            return Ok(hit);
+        }
+        let review = TokenReview {
+            spec: TokenReviewSpec {
+                token: token.to_owned(),
+                audiences: None,
+            },
+            ..TokenReview::default()
+        };
+        let answer = self
+            .api
+            .create(&PostParams::default(), &review)
+            .await
+            .map_err(|e| ReviewError(Box::new(e)))?;
+        let id = answer
+            .status
+            .filter(|s| s.authenticated == Some(true))
+            .and_then(|s| s.user)
+            .and_then(|u| {
+                Some(Identity {
+                    user: u.username.filter(|n| !n.is_empty())?,
+                    uid: u.uid.filter(|n| !n.is_empty()),
+                    groups: u.groups.unwrap_or_default(),
+                    extra: u.extra.unwrap_or_default(),
+                })
+            });
+        self.remember(key, id.clone());
+        Ok(id)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::pki::{Ca, CertSpec};
+
+    #[test]
+    fn client_certificate_names_user_and_group() {
+        let ca = Ca::generate("ca", Duration::from_secs(3600)).unwrap();
+        let leaf = ca
+            .issue(&CertSpec::client(
+                "alice",
+                Some("team-a"),
+                Duration::from_secs(3600),
+            ))
+            .unwrap();
+        use rustls_pki_types::pem::PemObject as _;
+        let der =
+            rustls_pki_types::CertificateDer::from_pem_slice(leaf.cert_pem.as_bytes()).unwrap();
+        let id = from_client_cert(&der).unwrap();
+        assert_eq!(id.user, "alice");
+        assert_eq!(id.groups, ["team-a"]);
+        assert!(from_client_cert(b"garbage").is_none());
+    }
+
+    #[test]
+    fn only_bearer_authorization_is_a_token() {
+        assert_eq!(bearer("Bearer abc.def"), Some("abc.def"));
+        assert_eq!(bearer("bearer  tok "), Some("tok"));
+        assert_eq!(bearer("Basic dXNlcjpwdw=="), None);
+        assert_eq!(bearer("Bearer "), None);
+        assert_eq!(bearer("Bearer"), None);
+    }
+}

@@ -1,0 +1,319 @@
+//! Sending a tenant's request on to an API server (the virtual one, or the
+//! host for redirected pod subresources) with the syncer's own credential:
+//! the response body streams (watches are not buffered) and a `101 Switching
+//! Protocols` answer splices the two upgraded connections (SPDY, WebSocket).
+
+use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use http::{Request, Response, StatusCode};
+use http_body_util::{BodyExt as _, Full, Limited};
+use hyper::body::Bytes;
+use hyper::body::Incoming;
+use hyper_util::rt::TokioIo;
+
+use super::authn::Identity;
+
+/// The body of every front-door response.
+pub type ProxyBody =
+    http_body_util::combinators::UnsyncBoxBody<Bytes, Box<dyn std::error::Error + Send + Sync>>;
+
+/// The largest request body accepted (kube-apiserver itself stops at 3 MiB
+/// for most objects).
+const MAX_REQUEST_BODY: usize = 32 << 20;
+
+/// Headers that describe one hop and are never passed on (an upgrade's
+/// `Connection`/`Upgrade` pair is re-added when the request asks for one).
+const HOP_BY_HOP: &[&str] = &[
+    "connection",
+    "keep-alive",
+    "proxy-connection",
+    "proxy-authenticate",
+    "proxy-authorization",
+    "te",
+    "trailer",
+    "transfer-encoding",
+    "upgrade",
+    "host",
+    "content-length",
+];
+
+/// True for headers a client must not be able to pass through: credentials
+/// and identity assertions.
+fn is_identity_header(name: &str) -> bool {
+    name == "authorization"
+        || name.starts_with("impersonate-")
+        || name.starts_with("x-remote-")
+        || name == "cookie"
+}
+
+/// A response with a body.
+pub fn full(status: StatusCode, content_type: &str, body: impl Into<Bytes>) -> Response<ProxyBody> {
+    let mut resp = Response::new(
+        Full::new(body.into())
+            .map_err(|never| match never {})
+            .boxed_unsync(),
+    );
+    *resp.status_mut() = status;
+    if let Ok(v) = HeaderValue::from_str(content_type) {
+        resp.headers_mut().insert(header::CONTENT_TYPE, v);
+    }
+    resp
+}
+
+/// A `metav1.Status` failure as kube-apiserver writes it.
+pub fn status(code: StatusCode, reason: &str, message: &str) -> Response<ProxyBody> {
+    let body = serde_json::json!({
+        "kind": "Status",
+        "apiVersion": "v1",
+        "metadata": {},
+        "status": "Failure",
+        "message": message,
+        "reason": reason,
+        "code": code.as_u16(),
+    });
+    full(code, "application/json", body.to_string())
+}
+
+/// The 401 kube-apiserver answers to a request it cannot authenticate.
+pub fn unauthorized() -> Response<ProxyBody> {
+    status(StatusCode::UNAUTHORIZED, "Unauthorized", "Unauthorized")
+}
+
+fn wants_upgrade(headers: &HeaderMap) -> bool {
+    headers.contains_key(header::UPGRADE)
+        && headers
+            .get_all(header::CONNECTION)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split(','))
+            .any(|t| t.trim().eq_ignore_ascii_case("upgrade"))
+}
+
+/// Percent-encodes an extra key for an `Impersonate-Extra-` header name, as
+/// kube-apiserver decodes it.
+fn encode_extra_key(key: &str) -> String {
+    const KEEP: &percent_encoding::AsciiSet = &percent_encoding::NON_ALPHANUMERIC
+        .remove(b'-')
+        .remove(b'_')
+        .remove(b'.');
+    percent_encoding::utf8_percent_encode(key, KEEP).to_string()
+}
+
+/// The impersonation headers for `id`.
+pub fn impersonation_headers(id: &Identity) -> Vec<(HeaderName, HeaderValue)> {
+    let mut out = Vec::new();
+    let mut push = |name: String, value: &str| {
+        if let (Ok(n), Ok(v)) = (
+            HeaderName::from_bytes(name.as_bytes()),
+            HeaderValue::from_str(value),
+        ) {
+            out.push((n, v));
+        }
+    };
+    push("impersonate-user".into(), &id.user);
+    if let Some(uid) = &id.uid {
+        push("impersonate-uid".into(), uid);
+    }
+    for g in &id.groups {
+        push("impersonate-group".into(), g);
+    }
+    for (k, values) in &id.extra {
+        let name = format!("impersonate-extra-{}", encode_extra_key(k));
+        for v in values {
+            push(name.clone(), v);
+        }
+    }
+    out
+}
+
+/// Where and how a request goes on.
+pub struct Upstream<'a> {
+    /// The client holding the syncer's credential for that API.
+    pub client: &'a kube::Client,
+    /// Path and query on that API.
+    pub path_and_query: String,
+    /// Headers to add (impersonation); empty for the host.
+    pub extra_headers: Vec<(HeaderName, HeaderValue)>,
+    /// Which API, for logs and errors.
+    pub which: &'static str,
+}
+
+impl std::fmt::Debug for Upstream<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Upstream")
+            .field("path_and_query", &self.path_and_query)
+            .field("which", &self.which)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Sends `req` upstream and returns the answer to give the tenant.
+pub async fn forward(mut req: Request<Incoming>, up: Upstream<'_>) -> Response<ProxyBody> {
+    let upgrade = wants_upgrade(req.headers());
+    let client_upgrade = upgrade.then(|| hyper::upgrade::on(&mut req));
+    let (parts, body) = req.into_parts();
+    let body = match Limited::new(body, MAX_REQUEST_BODY).collect().await {
+        Ok(b) => b.to_bytes(),
+        Err(e) => {
+            return status(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "RequestEntityTooLarge",
+                &format!("cannot read the request body: {e}"),
+            );
+        }
+    };
+    let mut out = Request::builder()
+        .method(parts.method.clone())
+        .uri(up.path_and_query.as_str());
+    let Some(headers) = out.headers_mut() else {
+        return status(
+            StatusCode::BAD_REQUEST,
+            "BadRequest",
+            &format!("invalid request path {:?}", up.path_and_query),
+        );
+    };
+    for (name, value) in &parts.headers {
+        let n = name.as_str();
+        if HOP_BY_HOP.contains(&n) || is_identity_header(n) {
+            continue;
+        }
+        headers.append(name.clone(), value.clone());
+    }
+    if upgrade {
+        headers.insert(header::CONNECTION, HeaderValue::from_static("Upgrade"));
+        if let Some(u) = parts.headers.get(header::UPGRADE) {
+            headers.insert(header::UPGRADE, u.clone());
+        }
+    }
+    for (n, v) in up.extra_headers {
+        headers.append(n, v);
+    }
+    let out = match out.body(kube::client::Body::from(body.to_vec())) {
+        Ok(r) => r,
+        Err(e) => {
+            return status(
+                StatusCode::BAD_REQUEST,
+                "BadRequest",
+                &format!("invalid request: {e}"),
+            );
+        }
+    };
+    let mut resp = match up.client.send(out).await {
+        Ok(r) => r,
+        Err(e) => {
+            tracing::warn!(api = up.which, error = %e, "upstream request failed");
+            return status(
+                StatusCode::BAD_GATEWAY,
+                "ServiceUnavailable",
+                &format!("error trying to reach the {} API: {e}", up.which),
+            );
+        }
+    };
+    if resp.status() == StatusCode::SWITCHING_PROTOCOLS {
+        let Some(client_upgrade) = client_upgrade else {
+            return status(
+                StatusCode::BAD_GATEWAY,
+                "InternalError",
+                "upstream switched protocols without being asked to",
+            );
+        };
+        let upstream_upgrade = hyper::upgrade::on(&mut resp);
+        let which = up.which;
+        tokio::spawn(async move {
+            match tokio::try_join!(client_upgrade, upstream_upgrade) {
+                Ok((c, u)) => {
+                    let (mut c, mut u) = (TokioIo::new(c), TokioIo::new(u));
+                    if let Err(e) = tokio::io::copy_bidirectional(&mut c, &mut u).await {
+                        tracing::debug!(api = which, error = %e, "upgraded stream ended");
+                    }
+                }
+                Err(e) => tracing::warn!(api = which, error = %e, "protocol upgrade failed"),
+            }
+        });
+        let (rparts, _) = resp.into_parts();
+        let mut back = Response::new(
+            http_body_util::Empty::new()
+                .map_err(|n| match n {})
+                .boxed_unsync(),
+        );
+        *back.status_mut() = rparts.status;
+        // The 101's Connection/Upgrade headers are what the client needs.
+        *back.headers_mut() = rparts.headers;
+        return back;
+    }
+    let (rparts, rbody) = resp.into_parts();
+    let mut back = Response::new(rbody.map_err(Into::into).boxed_unsync());
+    *back.status_mut() = rparts.status;
+    for (name, value) in &rparts.headers {
+        let n = name.as_str();
+        if HOP_BY_HOP.contains(&n) && n != "content-length" {
+            continue;
+        }
+        back.headers_mut().append(name.clone(), value.clone());
+    }
+    back
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn impersonation_carries_user_uid_groups_and_encoded_extras() {
+        let id = Identity {
+            user: "system:serviceaccount:a:b".into(),
+            uid: Some("u-1".into()),
+            groups: vec!["system:serviceaccounts".into(), "team".into()],
+            extra: BTreeMap::from([(
+                "authentication.kubernetes.io/pod-name".into(),
+                vec!["web-1".into()],
+            )]),
+        };
+        let h: Vec<(String, String)> = impersonation_headers(&id)
+            .into_iter()
+            .map(|(n, v)| (n.to_string(), v.to_str().unwrap().to_owned()))
+            .collect();
+        assert_eq!(
+            h,
+            [
+                ("impersonate-user", "system:serviceaccount:a:b"),
+                ("impersonate-uid", "u-1"),
+                ("impersonate-group", "system:serviceaccounts"),
+                ("impersonate-group", "team"),
+                (
+                    "impersonate-extra-authentication.kubernetes.io%2fpod-name",
+                    "web-1"
+                ),
+            ]
+            .map(|(a, b)| (a.to_owned(), b.to_owned()))
+        );
+    }
+
+    #[test]
+    fn client_identity_headers_are_never_passed_on() {
+        for h in [
+            "authorization",
+            "impersonate-user",
+            "impersonate-group",
+            "impersonate-extra-scopes",
+            "x-remote-user",
+        ] {
+            assert!(is_identity_header(h), "{h}");
+        }
+        assert!(!is_identity_header("accept"));
+    }
+
+    #[test]
+    fn upgrade_requests_are_recognised() {
+        let mut h = HeaderMap::new();
+        h.insert(
+            header::CONNECTION,
+            HeaderValue::from_static("keep-alive, Upgrade"),
+        );
+        h.insert(header::UPGRADE, HeaderValue::from_static("SPDY/3.1"));
+        assert!(wants_upgrade(&h));
+        h.remove(header::UPGRADE);
+        assert!(!wants_upgrade(&h));
+    }
+
+    use std::collections::BTreeMap;
+}
