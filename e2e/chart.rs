@@ -35,8 +35,43 @@ const HOST_NS: &str = "team-chart";
 
 struct Env {
     stack: DevStack,
-    /// The syncer running as the chart's ServiceAccount (started by a test).
-    syncer: Mutex<Option<SyncerProcess>>,
+    /// The syncer running as the chart's ServiceAccount (started by a test),
+    /// and the kubeconfig of its front door.
+    syncer: Mutex<Option<(SyncerProcess, PathBuf)>>,
+}
+
+/// Starts the syncer of `RELEASE` with host credential `host_kc` and its
+/// front door on a free loopback port; returns it with the front door's
+/// kubeconfig (from the `vc-<release>` Secret it writes).
+async fn start_syncer(env: &Env, host_kc: &Path) -> (SyncerProcess, PathBuf) {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let pki = env.stack.dir.path().join("vcluster/pki");
+    let args = [
+        format!("--client-ca-cert={}", pki.join("ca.crt").display()),
+        format!("--client-ca-key={}", pki.join("ca.key").display()),
+        format!("--front-door-listen=127.0.0.1:{port}"),
+        format!("--kubeconfig-server=https://127.0.0.1:{port}"),
+    ];
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let syncer = SyncerProcess::start_as(&env.stack, RELEASE, HOST_NS, host_kc, &args);
+    let secrets: Api<Secret> = Api::namespaced(client(&env.stack.host_kubeconfig()).await, HOST_NS);
+    let kc = eventually("the vc-my-vc kubeconfig Secret", T, || async {
+        let s = secrets
+            .get_opt(&format!("vc-{RELEASE}"))
+            .await
+            .map_err(|e| e.to_string())?;
+        s.and_then(|s| s.data)
+            .and_then(|d| d.get("config").cloned())
+            .ok_or_else(|| "absent".to_owned())
+    })
+    .await;
+    let path = env.stack.dir.path().join("front-door.kubeconfig");
+    std::fs::write(&path, kc.0).unwrap();
+    (syncer, path)
 }
 
 fn helm_bin() -> PathBuf {
@@ -350,9 +385,9 @@ fn the_role_suffices_for_the_syncer(env: &Env) {
             !out.status.success(),
             "the chart's ServiceAccount reads another namespace"
         );
-        let syncer = SyncerProcess::start_as(&env.stack, RELEASE, HOST_NS, &kc, &[]);
+        let (syncer, front_door) = start_syncer(env, &kc).await;
         let log = syncer.log.clone();
-        *env.syncer.lock().unwrap() = Some(syncer);
+        *env.syncer.lock().unwrap() = Some((syncer, front_door));
 
         // The syncer-core smoke, plus Services, Endpoints and Ingresses.
         let v = client(&env.stack.vcluster_kubeconfig()).await;
@@ -490,14 +525,34 @@ fn the_role_suffices_for_the_syncer(env: &Env) {
 
 fn crd_heavy_charts_install_inside(env: &Env) {
     block_on(async {
-        let vk = env.stack.vcluster_kubeconfig();
-        {
-            // Run on its own, it needs a syncer of its own.
-            let mut s = env.syncer.lock().unwrap();
-            if s.is_none() {
-                *s = Some(SyncerProcess::start(&env.stack, RELEASE, HOST_NS));
+        // Through the front door (run on its own, it starts a syncer of its own).
+        let running = env
+            .syncer
+            .lock()
+            .unwrap()
+            .as_ref()
+            .map(|(_, kc)| kc.clone());
+        let vk = match running {
+            Some(kc) => kc,
+            None => {
+                let started = start_syncer(env, &env.stack.host_kubeconfig()).await;
+                let kc = started.1.clone();
+                *env.syncer.lock().unwrap() = Some(started);
+                kc
             }
-        }
+        };
+        let whoami = kubectl_ok(
+            &vk,
+            &[
+                "config",
+                "view",
+                "--minify",
+                "-o",
+                "jsonpath={.clusters[0].cluster.server}",
+            ],
+            None,
+        );
+        assert!(whoami.starts_with("https://127.0.0.1:"), "{whoami}");
         helm_ok(
             Some(&vk),
             &[
@@ -655,6 +710,75 @@ spec:
     });
 }
 
+fn uninstall_and_delete_leave_nothing(env: &Env) {
+    let hk = env.stack.host_kubeconfig();
+    // The release's pod goes with `helm uninstall`: so does the syncer.
+    if let Some((mut s, _)) = env.syncer.lock().unwrap().take() {
+        s.kill();
+    }
+    helm_ok(Some(&hk), &["uninstall", RELEASE, "-n", HOST_NS, "--wait"]);
+    let out = vcluster(&[
+        "delete",
+        RELEASE,
+        "-n",
+        HOST_NS,
+        "--kubeconfig",
+        hk.to_str().unwrap(),
+    ]);
+    let (stdout, stderr) = text(&out);
+    assert!(out.status.success(), "{stdout}{stderr}");
+    let kinds = "all,configmaps,secrets,serviceaccounts,roles,rolebindings,endpoints,endpointslices,ingresses,persistentvolumeclaims,networkpolicies,resourcequotas,limitranges";
+    for label in [
+        format!("vcluster.dev/instance={RELEASE}"),
+        format!("vcluster.dev/owner={RELEASE}"),
+    ] {
+        eventually_sync(&format!("nothing labelled {label}"), T, || {
+            let out = kubectl_ok(
+                &hk,
+                &["get", kinds, "-n", HOST_NS, "-l", &label, "-o", "name"],
+                None,
+            );
+            if out.trim().is_empty() {
+                Ok(())
+            } else {
+                Err(out)
+            }
+        });
+    }
+    let out = kubectl_ok(
+        &hk,
+        &["get", "clusterroles,clusterrolebindings", "-o", "name"],
+        None,
+    );
+    assert!(!out.contains(&format!("vc-{RELEASE}-")), "{out}");
+    let out = kubectl_ok(
+        &hk,
+        &[
+            "get",
+            "secrets",
+            "-n",
+            HOST_NS,
+            "-l",
+            "owner=helm",
+            "-o",
+            "name",
+        ],
+        None,
+    );
+    assert!(out.trim().is_empty(), "{out}");
+    // Deleting it again is a clear mistake.
+    let out = vcluster(&[
+        "delete",
+        RELEASE,
+        "-n",
+        HOST_NS,
+        "--kubeconfig",
+        hk.to_str().unwrap(),
+    ]);
+    assert!(!out.status.success());
+    assert_eq!(text(&out).1.trim().lines().count(), 1, "{:?}", text(&out));
+}
+
 type Test = (&'static str, fn(&Env));
 
 const TESTS: &[Test] = &[
@@ -686,10 +810,16 @@ const ORDERED: &[Test] = &[
     ),
 ];
 
+/// Last: removes what the others use.
+const LAST: &[Test] = &[(
+    "uninstall_and_delete_leave_nothing",
+    uninstall_and_delete_leave_nothing,
+)];
+
 fn main() {
     let args = Arguments::from_args();
     if args.list {
-        let names = TESTS.iter().chain(ORDERED).map(|(n, _)| *n);
+        let names = TESTS.iter().chain(ORDERED).chain(LAST).map(|(n, _)| *n);
         libtest_mimic::run(&args, names.map(|n| Trial::test(n, || Ok(()))).collect()).exit();
     }
     if let Err(e) = vcluster::local::check_binaries(&vcluster::local::default_bin_dir()) {
@@ -717,11 +847,17 @@ fn main() {
     ordered.test_threads = Some(1);
     let first = libtest_mimic::run(&ordered, trials(ORDERED));
     let second = libtest_mimic::run(&args, trials(TESTS));
-    let passed = first.num_passed + second.num_passed;
-    let failed = first.num_failed + second.num_failed;
+    let third = libtest_mimic::run(&ordered, trials(LAST));
+    let passed = first.num_passed + second.num_passed + third.num_passed;
+    let failed = first.num_failed + second.num_failed + third.num_failed;
     println!("e2e: {passed} passed, {failed} failed");
     if failed > 0 {
-        let log = env.syncer.lock().unwrap().as_ref().map(|s| s.log.clone());
+        let log = env
+            .syncer
+            .lock()
+            .unwrap()
+            .as_ref()
+            .map(|(s, _)| s.log.clone());
         if let Some(log) = log {
             eprintln!(
                 "--- syncer log tail\n{}",
