@@ -21,11 +21,11 @@ use std::time::Duration;
 use common::*;
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::authentication::v1::TokenRequest;
-use k8s_openapi::api::core::v1::{ConfigMap, Namespace, Pod, Secret, Service, ServiceAccount};
+use k8s_openapi::api::core::v1::{ConfigMap, Pod, Secret, Service, ServiceAccount};
 use k8s_openapi::api::networking::v1::Ingress;
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 use kube::api::{Api, ListParams, PostParams};
-use libtest_mimic::{Arguments, Trial};
+use libtest_mimic::Arguments;
 use serde_json::{Value, json};
 use vcluster::translate::{VclusterName, host_name};
 
@@ -393,59 +393,39 @@ fn the_role_suffices_for_the_syncer(env: &Env) {
         let v = client(&env.stack.vcluster_kubeconfig()).await;
         let h = client(&env.stack.host_kubeconfig()).await;
         let ns = "smoke";
-        Api::<Namespace>::all(v.clone())
-            .create(
-                &PostParams::default(),
-                &serde_json::from_value(json!({"metadata": {"name": ns}})).unwrap(),
-            )
-            .await
-            .unwrap();
-        let post = PostParams::default();
-        Api::<ConfigMap>::namespaced(v.clone(), ns)
-            .create(
-                &post,
-                &serde_json::from_value(
-                    json!({"metadata": {"name": "settings"}, "data": {"colour": "blue"}}),
-                )
-                .unwrap(),
-            )
-            .await
-            .unwrap();
-        Api::<Secret>::namespaced(v.clone(), ns)
-            .create(
-                &post,
-                &serde_json::from_value(
-                    json!({"metadata": {"name": "web-tls"}, "type": "kubernetes.io/tls",
+        namespace(&v, ns).await;
+        create(
+            &Api::<ConfigMap>::namespaced(v.clone(), ns),
+            json!({"metadata": {"name": "settings"}, "data": {"colour": "blue"}}),
+        )
+        .await;
+        create(
+            &Api::<Secret>::namespaced(v.clone(), ns),
+            json!({"metadata": {"name": "web-tls"}, "type": "kubernetes.io/tls",
                 "data": {"tls.crt": "Y2VydA==", "tls.key": "a2V5"}}),
-                )
-                .unwrap(),
-            )
-            .await
-            .unwrap();
-        Api::<Deployment>::namespaced(v.clone(), ns)
-            .create(&post, &serde_json::from_value(json!({
-                "metadata": {"name": "web"},
+        )
+        .await;
+        create(
+            &Api::<Deployment>::namespaced(v.clone(), ns),
+            json!({"metadata": {"name": "web"},
                 "spec": {"replicas": 2, "selector": {"matchLabels": {"app": "web"}},
                   "template": {"metadata": {"labels": {"app": "web"}}, "spec": {"containers": [{"name": "web", "image": "nginx",
-                    "envFrom": [{"configMapRef": {"name": "settings"}}]}]}}}})).unwrap())
-            .await
-            .unwrap();
-        Api::<Service>::namespaced(v.clone(), ns)
-            .create(
-                &post,
-                &serde_json::from_value(json!({"metadata": {"name": "web"},
-                "spec": {"selector": {"app": "web"}, "ports": [{"port": 80}]}}))
-                .unwrap(),
-            )
-            .await
-            .unwrap();
-        Api::<Ingress>::namespaced(v.clone(), ns)
-            .create(&post, &serde_json::from_value(json!({"metadata": {"name": "web"},
+                    "envFrom": [{"configMapRef": {"name": "settings"}}]}]}}}}),
+        )
+        .await;
+        create(
+            &Api::<Service>::namespaced(v.clone(), ns),
+            json!({"metadata": {"name": "web"}, "spec": {"selector": {"app": "web"}, "ports": [{"port": 80}]}}),
+        )
+        .await;
+        create(
+            &Api::<Ingress>::namespaced(v.clone(), ns),
+            json!({"metadata": {"name": "web"},
                 "spec": {"tls": [{"hosts": ["web.example.com"], "secretName": "web-tls"}],
                   "rules": [{"host": "web.example.com", "http": {"paths": [{"path": "/", "pathType": "Prefix",
-                    "backend": {"service": {"name": "web", "port": {"number": 80}}}}]}}]}})).unwrap())
-            .await
-            .unwrap();
+                    "backend": {"service": {"name": "web", "port": {"number": 80}}}}]}}]}}),
+        )
+        .await;
         let vpods: Api<Pod> = Api::namespaced(v.clone(), ns);
         eventually("2 web pods Running in the virtual cluster", T, || async {
             let l = vpods
@@ -779,9 +759,7 @@ fn uninstall_and_delete_leave_nothing(env: &Env) {
     assert_eq!(text(&out).1.trim().lines().count(), 1, "{:?}", text(&out));
 }
 
-type Test = (&'static str, fn(&Env));
-
-const TESTS: &[Test] = &[
+const TESTS: &[Test<Env>] = &[
     ("helm_lint_passes", helm_lint_passes),
     (
         "k3s_configuration_matches_its_source_of_truth",
@@ -802,7 +780,7 @@ const TESTS: &[Test] = &[
 ];
 
 /// Run one after the other: the install comes before the syncer that uses it.
-const ORDERED: &[Test] = &[
+const ORDERED: &[Test<Env>] = &[
     ("install_creates_every_object", install_creates_every_object),
     (
         "the_role_suffices_for_the_syncer",
@@ -811,46 +789,24 @@ const ORDERED: &[Test] = &[
 ];
 
 /// Last: removes what the others use.
-const LAST: &[Test] = &[(
+const LAST: &[Test<Env>] = &[(
     "uninstall_and_delete_leave_nothing",
     uninstall_and_delete_leave_nothing,
 )];
 
 fn main() {
     let args = Arguments::from_args();
-    if args.list {
-        let names = TESTS.iter().chain(ORDERED).chain(LAST).map(|(n, _)| *n);
-        libtest_mimic::run(&args, names.map(|n| Trial::test(n, || Ok(()))).collect()).exit();
-    }
-    if let Err(e) = vcluster::local::check_binaries(&vcluster::local::default_bin_dir()) {
-        eprintln!("e2e: {e}");
-        std::process::exit(1);
-    }
-    let stack = DevStack::up(&["--no-syncer", "--nodes", "2"]);
+    list_or_check(&args, &[TESTS, ORDERED, LAST]);
     let env = Arc::new(Env {
-        stack,
+        stack: DevStack::up(&["--no-syncer", "--nodes", "2"]),
         syncer: Mutex::new(None),
     });
-    let trials = |tests: &[Test]| -> Vec<Trial> {
-        tests
-            .iter()
-            .map(|(name, f)| {
-                let (env, f) = (Arc::clone(&env), *f);
-                Trial::test(*name, move || {
-                    f(&env);
-                    Ok(())
-                })
-            })
-            .collect()
-    };
-    let mut ordered = args.clone();
-    ordered.test_threads = Some(1);
-    let first = libtest_mimic::run(&ordered, trials(ORDERED));
-    let second = libtest_mimic::run(&args, trials(TESTS));
-    let third = libtest_mimic::run(&ordered, trials(LAST));
-    let passed = first.num_passed + second.num_passed + third.num_passed;
-    let failed = first.num_failed + second.num_failed + third.num_failed;
-    println!("e2e: {passed} passed, {failed} failed");
+    // The install comes before the syncer that uses it; the uninstall last.
+    let failed = run_groups(
+        &args,
+        &env,
+        &[(ORDERED, Some(1)), (TESTS, None), (LAST, Some(1))],
+    );
     if failed > 0 {
         let log = env
             .syncer

@@ -24,13 +24,13 @@ use std::time::Duration;
 
 use common::*;
 use k8s_openapi::api::apps::v1::Deployment;
-use k8s_openapi::api::core::v1::{Endpoints, Namespace, Pod, Secret, Service};
+use k8s_openapi::api::core::v1::{Endpoints, Pod, Secret, Service};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use k8s_openapi::api::events::v1::Event;
 use k8s_openapi::api::networking::v1::Ingress;
 use kube::api::{Api, DeleteParams, DynamicObject, ListParams, Patch, PatchParams, PostParams};
 use kube::core::{ApiResource, GroupVersionKind};
-use libtest_mimic::{Arguments, Trial};
+use libtest_mimic::Arguments;
 use serde_json::json;
 use vcluster::translate::{VclusterName, host_name};
 
@@ -49,27 +49,8 @@ fn hn(ns: &str, name: &str) -> String {
     host_name(&VclusterName::new(VC).unwrap(), ns, name)
 }
 
-async fn clients(env: &Env) -> (kube::Client, kube::Client) {
-    (
-        client(&env.stack.vcluster_kubeconfig()).await,
-        client(&env.stack.host_kubeconfig()).await,
-    )
-}
-
-async fn create<K>(api: &Api<K>, v: serde_json::Value) -> K
-where
-    K: kube::Resource + Clone + serde::de::DeserializeOwned + serde::Serialize + std::fmt::Debug,
-{
-    let obj: K = serde_json::from_value(v).unwrap();
-    api.create(&PostParams::default(), &obj).await.unwrap()
-}
-
-async fn namespace(c: &kube::Client, name: &str) {
-    create(
-        &Api::<Namespace>::all(c.clone()),
-        json!({"metadata": {"name": name}}),
-    )
-    .await;
+async fn clients_of(env: &Env) -> (kube::Client, kube::Client) {
+    clients(&env.stack).await
 }
 
 /// Waits for `name` to exist in `api` and returns it.
@@ -213,7 +194,7 @@ async fn pod_ips(c: &kube::Client, ns: &str, app: &str, n: usize) -> BTreeSet<St
 
 fn cluster_ip_and_node_port_parity(env: &Env) {
     block_on(async {
-        let (v, h) = clients(env).await;
+        let (v, h) = clients_of(env).await;
         let ns = "parity";
         namespace(&v, ns).await;
         let vapi: Api<Service> = Api::namespaced(v.clone(), ns);
@@ -286,7 +267,7 @@ fn cluster_ip_and_node_port_parity(env: &Env) {
 
 fn services_select_only_their_own_namespace(env: &Env) {
     block_on(async {
-        let (v, h) = clients(env).await;
+        let (v, h) = clients_of(env).await;
         for ns in ["sel-a", "sel-b"] {
             namespace(&v, ns).await;
             create(
@@ -340,7 +321,7 @@ fn services_select_only_their_own_namespace(env: &Env) {
 
 fn headless_selector_less_and_external_name_services(env: &Env) {
     block_on(async {
-        let (v, h) = clients(env).await;
+        let (v, h) = clients_of(env).await;
         let ns = "kinds";
         namespace(&v, ns).await;
         let vapi: Api<Service> = Api::namespaced(v.clone(), ns);
@@ -461,7 +442,7 @@ fn headless_selector_less_and_external_name_services(env: &Env) {
 
 fn load_balancer_and_ingress_status_come_up(env: &Env) {
     block_on(async {
-        let (v, h) = clients(env).await;
+        let (v, h) = clients_of(env).await;
         let ns = "shop";
         namespace(&v, ns).await;
         let vapi: Api<Service> = Api::namespaced(v.clone(), ns);
@@ -549,7 +530,7 @@ fn load_balancer_and_ingress_status_come_up(env: &Env) {
 
 fn denied_ingresses_get_warning_events(env: &Env) {
     block_on(async {
-        let (v, h) = clients(env).await;
+        let (v, h) = clients_of(env).await;
         let ns = "denied";
         namespace(&v, ns).await;
         let ing: Api<Ingress> = Api::namespaced(v.clone(), ns);
@@ -676,7 +657,7 @@ async fn stand_in_for_cert_manager(h: &kube::Client, host_ingress: &Ingress) -> 
 
 fn cert_manager_certificate_is_mirrored_up(env: &Env) {
     block_on(async {
-        let (v, h) = clients(env).await;
+        let (v, h) = clients_of(env).await;
         let ns = "certs";
         namespace(&v, ns).await;
         let ing: Api<Ingress> = Api::namespaced(v.clone(), ns);
@@ -767,7 +748,7 @@ fn cert_manager_certificate_is_mirrored_up(env: &Env) {
 
 fn virtual_kubernetes_service_points_at_the_vcluster(env: &Env) {
     block_on(async {
-        let (v, h) = clients(env).await;
+        let (v, h) = clients_of(env).await;
         let api_svc: Service = Api::namespaced(h.clone(), HOST_NS).get(VC).await.unwrap();
         let want = cluster_ip(&api_svc);
         let vk: Api<Service> = Api::namespaced(v.clone(), "default");
@@ -846,9 +827,7 @@ fn service_cidr_is_discovered(env: &Env) {
     assert!(stderr.contains("/nonexistent"), "{stderr}");
 }
 
-type Test = (&'static str, fn(&Env));
-
-const TESTS: &[Test] = &[
+const TESTS: &[Test<Env>] = &[
     (
         "cluster_ip_and_node_port_parity",
         cluster_ip_and_node_port_parity,
@@ -882,14 +861,7 @@ const TESTS: &[Test] = &[
 
 fn main() {
     let args = Arguments::from_args();
-    if args.list {
-        let names = TESTS.iter().map(|(n, _)| *n);
-        libtest_mimic::run(&args, names.map(|n| Trial::test(n, || Ok(()))).collect()).exit();
-    }
-    if let Err(e) = vcluster::local::check_binaries(&vcluster::local::default_bin_dir()) {
-        eprintln!("e2e: {e}");
-        std::process::exit(1);
-    }
+    list_or_check(&args, &[TESTS]);
     let stack = DevStack::up(&["--no-syncer", "--nodes", "2"]);
     let hk = stack.host_kubeconfig();
     for ns in [HOST_NS, OTHER_NS] {
@@ -933,26 +905,15 @@ fn main() {
         stack,
         _syncer: syncer,
     });
-    let trials = TESTS
-        .iter()
-        .map(|(name, f)| {
-            let (env, f) = (Arc::clone(&env), *f);
-            Trial::test(*name, move || {
-                f(&env);
-                Ok(())
-            })
-        })
-        .collect();
-    let r = libtest_mimic::run(&args, trials);
-    println!("e2e: {} passed, {} failed", r.num_passed, r.num_failed);
-    if r.num_failed > 0 {
+    let failed = run_groups(&args, &env, &[(TESTS, None)]);
+    if failed > 0 {
         eprintln!(
             "--- syncer log tail\n{}",
             vcluster::local::process::log_tail(&log, 40)
         );
     }
     drop(env);
-    if r.num_failed > 0 {
+    if failed > 0 {
         std::process::exit(101);
     }
 }

@@ -19,10 +19,10 @@ use std::time::Duration;
 use common::*;
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::batch::v1::Job;
-use k8s_openapi::api::core::v1::{ConfigMap, Namespace, Node, Pod, Secret};
+use k8s_openapi::api::core::v1::{ConfigMap, Node, Pod, Secret};
 use k8s_openapi::api::events::v1::Event;
 use kube::api::{Api, DeleteParams, ListParams, PostParams};
-use libtest_mimic::{Arguments, Trial};
+use libtest_mimic::Arguments;
 use serde_json::json;
 use vcluster::translate::{VclusterName, host_name};
 
@@ -41,27 +41,8 @@ impl Env {
     }
 }
 
-async fn clients(env: &Env) -> (kube::Client, kube::Client) {
-    (
-        client(&env.stack.vcluster_kubeconfig()).await,
-        client(&env.stack.host_kubeconfig()).await,
-    )
-}
-
-async fn create<K>(api: &Api<K>, v: serde_json::Value)
-where
-    K: kube::Resource + Clone + serde::de::DeserializeOwned + serde::Serialize + std::fmt::Debug,
-{
-    let obj: K = serde_json::from_value(v).unwrap();
-    api.create(&PostParams::default(), &obj).await.unwrap();
-}
-
-async fn namespace(c: &kube::Client, name: &str) {
-    create(
-        &Api::<Namespace>::all(c.clone()),
-        json!({"metadata": {"name": name}}),
-    )
-    .await;
+async fn clients_of(env: &Env) -> (kube::Client, kube::Client) {
+    clients(&env.stack).await
 }
 
 fn phase(p: &Pod) -> &str {
@@ -149,7 +130,7 @@ async fn config_objects(c: &kube::Client, ns: &str) {
 fn deployment_with_config_runs_on_the_host(env: &Env) {
     let ns = "dep";
     block_on(async {
-        let (v, h) = clients(env).await;
+        let (v, h) = clients_of(env).await;
         namespace(&v, ns).await;
         deploy_with_config(&v, ns, "web", 3).await;
         let vpods: Api<Pod> = Api::namespaced(v.clone(), ns);
@@ -404,7 +385,7 @@ fn deployment_with_config_runs_on_the_host(env: &Env) {
 fn pod_created_before_its_configmap_still_starts(env: &Env) {
     let ns = "late";
     block_on(async {
-        let (v, h) = clients(env).await;
+        let (v, h) = clients_of(env).await;
         namespace(&v, ns).await;
         let vpods: Api<Pod> = Api::namespaced(v.clone(), ns);
         create(
@@ -440,7 +421,7 @@ fn pod_created_before_its_configmap_still_starts(env: &Env) {
 fn host_pod_deleted_by_hand_is_replaced(env: &Env) {
     let ns = "replace";
     block_on(async {
-        let (v, h) = clients(env).await;
+        let (v, h) = clients_of(env).await;
         namespace(&v, ns).await;
         deploy_with_config(&v, ns, "solo", 1).await;
         let vpods: Api<Pod> = Api::namespaced(v.clone(), ns);
@@ -474,7 +455,7 @@ fn host_pod_deleted_by_hand_is_replaced(env: &Env) {
 fn job_runs_to_completion(env: &Env) {
     let ns = "batch";
     block_on(async {
-        let (v, _) = clients(env).await;
+        let (v, _) = clients_of(env).await;
         namespace(&v, ns).await;
         let jobs: Api<Job> = Api::namespaced(v.clone(), ns);
         create(
@@ -507,7 +488,7 @@ fn job_runs_to_completion(env: &Env) {
 fn foreign_host_object_is_untouched_and_reported(env: &Env) {
     let ns = "clash";
     block_on(async {
-        let (v, h) = clients(env).await;
+        let (v, h) = clients_of(env).await;
         namespace(&v, ns).await;
         let taken = env.host_name(ns, "taken");
         let hcms: Api<ConfigMap> = Api::namespaced(h.clone(), HOST_NS);
@@ -566,7 +547,7 @@ fn foreign_host_object_is_untouched_and_reported(env: &Env) {
 fn service_links_of_virtual_services_reach_host_pods(env: &Env) {
     let ns = "links";
     block_on(async {
-        let (v, h) = clients(env).await;
+        let (v, h) = clients_of(env).await;
         namespace(&v, ns).await;
         create(
             &Api::<k8s_openapi::api::core::v1::Service>::namespaced(v.clone(), ns),
@@ -614,7 +595,7 @@ fn service_links_of_virtual_services_reach_host_pods(env: &Env) {
 fn pod_the_host_rejects_gets_a_warning_event(env: &Env) {
     let ns = "rejected";
     block_on(async {
-        let (v, h) = clients(env).await;
+        let (v, h) = clients_of(env).await;
         namespace(&v, ns).await;
         // Host policy the virtual cluster does not have: no container above 1Ti of memory.
         let limits: Api<k8s_openapi::api::core::v1::LimitRange> =
@@ -680,7 +661,7 @@ fn pod_the_host_rejects_gets_a_warning_event(env: &Env) {
 fn deleted_while_stopped_is_collected_after_restart(env: &Env) {
     let ns = "restart";
     block_on(async {
-        let (v, h) = clients(env).await;
+        let (v, h) = clients_of(env).await;
         namespace(&v, ns).await;
         namespace(&v, "bystander").await;
         for n in [ns, "bystander"] {
@@ -863,7 +844,7 @@ fn baseline_offenders() -> Vec<(String, serde_json::Value, String)> {
 
 fn pods_violating_baseline_never_reach_the_host(env: &Env) {
     block_on(async {
-        let (v, h) = clients(env).await;
+        let (v, h) = clients_of(env).await;
         let ns = "pss";
         namespace(&v, ns).await;
         let pods: Api<Pod> = Api::namespaced(v.clone(), ns);
@@ -935,9 +916,7 @@ fn pods_violating_baseline_never_reach_the_host(env: &Env) {
     });
 }
 
-type Test = (&'static str, fn(&Env));
-
-const SHARED: &[Test] = &[
+const SHARED: &[Test<Env>] = &[
     (
         "deployment_with_config_runs_on_the_host",
         deployment_with_config_runs_on_the_host,
@@ -969,7 +948,7 @@ const SHARED: &[Test] = &[
     ),
 ];
 
-const SERIAL: &[Test] = &[
+const SERIAL: &[Test<Env>] = &[
     (
         "deleted_while_stopped_is_collected_after_restart",
         deleted_while_stopped_is_collected_after_restart,
@@ -980,42 +959,16 @@ const SERIAL: &[Test] = &[
     ),
 ];
 
-fn trials(env: &Arc<Env>, tests: &[Test]) -> Vec<Trial> {
-    tests
-        .iter()
-        .map(|(name, f)| {
-            let (env, f) = (Arc::clone(env), *f);
-            Trial::test(*name, move || {
-                f(&env);
-                Ok(())
-            })
-        })
-        .collect()
-}
-
 fn main() {
     let args = Arguments::from_args();
-    if args.list {
-        let names = SHARED.iter().chain(SERIAL).map(|(n, _)| *n);
-        libtest_mimic::run(&args, names.map(|n| Trial::test(n, || Ok(()))).collect()).exit();
-    }
-    if let Err(e) = vcluster::local::check_binaries(&vcluster::local::default_bin_dir()) {
-        eprintln!("e2e: {e}");
-        std::process::exit(1);
-    }
+    list_or_check(&args, &[SHARED, SERIAL]);
     let stack = DevStack::up(&["--no-syncer", "--nodes", "3"]);
     let syncer = SyncerProcess::start(&stack, VC, HOST_NS);
     let env = Arc::new(Env {
         stack,
         syncer: Mutex::new(Some(syncer)),
     });
-    let first = libtest_mimic::run(&args, trials(&env, SHARED));
-    let mut serial = args.clone();
-    serial.test_threads = Some(1);
-    let second = libtest_mimic::run(&serial, trials(&env, SERIAL));
-    let passed = first.num_passed + second.num_passed;
-    let failed = first.num_failed + second.num_failed;
-    println!("e2e: {passed} passed, {failed} failed");
+    let failed = run_groups(&args, &env, &[(SHARED, None), (SERIAL, Some(1))]);
     if failed > 0 {
         let log = env.syncer.lock().unwrap().as_ref().map(|s| s.log.clone());
         if let Some(log) = log {

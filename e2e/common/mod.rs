@@ -435,3 +435,83 @@ where
     })
     .await
 }
+
+/// Clients of `stack`'s virtual API (first) and host API (second).
+pub async fn clients(stack: &DevStack) -> (kube::Client, kube::Client) {
+    (
+        client(&stack.vcluster_kubeconfig()).await,
+        client(&stack.host_kubeconfig()).await,
+    )
+}
+
+/// Creates the object `v` describes with `api`.
+pub async fn create<K>(api: &kube::Api<K>, v: serde_json::Value) -> K
+where
+    K: kube::Resource + Clone + serde::de::DeserializeOwned + serde::Serialize + std::fmt::Debug,
+{
+    let obj: K = serde_json::from_value(v).unwrap();
+    api.create(&kube::api::PostParams::default(), &obj)
+        .await
+        .unwrap()
+}
+
+/// Creates namespace `name`.
+pub async fn namespace(c: &kube::Client, name: &str) {
+    create(
+        &kube::Api::<k8s_openapi::api::core::v1::Namespace>::all(c.clone()),
+        serde_json::json!({"metadata": {"name": name}}),
+    )
+    .await;
+}
+
+/// A test of a suite whose tests share an environment `E`.
+pub type Test<E> = (&'static str, fn(&E));
+
+/// Runs groups of tests one group after the other (a group with `Some(1)`
+/// runs its tests one at a time), prints the tally as `e2e: N passed, N
+/// failed`, and returns the number that failed. With `--list`, lists them.
+pub fn run_groups<E: Send + Sync + 'static>(
+    args: &libtest_mimic::Arguments,
+    env: &std::sync::Arc<E>,
+    groups: &[(&[Test<E>], Option<usize>)],
+) -> u64 {
+    let (mut passed, mut failed) = (0, 0);
+    for (tests, threads) in groups {
+        let mut a = args.clone();
+        if threads.is_some() {
+            a.test_threads = *threads;
+        }
+        let trials = tests
+            .iter()
+            .map(|(name, f)| {
+                let (env, f) = (std::sync::Arc::clone(env), *f);
+                libtest_mimic::Trial::test(*name, move || {
+                    f(&env);
+                    Ok(())
+                })
+            })
+            .collect();
+        let c = libtest_mimic::run(&a, trials);
+        passed += c.num_passed;
+        failed += c.num_failed;
+    }
+    println!("e2e: {passed} passed, {failed} failed");
+    failed
+}
+
+/// Handles `--list` for a suite (before any stack starts) and checks the
+/// upstream binaries are built; exits when there is nothing more to do.
+pub fn list_or_check<E>(args: &libtest_mimic::Arguments, groups: &[&[Test<E>]]) {
+    if args.list {
+        let trials = groups
+            .iter()
+            .flat_map(|g| g.iter())
+            .map(|(n, _)| libtest_mimic::Trial::test(*n, || Ok(())))
+            .collect();
+        libtest_mimic::run(args, trials).exit();
+    }
+    if let Err(e) = vcluster::local::check_binaries(&vcluster::local::default_bin_dir()) {
+        eprintln!("e2e: {e}");
+        std::process::exit(1);
+    }
+}

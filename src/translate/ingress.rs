@@ -8,7 +8,7 @@ use k8s_openapi::api::networking::v1::{
     Ingress, IngressBackend, IngressServiceBackend, IngressSpec,
 };
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
-use serde_json::{Value, json};
+use serde_json::Value;
 
 use super::markers::copy_unreserved;
 use super::{Refusal, VclusterName, host_name};
@@ -254,20 +254,19 @@ pub fn host_ingress(
 
 /// A merge patch copying the host's load-balancer status up, when it differs.
 pub fn status_up(v: &Ingress, h: &Ingress) -> Option<Value> {
-    let want = h.status.as_ref().and_then(|s| s.load_balancer.as_ref());
-    let have = v.status.as_ref().and_then(|s| s.load_balancer.as_ref());
-    let empty = |lb: Option<&k8s_openapi::api::networking::v1::IngressLoadBalancerStatus>| {
-        lb.is_none_or(|lb| lb.ingress.as_ref().is_none_or(Vec::is_empty))
+    let lb = |i: &Ingress| {
+        i.status
+            .as_ref()
+            .and_then(|s| s.load_balancer.as_ref())
+            .map(|lb| (lb.clone(), lb.ingress.as_ref().is_none_or(Vec::is_empty)))
     };
-    if want == have || (empty(want) && empty(have)) {
-        return None;
-    }
-    Some(json!({"status": {"loadBalancer": want.cloned().unwrap_or_default()}}))
+    super::load_balancer_patch(lb(v), lb(h))
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use serde_json::json;
 
     fn vc() -> VclusterName {
         VclusterName::new("my").unwrap()

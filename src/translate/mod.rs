@@ -37,3 +37,21 @@ impl Refusal {
         }
     }
 }
+
+/// A merge patch copying the host's load-balancer status (`host`) up over
+/// the virtual one (`virt`), each given with whether it is empty; `None` when
+/// they agree.
+pub(crate) fn load_balancer_patch<T: PartialEq + serde::Serialize + Default>(
+    virt: Option<(T, bool)>,
+    host: Option<(T, bool)>,
+) -> Option<serde_json::Value> {
+    let empty = |x: &Option<(T, bool)>| x.as_ref().is_none_or(|(_, e)| *e);
+    if empty(&virt) && empty(&host) {
+        return None;
+    }
+    let (want, have) = (host.map(|x| x.0), virt.map(|x| x.0));
+    if want == have {
+        return None;
+    }
+    Some(serde_json::json!({"status": {"loadBalancer": want.unwrap_or_default()}}))
+}

@@ -244,15 +244,13 @@ pub fn parity(v: &Service, h: &Service) -> Parity {
 
 /// A merge patch copying the host's load-balancer status up, when it differs.
 pub fn status_up(v: &Service, h: &Service) -> Option<Value> {
-    let want = h.status.as_ref().and_then(|s| s.load_balancer.as_ref());
-    let have = v.status.as_ref().and_then(|s| s.load_balancer.as_ref());
-    let empty = |lb: Option<&k8s_openapi::api::core::v1::LoadBalancerStatus>| {
-        lb.is_none_or(|lb| lb.ingress.as_ref().is_none_or(Vec::is_empty))
+    let lb = |s: &Service| {
+        s.status
+            .as_ref()
+            .and_then(|s| s.load_balancer.as_ref())
+            .map(|lb| (lb.clone(), lb.ingress.as_ref().is_none_or(Vec::is_empty)))
     };
-    if want == have || (empty(want) && empty(have)) {
-        return None;
-    }
-    Some(json!({"status": {"loadBalancer": want.cloned().unwrap_or_default()}}))
+    super::load_balancer_patch(lb(v), lb(h))
 }
 
 /// A pod reference in the virtual namespace becomes a reference to its host
