@@ -272,33 +272,23 @@ fn objects(manifest: &str) -> Vec<String> {
 
 fn install_creates_every_object(env: &Env) {
     let hk = env.stack.host_kubeconfig();
-    helm_ok(
-        Some(&hk),
-        &[
+    let install = |mode: &str| {
+        let args = [
             "install",
             RELEASE,
             "chart",
             "-n",
             HOST_NS,
             "--create-namespace",
-            "--dry-run=server",
-        ],
-    );
+            mode,
+        ];
+        helm_ok(Some(&hk), &args)
+    };
+    install("--dry-run=server");
     // The dry run made nothing.
     let out = kubectl(&hk, &["get", "statefulset", RELEASE, "-n", HOST_NS], None);
     assert!(!out.status.success());
-    let notes = helm_ok(
-        Some(&hk),
-        &[
-            "install",
-            RELEASE,
-            "chart",
-            "-n",
-            HOST_NS,
-            "--create-namespace",
-            "--wait=false",
-        ],
-    );
+    let notes = install("--wait=false");
     assert!(
         notes.contains(&format!("vcluster connect {RELEASE} -n {HOST_NS}")),
         "{notes}"
