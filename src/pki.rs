@@ -36,6 +36,52 @@ fn gen_err(what: &str) -> impl FnOnce(rcgen::Error) -> PkiError + '_ {
     }
 }
 
+/// DER length octets.
+fn der_len(n: usize) -> Vec<u8> {
+    match n {
+        0..0x80 => vec![n as u8],
+        0x80..0x100 => vec![0x81, n as u8],
+        _ => vec![0x82, (n >> 8) as u8, n as u8],
+    }
+}
+
+/// A P-256 `EC PRIVATE KEY` (SEC1) PEM as PKCS#8 PEM; `None` for anything else.
+fn sec1_to_pkcs8_pem(pem: &str) -> Option<String> {
+    use base64::Engine as _;
+    const BEGIN: &str = "-----BEGIN EC PRIVATE KEY-----";
+    const END: &str = "-----END EC PRIVATE KEY-----";
+    let body = pem.split_once(BEGIN)?.1.split_once(END)?.0;
+    let b64: String = body.chars().filter(|c| !c.is_whitespace()).collect();
+    let sec1 = base64::engine::general_purpose::STANDARD.decode(b64).ok()?;
+    // PrivateKeyInfo { version 0, { id-ecPublicKey, prime256v1 }, OCTET STRING sec1 }
+    const P256_ALG: &[u8] = &[
+        0x30, 0x13, 0x06, 0x07, 0x2a, 0x86, 0x48, 0xce, 0x3d, 0x02, 0x01, 0x06, 0x08, 0x2a, 0x86,
+        0x48, 0xce, 0x3d, 0x03, 0x01, 0x07,
+    ];
+    // The curve OID must be P-256's (the only EC curve this project uses).
+    if !sec1.windows(10).any(|w| w == &P256_ALG[11..]) {
+        return None;
+    }
+    let mut inner = vec![0x02, 0x01, 0x00];
+    inner.extend_from_slice(P256_ALG);
+    inner.push(0x04);
+    inner.extend(der_len(sec1.len()));
+    inner.extend_from_slice(&sec1);
+    let mut der = vec![0x30];
+    der.extend(der_len(inner.len()));
+    der.extend(inner);
+    let b64 = base64::engine::general_purpose::STANDARD.encode(der);
+    let lines: Vec<&str> = b64
+        .as_bytes()
+        .chunks(64)
+        .filter_map(|c| std::str::from_utf8(c).ok())
+        .collect();
+    Some(format!(
+        "-----BEGIN PRIVATE KEY-----\n{}\n-----END PRIVATE KEY-----\n",
+        lines.join("\n")
+    ))
+}
+
 /// A PEM-encoded certificate and its private key.
 #[derive(Clone, Debug)]
 pub struct CertKey {
@@ -143,11 +189,13 @@ impl Ca {
     /// example the virtual cluster's client CA, or a CA kept in a Secret).
     pub fn from_pem(cert_pem: &str, key_pem: &str) -> Result<Self, PkiError> {
         let what = "an existing CA";
-        let key = KeyPair::from_pem(key_pem).map_err(gen_err(what))?;
+        // k3s (like most Go tooling) writes EC keys in SEC1 form.
+        let key_pem = sec1_to_pkcs8_pem(key_pem).unwrap_or_else(|| key_pem.to_owned());
+        let key = KeyPair::from_pem(&key_pem).map_err(gen_err(what))?;
         let issuer = Issuer::from_ca_cert_pem(cert_pem, key).map_err(gen_err(what))?;
         Ok(Self {
             cert_pem: cert_pem.to_owned(),
-            key_pem: key_pem.to_owned(),
+            key_pem,
             issuer,
         })
     }
@@ -372,5 +420,31 @@ mod tests {
         let k = ServiceAccountKeys::generate().unwrap();
         assert!(k.private_pem.starts_with("-----BEGIN PRIVATE KEY-----"));
         assert!(k.public_pem.starts_with("-----BEGIN PUBLIC KEY-----"));
+    }
+
+    #[test]
+    fn a_k3s_style_sec1_ca_key_is_loaded() {
+        // An EC P-256 CA whose key is in SEC1 form ("EC PRIVATE KEY"), as k3s
+        // writes its client CA (generated for this test).
+        let ca = Ca::from_pem(
+            include_str!("pki_testdata/k3s-style-ca.crt"),
+            include_str!("pki_testdata/k3s-style-ca.key"),
+        )
+        .unwrap();
+        assert!(ca.key_pem.starts_with("-----BEGIN PRIVATE KEY-----"));
+        let leaf = ca
+            .issue(&CertSpec::client(
+                "admin",
+                Some("system:masters"),
+                Duration::from_secs(3600),
+            ))
+            .unwrap();
+        let (_, cert) = parse_x509_pem(leaf.cert_pem.as_bytes()).unwrap();
+        let cert = cert.parse_x509().unwrap();
+        assert!(cert.issuer().to_string().contains("k3s-client-ca"));
+        assert!(
+            sec1_to_pkcs8_pem("-----BEGIN PRIVATE KEY-----\nAA==\n-----END PRIVATE KEY-----")
+                .is_none()
+        );
     }
 }

@@ -92,7 +92,7 @@ pub struct SyncerArgs {
     /// front door on: client certificates it signed authenticate there.
     #[arg(long, env = "VCLUSTER_CLIENT_CA_CERT")]
     client_ca_cert: Option<PathBuf>,
-    /// The client CA's private key (PKCS#8 PEM): signs the admin certificate
+    /// The client CA's private key (PEM: PKCS#8, or SEC1 for P-256 as k3s writes it): signs the admin certificate
     /// of the `vc-<name>` kubeconfig Secret.
     #[arg(long, env = "VCLUSTER_CLIENT_CA_KEY", requires = "client_ca_cert")]
     client_ca_key: Option<PathBuf>,

@@ -90,7 +90,7 @@ pub struct FrontDoorOptions {
     pub listen: SocketAddr,
     /// The virtual cluster's client CA certificate (PEM file).
     pub client_ca_cert: PathBuf,
-    /// Its key (PKCS#8 PEM), to sign the admin kubeconfig's certificate;
+    /// Its key (PEM: PKCS#8, or SEC1 for P-256), to sign the admin kubeconfig's certificate;
     /// without it no `vc-<name>` Secret is written.
     pub client_ca_key: Option<PathBuf>,
     /// Extra serving-certificate SANs.
