@@ -20,7 +20,7 @@ use std::time::Duration;
 use common::*;
 use k8s_openapi::api::core::v1::{Pod, Secret};
 use kube::api::Api;
-use libtest_mimic::{Arguments, Trial};
+use libtest_mimic::Arguments;
 
 const T: Duration = Duration::from_secs(60);
 const VC: &str = "dev";
@@ -763,9 +763,7 @@ fn block_on_value<T>(f: impl Future<Output = T>) -> T {
         .block_on(f)
 }
 
-type Test = (&'static str, fn(&Env));
-
-const TESTS: &[Test] = &[
+const TESTS: &[Test<Env>] = &[
     (
         "dev_up_points_vcluster_kubeconfig_at_the_front_door",
         dev_up_points_vcluster_kubeconfig_at_the_front_door,
@@ -803,33 +801,16 @@ const TESTS: &[Test] = &[
 
 fn main() {
     let args = Arguments::from_args();
-    if args.list {
-        let names = TESTS.iter().map(|(n, _)| *n);
-        libtest_mimic::run(&args, names.map(|n| Trial::test(n, || Ok(()))).collect()).exit();
-    }
-    if let Err(e) = vcluster::local::check_binaries(&vcluster::local::default_bin_dir()) {
-        eprintln!("e2e: {e}");
-        std::process::exit(1);
-    }
+    list_or_check(&args, &[TESTS]);
     let env = Arc::new(Env {
         stack: DevStack::up(&[]),
     });
-    let trials = TESTS
-        .iter()
-        .map(|(name, f)| {
-            let (env, f) = (Arc::clone(&env), *f);
-            Trial::test(*name, move || {
-                f(&env);
-                Ok(())
-            })
-        })
-        .collect();
-    let conclusion = libtest_mimic::run(&args, trials);
-    if conclusion.num_failed > 0 {
+    let failed = run_groups(&args, &env, &[(TESTS, None)]);
+    if failed > 0 {
         eprintln!("{}", logs(env.stack.dir.path()));
     }
     drop(env);
-    if conclusion.num_failed > 0 {
+    if failed > 0 {
         std::process::exit(101);
     }
 }
