@@ -552,7 +552,16 @@ impl<R: Rule> Engine<R> {
             let mut tick = tokio::time::interval(Duration::from_secs(2));
             loop {
                 tick.tick().await;
-                metrics::global().levels(R::KIND, me.queue_depth(), me.host_store.len());
+                // Owned = written for a virtual source (host controllers copy
+                // the owner label onto what they derive from our Services).
+                let own = me.ctx.ownership();
+                let owned = me
+                    .host_store
+                    .state()
+                    .iter()
+                    .filter(|h| own.virtual_key(h.meta()).is_some())
+                    .count();
+                metrics::global().levels(R::KIND, me.queue_depth(), owned);
             }
         });
 
