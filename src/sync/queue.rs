@@ -65,17 +65,20 @@ impl<K: Keyed> FairQueue<K> {
     /// Adds `key` at the head of its namespace's FIFO (a namespace with
     /// nothing waiting goes first in the turn order): for follow-up work such
     /// as status coming up from the host, which should not wait behind a
-    /// burst of creations. A key already waiting keeps its place.
+    /// burst of creations. A key already waiting moves to the head (the
+    /// echo of the syncer's own virtual write queues it at the tail first).
     pub fn add_first(&mut self, key: K) {
         if self.in_flight.contains(&key) {
             self.dirty.insert(key);
             return;
         }
-        if !self.queued.insert(key.clone()) {
-            return;
-        }
         let group = key.group().to_owned();
         let fifo = self.pending.entry(group.clone()).or_default();
+        if !self.queued.insert(key.clone())
+            && let Some(at) = fifo.iter().position(|k| *k == key)
+        {
+            fifo.remove(at);
+        }
         if fifo.is_empty() {
             self.ring.push_front(group);
         }
@@ -167,10 +170,11 @@ mod tests {
         q.add(k("b", "b1"));
         q.add_first(k("a", "status"));
         q.add_first(k("c", "status"));
-        // Already waiting: keeps its place.
+        // Already waiting: moves to the head, once.
         q.add_first(k("a", "a3"));
+        assert_eq!(q.len(), 6);
         let order: Vec<String> = std::iter::from_fn(|| q.pop()).map(|k| k.name).collect();
-        assert_eq!(order, ["status", "status", "b1", "a1", "a2", "a3"]);
+        assert_eq!(order, ["status", "a3", "b1", "status", "a1", "a2"]);
         let key = k("a", "busy");
         q.add(key.clone());
         assert_eq!(q.pop(), Some(key.clone()));
