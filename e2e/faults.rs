@@ -458,12 +458,14 @@ fn drift_on_owned_host_objects_is_reverted(env: &Env) {
         let hpods: Api<Pod> = Api::namespaced(h.clone(), HOST_NS);
         let cm = hname(ns, "settings");
         let pod = hname(ns, "p-0");
-        // By hand, as another field manager would.
+        // By hand, as another field manager would, on fields the syncer
+        // owns. (Fields another manager adds are its own under server-side
+        // apply and stay: the syncer does not remove them.)
         let by_hand = PatchParams::default();
         hcms.patch(
             &cm,
             &by_hand,
-            &Patch::Merge(json!({"data": {"mode": "tampered", "extra": "x"}})),
+            &Patch::Merge(json!({"data": {"mode": "tampered"}})),
         )
         .await
         .unwrap();
@@ -480,10 +482,7 @@ fn drift_on_owned_host_objects_is_reverted(env: &Env) {
             let p = hpods.get(&pod).await.map_err(|e| e.to_string())?;
             let data = c.data.unwrap_or_default();
             let label = p.labels().get("app").cloned().unwrap_or_default();
-            if data.get("mode").map(String::as_str) == Some("fault")
-                && !data.contains_key("extra")
-                && label == "burst"
-            {
+            if data.get("mode").map(String::as_str) == Some("fault") && label == "burst" {
                 Ok(())
             } else {
                 Err(format!("data {data:?}, label app={label}"))

@@ -402,6 +402,14 @@ impl<R: Rule> Engine<R> {
         self.wake.notify_one();
     }
 
+    /// Queues a virtual key ahead of the keys waiting in its namespace: host
+    /// changes (status to bring up, drift to revert) do not wait behind a
+    /// burst of creations.
+    fn enqueue_first(&self, key: VirtualKey) {
+        self.queue_mut().add_first(key);
+        self.wake.notify_one();
+    }
+
     fn queue_mut(&self) -> std::sync::MutexGuard<'_, FairQueue<VirtualKey>> {
         // A poisoned lock means a worker panicked mid-update of plain data
         // structures; the queue is still consistent enough to go on.
@@ -505,7 +513,7 @@ impl<R: Rule> Engine<R> {
                 match ev {
                     Ok(obj) => {
                         if let Some(key) = me.ctx.ownership().virtual_key(obj.meta()) {
-                            me.enqueue(key);
+                            me.enqueue_first(key);
                         }
                     }
                     Err(e) => {

@@ -62,6 +62,29 @@ impl<K: Keyed> FairQueue<K> {
         fifo.push_back(key);
     }
 
+    /// Adds `key` at the head of its namespace's FIFO (a namespace with
+    /// nothing waiting goes first in the turn order): for follow-up work such
+    /// as status coming up from the host, which should not wait behind a
+    /// burst of creations. A key already waiting moves to the head (the
+    /// echo of the syncer's own virtual write queues it at the tail first).
+    pub fn add_first(&mut self, key: K) {
+        if self.in_flight.contains(&key) {
+            self.dirty.insert(key);
+            return;
+        }
+        let group = key.group().to_owned();
+        let fifo = self.pending.entry(group.clone()).or_default();
+        if !self.queued.insert(key.clone())
+            && let Some(at) = fifo.iter().position(|k| *k == key)
+        {
+            fifo.remove(at);
+        }
+        if fifo.is_empty() {
+            self.ring.push_front(group);
+        }
+        fifo.push_front(key);
+    }
+
     /// The next key, taking namespaces in turn; it is in flight until `done`.
     pub fn pop(&mut self) -> Option<K> {
         let group = self.ring.pop_front()?;
@@ -136,6 +159,29 @@ mod tests {
         q.add(k("c", "c1"));
         let order: Vec<String> = std::iter::from_fn(|| q.pop()).map(|k| k.name).collect();
         assert_eq!(order, ["a1", "b1", "c1", "a2", "b2", "a3"]);
+    }
+
+    #[test]
+    fn follow_up_work_goes_first_within_its_namespace() {
+        let mut q = FairQueue::default();
+        for n in ["a1", "a2", "a3"] {
+            q.add(k("a", n));
+        }
+        q.add(k("b", "b1"));
+        q.add_first(k("a", "status"));
+        q.add_first(k("c", "status"));
+        // Already waiting: moves to the head, once.
+        q.add_first(k("a", "a3"));
+        assert_eq!(q.len(), 6);
+        let order: Vec<String> = std::iter::from_fn(|| q.pop()).map(|k| k.name).collect();
+        assert_eq!(order, ["status", "a3", "b1", "status", "a1", "a2"]);
+        let key = k("a", "busy");
+        q.add(key.clone());
+        assert_eq!(q.pop(), Some(key.clone()));
+        q.add_first(key.clone());
+        assert!(q.pop().is_none(), "never handed out twice at once");
+        q.done(&key);
+        assert_eq!(q.pop(), Some(key));
     }
 
     #[test]
