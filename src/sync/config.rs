@@ -42,12 +42,19 @@ pub trait ConfigKind: Object {
     fn referenced_by_ingress(_ing: &Ingress, _name: &str) -> bool {
         false
     }
+    /// Drops the content (never read from the host copy: the content hash
+    /// annotation says whether it is current).
+    fn slim(&mut self);
 }
 
 impl ConfigKind for ConfigMap {
     const KIND: &'static str = "ConfigMap";
     fn referenced(refs: &References, name: &str) -> bool {
         refs.uses_configmap(name)
+    }
+    fn slim(&mut self) {
+        self.data = None;
+        self.binary_data = None;
     }
     fn content(&self) -> Self {
         ConfigMap {
@@ -63,6 +70,10 @@ impl ConfigKind for Secret {
     const KIND: &'static str = "Secret";
     fn referenced(refs: &References, name: &str) -> bool {
         refs.uses_secret(name)
+    }
+    fn slim(&mut self) {
+        self.data = None;
+        self.string_data = None;
     }
     fn content(&self) -> Self {
         Secret {
@@ -107,6 +118,10 @@ impl<K: ConfigKind> Rule for ConfigRule<K> {
     type V = K;
     type H = K;
     const KIND: &'static str = K::KIND;
+
+    fn slim_host(h: &mut K) {
+        h.slim();
+    }
 
     fn decide(&self, _ctx: &Context, v: &K, _h: Option<&K>) -> Decision<K> {
         if v.excluded() || v.meta().deletion_timestamp.is_some() {

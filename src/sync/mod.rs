@@ -246,6 +246,10 @@ pub trait Rule: Send + Sync + 'static {
     ) -> Option<Self::H> {
         None
     }
+
+    /// Drops what the rule and its readers never use from a cached host
+    /// object (memory: one cached copy per synced object).
+    fn slim_host(_h: &mut Self::H) {}
 }
 
 type Hook<V> = Box<dyn Fn(&V) + Send + Sync>;
@@ -311,15 +315,17 @@ pub fn cached_watch<K>(
 where
     K: Resource<DynamicType = ()> + Clone + DeserializeOwned + Debug + Send + Sync + 'static,
 {
-    counted_watch(api, config, writer, || {})
+    counted_watch(api, config, writer, |_| {}, || {})
 }
 
-/// [`cached_watch`] that calls `on_relist` each time the watch lists again
-/// after its first list (expiry, 410 Gone, an API server that went away).
+/// [`cached_watch`] that passes each object through `slim` before caching
+/// it, and calls `on_relist` each time the watch lists again after its first
+/// list (expiry, 410 Gone, an API server that went away).
 pub fn counted_watch<K>(
     api: Api<K>,
     config: watcher::Config,
     writer: reflector::store::Writer<K>,
+    slim: fn(&mut K),
     on_relist: impl Fn() + Send + 'static,
 ) -> impl futures::Stream<Item = Result<K, watcher::Error>> + Send
 where
@@ -328,7 +334,10 @@ where
     let mut lists = 0u64;
     watcher(api, config)
         .default_backoff()
-        .modify(|o| o.managed_fields_mut().clear())
+        .modify(move |o| {
+            o.managed_fields_mut().clear();
+            slim(o);
+        })
         .reflect(writer)
         .inspect(move |ev| {
             if matches!(ev, Ok(watcher::Event::Init)) {
@@ -475,9 +484,13 @@ impl<R: Rule> Engine<R> {
 
         let me = Arc::clone(&self);
         let virt_watch = async move {
-            let stream = counted_watch(virt_api, opts.watcher_config(), vw, || {
-                metrics::global().watch_restarted(R::KIND, "virtual")
-            });
+            let stream = counted_watch(
+                virt_api,
+                opts.watcher_config(),
+                vw,
+                |_| {},
+                || metrics::global().watch_restarted(R::KIND, "virtual"),
+            );
             futures::pin_mut!(stream);
             while let Some(ev) = stream.next().await {
                 match ev {
@@ -505,7 +518,7 @@ impl<R: Rule> Engine<R> {
         let me = Arc::clone(&self);
         let host_watch = async move {
             let config = opts.watcher_config().labels(&selector);
-            let stream = counted_watch(host_api, config, hw, || {
+            let stream = counted_watch(host_api, config, hw, R::slim_host, || {
                 metrics::global().watch_restarted(R::KIND, "host")
             });
             futures::pin_mut!(stream);

@@ -13,7 +13,7 @@ use std::time::Duration;
 use base64::Engine as _;
 use k8s_openapi::api::authentication::v1::{BoundObjectReference, TokenRequest, TokenRequestSpec};
 use k8s_openapi::api::core::v1::{
-    Binding, ConfigMap, ObjectReference, Pod, Secret, Service, ServiceAccount,
+    Binding, ConfigMap, Container, ObjectReference, Pod, PodSpec, Secret, Service, ServiceAccount,
 };
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use kube::ResourceExt;
@@ -298,6 +298,27 @@ impl Rule for PodRule {
                 ),
                 source: Box::new(e),
             }),
+        }
+    }
+
+    fn slim_host(h: &mut Pod) {
+        // Read from the host copy: containers' env (kept at creation), the
+        // node, status and metadata; the rest of the spec never.
+        if let Some(spec) = h.spec.as_mut() {
+            let keep = |c: &Container| Container {
+                name: c.name.clone(),
+                env: c.env.clone(),
+                ..Container::default()
+            };
+            *spec = PodSpec {
+                node_name: spec.node_name.take(),
+                containers: spec.containers.iter().map(keep).collect(),
+                init_containers: spec
+                    .init_containers
+                    .as_ref()
+                    .map(|cs| cs.iter().map(keep).collect()),
+                ..PodSpec::default()
+            };
         }
     }
 
