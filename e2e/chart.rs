@@ -417,26 +417,7 @@ fn the_role_suffices_for_the_syncer(env: &Env) {
         )
         .await;
         let vpods: Api<Pod> = Api::namespaced(v.clone(), ns);
-        eventually("2 web pods Running in the virtual cluster", T, || async {
-            let l = vpods
-                .list(&ListParams::default().labels("app=web"))
-                .await
-                .map_err(|e| e.to_string())?;
-            let running = l
-                .items
-                .iter()
-                .filter(|p| {
-                    p.status.as_ref().and_then(|s| s.phase.as_deref()) == Some("Running")
-                        && p.status.as_ref().and_then(|s| s.pod_ip.as_ref()).is_some()
-                })
-                .count();
-            if running == 2 {
-                Ok(())
-            } else {
-                Err(format!("{running} of 2"))
-            }
-        })
-        .await;
+        running(&vpods, "web", 2, T).await;
         let vc = VclusterName::new(RELEASE).unwrap();
         let hing: Api<Ingress> = Api::namespaced(h.clone(), HOST_NS);
         eventually("the ingress and its TLS secret on the host", T, || async {
@@ -496,13 +477,13 @@ fn the_role_suffices_for_the_syncer(env: &Env) {
 fn crd_heavy_charts_install_inside(env: &Env) {
     block_on(async {
         // Through the front door (run on its own, it starts a syncer of its own).
-        let running = env
+        let front_door = env
             .syncer
             .lock()
             .unwrap()
             .as_ref()
             .map(|(_, kc)| kc.clone());
-        let vk = match running {
+        let vk = match front_door {
             Some(kc) => kc,
             None => {
                 let started = start_syncer(env, &env.stack.host_kubeconfig()).await;
@@ -548,22 +529,7 @@ fn crd_heavy_charts_install_inside(env: &Env) {
         // Its controller runs (on the host).
         let v = client(&vk).await;
         let pods: Api<Pod> = Api::namespaced(v.clone(), "demo");
-        eventually("the widget controller Running", T, || async {
-            let l = pods
-                .list(&ListParams::default().labels("app=widgets-controller"))
-                .await
-                .map_err(|e| e.to_string())?;
-            let ok = l
-                .items
-                .iter()
-                .any(|p| p.status.as_ref().and_then(|s| s.phase.as_deref()) == Some("Running"));
-            if ok {
-                Ok(())
-            } else {
-                Err(format!("{} pods", l.items.len()))
-            }
-        })
-        .await;
+        running(&pods, "widgets-controller", 1, T).await;
 
         // Real-world CRD bundles (some over 1 MB: server-side apply).
         for bundle in ["cert-manager", "argo-cd"] {

@@ -286,22 +286,11 @@ async fn clean(env: &Env, ns: &str) {
         .unwrap();
     let sel = format!("{OWNER_LABEL}={VC},{NAMESPACE_LABEL}={ns}");
     let hpods: Api<Pod> = Api::namespaced(h, HOST_NS);
-    eventually(
+    none_left_within(
         "host pods of the namespace to go",
+        &hpods,
+        &sel,
         env.mode.bound,
-        || async {
-            let n = hpods
-                .list(&ListParams::default().labels(&sel))
-                .await
-                .map_err(|e| e.to_string())?
-                .items
-                .len();
-            if n == 0 {
-                Ok(())
-            } else {
-                Err(format!("{n} left"))
-            }
-        },
     )
     .await;
 }

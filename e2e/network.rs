@@ -165,31 +165,11 @@ async fn slice_addresses(c: &kube::Client, ns: &str, svc: &str) -> BTreeSet<Stri
 
 async fn pod_ips(c: &kube::Client, ns: &str, app: &str, n: usize) -> BTreeSet<String> {
     let pods: Api<Pod> = Api::namespaced(c.clone(), ns);
-    eventually(
-        &format!("{n} running pods app={app} in {ns}"),
-        T,
-        || async {
-            let l = pods
-                .list(&ListParams::default().labels(&format!("app={app}")))
-                .await
-                .map_err(|e| e.to_string())?;
-            let ips: BTreeSet<String> = l
-                .items
-                .iter()
-                .filter(|p| {
-                    p.status.as_ref().and_then(|s| s.phase.as_deref()) == Some("Running")
-                        && p.metadata.deletion_timestamp.is_none()
-                })
-                .filter_map(|p| p.status.as_ref().and_then(|s| s.pod_ip.clone()))
-                .collect();
-            if ips.len() == n {
-                Ok(ips)
-            } else {
-                Err(format!("{} of {n}", ips.len()))
-            }
-        },
-    )
-    .await
+    running(&pods, app, n, T)
+        .await
+        .iter()
+        .filter_map(|p| p.status.as_ref().and_then(|s| s.pod_ip.clone()))
+        .collect()
 }
 
 fn cluster_ip_and_node_port_parity(env: &Env) {

@@ -45,38 +45,6 @@ async fn clients_of(env: &Env) -> (kube::Client, kube::Client) {
     clients(&env.stack).await
 }
 
-fn phase(p: &Pod) -> &str {
-    p.status
-        .as_ref()
-        .and_then(|s| s.phase.as_deref())
-        .unwrap_or("")
-}
-
-/// Virtual pods with label `app=<app>` in `ns`, once `n` of them are Running
-/// with a pod IP and a node.
-async fn running(pods: &Api<Pod>, app: &str, n: usize) -> Vec<Pod> {
-    eventually(&format!("{n} running pods app={app}"), T, || async {
-        let l = pods
-            .list(&ListParams::default().labels(&format!("app={app}")))
-            .await
-            .map_err(|e| e.to_string())?;
-        let ok: Vec<Pod> = l
-            .items
-            .into_iter()
-            .filter(|p| p.metadata.deletion_timestamp.is_none())
-            .filter(|p| phase(p) == "Running")
-            .filter(|p| p.status.as_ref().and_then(|s| s.pod_ip.as_ref()).is_some())
-            .filter(|p| p.spec.as_ref().and_then(|s| s.node_name.as_ref()).is_some())
-            .collect();
-        if ok.len() == n {
-            Ok(ok)
-        } else {
-            Err(format!("{} of {n}", ok.len()))
-        }
-    })
-    .await
-}
-
 fn deployment(name: &str, replicas: i32) -> serde_json::Value {
     json!({
         "metadata": {"name": name},
@@ -134,7 +102,7 @@ fn deployment_with_config_runs_on_the_host(env: &Env) {
         namespace(&v, ns).await;
         deploy_with_config(&v, ns, "web", 3).await;
         let vpods: Api<Pod> = Api::namespaced(v.clone(), ns);
-        let pods = running(&vpods, "web", 3).await;
+        let pods = running(&vpods, "web", 3, T).await;
 
         let hpods: Api<Pod> = Api::namespaced(h.clone(), HOST_NS);
         let hcms: Api<ConfigMap> = Api::namespaced(h.clone(), HOST_NS);
@@ -414,7 +382,7 @@ fn pod_created_before_its_configmap_still_starts(env: &Env) {
             }),
         )
         .await;
-        running(&vpods, "early", 1).await;
+        running(&vpods, "early", 1, T).await;
     });
 }
 
@@ -425,7 +393,7 @@ fn host_pod_deleted_by_hand_is_replaced(env: &Env) {
         namespace(&v, ns).await;
         deploy_with_config(&v, ns, "solo", 1).await;
         let vpods: Api<Pod> = Api::namespaced(v.clone(), ns);
-        let first = running(&vpods, "solo", 1).await.remove(0);
+        let first = running(&vpods, "solo", 1, T).await.remove(0);
         let first_name = first.metadata.name.clone().unwrap();
         let hpods: Api<Pod> = Api::namespaced(h.clone(), HOST_NS);
         hpods
@@ -443,7 +411,7 @@ fn host_pod_deleted_by_hand_is_replaced(env: &Env) {
             }
         })
         .await;
-        let next = running(&vpods, "solo", 1).await.remove(0);
+        let next = running(&vpods, "solo", 1, T).await.remove(0);
         assert_ne!(
             next.metadata.name.unwrap(),
             first_name,
@@ -571,7 +539,7 @@ fn service_links_of_virtual_services_reach_host_pods(env: &Env) {
             }),
         )
         .await;
-        running(&vpods, "client", 1).await;
+        running(&vpods, "client", 1, T).await;
         let hp = Api::<Pod>::namespaced(h, HOST_NS)
             .get(&env.host_name(ns, "client"))
             .await
@@ -671,7 +639,7 @@ fn deleted_while_stopped_is_collected_after_restart(env: &Env) {
                 deployment("app", 2),
             )
             .await;
-            running(&Api::<Pod>::namespaced(v.clone(), n), "app", 2).await;
+            running(&Api::<Pod>::namespaced(v.clone(), n), "app", 2, T).await;
         }
         let hpods: Api<Pod> = Api::namespaced(h.clone(), HOST_NS);
         let hcms: Api<ConfigMap> = Api::namespaced(h.clone(), HOST_NS);
@@ -783,7 +751,7 @@ fn watch_expiry_by_etcd_compaction_is_survived(_: &Env) {
         namespace(&v, ns).await;
         deploy_with_config(&v, ns, "before", 1).await;
         let vpods: Api<Pod> = Api::namespaced(v.clone(), ns);
-        running(&vpods, "before", 1).await;
+        running(&vpods, "before", 1, T).await;
         // Writes the syncer does not watch move etcd past every revision it
         // has seen; compaction then expires them all.
         let h = client(&stack.host_kubeconfig()).await;
@@ -814,7 +782,7 @@ fn watch_expiry_by_etcd_compaction_is_survived(_: &Env) {
             deployment("after", 2),
         )
         .await;
-        running(&vpods, "after", 2).await;
+        running(&vpods, "after", 2, T).await;
         let hpods: Api<Pod> = Api::namespaced(h, "team-compact");
         Api::<Deployment>::namespaced(v.clone(), ns)
             .delete("before", &DeleteParams::background())
@@ -858,7 +826,7 @@ fn pods_violating_baseline_never_reach_the_host(env: &Env) {
                 "spec": {"containers": [{"name": "app", "image": "x", "securityContext": {"capabilities": {"add": ["NET_BIND_SERVICE"]}}}]}}),
         )
         .await;
-        running(&pods, "fine", 1).await;
+        running(&pods, "fine", 1, T).await;
         let events: Api<Event> = Api::namespaced(v.clone(), ns);
         let notes = eventually(
             "a PodSecurityViolation warning on every offender",

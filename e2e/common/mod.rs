@@ -420,7 +420,15 @@ pub async fn none_left<K>(what: &str, api: &kube::Api<K>, labels: &str)
 where
     K: kube::Resource + Clone + serde::de::DeserializeOwned + std::fmt::Debug,
 {
-    eventually(what, Duration::from_secs(60), || async {
+    none_left_within(what, api, labels, Duration::from_secs(60)).await;
+}
+
+/// [`none_left`] with its own deadline.
+pub async fn none_left_within<K>(what: &str, api: &kube::Api<K>, labels: &str, timeout: Duration)
+where
+    K: kube::Resource + Clone + serde::de::DeserializeOwned + std::fmt::Debug,
+{
+    eventually(what, timeout, || async {
         let n = api
             .list(&kube::api::ListParams::default().labels(labels))
             .await
@@ -514,4 +522,42 @@ pub fn list_or_check<E>(args: &libtest_mimic::Arguments, groups: &[&[Test<E>]]) 
         eprintln!("e2e: {e}");
         std::process::exit(1);
     }
+}
+
+/// The phase of a pod ("" before it has one).
+pub fn phase(p: &k8s_openapi::api::core::v1::Pod) -> &str {
+    p.status
+        .as_ref()
+        .and_then(|s| s.phase.as_deref())
+        .unwrap_or("")
+}
+
+/// Pods labelled `app=<app>` of `pods`, once exactly `n` of them are Running
+/// (not terminating) with a pod IP and a node, within `timeout`.
+pub async fn running(
+    pods: &kube::Api<k8s_openapi::api::core::v1::Pod>,
+    app: &str,
+    n: usize,
+    timeout: Duration,
+) -> Vec<k8s_openapi::api::core::v1::Pod> {
+    eventually(&format!("{n} running pods app={app}"), timeout, || async {
+        let l = pods
+            .list(&kube::api::ListParams::default().labels(&format!("app={app}")))
+            .await
+            .map_err(|e| e.to_string())?;
+        let ok: Vec<_> = l
+            .items
+            .into_iter()
+            .filter(|p| p.metadata.deletion_timestamp.is_none())
+            .filter(|p| phase(p) == "Running")
+            .filter(|p| p.status.as_ref().and_then(|s| s.pod_ip.as_ref()).is_some())
+            .filter(|p| p.spec.as_ref().and_then(|s| s.node_name.as_ref()).is_some())
+            .collect();
+        if ok.len() == n {
+            Ok(ok)
+        } else {
+            Err(format!("{} of {n}", ok.len()))
+        }
+    })
+    .await
 }

@@ -126,16 +126,13 @@ pub fn run(args: SyncerArgs) -> anyhow::Result<ExitCode> {
             .map(|s| s.trim().to_owned())
             .context("no --host-namespace given and not running in a pod")?,
     };
+    let nonempty = |list: Vec<String>| -> Vec<String> {
+        list.into_iter().filter(|s| !s.trim().is_empty()).collect()
+    };
     let ingress_policy = IngressPolicy::new(
         &name,
-        args.ingress_denied_annotations
-            .into_iter()
-            .filter(|s| !s.trim().is_empty())
-            .collect(),
-        args.ingress_allowed_hosts
-            .into_iter()
-            .filter(|s| !s.trim().is_empty())
-            .collect(),
+        nonempty(args.ingress_denied_annotations),
+        nonempty(args.ingress_allowed_hosts),
     );
     let front_door = args
         .client_ca_cert

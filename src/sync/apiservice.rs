@@ -10,10 +10,10 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use k8s_openapi::api::core::v1::Service;
-use kube::api::{Api, DeleteParams, PostParams, Preconditions};
+use kube::api::{Api, PostParams};
 use serde_json::json;
 
-use super::Context;
+use super::{Context, delete_exact};
 
 /// Why one round failed.
 #[derive(Debug, thiserror::Error)]
@@ -71,18 +71,9 @@ pub async fn ensure(ctx: &Context, host_service: &str) -> Result<bool, ApiServic
         {
             target_port = serde_json::to_value(tp).unwrap_or(target_port);
         }
-        let dp = DeleteParams {
-            preconditions: Some(Preconditions {
-                uid: cur.metadata.uid.clone(),
-                resource_version: None,
-            }),
-            ..DeleteParams::default()
-        };
-        match api.delete("kubernetes", &dp).await {
-            Ok(_) => {}
-            Err(kube::Error::Api(s)) if s.code == 404 || s.code == 409 => {}
-            Err(e) => return Err(fail("replace the virtual kubernetes Service")(e)),
-        }
+        delete_exact(&api, "kubernetes", cur.metadata.uid.clone(), None)
+            .await
+            .map_err(fail("replace the virtual kubernetes Service"))?;
     }
     let svc: Service = serde_json::from_value(json!({
         "metadata": {"name": "kubernetes", "namespace": "default",

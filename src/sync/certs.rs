@@ -18,14 +18,14 @@ use std::time::Duration;
 use futures::StreamExt as _;
 use k8s_openapi::api::core::v1::Secret;
 use k8s_openapi::api::networking::v1::Ingress;
-use kube::api::{Api, DeleteParams, Patch, PatchParams, Preconditions};
+use kube::api::{Api, Patch, PatchParams};
 use kube::runtime::events::EventType;
 use kube::runtime::reflector::{self, ObjectRef, Store};
 use kube::{Resource as _, ResourceExt};
 use serde_json::json;
 use tokio::sync::Notify;
 
-use super::{Context, EngineOptions, cached_watch};
+use super::{Context, EngineOptions, cached_watch, delete_exact};
 use crate::FIELD_MANAGER;
 use crate::translate::ingress::{tls_secrets, wants_cert_manager};
 use crate::translate::{VirtualKey, host_name};
@@ -177,16 +177,9 @@ async fn pass(ctx: &Context, src: &Sources, tls: &Store<Secret>, warned: &mut Ha
             continue;
         }
         let api: Api<Secret> = Api::namespaced(ctx.virt.clone(), &key.namespace);
-        let dp = DeleteParams {
-            preconditions: Some(Preconditions {
-                uid: s.uid(),
-                resource_version: None,
-            }),
-            ..DeleteParams::default()
-        };
-        match api.delete(&key.name, &dp).await {
-            Ok(_) => tracing::info!(secret = %key, "certificate mirror removed"),
-            Err(kube::Error::Api(e)) if e.code == 404 || e.code == 409 => {}
+        match delete_exact(&api, &key.name, s.uid(), None).await {
+            Ok(true) => tracing::info!(secret = %key, "certificate mirror removed"),
+            Ok(false) => {}
             Err(e) => {
                 tracing::warn!(secret = %key, error = %e, "cannot remove the certificate mirror")
             }

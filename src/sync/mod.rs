@@ -661,9 +661,12 @@ impl<R: Rule> Engine<R> {
             .get(&ObjectRef::new(&host_name).within(&ctx.host_namespace));
         let host_api: Api<R::H> = Api::namespaced(ctx.host.clone(), &ctx.host_namespace);
         let label = format!("{}/{}", key.namespace, key.name);
+        // Ours means written for this very source: host controllers copy a
+        // Service's labels (the owner label among them) onto what they derive.
+        let ours = |h: &R::H| own.virtual_key(h.meta()).as_ref() == Some(key);
 
         let Some(v) = v else {
-            if let Some(h) = h.filter(|h| own.virtual_key(h.meta()).as_ref() == Some(key)) {
+            if let Some(h) = h.filter(|h| ours(h)) {
                 // The cache may lag a re-creation (a rule may replace a
                 // virtual object): delete only what the API confirms gone.
                 let virt_api: Api<R::V> = Api::namespaced(ctx.virt.clone(), &key.namespace);
@@ -679,9 +682,6 @@ impl<R: Rule> Engine<R> {
             }
             return Ok(None);
         };
-        // Ours means written for this very source: host controllers copy a
-        // Service's labels (the owner label among them) onto what they derive.
-        let ours = |h: &R::H| own.virtual_key(h.meta()).as_ref() == Some(key);
         let desired = match self.rule.decide(ctx, &v, h.as_deref().filter(|h| ours(h))) {
             Decision::Sync(d) => d,
             Decision::Remove { grace_seconds } => {
@@ -702,24 +702,14 @@ impl<R: Rule> Engine<R> {
                     return Ok(Some(Duration::from_millis(500)));
                 }
                 let virt_api: Api<R::V> = Api::namespaced(ctx.virt.clone(), &key.namespace);
-                let dp = DeleteParams {
-                    grace_period_seconds: Some(0),
-                    preconditions: Some(Preconditions {
-                        uid: v.uid(),
-                        resource_version: None,
-                    }),
-                    ..DeleteParams::default()
-                };
-                match virt_api.delete(&key.name, &dp).await {
-                    Ok(_) => {}
-                    Err(kube::Error::Api(s)) if s.code == 404 || s.code == 409 => {}
-                    Err(e) => return Err(api_err("delete", R::KIND, &label, e)),
-                }
+                delete_exact(&virt_api, &key.name, v.uid(), Some(0))
+                    .await
+                    .map_err(|e| api_err("delete", R::KIND, &label, e))?;
                 return Ok(None);
             }
             Decision::Reject(reason, note) => {
                 // Refused: nothing of it stays on the host.
-                if let Some(h) = h.filter(|h| own.virtual_key(h.meta()).as_ref() == Some(key)) {
+                if let Some(h) = h.filter(|h| ours(h)) {
                     self.delete_host(&host_api, &h, &label, None).await?;
                 }
                 ctx.event(v.as_ref(), EventType::Warning, reason, note)
@@ -732,7 +722,7 @@ impl<R: Rule> Engine<R> {
             }
         };
         if let Some(h) = &h
-            && own.virtual_key(h.meta()).as_ref() != Some(key)
+            && !ours(h)
         {
             // Owned by us but for another source: should not happen with the
             // name scheme; treat it as a collision all the same.
@@ -875,19 +865,38 @@ impl<R: Rule> Engine<R> {
         if h.meta().deletion_timestamp.is_some() && grace_seconds.is_none() {
             return Ok(());
         }
-        let dp = DeleteParams {
-            grace_period_seconds: grace_seconds.and_then(|g| u32::try_from(g).ok()),
-            preconditions: Some(Preconditions {
-                uid: h.uid(),
-                resource_version: None,
-            }),
-            ..DeleteParams::default()
-        };
-        match api.delete(&h.name_any(), &dp).await {
-            Ok(_) => Ok(()),
-            Err(kube::Error::Api(s)) if s.code == 404 || s.code == 409 => Ok(()),
-            Err(e) => Err(api_err("delete host copy of", R::KIND, label, e)),
-        }
+        let grace = grace_seconds.and_then(|g| u32::try_from(g).ok());
+        delete_exact(api, &h.name_any(), h.uid(), grace)
+            .await
+            .map(drop)
+            .map_err(|e| api_err("delete host copy of", R::KIND, label, e))
+    }
+}
+
+/// Deletes exactly the object `name` with `uid` (a uid precondition), with
+/// `grace` seconds if given. `Ok(false)` when it is already gone (404) or the
+/// name now holds another object (409): nothing of ours is left to delete.
+pub async fn delete_exact<K>(
+    api: &Api<K>,
+    name: &str,
+    uid: Option<String>,
+    grace: Option<u32>,
+) -> Result<bool, kube::Error>
+where
+    K: Resource + Clone + DeserializeOwned + Debug,
+{
+    let dp = DeleteParams {
+        grace_period_seconds: grace,
+        preconditions: Some(Preconditions {
+            uid,
+            resource_version: None,
+        }),
+        ..DeleteParams::default()
+    };
+    match api.delete(name, &dp).await {
+        Ok(_) => Ok(true),
+        Err(kube::Error::Api(s)) if s.code == 404 || s.code == 409 => Ok(false),
+        Err(e) => Err(e),
     }
 }
 

@@ -9,11 +9,11 @@ use std::time::Duration;
 
 use k8s_openapi::api::core::v1::Service;
 use kube::ResourceExt;
-use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams, Preconditions};
+use kube::api::{Api, Patch, PatchParams, PostParams};
 use kube::runtime::events::EventType;
 use kube::runtime::reflector::Store;
 
-use super::{Context, Decision, Rule, SyncError};
+use super::{Context, Decision, Rule, SyncError, delete_exact};
 use crate::translate::VirtualKey;
 use crate::translate::service::{
     Parity, allocation_conflict, host_service, is_api_service, parity, status_up,
@@ -121,17 +121,11 @@ impl Rule for ServiceRule {
                 // The cluster IP is immutable: replace the virtual Service
                 // with one at the host's address (the engine keeps the host
                 // copy while the replacement is created).
-                let dp = DeleteParams {
-                    preconditions: Some(Preconditions {
-                        uid: v.uid(),
-                        resource_version: None,
-                    }),
-                    ..DeleteParams::default()
-                };
-                match api.delete(&v.name_any(), &dp).await {
-                    Ok(_) => {}
-                    Err(kube::Error::Api(s)) if s.code == 404 || s.code == 409 => return Ok(None),
-                    Err(e) => return Err(err("replace", v)(e)),
+                if !delete_exact(&api, &v.name_any(), v.uid(), None)
+                    .await
+                    .map_err(err("replace", v))?
+                {
+                    return Ok(None);
                 }
                 tracing::info!(namespace = %ns, name = %v.name_any(), cluster_ip = %ip, "virtual Service re-created at the host's cluster IP");
                 if let Err(e) = api.create(&PostParams::default(), &replacement).await {
