@@ -19,15 +19,15 @@ use k8s_openapi::api::networking::v1::Ingress;
 use kube::ResourceExt;
 use kube::api::Api;
 use kube::config::Kubeconfig;
-use kube::runtime::reflector;
 
+use crate::sync::cache;
 use crate::sync::config::{ConfigRule, Scope};
 use crate::sync::endpoints::{EndpointsRule, SliceRule};
 use crate::sync::ingresses::IngressRule;
 use crate::sync::nodes::VirtualNodes;
-use crate::sync::pods::PodRule;
+use crate::sync::pods::{PodRule, TokenIndex};
 use crate::sync::services::ServiceRule;
-use crate::sync::{Context, Engine, EngineOptions};
+use crate::sync::{Context, Engine, EngineOptions, Side, streams_lists};
 use crate::translate::ingress::tls_secrets;
 use crate::translate::pod::references;
 use crate::translate::service::slice_service;
@@ -242,6 +242,8 @@ pub async fn run(opts: SyncerOptions) -> Result<(), SyncerError> {
         resync: opts.resync,
         watch_timeout_seconds: opts.watch_timeout_seconds,
         watch_bookmarks: opts.watch_bookmarks,
+        host_streams_lists: streams_lists(&host, &opts.host_namespace).await,
+        virtual_streams_lists: streams_lists(&virt, "default").await,
     };
     let scope = if opts.sync_all_configs {
         Scope::All
@@ -254,7 +256,7 @@ pub async fn run(opts: SyncerOptions) -> Result<(), SyncerError> {
 
     // Virtual Services: the Service engine's cache, or a plain watch when
     // Services are not synced; pods need it complete (service links) first.
-    let (services, services_writer) = reflector::store::<Service>();
+    let (services, services_writer) = cache::cache::<Service>();
     let service_engine = Engine::with_virtual_store(
         ServiceRule::new(services.clone()),
         Arc::clone(&ctx),
@@ -268,14 +270,16 @@ pub async fn run(opts: SyncerOptions) -> Result<(), SyncerError> {
         ));
         tokio::spawn(crate::sync::cidr::run(Arc::clone(&ctx), opts.resync));
     } else {
-        let (links, links_writer) = reflector::store::<Service>();
-        let watch = crate::sync::cached_watch(
+        let (links, links_writer) = cache::cache::<Service>();
+        let watch = cache::watch(
             Api::<Service>::all(virt.clone()),
-            engine_opts.watcher_config(),
+            engine_opts.watcher_config(Side::Virtual),
             links_writer,
+            |_| {},
+            || {},
         );
         tokio::spawn(watch.for_each(|_| std::future::ready(())));
-        let _ = links.wait_until_ready().await;
+        links.wait_until_ready().await;
         service_links = Some(links);
     }
     let services_for_links = service_links.unwrap_or_else(|| services.clone());
@@ -296,8 +300,8 @@ pub async fn run(opts: SyncerOptions) -> Result<(), SyncerError> {
         port: opts.api_port,
     };
 
-    let pod_cache = reflector::store::<Pod>();
-    let ingress_cache = reflector::store::<Ingress>();
+    let pod_cache = cache::cache::<Pod>();
+    let ingress_cache = cache::cache::<Ingress>();
     let configmaps = Engine::new(
         ConfigRule::<ConfigMap>::new(scope, pod_cache.0.clone(), ingress_cache.0.clone()),
         Arc::clone(&ctx),
@@ -307,6 +311,7 @@ pub async fn run(opts: SyncerOptions) -> Result<(), SyncerError> {
         Arc::clone(&ctx),
     );
     let nodes = Arc::new(VirtualNodes::new(virt.clone(), host.clone()));
+    let tokens = Arc::new(TokenIndex::default());
     let pods = Engine::with_virtual_store(
         PodRule::new(
             configmaps.host_store(),
@@ -315,6 +320,7 @@ pub async fn run(opts: SyncerOptions) -> Result<(), SyncerError> {
             api,
             services_for_links,
             opts.pod_security,
+            Arc::clone(&tokens),
         ),
         Arc::clone(&ctx),
         pod_cache,
@@ -363,9 +369,9 @@ pub async fn run(opts: SyncerOptions) -> Result<(), SyncerError> {
                 namespace: svc.namespace().unwrap_or_default(),
                 name: svc.name_any(),
             };
-            for slice in sls.virtual_store().state() {
+            for slice in sls.virtual_store().entries() {
                 if slice.namespace().as_deref() == Some(key.namespace.as_str())
-                    && slice_service(&slice) == Some(key.name.as_str())
+                    && slice_service(slice.as_ref()) == Some(key.name.as_str())
                 {
                     sls.enqueue(VirtualKey {
                         namespace: key.namespace.clone(),
@@ -385,6 +391,9 @@ pub async fn run(opts: SyncerOptions) -> Result<(), SyncerError> {
     }
     if kinds.pods {
         tokio::spawn(Arc::clone(&pods).run(engine_opts));
+        tokio::spawn(
+            Arc::clone(&tokens).run(Arc::clone(&ctx), engine_opts.watcher_config(Side::Host)),
+        );
         let (nodes, host_pods) = (Arc::clone(&nodes), pods.host_store());
         tokio::spawn(async move { nodes.maintain(host_pods, Duration::from_secs(10)).await });
         if kinds.events {

@@ -20,12 +20,12 @@ use k8s_openapi::api::core::v1::Secret;
 use k8s_openapi::api::networking::v1::Ingress;
 use kube::api::{Api, Patch, PatchParams};
 use kube::runtime::events::EventType;
-use kube::runtime::reflector::{self, ObjectRef, Store};
 use kube::{Resource as _, ResourceExt};
 use serde_json::json;
 use tokio::sync::Notify;
 
-use super::{Context, EngineOptions, cached_watch, delete_exact};
+use super::cache::{self, Cache};
+use super::{Context, EngineOptions, delete_exact};
 use crate::FIELD_MANAGER;
 use crate::translate::ingress::{tls_secrets, wants_cert_manager};
 use crate::translate::{VirtualKey, host_name};
@@ -39,7 +39,7 @@ pub const CERTIFICATE_NAME_ANNOTATION: &str = "cert-manager.io/certificate-name"
 const TLS_TYPE: &str = "kubernetes.io/tls";
 
 /// True for a virtual Secret that mirrors a host Secret.
-pub fn is_mirror(s: &Secret) -> bool {
+pub fn is_mirror(s: &impl kube::Resource) -> bool {
     s.labels().get(MIRROR_LABEL).is_some_and(|v| v == "true")
 }
 
@@ -47,11 +47,11 @@ pub fn is_mirror(s: &Secret) -> bool {
 #[derive(Clone)]
 pub struct Sources {
     /// Virtual ingresses.
-    pub ingresses: Store<Ingress>,
+    pub ingresses: Cache<Ingress>,
     /// This vcluster's host ingresses.
-    pub host_ingresses: Store<Ingress>,
+    pub host_ingresses: Cache<Ingress>,
     /// Virtual Secrets.
-    pub secrets: Store<Secret>,
+    pub secrets: Cache<Secret>,
     /// True once the engines owning those caches have done their initial sync.
     pub ready: Arc<dyn Fn() -> bool + Send + Sync>,
 }
@@ -64,14 +64,17 @@ impl std::fmt::Debug for Sources {
 
 /// Runs the mirror until the process ends.
 pub async fn run(ctx: Arc<Context>, src: Sources, opts: EngineOptions) {
-    let (tls, writer) = reflector::store::<Secret>();
+    let (tls, writer) = cache::cache::<Secret>();
     let api: Api<Secret> = Api::namespaced(ctx.host.clone(), &ctx.host_namespace);
     let changed = Arc::new(Notify::new());
     let notify = Arc::clone(&changed);
-    let watch = cached_watch(
+    let watch = cache::watch(
         api,
-        opts.watcher_config().fields(&format!("type={TLS_TYPE}")),
+        opts.watcher_config(super::Side::Host)
+            .fields(&format!("type={TLS_TYPE}")),
         writer,
+        |_| {},
+        || {},
     );
     tokio::spawn(watch.for_each(move |_| {
         notify.notify_one();
@@ -80,7 +83,7 @@ pub async fn run(ctx: Arc<Context>, src: Sources, opts: EngineOptions) {
     // Every cache complete first: a partial view would remove good mirrors.
     // (The engines' caches are not awaited here: their readiness future
     // wakes only its latest waiter, and each engine waits on its own.)
-    let _ = tls.wait_until_ready().await;
+    tls.wait_until_ready().await;
     while !(src.ready)() {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
@@ -94,22 +97,26 @@ pub async fn run(ctx: Arc<Context>, src: Sources, opts: EngineOptions) {
     }
 }
 
-async fn pass(ctx: &Context, src: &Sources, tls: &Store<Secret>, warned: &mut HashSet<VirtualKey>) {
+async fn pass(ctx: &Context, src: &Sources, tls: &Cache<Secret>, warned: &mut HashSet<VirtualKey>) {
     let own = ctx.ownership();
-    let mut desired: HashMap<VirtualKey, (Arc<Secret>, Arc<Ingress>)> = HashMap::new();
-    for ing in src.ingresses.state() {
+    let mut desired: HashMap<VirtualKey, (Secret, Ingress)> = HashMap::new();
+    for ing in src.ingresses.objects_in(None) {
         if !wants_cert_manager(&ing) || ing.metadata.deletion_timestamp.is_some() {
             continue;
         }
         let ns = ing.namespace().unwrap_or_default();
-        let host_ing =
-            ObjectRef::new(&host_name(&ctx.vc, &ns, &ing.name_any())).within(&ctx.host_namespace);
-        if src.host_ingresses.get(&host_ing).is_none() {
+        let host_ing = host_name(&ctx.vc, &ns, &ing.name_any());
+        if !src
+            .host_ingresses
+            .contains(&host_ing, Some(&ctx.host_namespace))
+        {
             continue;
         }
         for name in tls_secrets(&ing) {
-            let host = ObjectRef::new(&host_name(&ctx.vc, &ns, &name)).within(&ctx.host_namespace);
-            let Some(hs) = tls.get(&host) else { continue };
+            let host = host_name(&ctx.vc, &ns, &name);
+            let Some(hs) = tls.get(&host, Some(&ctx.host_namespace)) else {
+                continue;
+            };
             if own.owns(hs.meta()) || !hs.annotations().contains_key(CERTIFICATE_NAME_ANNOTATION) {
                 continue;
             }
@@ -118,14 +125,12 @@ async fn pass(ctx: &Context, src: &Sources, tls: &Store<Secret>, warned: &mut Ha
                     namespace: ns.clone(),
                     name,
                 },
-                (hs, Arc::clone(&ing)),
+                (hs, ing.clone()),
             );
         }
     }
     for (key, (hs, ing)) in &desired {
-        let current = src
-            .secrets
-            .get(&ObjectRef::new(&key.name).within(&key.namespace));
+        let current = src.secrets.get(&key.name, Some(&key.namespace));
         if let Some(cur) = &current {
             if !is_mirror(cur) {
                 if warned.insert(key.clone()) {
@@ -133,7 +138,7 @@ async fn pass(ctx: &Context, src: &Sources, tls: &Store<Secret>, warned: &mut Ha
                         "secret {} already exists and is not a mirror of the host certificate; it is left alone",
                         key.name
                     );
-                    ctx.event(ing.as_ref(), EventType::Warning, "TLSSecretConflict", note)
+                    ctx.event(ing, EventType::Warning, "TLSSecretConflict", note)
                         .await;
                 }
                 continue;
@@ -168,12 +173,12 @@ async fn pass(ctx: &Context, src: &Sources, tls: &Store<Secret>, warned: &mut Ha
             Err(e) => tracing::warn!(secret = %key, error = %e, "cannot mirror the certificate"),
         }
     }
-    for s in src.secrets.state() {
+    for s in src.secrets.entries() {
         let key = VirtualKey {
             namespace: s.namespace().unwrap_or_default(),
             name: s.name_any(),
         };
-        if !is_mirror(&s) || desired.contains_key(&key) {
+        if !is_mirror(s.as_ref()) || desired.contains_key(&key) {
             continue;
         }
         let api: Api<Secret> = Api::namespaced(ctx.virt.clone(), &key.namespace);

@@ -11,8 +11,8 @@ use k8s_openapi::api::core::v1::{ConfigMap, Pod, Secret};
 use k8s_openapi::api::networking::v1::Ingress;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use kube::ResourceExt;
-use kube::runtime::reflector::Store;
 
+use super::cache::Cache;
 use super::{Context, Decision, Object, Rule, copy_unreserved};
 use crate::translate::ingress::{tls_secrets, wants_cert_manager};
 use crate::translate::pod::{References, references};
@@ -97,14 +97,14 @@ impl ConfigKind for Secret {
 #[derive(Debug)]
 pub struct ConfigRule<K> {
     scope: Scope,
-    pods: Store<Pod>,
-    ingresses: Store<Ingress>,
+    pods: Cache<Pod>,
+    ingresses: Cache<Ingress>,
     kind: PhantomData<fn() -> K>,
 }
 
 impl<K> ConfigRule<K> {
     /// A rule that reads references from the virtual pod and ingress caches.
-    pub fn new(scope: Scope, pods: Store<Pod>, ingresses: Store<Ingress>) -> Self {
+    pub fn new(scope: Scope, pods: Cache<Pod>, ingresses: Cache<Ingress>) -> Self {
         Self {
             scope,
             pods,
@@ -112,6 +112,25 @@ impl<K> ConfigRule<K> {
             kind: PhantomData,
         }
     }
+}
+
+impl<K: ConfigKind> ConfigRule<K> {
+    /// Whether a virtual pod of `namespace` references `name`. Only pods
+    /// whose JSON mentions the name as a string are parsed (the cache keeps
+    /// pods compressed; a scan of every pod would parse thousands).
+    fn referenced_by_pod(&self, namespace: Option<&str>, name: &str) -> bool {
+        let quoted = format!("\"{name}\"");
+        self.pods.any_entry(|p| {
+            p.namespace().as_deref() == namespace
+                && contains(&p.body_json(), quoted.as_bytes())
+                && p.object()
+                    .is_ok_and(|p| K::referenced(&references(&p), name))
+        })
+    }
+}
+
+fn contains(haystack: &[u8], needle: &[u8]) -> bool {
+    !needle.is_empty() && haystack.windows(needle.len()).any(|w| w == needle)
 }
 
 impl<K: ConfigKind> Rule for ConfigRule<K> {
@@ -132,14 +151,12 @@ impl<K: ConfigKind> Rule for ConfigRule<K> {
         let ns = v.namespace();
         let name = v.name_any();
         let wanted = self.scope == Scope::All
-            || self
-                .pods
-                .find(|p| p.namespace() == ns && K::referenced(&references(p), &name))
-                .is_some()
+            || self.referenced_by_pod(ns.as_deref(), &name)
             || self
                 .ingresses
-                .find(|i| i.namespace() == ns && K::referenced_by_ingress(i, &name))
-                .is_some();
+                .objects_in(ns.as_deref())
+                .iter()
+                .any(|i| K::referenced_by_ingress(i, &name));
         if !wanted {
             return Decision::Remove {
                 grace_seconds: None,

@@ -6,18 +6,18 @@
 use k8s_openapi::api::core::v1::{Endpoints, Service};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use kube::ResourceExt;
-use kube::runtime::reflector::{ObjectRef, Store};
 
+use super::cache::Cache;
 use super::{Context, Decision, Rule};
 use crate::translate::service::{
     derived_slice, host_endpoint_slice, host_endpoints, is_api_service, selector, slice_service,
 };
 
 /// Whether endpoints of Service `name` in `namespace` are the tenant's to give.
-fn tenant_managed(services: &Store<Service>, namespace: &str, name: &str) -> bool {
+fn tenant_managed(services: &Cache<Service>, namespace: &str, name: &str) -> bool {
     !is_api_service(Some(namespace), name)
         && services
-            .get(&ObjectRef::new(name).within(namespace))
+            .get(name, Some(namespace))
             .is_some_and(|s| selector(&s).is_none())
 }
 
@@ -28,12 +28,12 @@ const GONE: Decision<Endpoints> = Decision::Remove {
 /// The Endpoints rule.
 #[derive(Debug)]
 pub struct EndpointsRule {
-    services: Store<Service>,
+    services: Cache<Service>,
 }
 
 impl EndpointsRule {
     /// A rule reading the virtual Services cache.
-    pub fn new(services: Store<Service>) -> Self {
+    pub fn new(services: Cache<Service>) -> Self {
         Self { services }
     }
 }
@@ -57,12 +57,12 @@ impl Rule for EndpointsRule {
 /// The EndpointSlice rule.
 #[derive(Debug)]
 pub struct SliceRule {
-    services: Store<Service>,
+    services: Cache<Service>,
 }
 
 impl SliceRule {
     /// A rule reading the virtual Services cache.
-    pub fn new(services: Store<Service>) -> Self {
+    pub fn new(services: Cache<Service>) -> Self {
         Self { services }
     }
 }

@@ -4,18 +4,18 @@
 
 use futures::StreamExt;
 use k8s_openapi::api::core::v1::{Event, Pod};
-use kube::ResourceExt;
 use kube::api::{Api, Patch, PatchParams};
-use kube::runtime::reflector::{ObjectRef, Store};
 use kube::runtime::{WatchStreamExt, watcher};
+use kube::{Resource as _, ResourceExt};
 
 use super::Context;
+use super::cache::Cache;
 use crate::FIELD_MANAGER;
 use crate::translate::event::{Target, virtual_event};
 
 /// Copies host pod events up until the process ends. `host_pods` and
 /// `virtual_pods` are the pod engine's caches.
-pub async fn run(ctx: std::sync::Arc<Context>, host_pods: Store<Pod>, virtual_pods: Store<Pod>) {
+pub async fn run(ctx: std::sync::Arc<Context>, host_pods: Cache<Pod>, virtual_pods: Cache<Pod>) {
     let api: Api<Event> = Api::namespaced(ctx.host.clone(), &ctx.host_namespace);
     let stream = watcher(api, watcher::Config::default())
         .default_backoff()
@@ -36,14 +36,13 @@ pub async fn run(ctx: std::sync::Arc<Context>, host_pods: Store<Pod>, virtual_po
         let Some(host_name) = host_event.involved_object.name.as_deref() else {
             continue;
         };
-        let Some(host_pod) = host_pods.get(&ObjectRef::new(host_name).within(&ctx.host_namespace))
-        else {
+        let Some(host_pod) = host_pods.entry(host_name, Some(&ctx.host_namespace)) else {
             continue;
         };
-        let Some(key) = own.virtual_key(&host_pod.metadata) else {
+        let Some(key) = own.virtual_key(host_pod.meta()) else {
             continue;
         };
-        let Some(vpod) = virtual_pods.get(&ObjectRef::new(&key.name).within(&key.namespace)) else {
+        let Some(vpod) = virtual_pods.entry(&key.name, Some(&key.namespace)) else {
             continue;
         };
         let uid = vpod.uid().unwrap_or_default();

@@ -3,9 +3,11 @@
 //!
 //! For a kind, the engine
 //! - watches the virtual API (all namespaces) and the host namespace (only
-//!   objects carrying this vcluster's owner label), with reflector caches
-//!   stripped of `managedFields`; kube-runtime's watcher relists on expiry
-//!   (410 Gone) and retries with backoff across API server restarts;
+//!   objects this vcluster wrote for a virtual object), into compact caches
+//!   ([`cache`]: metadata parsed, the rest compressed JSON, `managedFields`
+//!   stripped, host copies slimmed by the rule); kube-runtime's watcher
+//!   relists on expiry (410 Gone) and retries with backoff across API server
+//!   restarts;
 //! - queues virtual keys in a [`queue::FairQueue`], fair across virtual
 //!   namespaces, and reconciles them with bounded concurrency;
 //! - reconciles level-triggered: desired = rule(virtual); written with
@@ -18,6 +20,7 @@
 //!   label: a name collision becomes a Warning Event on the virtual object.
 
 pub mod apiservice;
+pub mod cache;
 pub mod certs;
 pub mod cidr;
 pub mod config;
@@ -40,8 +43,7 @@ use futures::StreamExt;
 use k8s_openapi::NamespaceResourceScope;
 use kube::api::{Api, DeleteParams, Patch, PatchParams, Preconditions};
 use kube::runtime::events::{Event as KubeEvent, EventType, Recorder, Reporter};
-use kube::runtime::reflector::{self, ObjectRef, Store};
-use kube::runtime::{WatchStreamExt, watcher};
+use kube::runtime::watcher;
 use kube::{Resource, ResourceExt};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
@@ -51,6 +53,7 @@ use tokio::sync::{Mutex, Notify};
 
 use crate::FIELD_MANAGER;
 use crate::translate::{Ownership, VclusterName, VirtualKey, host_name, markers};
+use cache::{Cache, CacheError};
 use queue::FairQueue;
 
 /// Annotation on host objects: hash of the desired content last applied.
@@ -71,6 +74,9 @@ pub enum SyncError {
         /// The cause.
         source: Box<kube::Error>,
     },
+    /// A cached object did not parse.
+    #[error(transparent)]
+    Cache(#[from] CacheError),
     /// The desired object could not be serialized.
     #[error("serialize {kind}: {source}")]
     Serialize {
@@ -182,6 +188,16 @@ pub enum Decision<H> {
     Wait(String),
 }
 
+/// What became of the host copy in one reconcile.
+enum Written<H> {
+    /// Written; the API's answer.
+    Applied(H),
+    /// Already as desired.
+    Unchanged,
+    /// A foreign object holds the name.
+    Collision,
+}
+
 /// Bounds of a kind's object types.
 pub trait Object:
     Resource<DynamicType = (), Scope = NamespaceResourceScope>
@@ -229,6 +245,19 @@ pub trait Rule: Send + Sync + 'static {
         async { Ok(None) }
     }
 
+    /// Runs at the same time as the write of the host copy (`writing`: one
+    /// is under way; `h`: the cached host copy), for work [`Rule::after_sync`]
+    /// needs that does not depend on the write's result.
+    fn alongside_write(
+        &self,
+        _ctx: &Context,
+        _v: &Self::V,
+        _h: Option<&Self::H>,
+        _writing: bool,
+    ) -> impl Future<Output = Result<(), SyncError>> + Send {
+        async { Ok(()) }
+    }
+
     /// A merge patch for the virtual status subresource, when the host object
     /// reports something the virtual one does not show yet.
     fn status_up(&self, _v: &Self::V, _h: &Self::H) -> Option<serde_json::Value> {
@@ -258,10 +287,10 @@ type Hook<V> = Box<dyn Fn(&V) + Send + Sync>;
 pub struct Engine<R: Rule> {
     rule: Arc<R>,
     ctx: Arc<Context>,
-    virt_store: Store<R::V>,
-    virt_writer: Mutex<Option<reflector::store::Writer<R::V>>>,
-    host_store: Store<R::H>,
-    host_writer: Mutex<Option<reflector::store::Writer<R::H>>>,
+    virt_store: Cache<R::V>,
+    virt_writer: Mutex<Option<cache::Writer<R::V>>>,
+    host_store: Cache<R::H>,
+    host_writer: Mutex<Option<cache::Writer<R::H>>>,
     queue: std::sync::Mutex<FairQueue<VirtualKey>>,
     hooks: std::sync::Mutex<Vec<Hook<R::V>>>,
     wake: Notify,
@@ -290,13 +319,35 @@ pub struct EngineOptions {
     /// Ask for watch bookmarks (they keep resource versions fresh, so a
     /// re-watch rarely finds its version compacted).
     pub watch_bookmarks: bool,
+    /// The host API server streams initial lists in watches (see [`streams_lists`]).
+    pub host_streams_lists: bool,
+    /// The virtual API server streams initial lists in watches.
+    pub virtual_streams_lists: bool,
+}
+
+/// Which API a watch is on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Side {
+    /// The host cluster's API.
+    Host,
+    /// The virtual cluster's API.
+    Virtual,
 }
 
 impl EngineOptions {
-    /// The watcher configuration these options ask for.
-    pub fn watcher_config(&self) -> watcher::Config {
+    /// The watcher configuration these options ask for on `side`: the
+    /// initial list streamed as watch events where the server can (no pages
+    /// of hundreds of objects held at once), else listed in pages.
+    pub fn watcher_config(&self, side: Side) -> watcher::Config {
         let c = watcher::Config::default().timeout(self.watch_timeout_seconds);
-        if self.watch_bookmarks {
+        let streams = match side {
+            Side::Host => self.host_streams_lists,
+            Side::Virtual => self.virtual_streams_lists,
+        };
+        if streams {
+            // Streaming lists end their initial events with a bookmark.
+            c.streaming_lists()
+        } else if self.watch_bookmarks {
             c
         } else {
             c.disable_bookmarks()
@@ -304,50 +355,37 @@ impl EngineOptions {
     }
 }
 
-/// A watch that keeps `writer`'s cache (with `managedFields` stripped),
-/// relists after expiry, retries with backoff, and yields each object it
-/// sees change.
-pub fn cached_watch<K>(
-    api: Api<K>,
-    config: watcher::Config,
-    writer: reflector::store::Writer<K>,
-) -> impl futures::Stream<Item = Result<K, watcher::Error>> + Send
-where
-    K: Resource<DynamicType = ()> + Clone + DeserializeOwned + Debug + Send + Sync + 'static,
-{
-    counted_watch(api, config, writer, |_| {}, || {})
-}
-
-/// [`cached_watch`] that passes each object through `slim` before caching
-/// it, and calls `on_relist` each time the watch lists again after its first
-/// list (expiry, 410 Gone, an API server that went away).
-pub fn counted_watch<K>(
-    api: Api<K>,
-    config: watcher::Config,
-    writer: reflector::store::Writer<K>,
-    slim: fn(&mut K),
-    on_relist: impl Fn() + Send + 'static,
-) -> impl futures::Stream<Item = Result<K, watcher::Error>> + Send
-where
-    K: Resource<DynamicType = ()> + Clone + DeserializeOwned + Debug + Send + Sync + 'static,
-{
-    let mut lists = 0u64;
-    watcher(api, config)
-        .default_backoff()
-        .modify(move |o| {
-            o.managed_fields_mut().clear();
-            slim(o);
-        })
-        .reflect(writer)
-        .inspect(move |ev| {
-            if matches!(ev, Ok(watcher::Event::Init)) {
-                lists += 1;
-                if lists > 1 {
-                    on_relist();
-                }
-            }
-        })
-        .touched_objects()
+/// Whether `client`'s API server streams initial lists in watches
+/// (`sendInitialEvents`, the WatchList feature: on by default since
+/// Kubernetes 1.34, off in 1.33). Probed with a watch on an empty selection
+/// of ConfigMaps in `namespace`: a server that streams opens with the
+/// bookmark that ends the initial events; one that does not refuses the
+/// parameter or sends nothing.
+pub async fn streams_lists(client: &kube::Client, namespace: &str) -> bool {
+    use k8s_openapi::api::core::v1::ConfigMap;
+    use kube::api::{WatchEvent, WatchParams};
+    let api: Api<ConfigMap> = Api::namespaced(client.clone(), namespace);
+    let wp = WatchParams::streaming_lists()
+        .labels("vcluster.dev/probe=none")
+        .timeout(2);
+    let stream = match api.watch(&wp, "0").await {
+        Ok(s) => s,
+        Err(e) => {
+            tracing::info!(error = %e, "the API server does not stream lists; listing in pages");
+            return false;
+        }
+    };
+    futures::pin_mut!(stream);
+    let first = tokio::time::timeout(Duration::from_secs(3), stream.next()).await;
+    let streams = matches!(
+        first,
+        Ok(Some(Ok(WatchEvent::Bookmark(b))))
+            if b.metadata.annotations.contains_key("k8s.io/initial-events-end")
+    );
+    if !streams {
+        tracing::info!("the API server does not stream lists; listing in pages");
+    }
+    streams
 }
 
 fn strip<K: Resource>(mut o: K) -> K {
@@ -363,7 +401,7 @@ fn hash_of(value: &serde_json::Value) -> String {
 impl<R: Rule> Engine<R> {
     /// A new engine for `rule`.
     pub fn new(rule: R, ctx: Arc<Context>) -> Arc<Self> {
-        Self::with_virtual_store(rule, ctx, reflector::store())
+        Self::with_virtual_store(rule, ctx, cache::cache())
     }
 
     /// A new engine whose virtual cache was made beforehand (so another
@@ -371,9 +409,9 @@ impl<R: Rule> Engine<R> {
     pub fn with_virtual_store(
         rule: R,
         ctx: Arc<Context>,
-        (virt_store, virt_writer): (Store<R::V>, reflector::store::Writer<R::V>),
+        (virt_store, virt_writer): (Cache<R::V>, cache::Writer<R::V>),
     ) -> Arc<Self> {
-        let (host_store, host_writer) = reflector::store();
+        let (host_store, host_writer) = cache::cache();
         Arc::new(Self {
             rule: Arc::new(rule),
             ctx,
@@ -391,12 +429,12 @@ impl<R: Rule> Engine<R> {
     }
 
     /// The virtual cache (for other kinds' rules to read).
-    pub fn virtual_store(&self) -> Store<R::V> {
+    pub fn virtual_store(&self) -> Cache<R::V> {
         self.virt_store.clone()
     }
 
     /// The host cache.
-    pub fn host_store(&self) -> Store<R::H> {
+    pub fn host_store(&self) -> Cache<R::H> {
         self.host_store.clone()
     }
 
@@ -444,7 +482,7 @@ impl<R: Rule> Engine<R> {
     async fn enqueue_all(&self, force: bool) {
         let mut keys: Vec<VirtualKey> = self
             .virt_store
-            .state()
+            .entries()
             .iter()
             .map(|v| VirtualKey {
                 namespace: v.namespace().unwrap_or_default(),
@@ -454,7 +492,7 @@ impl<R: Rule> Engine<R> {
         let own = self.ctx.ownership();
         keys.extend(
             self.host_store
-                .state()
+                .entries()
                 .iter()
                 .filter_map(|h| own.virtual_key(h.meta())),
         );
@@ -484,9 +522,9 @@ impl<R: Rule> Engine<R> {
 
         let me = Arc::clone(&self);
         let virt_watch = async move {
-            let stream = counted_watch(
+            let stream = cache::watch(
                 virt_api,
-                opts.watcher_config(),
+                opts.watcher_config(Side::Virtual),
                 vw,
                 |_| {},
                 || metrics::global().watch_restarted(R::KIND, "virtual"),
@@ -517,8 +555,8 @@ impl<R: Rule> Engine<R> {
         };
         let me = Arc::clone(&self);
         let host_watch = async move {
-            let config = opts.watcher_config().labels(&selector);
-            let stream = counted_watch(host_api, config, hw, R::slim_host, || {
+            let config = opts.watcher_config(Side::Host).labels(&selector);
+            let stream = cache::watch(host_api, config, hw, R::slim_host, || {
                 metrics::global().watch_restarted(R::KIND, "host")
             });
             futures::pin_mut!(stream);
@@ -541,7 +579,7 @@ impl<R: Rule> Engine<R> {
 
         // Initial sync: both caches complete, then every key on either side.
         let (a, b) = (self.virt_store.clone(), self.host_store.clone());
-        let _ = futures::join!(a.wait_until_ready(), b.wait_until_ready());
+        futures::join!(a.wait_until_ready(), b.wait_until_ready());
         self.enqueue_all(false).await;
         let me = Arc::clone(&self);
         tokio::spawn(async move {
@@ -578,7 +616,7 @@ impl<R: Rule> Engine<R> {
                 let own = me.ctx.ownership();
                 let owned = me
                     .host_store
-                    .state()
+                    .entries()
                     .iter()
                     .filter(|h| own.virtual_key(h.meta()).is_some())
                     .count();
@@ -653,12 +691,14 @@ impl<R: Rule> Engine<R> {
         let ctx = &self.ctx;
         let own = ctx.ownership();
         let host_name = ctx.host_name(key);
-        let v = self
-            .virt_store
-            .get(&ObjectRef::new(&key.name).within(&key.namespace));
-        let h = self
-            .host_store
-            .get(&ObjectRef::new(&host_name).within(&ctx.host_namespace));
+        let v = match self.virt_store.entry(&key.name, Some(&key.namespace)) {
+            Some(c) => Some(c.object()?),
+            None => None,
+        };
+        let h = match self.host_store.entry(&host_name, Some(&ctx.host_namespace)) {
+            Some(c) => Some(c.object()?),
+            None => None,
+        };
         let host_api: Api<R::H> = Api::namespaced(ctx.host.clone(), &ctx.host_namespace);
         let label = format!("{}/{}", key.namespace, key.name);
         // Ours means written for this very source: host controllers copy a
@@ -682,7 +722,7 @@ impl<R: Rule> Engine<R> {
             }
             return Ok(None);
         };
-        let desired = match self.rule.decide(ctx, &v, h.as_deref().filter(|h| ours(h))) {
+        let desired = match self.rule.decide(ctx, &v, h.as_ref().filter(|h| ours(h))) {
             Decision::Sync(d) => d,
             Decision::Remove { grace_seconds } => {
                 if let Some(h) = h.filter(|h| ours(h)) {
@@ -712,8 +752,7 @@ impl<R: Rule> Engine<R> {
                 if let Some(h) = h.filter(|h| ours(h)) {
                     self.delete_host(&host_api, &h, &label, None).await?;
                 }
-                ctx.event(v.as_ref(), EventType::Warning, reason, note)
-                    .await;
+                ctx.event(&v, EventType::Warning, reason, note).await;
                 return Ok(None);
             }
             Decision::Wait(why) => {
@@ -759,7 +798,11 @@ impl<R: Rule> Engine<R> {
         let current_hash = h
             .as_ref()
             .and_then(|h| h.annotations().get(HASH_ANNOTATION).cloned());
-        let applied = if force || current_hash.as_deref() != Some(hash.as_str()) {
+        let writing = force || current_hash.as_deref() != Some(hash.as_str());
+        let write = async {
+            if !writing {
+                return Ok(Written::Unchanged);
+            }
             if h.is_none() {
                 // A foreign object may hold the name: the cache only sees ours.
                 if let Some(existing) = host_api
@@ -768,7 +811,7 @@ impl<R: Rule> Engine<R> {
                     .map_err(|e| api_err("get", R::KIND, &label, e))?
                     && !own.owns(existing.meta())
                 {
-                    return self.collision(&v, &host_name).await;
+                    return Ok(Written::Collision);
                 }
             }
             let params = PatchParams::apply(FIELD_MANAGER).force();
@@ -777,9 +820,7 @@ impl<R: Rule> Engine<R> {
                 .await;
             if let Err(kube::Error::Api(status)) = &result
                 && rejected(status.code)
-                && let Some(alt) = self
-                    .rule
-                    .on_rejected(&desired, h.as_deref(), &status.message)
+                && let Some(alt) = self.rule.on_rejected(&desired, h.as_ref(), &status.message)
             {
                 tracing::info!(kind = R::KIND, key = %label, reason = %status.message, "host refused the copy; applying the rule's alternative");
                 let mut alt_value =
@@ -810,18 +851,28 @@ impl<R: Rule> Engine<R> {
                         R::KIND,
                         status.message
                     );
-                    ctx.event(v.as_ref(), EventType::Warning, "SyncRejected", note)
+                    ctx.event(&v, EventType::Warning, "SyncRejected", note)
                         .await;
                     return Err(api_err("apply", R::KIND, &label, kube::Error::Api(status)));
                 }
                 Err(e) => return Err(api_err("apply", R::KIND, &label, e)),
             };
             tracing::debug!(kind = R::KIND, key = %label, host = %host_name, "applied");
-            Some(strip(out))
-        } else {
-            None
+            Ok(Written::Applied(strip(out)))
         };
-        let host_now = applied.as_ref().or(h.as_deref());
+        // The rule's work that does not need the write's result goes at the
+        // same time (one round trip less per new object).
+        let (written, alongside) = futures::join!(
+            write,
+            self.rule.alongside_write(ctx, &v, h.as_ref(), writing)
+        );
+        let applied = match written? {
+            Written::Collision => return self.collision(&v, &host_name).await,
+            Written::Applied(out) => Some(out),
+            Written::Unchanged => None,
+        };
+        alongside?;
+        let host_now = applied.as_ref().or(h.as_ref());
         let mut again = None;
         if let Some(hn) = host_now {
             again = self.rule.after_sync(ctx, &v, hn).await?;
@@ -904,6 +955,25 @@ where
 /// transient failures.
 fn rejected(code: u16) -> bool {
     matches!(code, 400 | 403 | 404 | 422)
+}
+
+/// A mapper of API errors about virtual object `v` (for rule files).
+pub fn err_for<K: Resource>(
+    action: &'static str,
+    kind: &'static str,
+    v: &K,
+) -> impl FnOnce(kube::Error) -> SyncError + use<K> {
+    let key = VirtualKey {
+        namespace: v.namespace().unwrap_or_default(),
+        name: v.name_any(),
+    }
+    .to_string();
+    move |e| SyncError::Api {
+        action,
+        kind,
+        key,
+        source: Box::new(e),
+    }
 }
 
 fn api_err(action: &'static str, kind: &'static str, key: &str, e: kube::Error) -> SyncError {

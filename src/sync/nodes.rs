@@ -10,11 +10,11 @@
 use std::collections::{BTreeMap, HashMap};
 use std::time::{Duration, Instant};
 
+use super::cache::Cache;
 use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::{Node, Pod};
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams};
-use kube::runtime::reflector::Store;
 use serde_json::json;
 use tokio::sync::Mutex;
 
@@ -190,14 +190,23 @@ impl VirtualNodes {
 
     /// Every `period`: renews the Nodes that host pods still need and deletes
     /// the others. `host_pods` is the pod engine's host cache.
-    pub async fn maintain(&self, host_pods: Store<Pod>, period: Duration) {
+    pub async fn maintain(&self, host_pods: Cache<Pod>, period: Duration) {
+        #[derive(serde::Deserialize)]
+        struct Bound {
+            spec: Option<NodeOf>,
+        }
+        #[derive(serde::Deserialize)]
+        struct NodeOf {
+            #[serde(rename = "nodeName")]
+            node_name: Option<String>,
+        }
         let mut tick = tokio::time::interval(period);
         loop {
             tick.tick().await;
             let needed: std::collections::HashSet<String> = host_pods
-                .state()
+                .entries()
                 .iter()
-                .filter_map(|p| p.spec.as_ref().and_then(|s| s.node_name.clone()))
+                .filter_map(|p| p.view::<Bound>()?.spec?.node_name)
                 .collect();
             let nodes: Api<Node> = Api::all(self.virt.clone());
             let existing = match nodes

@@ -7,10 +7,12 @@
 //! pod that disappears on its own (deleted, evicted and removed, node lost)
 //! ends its bound virtual pod the same way.
 
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
 use base64::Engine as _;
+use futures::StreamExt as _;
 use k8s_openapi::api::authentication::v1::{BoundObjectReference, TokenRequest, TokenRequestSpec};
 use k8s_openapi::api::core::v1::{
     Binding, ConfigMap, Container, ObjectReference, Pod, PodSpec, Secret, Service, ServiceAccount,
@@ -18,16 +20,19 @@ use k8s_openapi::api::core::v1::{
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use kube::ResourceExt;
 use kube::api::{Api, Patch, PatchParams, PostParams};
-use kube::runtime::reflector::{ObjectRef, Store};
+use kube::core::PartialObjectMeta;
+use kube::runtime::{WatchStreamExt as _, watcher};
 use serde_json::json;
 
+use super::cache::Cache;
 use super::nodes::VirtualNodes;
-use super::{Context, Decision, Rule, SyncError};
+use super::{Context, Decision, Rule, SyncError, err_for};
 use crate::FIELD_MANAGER;
 use crate::policy::pss::{self, Level};
 use crate::translate::markers::OWNER_LABEL;
 use crate::translate::pod::{
-    ApiEndpoint, TOKEN_KEY, host_pod, references, status_up, token_secret_name, token_source,
+    ApiEndpoint, TOKEN_KEY, TokenSource, host_pod, references, status_up, token_secret_name,
+    token_source,
 };
 use crate::translate::{VirtualKey, host_name};
 
@@ -36,14 +41,95 @@ pub const RENEW_AT_ANNOTATION: &str = "vcluster.dev/token-renew-at";
 /// Label on token Secrets: the host pod they belong to.
 pub const TOKEN_FOR_LABEL: &str = "vcluster.dev/token-for";
 
+/// When each service-account token Secret of this vcluster is due for
+/// renewal, from a metadata-only watch. Those Secrets (one per pod) stay out
+/// of the Secret engine's cache: its host watch selects what was written for
+/// a virtual object.
+#[derive(Debug)]
+pub struct TokenIndex {
+    renew_at: std::sync::Mutex<HashMap<String, i64>>,
+    ready: tokio::sync::watch::Sender<bool>,
+}
+
+impl Default for TokenIndex {
+    fn default() -> Self {
+        Self {
+            renew_at: std::sync::Mutex::default(),
+            ready: tokio::sync::watch::channel(false).0,
+        }
+    }
+}
+
+impl TokenIndex {
+    fn map(&self) -> std::sync::MutexGuard<'_, HashMap<String, i64>> {
+        // Plain data: a panic elsewhere leaves it usable.
+        self.renew_at
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// When the token Secret `name` is due (`None`: there is none), once the
+    /// first list is in.
+    async fn due(&self, name: &str) -> Option<i64> {
+        let mut ready = self.ready.subscribe();
+        let _ = ready.wait_for(|r| *r).await;
+        self.map().get(name).copied()
+    }
+
+    fn record(&self, name: &str, renew_at: i64) {
+        self.map().insert(name.to_owned(), renew_at);
+    }
+
+    /// Follows this vcluster's token Secrets until the process ends.
+    pub async fn run(self: Arc<Self>, ctx: Arc<Context>, config: watcher::Config) {
+        let api: Api<PartialObjectMeta<Secret>> =
+            Api::namespaced(ctx.host.clone(), &ctx.host_namespace);
+        let config = config.labels(&format!("{OWNER_LABEL}={},{TOKEN_FOR_LABEL}", ctx.vc));
+        let stream = watcher(api, config).default_backoff();
+        futures::pin_mut!(stream);
+        let due = |m: &PartialObjectMeta<Secret>| {
+            m.annotations()
+                .get(RENEW_AT_ANNOTATION)
+                .and_then(|t| t.parse::<i64>().ok())
+                .unwrap_or(0)
+        };
+        let mut fresh: Option<HashMap<String, i64>> = None;
+        while let Some(ev) = stream.next().await {
+            match ev {
+                Ok(watcher::Event::Init) => fresh = Some(HashMap::new()),
+                Ok(watcher::Event::InitApply(m)) => {
+                    if let Some(f) = fresh.as_mut() {
+                        f.insert(m.name_any(), due(&m));
+                    }
+                }
+                Ok(watcher::Event::InitDone) => {
+                    if let Some(f) = fresh.take() {
+                        *self.map() = f;
+                    }
+                    self.ready.send_replace(true);
+                }
+                Ok(watcher::Event::Apply(m)) => self.record(&m.name_any(), due(&m)),
+                Ok(watcher::Event::Delete(m)) => {
+                    self.map().remove(&m.name_any());
+                }
+                Err(e) => tracing::warn!(error = %e, "token secret watch error"),
+            }
+        }
+    }
+}
+
 /// The pod rule.
 #[derive(Debug)]
 pub struct PodRule {
-    host_configmaps: Store<ConfigMap>,
-    host_secrets: Store<Secret>,
+    tokens: Arc<TokenIndex>,
+    /// Tokens requested while a new host pod was being written, by virtual
+    /// pod uid, for the reconcile's `after_sync` to store.
+    issued: std::sync::Mutex<HashMap<String, (String, i64)>>,
+    host_configmaps: Cache<ConfigMap>,
+    host_secrets: Cache<Secret>,
     nodes: Arc<VirtualNodes>,
     api: ApiEndpoint,
-    services: Store<Service>,
+    services: Cache<Service>,
     pod_security: Level,
 }
 
@@ -51,14 +137,17 @@ impl PodRule {
     /// A pod rule that checks references against the host caches of the
     /// ConfigMap and Secret engines.
     pub fn new(
-        host_configmaps: Store<ConfigMap>,
-        host_secrets: Store<Secret>,
+        host_configmaps: Cache<ConfigMap>,
+        host_secrets: Cache<Secret>,
         nodes: Arc<VirtualNodes>,
         api: ApiEndpoint,
-        services: Store<Service>,
+        services: Cache<Service>,
         pod_security: Level,
+        tokens: Arc<TokenIndex>,
     ) -> Self {
         Self {
+            tokens,
+            issued: std::sync::Mutex::default(),
             host_configmaps,
             host_secrets,
             nodes,
@@ -82,54 +171,17 @@ impl PodRule {
         let host_pod_name = h.name_any();
         let secret_name = token_secret_name(&host_pod_name);
         let now = unix_now();
-        let cached = self
-            .host_secrets
-            .get(&ObjectRef::new(&secret_name).within(&ctx.host_namespace));
-        let renew_at = cached.as_ref().and_then(|s| {
-            s.annotations()
-                .get(RENEW_AT_ANNOTATION)
-                .and_then(|t| t.parse::<i64>().ok())
-        });
-        if let Some(at) = renew_at.filter(|at| *at > now) {
+        if let Some(at) = self.tokens.due(&secret_name).await.filter(|at| *at > now) {
             return Ok(Some(Duration::from_secs(
                 u64::try_from(at - now).unwrap_or(1),
             )));
         }
-        let ns = v.namespace().unwrap_or_default();
-        let key = VirtualKey {
-            namespace: ns.clone(),
-            name: v.name_any(),
+        let uid = v.uid().unwrap_or_default();
+        let stashed = self.issued_map().remove(&uid).filter(|(_, at)| *at > now);
+        let (token, renew) = match stashed {
+            Some(t) => t,
+            None => self.request_token(ctx, v, &src).await?,
         };
-        let err = |action: &'static str| {
-            let key = key.to_string();
-            move |e| SyncError::Api {
-                action,
-                kind: "Pod",
-                key,
-                source: Box::new(e),
-            }
-        };
-        let request = TokenRequest {
-            spec: Some(TokenRequestSpec {
-                audiences: src.audience.clone().map(|a| vec![a]),
-                expiration_seconds: Some(src.expiration_seconds),
-                bound_object_ref: Some(BoundObjectReference {
-                    api_version: Some("v1".into()),
-                    kind: Some("Pod".into()),
-                    name: Some(key.name.clone()),
-                    uid: v.uid(),
-                }),
-            }),
-            ..TokenRequest::default()
-        };
-        let sas: Api<ServiceAccount> = Api::namespaced(ctx.virt.clone(), &ns);
-        let issued = sas
-            .create_token_request(&src.service_account, &PostParams::default(), &request)
-            .await
-            .map_err(err("request a service-account token for"))?;
-        let token = issued.status.and_then(|s| s.token).unwrap_or_default();
-        // Renew at 80% of the lifetime, as the kubelet does.
-        let renew = now + src.expiration_seconds * 4 / 5;
         let secret = json!({
             "apiVersion": "v1", "kind": "Secret",
             "metadata": {
@@ -150,10 +202,52 @@ impl PodRule {
                 &Patch::Apply(&secret),
             )
             .await
-            .map_err(err("write the service-account token of"))?;
+            .map_err(err_for("write the service-account token of", "Pod", v))?;
+        // Known at once: the pod's next reconcile may come before the watch says so.
+        self.tokens.record(&secret_name, renew);
         Ok(Some(Duration::from_secs(
             u64::try_from(renew - now).unwrap_or(60),
         )))
+    }
+
+    /// A fresh virtual service-account token for `v` and when to renew it.
+    async fn request_token(
+        &self,
+        ctx: &Context,
+        v: &Pod,
+        src: &TokenSource,
+    ) -> Result<(String, i64), SyncError> {
+        let ns = v.namespace().unwrap_or_default();
+        let name = v.name_any();
+        let request = TokenRequest {
+            spec: Some(TokenRequestSpec {
+                audiences: src.audience.clone().map(|a| vec![a]),
+                expiration_seconds: Some(src.expiration_seconds),
+                bound_object_ref: Some(BoundObjectReference {
+                    api_version: Some("v1".into()),
+                    kind: Some("Pod".into()),
+                    name: Some(name.clone()),
+                    uid: v.uid(),
+                }),
+            }),
+            ..TokenRequest::default()
+        };
+        let now = unix_now();
+        let sas: Api<ServiceAccount> = Api::namespaced(ctx.virt.clone(), &ns);
+        let issued = sas
+            .create_token_request(&src.service_account, &PostParams::default(), &request)
+            .await
+            .map_err(err_for("request a service-account token for", "Pod", v))?;
+        let token = issued.status.and_then(|s| s.token).unwrap_or_default();
+        // Renew at 80% of the lifetime, as the kubelet does.
+        Ok((token, now + src.expiration_seconds * 4 / 5))
+    }
+
+    fn issued_map(&self) -> std::sync::MutexGuard<'_, HashMap<String, (String, i64)>> {
+        // Plain data: a panic elsewhere leaves it usable.
+        self.issued
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
     fn missing_reference(&self, ctx: &Context, pod: &Pod) -> Option<String> {
@@ -161,14 +255,18 @@ impl PodRule {
         let refs = references(pod);
         let on_host = |name: &str| host_name(&ctx.vc, &ns, name);
         for cm in &refs.configmaps {
-            let key = ObjectRef::new(&on_host(cm)).within(&ctx.host_namespace);
-            if self.host_configmaps.get(&key).is_none() {
+            if !self
+                .host_configmaps
+                .contains(&on_host(cm), Some(&ctx.host_namespace))
+            {
                 return Some(format!("configmap {cm}"));
             }
         }
         for s in &refs.secrets {
-            let key = ObjectRef::new(&on_host(s)).within(&ctx.host_namespace);
-            if self.host_secrets.get(&key).is_none() {
+            if !self
+                .host_secrets
+                .contains(&on_host(s), Some(&ctx.host_namespace))
+            {
                 return Some(format!("secret {s}"));
             }
         }
@@ -218,14 +316,7 @@ impl Rule for PodRule {
         {
             return Decision::Wait(format!("{what} is not on the host yet"));
         }
-        let ns = v.namespace();
-        let services: Vec<Service> = self
-            .services
-            .state()
-            .iter()
-            .filter(|s| s.namespace() == ns)
-            .map(|s| (**s).clone())
-            .collect();
+        let services = self.services.objects_in(v.namespace().as_deref());
         let mut desired = host_pod(&ctx.vc, v, &self.api, &services);
         if let (Some(h), Some(spec)) = (h.and_then(|h| h.spec.as_ref()), desired.spec.as_mut()) {
             // Container environments are fixed at creation (as service links
@@ -243,6 +334,42 @@ impl Rule for PodRule {
             }
         }
         Decision::Sync(desired)
+    }
+
+    async fn alongside_write(
+        &self,
+        ctx: &Context,
+        v: &Pod,
+        h: Option<&Pod>,
+        writing: bool,
+    ) -> Result<(), SyncError> {
+        // A new host pod needs its token Secret right after it is written:
+        // ask the virtual API for the token meanwhile.
+        let Some(src) = token_source(v).filter(|_| writing && h.is_none()) else {
+            return Ok(());
+        };
+        let key = VirtualKey {
+            namespace: v.namespace().unwrap_or_default(),
+            name: v.name_any(),
+        };
+        let secret_name = token_secret_name(&ctx.host_name(&key));
+        let now = unix_now();
+        if self
+            .tokens
+            .due(&secret_name)
+            .await
+            .is_some_and(|at| at > now)
+        {
+            return Ok(());
+        }
+        let issued = self.request_token(ctx, v, &src).await?;
+        let mut map = self.issued_map();
+        if map.len() > 256 {
+            // Tokens of pods whose write failed and never came back.
+            map.retain(|_, (_, at)| *at > now);
+        }
+        map.insert(v.uid().unwrap_or_default(), issued);
+        Ok(())
     }
 
     async fn after_sync(
@@ -286,18 +413,7 @@ impl Rule for PodRule {
             Ok(_) => Ok(again),
             // Already bound (a concurrent reconcile won): fine.
             Err(kube::Error::Api(s)) if s.code == 409 => Ok(again),
-            Err(e) => Err(SyncError::Api {
-                action: "bind",
-                kind: "Pod",
-                key: format!(
-                    "{}",
-                    VirtualKey {
-                        namespace: ns,
-                        name
-                    }
-                ),
-                source: Box::new(e),
-            }),
+            Err(e) => Err(err_for("bind", "Pod", v)(e)),
         }
     }
 

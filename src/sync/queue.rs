@@ -4,7 +4,8 @@
 //! delays another namespace's key by at most one turn per namespace.
 //!
 //! A key is never handed to two workers at once: adding a key that is being
-//! reconciled marks it dirty, and `done` queues it again.
+//! reconciled marks it dirty, and `done` queues it again (at the head of its
+//! namespace if it was added with [`FairQueue::add_first`] meanwhile).
 
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::hash::Hash;
@@ -28,7 +29,8 @@ pub struct FairQueue<K: Keyed> {
     pending: HashMap<String, VecDeque<K>>,
     queued: HashSet<K>,
     in_flight: HashSet<K>,
-    dirty: HashSet<K>,
+    /// Changed while in flight; `true`: it goes first when done.
+    dirty: HashMap<K, bool>,
 }
 
 impl<K: Keyed> Default for FairQueue<K> {
@@ -38,7 +40,7 @@ impl<K: Keyed> Default for FairQueue<K> {
             pending: HashMap::new(),
             queued: HashSet::new(),
             in_flight: HashSet::new(),
-            dirty: HashSet::new(),
+            dirty: HashMap::new(),
         }
     }
 }
@@ -48,7 +50,7 @@ impl<K: Keyed> FairQueue<K> {
     /// queued again when it is done.
     pub fn add(&mut self, key: K) {
         if self.in_flight.contains(&key) {
-            self.dirty.insert(key);
+            self.dirty.entry(key).or_insert(false);
             return;
         }
         if !self.queued.insert(key.clone()) {
@@ -69,7 +71,7 @@ impl<K: Keyed> FairQueue<K> {
     /// echo of the syncer's own virtual write queues it at the tail first).
     pub fn add_first(&mut self, key: K) {
         if self.in_flight.contains(&key) {
-            self.dirty.insert(key);
+            self.dirty.insert(key, true);
             return;
         }
         let group = key.group().to_owned();
@@ -100,11 +102,14 @@ impl<K: Keyed> FairQueue<K> {
         Some(key)
     }
 
-    /// Marks `key` finished; queues it again if it changed meanwhile.
+    /// Marks `key` finished; queues it again if it changed meanwhile (first
+    /// in its namespace if follow-up work came for it).
     pub fn done(&mut self, key: &K) {
         self.in_flight.remove(key);
-        if self.dirty.remove(key) {
-            self.add(key.clone());
+        match self.dirty.remove(key) {
+            Some(true) => self.add_first(key.clone()),
+            Some(false) => self.add(key.clone()),
+            None => {}
         }
     }
 
@@ -180,6 +185,15 @@ mod tests {
         assert_eq!(q.pop(), Some(key.clone()));
         q.add_first(key.clone());
         assert!(q.pop().is_none(), "never handed out twice at once");
+        q.done(&key);
+        assert_eq!(q.pop(), Some(key.clone()));
+        // Follow-up work that came while it was in flight keeps its place
+        // ahead of the namespace's backlog.
+        for n in ["a1", "a2"] {
+            q.add(k("a", n));
+        }
+        q.add_first(key.clone());
+        q.add(key.clone());
         q.done(&key);
         assert_eq!(q.pop(), Some(key));
     }

@@ -11,10 +11,9 @@ use k8s_openapi::api::core::v1::Service;
 use kube::ResourceExt;
 use kube::api::{Api, Patch, PatchParams, PostParams};
 use kube::runtime::events::EventType;
-use kube::runtime::reflector::Store;
 
+use super::cache::Cache;
 use super::{Context, Decision, Rule, SyncError, delete_exact};
-use crate::translate::VirtualKey;
 use crate::translate::service::{
     Parity, allocation_conflict, host_service, is_api_service, parity, status_up,
     without_allocations,
@@ -23,12 +22,12 @@ use crate::translate::service::{
 /// The Service rule.
 #[derive(Debug)]
 pub struct ServiceRule {
-    virtual_services: Store<Service>,
+    virtual_services: Cache<Service>,
 }
 
 impl ServiceRule {
     /// A rule that checks the virtual cache before taking an address.
-    pub fn new(virtual_services: Store<Service>) -> Self {
+    pub fn new(virtual_services: Cache<Service>) -> Self {
         Self { virtual_services }
     }
 
@@ -46,18 +45,8 @@ impl ServiceRule {
     }
 }
 
-fn err(action: &'static str, v: &Service) -> impl FnOnce(kube::Error) -> SyncError {
-    let key = VirtualKey {
-        namespace: v.namespace().unwrap_or_default(),
-        name: v.name_any(),
-    }
-    .to_string();
-    move |e| SyncError::Api {
-        action,
-        kind: "Service",
-        key,
-        source: Box::new(e),
-    }
+fn err(action: &'static str, v: &Service) -> impl FnOnce(kube::Error) -> SyncError + use<> {
+    super::err_for(action, "Service", v)
 }
 
 impl Rule for ServiceRule {

@@ -52,9 +52,12 @@ impl<'a> Ownership<'a> {
         Self { vc }
     }
 
-    /// The label selector that finds this vcluster's host objects.
+    /// The label selector that finds the host objects this vcluster wrote
+    /// for a virtual object (they carry the source's namespace label too;
+    /// the syncer's own helpers, such as service-account token Secrets, carry
+    /// only the owner label and stay out of the engines' caches).
     pub fn selector(&self) -> String {
-        format!("{OWNER_LABEL}={}", self.vc)
+        format!("{OWNER_LABEL}={},{NAMESPACE_LABEL}", self.vc)
     }
 
     /// Labels to set on the host object of `source` (added to the copied ones).
@@ -145,7 +148,10 @@ mod tests {
         };
         assert!(own.owns(&m));
         assert_eq!(own.virtual_key(&m), Some(key));
-        assert_eq!(own.selector(), "vcluster.dev/owner=vc1");
+        assert_eq!(
+            own.selector(),
+            "vcluster.dev/owner=vc1,vcluster.dev/namespace"
+        );
     }
 
     #[test]
