@@ -204,7 +204,8 @@ flight:\n\n\
 2. **virtual**: N pods created in the virtual cluster in M namespaces; creation → host pod\n   observed, and creation → Running observed in the virtual cluster;\n\
 3. **initial resync**: the syncer is restarted and timed from start to `/readyz` with the N\n   pods in place on both sides.\n\n\
 Both paths use the same stack with the same settings (the stock scheduler and API server\n\
-limits); the direct pods stay in place while the virtual burst runs. Pods mount the default\n\
+limits); the direct pods are deleted (and gone) before the virtual burst starts, so both\n\
+bursts start from the same host. Pods mount the default\n\
 service-account token, as pods do by default, so the virtual path includes the syncer's\n\
 TokenRequest and token Secret per pod. Wall time is first create → last Running; throughput\n\
 is N / wall time. The syncer's CPU seconds come from `/proc/<pid>/stat` and its peak RSS from\n\
@@ -355,14 +356,7 @@ impl Syncer {
 
     /// User + system CPU seconds so far.
     fn cpu_seconds(&self) -> f64 {
-        let stat =
-            std::fs::read_to_string(format!("/proc/{}/stat", self.pid())).unwrap_or_default();
-        // Fields after the parenthesised command name; utime and stime are 14 and 15.
-        let rest = stat.rsplit_once(')').map_or("", |(_, r)| r);
-        let f: Vec<&str> = rest.split_whitespace().collect();
-        let ticks = |i: usize| f.get(i).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
-        // Clock ticks per second are 100 on Linux for every supported architecture.
-        (ticks(11) + ticks(12)) / 100.0
+        process_cpu_seconds(self.pid())
     }
 
     /// A `/proc/<pid>/status` field in MiB (VmRSS, VmHWM).
@@ -412,6 +406,140 @@ async fn namespaces(c: &Client, prefix: &str, m: usize) -> anyhow::Result<Vec<St
         }
     }
     Ok(names)
+}
+
+/// CPU seconds (user + system) process `pid` has used.
+fn process_cpu_seconds(pid: u32) -> f64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    // Fields after the parenthesised command name; utime and stime are 14 and 15.
+    let rest = stat.rsplit_once(')').map_or("", |(_, r)| r);
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    let ticks = |i: usize| f.get(i).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
+    // Clock ticks per second are 100 on Linux for every supported architecture.
+    (ticks(11) + ticks(12)) / 100.0
+}
+
+/// CPU seconds of each process of the stack in `dir` (those whose command
+/// line names it), by program and plane.
+fn stack_cpu(dir: &Path) -> HashMap<String, f64> {
+    let dir = dir.to_string_lossy().into_owned();
+    let mut out = HashMap::new();
+    for entry in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
+        let Some(pid) = entry
+            .file_name()
+            .to_str()
+            .and_then(|p| p.parse::<u32>().ok())
+        else {
+            continue;
+        };
+        let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+        let cmdline = String::from_utf8_lossy(&cmdline).replace('\0', " ");
+        if !cmdline.contains(&dir) {
+            continue;
+        }
+        let program = cmdline
+            .split_whitespace()
+            .next()
+            .and_then(|p| p.rsplit('/').next())
+            .unwrap_or("?")
+            .to_owned();
+        let plane = if cmdline.contains(" syncer ") {
+            "syncer"
+        } else if cmdline.contains(&format!("{dir}/host")) {
+            "host"
+        } else if cmdline.contains(&format!("{dir}/vcluster")) {
+            "virtual"
+        } else {
+            "-"
+        };
+        *out.entry(format!("{plane} {program}")).or_insert(0.0) += process_cpu_seconds(pid);
+    }
+    out
+}
+
+/// Prints what each process of the stack used between two [`stack_cpu`] samples.
+fn print_stack_cpu(path: &str, before: &HashMap<String, f64>, after: &HashMap<String, f64>) {
+    let mut rows: Vec<(String, f64)> = after
+        .iter()
+        .map(|(k, v)| (k.clone(), v - before.get(k).copied().unwrap_or(0.0)))
+        .collect();
+    rows.sort_by(|a, b| b.1.total_cmp(&a.1));
+    let line: Vec<String> = rows.iter().map(|(k, v)| format!("{k} {v:.1}s")).collect();
+    println!("bench: {path} CPU by process: {}", line.join(", "));
+}
+
+/// Deletes every pod of `namespaces` at once (grace 0: KWOK pods have no
+/// process to stop) and waits until none is left.
+async fn remove_pods(c: &Client, namespaces: &[String], timeout: Duration) -> anyhow::Result<()> {
+    use kube::api::{DeleteParams, ListParams};
+    let dp = DeleteParams {
+        grace_period_seconds: Some(0),
+        ..DeleteParams::default()
+    };
+    for ns in namespaces {
+        let api: Api<Pod> = Api::namespaced(c.clone(), ns);
+        api.delete_collection(&dp, &ListParams::default()).await?;
+    }
+    let deadline = Instant::now() + timeout;
+    for ns in namespaces {
+        let api: Api<Pod> = Api::namespaced(c.clone(), ns);
+        while !api
+            .list_metadata(&ListParams::default().limit(1))
+            .await?
+            .items
+            .is_empty()
+        {
+            if Instant::now() > deadline {
+                bail!("pods of {ns} still there after {timeout:?}");
+            }
+            tokio::time::sleep(Duration::from_millis(500)).await;
+        }
+    }
+    Ok(())
+}
+
+/// The machine's CPU counters (`/proc/stat`), to tell how busy the cores
+/// were during a burst.
+struct CpuSample {
+    busy: u64,
+    total: u64,
+}
+
+impl CpuSample {
+    fn now() -> Self {
+        let line = std::fs::read_to_string("/proc/stat").unwrap_or_default();
+        let fields: Vec<u64> = line
+            .lines()
+            .next()
+            .unwrap_or_default()
+            .split_whitespace()
+            .skip(1)
+            .filter_map(|f| f.parse().ok())
+            .collect();
+        let total: u64 = fields.iter().sum();
+        // idle + iowait
+        let idle = fields.get(3).copied().unwrap_or(0) + fields.get(4).copied().unwrap_or(0);
+        Self {
+            busy: total - idle,
+            total,
+        }
+    }
+
+    /// The share of time the cores were busy since `self`.
+    fn since(self) -> Self {
+        let now = Self::now();
+        Self {
+            busy: now.busy.saturating_sub(self.busy),
+            total: now.total.saturating_sub(self.total),
+        }
+    }
+
+    fn busy_percent(&self) -> f64 {
+        if self.total == 0 {
+            return 0.0;
+        }
+        100.0 * self.busy as f64 / self.total as f64
+    }
 }
 
 /// When each watched pod was first seen and first seen Running.
@@ -536,6 +664,7 @@ fn path_result(
 ) -> PathResult {
     let mut samples = Vec::new();
     let mut host_samples = Vec::new();
+    let mut host_running = Vec::new();
     let mut missing = 0;
     let first = created.iter().map(|(_, t)| *t).min();
     let mut last = first;
@@ -547,10 +676,14 @@ fn path_result(
             }
             None => missing += 1,
         }
-        if let Some((hs, map)) = &host_seen
-            && let Some(t) = hs.first.get(&map(key))
-        {
-            host_samples.push(t.duration_since(*sent).as_secs_f64());
+        if let Some((hs, map)) = &host_seen {
+            let host_key = map(key);
+            if let Some(t) = hs.first.get(&host_key) {
+                host_samples.push(t.duration_since(*sent).as_secs_f64());
+            }
+            if let Some(t) = hs.running.get(&host_key) {
+                host_running.push(t.duration_since(*sent).as_secs_f64());
+            }
         }
     }
     let wall = match (first, last) {
@@ -559,6 +692,7 @@ fn path_result(
     };
     PathResult {
         to_host: host_seen.map(|_| report::summarize(&host_samples)),
+        to_host_running: host_seen.map(|_| report::summarize(&host_running)),
         to_running: report::summarize(&samples),
         wall,
         throughput: if wall > 0.0 {
@@ -567,6 +701,7 @@ fn path_result(
             0.0
         },
         missing,
+        cpu_busy_percent: 0.0,
         samples,
         host_samples,
     }
@@ -600,18 +735,30 @@ async fn one_size(args: &Args, n: usize) -> anyhow::Result<SizeResult> {
     let direct_ns = namespaces(&host, "direct", args.namespaces).await?;
     let direct_seen = Arc::new(Mutex::new(Seen::default()));
     let w1 = watch_pods(Api::all(host.clone()), "bench=1", Arc::clone(&direct_seen)).await?;
+    let busy_direct = CpuSample::now();
+    let procs_direct = stack_cpu(stack.dir.path());
     let created = create_pods(&host, &direct_ns, n, args.concurrency).await?;
     wait_running(&direct_seen, n, timeout).await;
+    let busy_direct = busy_direct.since();
+    print_stack_cpu("direct", &procs_direct, &stack_cpu(stack.dir.path()));
     let direct = {
         let s = direct_seen
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
-        path_result(&created, &s, None)
+        let mut r = path_result(&created, &s, None);
+        r.cpu_busy_percent = busy_direct.busy_percent();
+        r
     };
     println!(
-        "bench: direct done: wall {:.1}s, {} missing",
-        direct.wall, direct.missing
+        "bench: direct done: wall {:.1}s, {} missing, machine CPU busy {:.0}%",
+        direct.wall,
+        direct.missing,
+        busy_direct.busy_percent()
     );
+    w1.abort();
+    // Both paths start from the same host: the direct pods go before the
+    // virtual burst (a scheduler and KWOK holding N more pods are slower).
+    remove_pods(&host, &direct_ns, Duration::from_secs(600)).await?;
 
     // 2. Virtual.
     let virt_ns = namespaces(&virt, "bench", args.namespaces).await?;
@@ -625,8 +772,12 @@ async fn one_size(args: &Args, n: usize) -> anyhow::Result<SizeResult> {
     )
     .await?;
     let cpu_before = syncer.cpu_seconds();
+    let busy_virtual = CpuSample::now();
+    let procs_virtual = stack_cpu(stack.dir.path());
     let created = create_pods(&virt, &virt_ns, n, args.concurrency).await?;
     wait_running(&virt_seen, n, timeout).await;
+    let busy_virtual = busy_virtual.since();
+    print_stack_cpu("virtual", &procs_virtual, &stack_cpu(stack.dir.path()));
     let cpu_after = syncer.cpu_seconds();
     let peak_rss = syncer.mem_mib("VmHWM:");
     let vc = VclusterName::new(VC)?;
@@ -638,14 +789,18 @@ async fn one_size(args: &Args, n: usize) -> anyhow::Result<SizeResult> {
         let h = host_seen
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
-        path_result(&created, &s, Some((&h, &to_host)))
+        let mut r = path_result(&created, &s, Some((&h, &to_host)));
+        r.cpu_busy_percent = busy_virtual.busy_percent();
+        r
     };
     println!(
-        "bench: virtual done: wall {:.1}s, {} missing",
-        virt_result.wall, virt_result.missing
+        "bench: virtual done: wall {:.1}s, {} missing, machine CPU busy {:.0}%",
+        virt_result.wall,
+        virt_result.missing,
+        busy_virtual.busy_percent()
     );
 
-    for w in [w1, w2, w3] {
+    for w in [w2, w3] {
         w.abort();
     }
 
