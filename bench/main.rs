@@ -210,27 +210,39 @@ service-account token, as pods do by default, so the virtual path includes the s
 TokenRequest and token Secret per pod. Wall time is first create → last Running; throughput\n\
 is N / wall time. The syncer's CPU seconds come from `/proc/<pid>/stat` and its peak RSS from\n\
 VmHWM in `/proc/<pid>/status`.\n\n\
-The machine is shared: other builds and test stacks ran on the same cores during the run,\n\
-so the 1-minute load average at start and end is recorded. Treat the absolute figures as\n\
-indicative and the virtual/direct ratios as the meaningful part.\n\n\
+Both planes, KWOK, the syncer and the bench share the machine's cores, so the virtual path's\n\
+control plane takes CPU from the host's (in a real deployment it runs on another node). The\n\
+1-minute load average at start and end and how busy the cores were during each burst are\n\
+recorded; treat the absolute figures as indicative and the virtual/direct ratios as the\n\
+meaningful part.\n\n\
 ## Reading the figures\n\
 \n\
-What the runs so far (2026-11) show, and what stands between them and the goals:\n\
+What the runs (2026-11, 10,000 pods) show, and what stands between them and the goals:\n\
 \n\
-- Both paths are held to about 50 pods/s by the host kube-scheduler's stock client limits\n\
-  (QPS 50, burst 100; one binding per pod). The settings are the same for both paths and left at\n\
-  their defaults; raising them would speed up the direct path first and make the syncer's own\n\
-  throughput the limit.\n\
-- \"creation → host pod exists\" is the syncer's create throughput: per new pod a GET (a foreign\n\
-  object may hold the name), the server-side apply, a TokenRequest and the token Secret's apply.\n\
-  Status comes back up in the same reconcile as the binding, and host changes go to the head of\n\
-  their namespace's queue, so a pod's status does not wait behind the rest of a burst; the median\n\
-  fell from 220 s to 131 s at 10,000 pods with those two changes, the wall time barely moved.\n\
-- Memory is about 28 MiB per 1,000 pods. Host copies are cached slim (`Rule::slim_host`: host\n\
-  pods keep only containers' names and env, node, status and metadata; host ConfigMaps and\n\
-  Secrets no content), which took 1,000 pods from 54 to 49 MiB; `MALLOC_ARENA_MAX=2` changes\n\
-  nothing, so the rest is the virtual Pods cached in full and the per-pod metadata. The 100 MB goal\n\
-  at 10,000 pods needs compact records for virtual pods — not done yet.\n\
+- Direct, both paths are held to about 50 pods/s by the host kube-scheduler's stock client\n\
+  limits (QPS 50, burst 100; one binding per pod); the machine is about half busy. The virtual\n\
+  path keeps both cores 100 % busy: on top of the direct path's work the virtual API server\n\
+  serves the tenant's create, a TokenRequest, the binding, one or two status patches and the\n\
+  copied Scheduled event per pod, and the host API server the syncer's GET (a foreign object may\n\
+  hold the name), the pod's apply and the token Secret's apply. The \"CPU by process\" lines of\n\
+  the bench's output show the split (the virtual API server uses about as much CPU as the host's).\n\
+- \"creation → Running (host copy)\" against \"creation → Running (virtual)\" is the time\n\
+  status takes to come up: under 0.5 s at p99. Status is copied in the reconcile that binds, host\n\
+  changes go to the head of their namespace's queue, and keep that place when they arrive while\n\
+  the key is being reconciled (before that fix the median waited 8–12 s behind creations).\n\
+- What remains of the added p99 at 10,000 pods is the syncer's create rate: 49–51 pods/s\n\
+  with 16 reconciles at a time on a saturated machine (GET ‖ TokenRequest, apply, token Secret),\n\
+  barely above the scheduler's 50/s, so the host scheduler waits for pods the direct path gave it\n\
+  at once. 32 or 48 reconciles create faster but cost memory and took CPU from the scheduler.\n\
+  Runs of the same code differ by about 5 %: the run before the one below gave 215.1 s against\n\
+  198.0 s (ratio 1.09, p99 +18 s, peak RSS 102.9 MiB).\n\
+- Memory: the caches hold objects compactly (`src/sync/cache.rs`: metadata parsed, the rest\n\
+  LZ4-compressed JSON; a parsed virtual Pod is about 17 KB, its compressed JSON about 1.2 KB),\n\
+  host copies slim, token Secrets outside the Secret cache (a name → renew-time index), and the\n\
+  initial list streamed as watch events (`sendInitialEvents`) where the API server supports it.\n\
+  About 8.5 MiB per 1,000 pods is left, mostly the parsed metadata of each virtual and host pod\n\
+  (its label and annotation maps) and the caches' keys. mimalloc instead of glibc malloc cut the\n\
+  syncer's CPU by a fifth but kept 20–30 MiB more resident, so it is not used.\n\
 \n\
 ## Reproduce\n\n\
 ```sh\n\

@@ -464,7 +464,8 @@ fn the_role_suffices_for_the_syncer(env: &Env) {
         let text = std::fs::read_to_string(&log).unwrap();
         let forbidden: Vec<&str> = text
             .lines()
-            .filter(|l| l.contains("403") || l.to_ascii_lowercase().contains("forbidden"))
+            // Not a bare "403": timestamps contain it (".913403Z").
+            .filter(|l| l.contains("code: 403") || l.to_ascii_lowercase().contains("forbidden"))
             .collect();
         assert!(
             forbidden.is_empty(),

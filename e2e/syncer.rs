@@ -732,7 +732,9 @@ fn watch_expiry_by_etcd_compaction_is_survived(_: &Env) {
     // A stack without the API servers' watch cache, so a re-watch from a
     // compacted revision reaches etcd and gets 410 Gone; and a syncer whose
     // watches end every 2 s, so it re-watches soon, without bookmarks (which
-    // would keep its resource versions fresh).
+    // would keep its resource versions fresh), listing in pages (as with a
+    // server without streamed lists, Kubernetes 1.33; every other test runs
+    // with streamed lists).
     let stack = DevStack::up(&[
         "--no-syncer",
         "--nodes",
@@ -743,7 +745,12 @@ fn watch_expiry_by_etcd_compaction_is_survived(_: &Env) {
         &stack,
         "compact",
         "team-compact",
-        &["--watch-timeout-seconds", "2", "--watch-bookmarks=false"],
+        &[
+            "--watch-timeout-seconds",
+            "2",
+            "--watch-bookmarks=false",
+            "--stream-lists=false",
+        ],
     );
     let ns = "compaction";
     block_on(async {

@@ -177,6 +177,8 @@ pub struct SyncerOptions {
     pub watch_timeout_seconds: u32,
     /// Ask for watch bookmarks.
     pub watch_bookmarks: bool,
+    /// Use streamed initial lists where the API servers support them.
+    pub stream_lists: bool,
     /// Sync every ConfigMap and Secret, not only referenced ones.
     pub sync_all_configs: bool,
     /// Where `/healthz` and `/readyz` are served.
@@ -242,8 +244,10 @@ pub async fn run(opts: SyncerOptions) -> Result<(), SyncerError> {
         resync: opts.resync,
         watch_timeout_seconds: opts.watch_timeout_seconds,
         watch_bookmarks: opts.watch_bookmarks,
-        host_streams_lists: streams_lists(&host, &opts.host_namespace).await,
-        virtual_streams_lists: streams_lists(&virt, "default").await,
+        host_streams_lists: opts.stream_lists
+            && streams_lists(&host, &opts.host_namespace, Side::Host).await,
+        virtual_streams_lists: opts.stream_lists
+            && streams_lists(&virt, "default", Side::Virtual).await,
     };
     let scope = if opts.sync_all_configs {
         Scope::All

@@ -49,6 +49,10 @@ pub struct SyncerArgs {
     /// Ask the API servers for watch bookmarks.
     #[arg(long, env = "VCLUSTER_WATCH_BOOKMARKS", default_value_t = true, action = clap::ArgAction::Set)]
     watch_bookmarks: bool,
+    /// Receive initial lists as a stream of watch events where the API
+    /// server supports it (probed at start); `false` always lists in pages.
+    #[arg(long, env = "VCLUSTER_STREAM_LISTS", default_value_t = true, action = clap::ArgAction::Set)]
+    stream_lists: bool,
     /// Which kinds sync: a comma-separated subset of
     /// pods,configmaps,secrets,events,services,endpoints,ingresses.
     #[arg(
@@ -164,6 +168,7 @@ pub fn run(args: SyncerArgs) -> anyhow::Result<ExitCode> {
         concurrency: usize::from(args.concurrency),
         watch_timeout_seconds: args.watch_timeout_seconds,
         watch_bookmarks: args.watch_bookmarks,
+        stream_lists: args.stream_lists,
         sync_all_configs: args.sync_all_configs,
         listen: args.health_listen,
         front_door,

@@ -361,7 +361,7 @@ impl EngineOptions {
 /// of ConfigMaps in `namespace`: a server that streams opens with the
 /// bookmark that ends the initial events; one that does not refuses the
 /// parameter or sends nothing.
-pub async fn streams_lists(client: &kube::Client, namespace: &str) -> bool {
+pub async fn streams_lists(client: &kube::Client, namespace: &str, side: Side) -> bool {
     use k8s_openapi::api::core::v1::ConfigMap;
     use kube::api::{WatchEvent, WatchParams};
     let api: Api<ConfigMap> = Api::namespaced(client.clone(), namespace);
@@ -371,7 +371,7 @@ pub async fn streams_lists(client: &kube::Client, namespace: &str) -> bool {
     let stream = match api.watch(&wp, "0").await {
         Ok(s) => s,
         Err(e) => {
-            tracing::info!(error = %e, "the API server does not stream lists; listing in pages");
+            tracing::info!(?side, error = %e, "the API server does not stream lists; listing in pages");
             return false;
         }
     };
@@ -382,8 +382,13 @@ pub async fn streams_lists(client: &kube::Client, namespace: &str) -> bool {
         Ok(Some(Ok(WatchEvent::Bookmark(b))))
             if b.metadata.annotations.contains_key("k8s.io/initial-events-end")
     );
-    if !streams {
-        tracing::info!("the API server does not stream lists; listing in pages");
+    if streams {
+        tracing::info!(?side, "the API server streams initial lists");
+    } else {
+        tracing::info!(
+            ?side,
+            "the API server does not stream lists; listing in pages"
+        );
     }
     streams
 }
