@@ -354,11 +354,15 @@ impl Rule for PodRule {
         };
         let secret_name = token_secret_name(&ctx.host_name(&key));
         let now = unix_now();
-        if self
-            .tokens
-            .due(&secret_name)
-            .await
-            .is_some_and(|at| at > now)
+        let uid = v.uid().unwrap_or_default();
+        // Current already, or asked for by an earlier attempt whose write failed.
+        let stashed = self.issued_map().get(&uid).is_some_and(|(_, at)| *at > now);
+        if stashed
+            || self
+                .tokens
+                .due(&secret_name)
+                .await
+                .is_some_and(|at| at > now)
         {
             return Ok(());
         }
@@ -368,7 +372,7 @@ impl Rule for PodRule {
             // Tokens of pods whose write failed and never came back.
             map.retain(|_, (_, at)| *at > now);
         }
-        map.insert(v.uid().unwrap_or_default(), issued);
+        map.insert(uid, issued);
         Ok(())
     }
 
