@@ -125,42 +125,56 @@ where
         }
     }
 
-    /// The whole object again.
-    pub fn object(&self) -> Result<K, CacheError> {
-        let name = || {
-            format!(
-                "{}/{}",
-                self.meta.namespace.as_deref().unwrap_or_default(),
-                self.meta.name.as_deref().unwrap_or_default()
-            )
-        };
-        let json = lz4_flex::decompress_size_prepended(&self.body).map_err(|source| {
-            CacheError::Decompress {
-                kind: K::kind(&()).into_owned(),
-                name: name(),
-                source,
-            }
-        })?;
-        let mut obj: K = serde_json::from_slice(&json).map_err(|source| CacheError::Parse {
+    fn name(&self) -> String {
+        format!(
+            "{}/{}",
+            self.meta.namespace.as_deref().unwrap_or_default(),
+            self.meta.name.as_deref().unwrap_or_default()
+        )
+    }
+
+    /// The JSON of everything but the metadata.
+    fn json(&self) -> Result<Vec<u8>, CacheError> {
+        lz4_flex::decompress_size_prepended(&self.body).map_err(|source| CacheError::Decompress {
             kind: K::kind(&()).into_owned(),
-            name: name(),
+            name: self.name(),
             source,
-        })?;
+        })
+    }
+
+    fn parse<T: DeserializeOwned>(&self, json: &[u8]) -> Result<T, CacheError> {
+        serde_json::from_slice(json).map_err(|source| CacheError::Parse {
+            kind: K::kind(&()).into_owned(),
+            name: self.name(),
+            source,
+        })
+    }
+
+    fn whole(&self, json: &[u8]) -> Result<K, CacheError> {
+        let mut obj: K = self.parse(json)?;
         *obj.meta_mut() = self.meta.clone();
         Ok(obj)
     }
 
-    /// Part of the object: `T` names the fields it wants (serde skips the
-    /// rest without building them), for scans over many objects.
-    pub fn view<T: DeserializeOwned>(&self) -> Option<T> {
-        let json = lz4_flex::decompress_size_prepended(&self.body).ok()?;
-        serde_json::from_slice(&json).ok()
+    /// The whole object again.
+    pub fn object(&self) -> Result<K, CacheError> {
+        self.whole(&self.json()?)
     }
 
-    /// The uncompressed JSON of everything but the metadata (for cheap
-    /// "does it mention X" checks before parsing).
-    pub fn body_json(&self) -> Vec<u8> {
-        lz4_flex::decompress_size_prepended(&self.body).unwrap_or_default()
+    /// The whole object, if its JSON (without metadata) passes `keep`: a
+    /// cheap "does it mention X" check before parsing, with one decompression.
+    pub fn object_if(&self, keep: impl Fn(&[u8]) -> bool) -> Result<Option<K>, CacheError> {
+        let json = self.json()?;
+        if !keep(&json) {
+            return Ok(None);
+        }
+        self.whole(&json).map(Some)
+    }
+
+    /// Part of the object: `T` names the fields it wants (serde skips the
+    /// rest without building them), for scans over many objects.
+    pub fn view<T: DeserializeOwned>(&self) -> Result<T, CacheError> {
+        self.parse(&self.json()?)
     }
 }
 
@@ -214,6 +228,11 @@ where
     /// The cached entry (metadata at hand, the rest parsed on demand).
     pub fn entry(&self, name: &str, namespace: Option<&str>) -> Option<Arc<Cached<K>>> {
         self.store.get(&Self::key(name, namespace))
+    }
+
+    /// The object, parsed (`Ok(None)` if absent).
+    pub fn try_get(&self, name: &str, namespace: Option<&str>) -> Result<Option<K>, CacheError> {
+        self.entry(name, namespace).map(|c| c.object()).transpose()
     }
 
     /// The object, parsed (`None` if absent; a damaged entry is logged).
@@ -380,10 +399,9 @@ mod tests {
         let c = Cached::new(&pod());
         let v: Node = c.view().unwrap();
         assert_eq!(v.spec.node_name.as_deref(), Some("n1"));
-        assert!(
-            String::from_utf8(c.body_json())
-                .unwrap()
-                .contains("\"cfg\"")
-        );
+        let mentions =
+            |name: &'static str| move |json: &[u8]| String::from_utf8_lossy(json).contains(name);
+        assert_eq!(c.object_if(mentions("\"cfg\"")).unwrap(), Some(pod()));
+        assert_eq!(c.object_if(mentions("\"other\"")).unwrap(), None);
     }
 }

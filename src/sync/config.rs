@@ -122,9 +122,8 @@ impl<K: ConfigKind> ConfigRule<K> {
         let quoted = format!("\"{name}\"");
         self.pods.any_entry(|p| {
             p.namespace().as_deref() == namespace
-                && contains(&p.body_json(), quoted.as_bytes())
-                && p.object()
-                    .is_ok_and(|p| K::referenced(&references(&p), name))
+                && p.object_if(|json| contains(json, quoted.as_bytes()))
+                    .is_ok_and(|p| p.is_some_and(|p| K::referenced(&references(&p), name)))
         })
     }
 }

@@ -368,20 +368,21 @@ pub async fn streams_lists(client: &kube::Client, namespace: &str, side: Side) -
     let wp = WatchParams::streaming_lists()
         .labels("vcluster.dev/probe=none")
         .timeout(2);
-    let stream = match api.watch(&wp, "0").await {
-        Ok(s) => s,
+    let streams = match api.watch(&wp, "0").await {
+        Ok(stream) => {
+            futures::pin_mut!(stream);
+            let first = tokio::time::timeout(Duration::from_secs(3), stream.next()).await;
+            matches!(
+                first,
+                Ok(Some(Ok(WatchEvent::Bookmark(b))))
+                    if b.metadata.annotations.contains_key("k8s.io/initial-events-end")
+            )
+        }
         Err(e) => {
-            tracing::info!(?side, error = %e, "the API server does not stream lists; listing in pages");
-            return false;
+            tracing::debug!(?side, error = %e, "streamed-list probe refused");
+            false
         }
     };
-    futures::pin_mut!(stream);
-    let first = tokio::time::timeout(Duration::from_secs(3), stream.next()).await;
-    let streams = matches!(
-        first,
-        Ok(Some(Ok(WatchEvent::Bookmark(b))))
-            if b.metadata.annotations.contains_key("k8s.io/initial-events-end")
-    );
     if streams {
         tracing::info!(?side, "the API server streams initial lists");
     } else {
@@ -463,20 +464,13 @@ impl<R: Rule> Engine<R> {
     }
 
     fn queue_mut(&self) -> std::sync::MutexGuard<'_, FairQueue<VirtualKey>> {
-        // A poisoned lock means a worker panicked mid-update of plain data
-        // structures; the queue is still consistent enough to go on.
-        self.queue
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
+        lock(&self.queue)
     }
 
     /// Calls `hook` for every virtual object the watch reports (added,
     /// changed or deleted): other kinds use it to queue what an object refers to.
     pub fn on_virtual_change(&self, hook: impl Fn(&R::V) + Send + Sync + 'static) {
-        self.hooks
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .push(Box::new(hook));
+        lock(&self.hooks).push(Box::new(hook));
     }
 
     /// Keys waiting.
@@ -538,12 +532,7 @@ impl<R: Rule> Engine<R> {
             while let Some(ev) = stream.next().await {
                 match ev {
                     Ok(obj) => {
-                        for hook in me
-                            .hooks
-                            .lock()
-                            .unwrap_or_else(std::sync::PoisonError::into_inner)
-                            .iter()
-                        {
+                        for hook in lock(&me.hooks).iter() {
                             hook(&obj);
                         }
                         me.enqueue(VirtualKey {
@@ -696,14 +685,10 @@ impl<R: Rule> Engine<R> {
         let ctx = &self.ctx;
         let own = ctx.ownership();
         let host_name = ctx.host_name(key);
-        let v = match self.virt_store.entry(&key.name, Some(&key.namespace)) {
-            Some(c) => Some(c.object()?),
-            None => None,
-        };
-        let h = match self.host_store.entry(&host_name, Some(&ctx.host_namespace)) {
-            Some(c) => Some(c.object()?),
-            None => None,
-        };
+        let v = self.virt_store.try_get(&key.name, Some(&key.namespace))?;
+        let h = self
+            .host_store
+            .try_get(&host_name, Some(&ctx.host_namespace))?;
         let host_api: Api<R::H> = Api::namespaced(ctx.host.clone(), &ctx.host_namespace);
         let label = format!("{}/{}", key.namespace, key.name);
         // Ours means written for this very source: host controllers copy a
@@ -954,6 +939,13 @@ where
         Err(kube::Error::Api(s)) if s.code == 404 || s.code == 409 => Ok(false),
         Err(e) => Err(e),
     }
+}
+
+/// Locks a mutex over plain data. A poisoned lock means a task panicked
+/// mid-update; the maps and queues behind these locks stay consistent
+/// enough to go on.
+pub(crate) fn lock<T>(m: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
 /// Host answers that mean "this object is not acceptable", as opposed to

@@ -206,7 +206,7 @@ impl VirtualNodes {
             let needed: std::collections::HashSet<String> = host_pods
                 .entries()
                 .iter()
-                .filter_map(|p| p.view::<Bound>()?.spec?.node_name)
+                .filter_map(|p| p.view::<Bound>().ok()?.spec?.node_name)
                 .collect();
             let nodes: Api<Node> = Api::all(self.virt.clone());
             let existing = match nodes

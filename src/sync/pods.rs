@@ -62,10 +62,7 @@ impl Default for TokenIndex {
 
 impl TokenIndex {
     fn map(&self) -> std::sync::MutexGuard<'_, HashMap<String, i64>> {
-        // Plain data: a panic elsewhere leaves it usable.
-        self.renew_at
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
+        super::lock(&self.renew_at)
     }
 
     /// When the token Secret `name` is due (`None`: there is none), once the
@@ -244,10 +241,7 @@ impl PodRule {
     }
 
     fn issued_map(&self) -> std::sync::MutexGuard<'_, HashMap<String, (String, i64)>> {
-        // Plain data: a panic elsewhere leaves it usable.
-        self.issued
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
+        super::lock(&self.issued)
     }
 
     fn missing_reference(&self, ctx: &Context, pod: &Pod) -> Option<String> {
