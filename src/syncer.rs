@@ -287,8 +287,8 @@ pub async fn run(opts: SyncerOptions) -> Result<(), SyncerError> {
         service_links = Some(links);
     }
     let services_for_links = service_links.unwrap_or_else(|| services.clone());
-    // Not `wait_until_ready` on the engine's own cache: that future wakes only
-    // its latest waiter, and the engine waits on it too.
+    // The Service engine's initial sync done: pods created from here on get
+    // every Service's links.
     while kinds.services && !service_engine.is_ready() {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
@@ -373,10 +373,9 @@ pub async fn run(opts: SyncerOptions) -> Result<(), SyncerError> {
                 namespace: svc.namespace().unwrap_or_default(),
                 name: svc.name_any(),
             };
-            for slice in sls.virtual_store().entries() {
-                if slice.namespace().as_deref() == Some(key.namespace.as_str())
-                    && slice_service(slice.as_ref()) == Some(key.name.as_str())
-                {
+            // Parsed: the cache keeps only the project's own labels at hand.
+            for slice in sls.virtual_store().objects_in(Some(&key.namespace)) {
+                if slice_service(&slice) == Some(key.name.as_str()) {
                     sls.enqueue(VirtualKey {
                         namespace: key.namespace.clone(),
                         name: slice.name_any(),

@@ -1,6 +1,8 @@
-//! The engines' caches hold objects compactly: the metadata parsed (every
-//! reader needs names, owner markers and hashes), the rest kept as the API's
-//! JSON compressed with LZ4 and parsed again when a reconcile needs it.
+//! The engines' caches hold objects compactly: what every reader needs of
+//! the metadata parsed (identity, deletion, and this project's markers: the
+//! labels and annotations under `vcluster.dev/`, owner and hash among them),
+//! the rest kept as the API's JSON compressed with LZ4 and parsed again when
+//! a reconcile needs it.
 //!
 //! Why: k8s-openapi types are large in memory. A plain virtual Pod takes
 //! about 17 KB on the heap once parsed (every `Container` is 2,144 bytes
@@ -10,20 +12,35 @@
 //! tens of microseconds, which a reconcile that then talks to an API server
 //! does not notice.
 
+use std::collections::{BTreeMap, HashMap};
 use std::fmt::Debug;
 use std::marker::PhantomData;
-use std::sync::Arc;
+use std::sync::{Arc, PoisonError, RwLock, RwLockReadGuard, RwLockWriteGuard};
 
 use futures::{Stream, StreamExt as _, TryStreamExt as _};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use kube::api::Api;
-use kube::runtime::reflector::{self, ObjectRef, Store};
 use kube::runtime::{WatchStreamExt as _, watcher};
 use kube::{Resource, ResourceExt as _};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
-/// One cached object: parsed metadata and the compressed JSON of the rest.
+use crate::translate::markers::RESERVED_PREFIX;
+
+/// The metadata fields kept parsed (with the labels and annotations under
+/// the reserved prefix); the body holds the rest.
+const PARSED_FIELDS: &[&str] = &[
+    "name",
+    "namespace",
+    "uid",
+    "resourceVersion",
+    "deletionTimestamp",
+    "deletionGracePeriodSeconds",
+];
+
+/// One cached object: the metadata every reader needs, parsed, and the
+/// compressed JSON of the rest. [`Resource::meta`] gives that part only:
+/// readers of other labels or annotations parse the object (or a view).
 pub struct Cached<K> {
     meta: ObjectMeta,
     body: Box<[u8]>,
@@ -114,12 +131,44 @@ where
             reason = "k8s-openapi types serialize infallibly: their maps have string keys"
         )]
         let mut value = serde_json::to_value(obj).expect("a Kubernetes object serializes");
-        if let Some(fields) = value.as_object_mut() {
-            fields.remove("metadata");
+        if let Some(meta) = value.get_mut("metadata").and_then(|m| m.as_object_mut()) {
+            // What stays parsed is left out of the body.
+            for field in PARSED_FIELDS {
+                meta.remove(*field);
+            }
+            for maps in ["labels", "annotations"] {
+                if let Some(map) = meta.get_mut(maps).and_then(|m| m.as_object_mut()) {
+                    let before = map.len();
+                    map.retain(|k, _| !k.starts_with(RESERVED_PREFIX));
+                    if map.is_empty() && before > 0 {
+                        meta.remove(maps);
+                    }
+                }
+            }
         }
         let json = value.to_string();
+        let m = obj.meta();
+        let ours = |map: &Option<BTreeMap<String, String>>| {
+            let kept: BTreeMap<String, String> = map
+                .iter()
+                .flatten()
+                .filter(|(k, _)| k.starts_with(RESERVED_PREFIX))
+                .map(|(k, v)| (k.clone(), v.clone()))
+                .collect();
+            (!kept.is_empty()).then_some(kept)
+        };
         Self {
-            meta: obj.meta().clone(),
+            meta: ObjectMeta {
+                name: m.name.clone(),
+                namespace: m.namespace.clone(),
+                uid: m.uid.clone(),
+                resource_version: m.resource_version.clone(),
+                deletion_timestamp: m.deletion_timestamp.clone(),
+                deletion_grace_period_seconds: m.deletion_grace_period_seconds,
+                labels: ours(&m.labels),
+                annotations: ours(&m.annotations),
+                ..ObjectMeta::default()
+            },
             body: lz4_flex::compress_prepend_size(json.as_bytes()).into_boxed_slice(),
             kind: PhantomData,
         }
@@ -152,7 +201,22 @@ where
 
     fn whole(&self, json: &[u8]) -> Result<K, CacheError> {
         let mut obj: K = self.parse(json)?;
-        *obj.meta_mut() = self.meta.clone();
+        let (m, kept) = (obj.meta_mut(), &self.meta);
+        m.name.clone_from(&kept.name);
+        m.namespace.clone_from(&kept.namespace);
+        m.uid.clone_from(&kept.uid);
+        m.resource_version.clone_from(&kept.resource_version);
+        m.deletion_timestamp.clone_from(&kept.deletion_timestamp);
+        m.deletion_grace_period_seconds = kept.deletion_grace_period_seconds;
+        for (to, from) in [
+            (&mut m.labels, &kept.labels),
+            (&mut m.annotations, &kept.annotations),
+        ] {
+            if let Some(from) = from {
+                to.get_or_insert_default()
+                    .extend(from.iter().map(|(k, v)| (k.clone(), v.clone())));
+            }
+        }
         Ok(obj)
     }
 
@@ -178,56 +242,130 @@ where
     }
 }
 
-/// A reader of a cache of compact objects, for rules and loops that read
-/// another kind's objects.
-pub struct Cache<K: Resource<DynamicType = ()> + 'static> {
-    store: Store<Cached<K>>,
+/// The objects, by "namespace/name" (one small allocation per key, where a
+/// kube-runtime store keys each object by four strings: name, namespace,
+/// resource version and uid).
+type Map<K> = HashMap<Box<str>, Arc<Cached<K>>>;
+
+struct Shared<K> {
+    objects: RwLock<Map<K>>,
+    ready: tokio::sync::watch::Sender<bool>,
 }
 
-impl<K: Resource<DynamicType = ()> + 'static> Clone for Cache<K> {
+impl<K> Shared<K> {
+    fn read(&self) -> RwLockReadGuard<'_, Map<K>> {
+        self.objects.read().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    fn write(&self) -> RwLockWriteGuard<'_, Map<K>> {
+        self.objects.write().unwrap_or_else(PoisonError::into_inner)
+    }
+}
+
+fn key_of(name: &str, namespace: Option<&str>) -> String {
+    format!("{}/{name}", namespace.unwrap_or_default())
+}
+
+fn key_of_meta(meta: &ObjectMeta) -> Box<str> {
+    key_of(
+        meta.name.as_deref().unwrap_or_default(),
+        meta.namespace.as_deref(),
+    )
+    .into_boxed_str()
+}
+
+/// A reader of a cache of compact objects, for rules and loops that read
+/// another kind's objects.
+pub struct Cache<K> {
+    shared: Arc<Shared<K>>,
+}
+
+impl<K> Clone for Cache<K> {
     fn clone(&self) -> Self {
         Self {
-            store: self.store.clone(),
+            shared: Arc::clone(&self.shared),
         }
     }
 }
 
-impl<K: Resource<DynamicType = ()> + 'static> Debug for Cache<K> {
+impl<K: Resource<DynamicType = ()>> Debug for Cache<K> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Cache")
             .field("kind", &K::kind(&()))
-            .field("objects", &self.store.len())
+            .field("objects", &self.shared.read().len())
             .finish()
     }
 }
 
 /// The writer half of a [`Cache`], for [`watch`].
-pub type Writer<K> = reflector::store::Writer<Cached<K>>;
+pub struct Writer<K> {
+    shared: Arc<Shared<K>>,
+    /// The list being received (replaces the objects when complete).
+    fresh: Option<Map<K>>,
+}
+
+impl<K> Debug for Writer<K> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Writer")
+            .field("listing", &self.fresh.is_some())
+            .finish()
+    }
+}
+
+impl<K> Writer<K> {
+    fn apply(&mut self, ev: watcher::Event<Cached<K>>) {
+        match ev {
+            watcher::Event::Init => self.fresh = Some(Map::new()),
+            watcher::Event::InitApply(c) => {
+                if let Some(f) = self.fresh.as_mut() {
+                    f.insert(key_of_meta(&c.meta), Arc::new(c));
+                }
+            }
+            watcher::Event::InitDone => {
+                if let Some(f) = self.fresh.take() {
+                    *self.shared.write() = f;
+                }
+                self.shared.ready.send_replace(true);
+            }
+            watcher::Event::Apply(c) => {
+                self.shared
+                    .write()
+                    .insert(key_of_meta(&c.meta), Arc::new(c));
+            }
+            watcher::Event::Delete(c) => {
+                self.shared.write().remove(&key_of_meta(&c.meta));
+            }
+        }
+    }
+}
 
 /// A new empty cache and its writer.
-pub fn cache<K>() -> (Cache<K>, Writer<K>)
-where
-    K: Resource<DynamicType = ()> + Clone + 'static,
-{
-    let (store, writer) = reflector::store();
-    (Cache { store }, writer)
+pub fn cache<K>() -> (Cache<K>, Writer<K>) {
+    let shared = Arc::new(Shared {
+        objects: RwLock::default(),
+        ready: tokio::sync::watch::channel(false).0,
+    });
+    (
+        Cache {
+            shared: Arc::clone(&shared),
+        },
+        Writer {
+            shared,
+            fresh: None,
+        },
+    )
 }
 
 impl<K> Cache<K>
 where
     K: Resource<DynamicType = ()> + Serialize + DeserializeOwned + Clone + 'static,
 {
-    fn key(name: &str, namespace: Option<&str>) -> ObjectRef<Cached<K>> {
-        let r = ObjectRef::new(name);
-        match namespace {
-            Some(ns) => r.within(ns),
-            None => r,
-        }
-    }
-
     /// The cached entry (metadata at hand, the rest parsed on demand).
     pub fn entry(&self, name: &str, namespace: Option<&str>) -> Option<Arc<Cached<K>>> {
-        self.store.get(&Self::key(name, namespace))
+        self.shared
+            .read()
+            .get(key_of(name, namespace).as_str())
+            .cloned()
     }
 
     /// The object, parsed (`Ok(None)` if absent).
@@ -242,34 +380,37 @@ where
 
     /// Whether an object of that name is cached.
     pub fn contains(&self, name: &str, namespace: Option<&str>) -> bool {
-        self.entry(name, namespace).is_some()
+        self.shared
+            .read()
+            .contains_key(key_of(name, namespace).as_str())
     }
 
     /// Every entry.
     pub fn entries(&self) -> Vec<Arc<Cached<K>>> {
-        self.store.state()
+        self.shared.read().values().cloned().collect()
     }
 
     /// Every object of `namespace` (all when `None`), parsed.
     pub fn objects_in(&self, namespace: Option<&str>) -> Vec<K> {
-        self.store
-            .state()
-            .iter()
+        let in_ns: Vec<_> = self
+            .shared
+            .read()
+            .values()
             .filter(|c| namespace.is_none() || c.meta.namespace.as_deref() == namespace)
-            .filter_map(|c| parsed(c))
-            .collect()
+            .cloned()
+            .collect();
+        in_ns.iter().filter_map(|c| parsed(c)).collect()
     }
 
     /// Whether some entry matches `pred` (checked under the cache's read
     /// lock, without copying the list of entries).
     pub fn any_entry(&self, pred: impl Fn(&Cached<K>) -> bool) -> bool {
-        self.store.find(|c| pred(c)).is_some()
+        self.shared.read().values().any(|c| pred(c))
     }
 
     /// The first object matching `pred`, parsing each in turn.
     pub fn find(&self, pred: impl Fn(&K) -> bool) -> Option<K> {
-        self.store
-            .state()
+        self.entries()
             .iter()
             .filter_map(|c| parsed(c))
             .find(|k| pred(k))
@@ -277,18 +418,18 @@ where
 
     /// Objects cached.
     pub fn len(&self) -> usize {
-        self.store.len()
+        self.shared.read().len()
     }
 
     /// True when nothing is cached.
     pub fn is_empty(&self) -> bool {
-        self.store.is_empty()
+        self.shared.read().is_empty()
     }
 
-    /// Waits for the first complete list. Only one task may wait on a given
-    /// cache (kube-runtime's readiness future wakes only its latest waiter).
+    /// Waits for the first complete list.
     pub async fn wait_until_ready(&self) {
-        let _ = self.store.wait_until_ready().await;
+        let mut ready = self.shared.ready.subscribe();
+        let _ = ready.wait_for(|r| *r).await;
     }
 }
 
@@ -330,7 +471,7 @@ where
                 o.managed_fields_mut().clear();
                 slim(o);
             });
-            writer.apply_watcher_event(&compact(&ev));
+            writer.apply(compact(&ev));
             if matches!(ev, watcher::Event::Init) {
                 lists += 1;
                 if lists > 1 {
@@ -381,8 +522,31 @@ mod tests {
     fn a_cached_object_comes_back_whole() {
         let p = pod();
         let c = Cached::new(&p);
-        assert_eq!(c.meta(), &p.metadata);
         assert_eq!(c.object().unwrap(), p);
+        // Parsed: identity and the project's own markers, nothing else.
+        assert_eq!(c.meta().name.as_deref(), Some("web-0"));
+        assert_eq!(c.meta().uid.as_deref(), Some("u1"));
+        assert_eq!(c.meta().labels, None);
+        let mut marked = pod();
+        marked.metadata.labels = Some(
+            [("app", "web"), ("vcluster.dev/owner", "vc1")]
+                .map(|(k, v)| (k.to_owned(), v.to_owned()))
+                .into(),
+        );
+        marked.metadata.annotations = Some(
+            [("vcluster.dev/hash", "h1")]
+                .map(|(k, v)| (k.to_owned(), v.to_owned()))
+                .into(),
+        );
+        let c = Cached::new(&marked);
+        assert_eq!(c.object().unwrap(), marked);
+        let owner = c
+            .meta()
+            .labels
+            .as_ref()
+            .map(|l| l.keys().map(String::as_str).collect::<Vec<_>>());
+        assert_eq!(owner, Some(vec!["vcluster.dev/owner"]));
+        assert_eq!(c.meta().annotations, marked.metadata.annotations);
     }
 
     #[test]

@@ -54,7 +54,7 @@ use tokio::sync::{Mutex, Notify};
 use crate::FIELD_MANAGER;
 use crate::translate::{Ownership, VclusterName, VirtualKey, host_name, markers};
 use cache::{Cache, CacheError};
-use queue::FairQueue;
+use queue::{FairQueue, Later};
 
 /// Annotation on host objects: hash of the desired content last applied.
 pub const HASH_ANNOTATION: &str = "vcluster.dev/content-hash";
@@ -292,6 +292,8 @@ pub struct Engine<R: Rule> {
     host_store: Cache<R::H>,
     host_writer: Mutex<Option<cache::Writer<R::H>>>,
     queue: std::sync::Mutex<FairQueue<VirtualKey>>,
+    later: std::sync::Mutex<Later<VirtualKey>>,
+    later_changed: Notify,
     hooks: std::sync::Mutex<Vec<Hook<R::V>>>,
     wake: Notify,
     ready: AtomicBool,
@@ -426,6 +428,8 @@ impl<R: Rule> Engine<R> {
             host_store,
             host_writer: Mutex::new(Some(host_writer)),
             queue: std::sync::Mutex::new(FairQueue::default()),
+            later: std::sync::Mutex::default(),
+            later_changed: Notify::new(),
             hooks: std::sync::Mutex::new(Vec::new()),
             wake: Notify::new(),
             ready: AtomicBool::new(false),
@@ -460,6 +464,13 @@ impl<R: Rule> Engine<R> {
     /// burst of creations.
     fn enqueue_first(&self, key: VirtualKey) {
         self.queue_mut().add_first(key);
+        self.wake.notify_one();
+    }
+
+    /// Wakes every idle worker; the stored permit covers a worker that has
+    /// just found the queue empty and is about to wait.
+    fn wake_all(&self) {
+        self.wake.notify_waiters();
         self.wake.notify_one();
     }
 
@@ -503,7 +514,7 @@ impl<R: Rule> Engine<R> {
             q.add(k);
         }
         drop(q);
-        self.wake.notify_waiters();
+        self.wake_all();
     }
 
     /// Runs the engine until the process ends.
@@ -618,6 +629,7 @@ impl<R: Rule> Engine<R> {
             }
         });
 
+        tokio::spawn(Arc::clone(&self).serve_later());
         let workers: Vec<_> = (0..opts.concurrency.max(1))
             .map(|_| tokio::spawn(Arc::clone(&self).worker()))
             .collect();
@@ -668,12 +680,38 @@ impl<R: Rule> Engine<R> {
         }
     }
 
-    fn requeue_after(self: &Arc<Self>, key: VirtualKey, after: Duration) {
-        let me = Arc::clone(self);
-        tokio::spawn(async move {
-            tokio::time::sleep(after).await;
-            me.enqueue(key);
-        });
+    fn requeue_after(&self, key: VirtualKey, after: Duration) {
+        let at = tokio::time::Instant::now() + after;
+        if lock(&self.later).add(key, at) {
+            self.later_changed.notify_one();
+        }
+    }
+
+    /// Queues the keys asked for later as they fall due.
+    async fn serve_later(self: Arc<Self>) {
+        loop {
+            let next = lock(&self.later).next();
+            let due = async {
+                match next {
+                    Some(at) => tokio::time::sleep_until(at).await,
+                    None => std::future::pending().await,
+                }
+            };
+            tokio::select! {
+                () = due => {}
+                () = self.later_changed.notified() => {}
+            }
+            let keys = lock(&self.later).pop_due(tokio::time::Instant::now());
+            if keys.is_empty() {
+                continue;
+            }
+            let mut q = self.queue_mut();
+            for key in keys {
+                q.add(key);
+            }
+            drop(q);
+            self.wake_all();
+        }
     }
 
     /// Reconciles one key; `Ok(Some(d))` asks to be called again after `d`.
@@ -793,20 +831,11 @@ impl<R: Rule> Engine<R> {
             if !writing {
                 return Ok(Written::Unchanged);
             }
-            if h.is_none() {
-                // A foreign object may hold the name: the cache only sees ours.
-                if let Some(existing) = host_api
-                    .get_opt(&host_name)
-                    .await
-                    .map_err(|e| api_err("get", R::KIND, &label, e))?
-                    && !own.owns(existing.meta())
-                {
-                    return Ok(Written::Collision);
-                }
-            }
-            let params = PatchParams::apply(FIELD_MANAGER).force();
-            let mut result = host_api
-                .patch(&host_name, &params, &Patch::Apply(&value))
+            // Not in the cache: created only if absent (a foreign object may
+            // hold the name, and the cache sees only ours).
+            let create = h.is_none();
+            let mut result = self
+                .apply_host(&host_api, &host_name, &mut value, create)
                 .await;
             if let Err(kube::Error::Api(status)) = &result
                 && rejected(status.code)
@@ -827,12 +856,13 @@ impl<R: Rule> Engine<R> {
                         serde_json::Value::String(hash.clone()),
                     );
                 }
-                result = host_api
-                    .patch(&host_name, &params, &Patch::Apply(&alt_value))
+                result = self
+                    .apply_host(&host_api, &host_name, &mut alt_value, create)
                     .await;
             }
             let out = match result {
-                Ok(out) => out,
+                Ok(Some(out)) => out,
+                Ok(None) => return Ok(Written::Collision),
                 Err(kube::Error::Api(status)) if rejected(status.code) => {
                     // The host refuses this object as it is: tell the tenant,
                     // then keep retrying with backoff (it may be fixed either side).
@@ -875,6 +905,47 @@ impl<R: Rule> Engine<R> {
             }
         }
         Ok(again)
+    }
+
+    /// Server-side applies `value` as the host object `name`. With `create`,
+    /// only if nothing holds the name: if something does, it is looked at and
+    /// written over only if this vcluster owns it (`Ok(None)`: a foreign
+    /// object holds the name; it is left as it is).
+    ///
+    /// The create-only apply carries resourceVersion "1" as a precondition:
+    /// an apply that creates ignores it, one that would change an existing
+    /// object fails with 409 Conflict, because no object has that version
+    /// (etcd's first write is revision 2). One round trip per new copy
+    /// instead of a GET before the apply, and no window between them.
+    async fn apply_host(
+        &self,
+        api: &Api<R::H>,
+        name: &str,
+        value: &mut serde_json::Value,
+        create: bool,
+    ) -> Result<Option<R::H>, kube::Error> {
+        let params = PatchParams::apply(FIELD_MANAGER).force();
+        if create && let Some(meta) = value.get_mut("metadata").and_then(|m| m.as_object_mut()) {
+            meta.insert("resourceVersion".into(), "1".into());
+            let result = api.patch(name, &params, &Patch::Apply(&*value)).await;
+            if let Some(meta) = value.get_mut("metadata").and_then(|m| m.as_object_mut()) {
+                meta.remove("resourceVersion");
+            }
+            match result {
+                Err(kube::Error::Api(status)) if status.code == 409 => {
+                    // Something holds the name: ours, not cached yet, or foreign.
+                    if let Some(existing) = api.get_opt(name).await?
+                        && !self.ctx.ownership().owns(existing.meta())
+                    {
+                        return Ok(None);
+                    }
+                }
+                other => return other.map(Some),
+            }
+        }
+        api.patch(name, &params, &Patch::Apply(&*value))
+            .await
+            .map(Some)
     }
 
     async fn collision(&self, v: &R::V, host_name: &str) -> Result<Option<Duration>, SyncError> {

@@ -6,9 +6,14 @@
 //! A key is never handed to two workers at once: adding a key that is being
 //! reconciled marks it dirty, and `done` queues it again (at the head of its
 //! namespace if it was added with [`FairQueue::add_first`] meanwhile).
+//!
+//! Keys asked for again later (a token to renew, a backoff) wait in
+//! [`Later`]: one deadline per key, served by one timer.
 
-use std::collections::{HashMap, HashSet, VecDeque};
+use std::collections::{BTreeSet, HashMap, HashSet, VecDeque};
 use std::hash::Hash;
+
+use tokio::time::Instant;
 
 /// A key with the namespace it is fair within.
 pub trait Keyed: Clone + Eq + Hash {
@@ -129,6 +134,71 @@ impl<K: Keyed> FairQueue<K> {
     }
 }
 
+/// Keys to queue again at a time. A key has one deadline, the earliest
+/// asked for: each reconcile asks again for what it still needs, so a later
+/// request never has to be kept beside an earlier one. (A sleeping task per
+/// request cost about half a kilobyte each, three or so per pod in a burst,
+/// most of them sleeping until the pod's token is due.)
+#[derive(Debug)]
+pub struct Later<K> {
+    due: HashMap<K, Instant>,
+    order: BTreeSet<(Instant, K)>,
+}
+
+impl<K> Default for Later<K> {
+    fn default() -> Self {
+        Self {
+            due: HashMap::new(),
+            order: BTreeSet::new(),
+        }
+    }
+}
+
+impl<K: Clone + Eq + Hash + Ord> Later<K> {
+    /// Asks for `key` at `at`; true when that is now the earliest deadline
+    /// of all (the timer must wake up sooner).
+    pub fn add(&mut self, key: K, at: Instant) -> bool {
+        match self.due.get(&key) {
+            Some(have) if *have <= at => return false,
+            Some(have) => {
+                self.order.remove(&(*have, key.clone()));
+            }
+            None => {}
+        }
+        self.due.insert(key.clone(), at);
+        self.order.insert((at, key));
+        self.next() == Some(at)
+    }
+
+    /// The earliest deadline.
+    pub fn next(&self) -> Option<Instant> {
+        self.order.first().map(|(at, _)| *at)
+    }
+
+    /// Removes and returns the keys due at `now`, earliest first.
+    pub fn pop_due(&mut self, now: Instant) -> Vec<K> {
+        let mut out = Vec::new();
+        while let Some((at, _)) = self.order.first()
+            && *at <= now
+            && let Some((_, key)) = self.order.pop_first()
+        {
+            self.due.remove(&key);
+            out.push(key);
+        }
+        out
+    }
+
+    /// Keys waiting.
+    pub fn len(&self) -> usize {
+        self.due.len()
+    }
+
+    /// True when no key waits.
+    pub fn is_empty(&self) -> bool {
+        self.due.is_empty()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -215,5 +285,26 @@ mod tests {
         q.done(&key);
         assert!(q.pop().is_none());
         assert!(q.is_idle());
+    }
+
+    #[test]
+    fn a_key_waits_once_until_its_earliest_deadline() {
+        let t0 = Instant::now();
+        let s = std::time::Duration::from_secs;
+        let mut l = Later::default();
+        assert!(l.add(k("a", "renew"), t0 + s(3000)), "first deadline");
+        assert!(l.add(k("a", "retry"), t0 + s(1)), "earlier than all");
+        assert!(!l.add(k("a", "other"), t0 + s(10)));
+        // Asked again for later: the earlier deadline stands.
+        assert!(!l.add(k("a", "retry"), t0 + s(60)));
+        // Asked again for sooner: moves up.
+        assert!(!l.add(k("a", "renew"), t0 + s(5)));
+        assert_eq!(l.len(), 3);
+        assert_eq!(l.next(), Some(t0 + s(1)));
+        assert!(l.pop_due(t0).is_empty());
+        let names = |v: Vec<VirtualKey>| v.into_iter().map(|k| k.name).collect::<Vec<_>>();
+        assert_eq!(names(l.pop_due(t0 + s(5))), ["retry", "renew"]);
+        assert_eq!(names(l.pop_due(t0 + s(3000))), ["other"]);
+        assert!(l.is_empty() && l.next().is_none());
     }
 }
