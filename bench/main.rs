@@ -198,7 +198,7 @@ project's Stages mark a scheduled pod Running at once). For each size N the benc
 real local planes (`vcluster dev up --detach --no-syncer`, etcd + kube-apiserver + KCM +\n\
 scheduler + KWOK for the host, etcd + kube-apiserver + KCM for the virtual cluster) with enough\n\
 KWOK nodes for 2N pods at {PODS_PER_NODE} pods each, and runs the release `vcluster syncer`\n\
-(default flags: 16 concurrent reconciles per kind) as its own child. Then, with 32 creates in\n\
+(default flags: 32 concurrent reconciles per kind) as its own child. Then, with 32 creates in\n\
 flight:\n\n\
 1. **direct** (baseline): N pods created in the host in M namespaces; creation → Running\n   observed in the host;\n\
 2. **virtual**: N pods created in the virtual cluster in M namespaces; creation → host pod\n   observed, and creation → Running observed in the virtual cluster;\n\
@@ -223,25 +223,32 @@ What the runs (2026-11, 10,000 pods) show, and what stands between them and the 
   limits (QPS 50, burst 100; one binding per pod); the machine is about half busy. The virtual\n\
   path keeps both cores 100 % busy: on top of the direct path's work the virtual API server\n\
   serves the tenant's create, a TokenRequest, the binding, one or two status patches and the\n\
-  copied Scheduled event per pod, and the host API server the syncer's GET (a foreign object may\n\
-  hold the name), the pod's apply and the token Secret's apply. The \"CPU by process\" lines of\n\
-  the bench's output show the split (the virtual API server uses about as much CPU as the host's).\n\
+  copied Scheduled event per pod, and the host API server the syncer's create-only apply of the\n\
+  pod, the token Secret's apply and the syncer's watches (about 150 CPU-seconds against 90\n\
+  direct). The \"CPU by process\" lines of the bench's output show the split.\n\
 - \"creation → Running (host copy)\" against \"creation → Running (virtual)\" is the time\n\
-  status takes to come up: under 0.5 s at p99. Status is copied in the reconcile that binds, host\n\
-  changes go to the head of their namespace's queue, and keep that place when they arrive while\n\
-  the key is being reconciled (before that fix the median waited 8–12 s behind creations).\n\
-- What remains of the added p99 at 10,000 pods is the syncer's create rate: 49–51 pods/s\n\
-  with 16 reconciles at a time on a saturated machine (GET ‖ TokenRequest, apply, token Secret),\n\
-  barely above the scheduler's 50/s, so the host scheduler waits for pods the direct path gave it\n\
-  at once. 32 or 48 reconciles create faster but cost memory and took CPU from the scheduler.\n\
-  Runs of the same code differ by about 5 %: the run before the one below gave 215.1 s against\n\
-  198.0 s (ratio 1.09, p99 +18 s, peak RSS 102.9 MiB).\n\
-- Memory: the caches hold objects compactly (`src/sync/cache.rs`: metadata parsed, the rest\n\
-  LZ4-compressed JSON; a parsed virtual Pod is about 17 KB, its compressed JSON about 1.2 KB),\n\
-  host copies slim, token Secrets outside the Secret cache (a name → renew-time index), and the\n\
-  initial list streamed as watch events (`sendInitialEvents`) where the API server supports it.\n\
-  About 8.5 MiB per 1,000 pods is left, mostly the parsed metadata of each virtual and host pod\n\
-  (its label and annotation maps) and the caches' keys. mimalloc instead of glibc malloc cut the\n\
+  status takes to come up: under 0.2 s at p99. Status is copied in the reconcile that binds, and\n\
+  host changes go to the head of their namespace's queue.\n\
+- The syncer now creates host pods ahead of the scheduler: \"creation → host pod exists\" is\n\
+  below the direct \"creation → Running\" from the median on. What is left of the added p99 is\n\
+  in two places. At the start of the burst, while the tenant's creates flood the virtual API\n\
+  server, each new pod's reconcile waits for its TokenRequest, so the first seconds give the\n\
+  scheduler few pods, and a scheduler capped at 50/s never makes that up (the latency plot's\n\
+  virtual curves start late, then run parallel to the direct one). And the host API server,\n\
+  busier by the syncer's writes and watches, serves the scheduler and KWOK more slowly. More\n\
+  reconciles at once move the first (16 → 32: added p99 13 → 8.5 s), but 48 made the median\n\
+  worse (129 s against 90): the syncer's faster writes took the host API server from the\n\
+  scheduler and KWOK mid-burst. Giving the host's processes CPU priority over the virtual plane\n\
+  and the syncer (nice 10, as if they ran on other machines) made host pods exist sooner but\n\
+  Running no sooner, so what is left is the host API server's share, not the cores' priority.\n\
+  Runs of the same code differ by about 5 %.\n\
+- Memory: the caches hold objects compactly (`src/sync/cache.rs`: identity, deletion and the\n\
+  `vcluster.dev/` markers of the metadata parsed, the rest LZ4-compressed JSON; a parsed virtual\n\
+  Pod is about 17 KB, its compressed JSON about 1.2 KB), keyed by one string per object; host\n\
+  copies slim, token Secrets outside the Secret cache (a name → renew-time index), the initial\n\
+  list streamed as watch events (`sendInitialEvents`) where the API server supports it, and one\n\
+  timer per kind for keys asked for later (a sleeping task per request held about 1.5 KB per pod\n\
+  in a burst). About 6.5 MiB per 1,000 pods is left. mimalloc instead of glibc malloc cut the\n\
   syncer's CPU by a fifth but kept 20–30 MiB more resident, so it is not used.\n\
 \n\
 ## Reproduce\n\n\

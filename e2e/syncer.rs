@@ -512,6 +512,65 @@ fn foreign_host_object_is_untouched_and_reported(env: &Env) {
     });
 }
 
+/// A host copy the syncer's cache does not show (here: its namespace label
+/// removed by hand, so the cache's selector misses it) but that carries the
+/// owner label is the syncer's own: the create-only write finds the name
+/// taken, looks, and writes over it instead of reporting a collision.
+fn owned_host_object_missing_from_the_cache_is_written_over(env: &Env) {
+    let ns = "adopt";
+    block_on(async {
+        let (v, h) = clients_of(env).await;
+        namespace(&v, ns).await;
+        let host = env.host_name(ns, "cfg");
+        let hcms: Api<ConfigMap> = Api::namespaced(h.clone(), HOST_NS);
+        create(
+            &hcms,
+            json!({"metadata": {"name": host, "labels": {"vcluster.dev/owner": VC}},
+                "data": {"v": "stale"}}),
+        )
+        .await;
+        create(
+            &Api::<ConfigMap>::namespaced(v.clone(), ns),
+            json!({"metadata": {"name": "cfg"}, "data": {"v": "tenant"}}),
+        )
+        .await;
+        // ConfigMaps go to the host when a pod uses them.
+        create(
+            &Api::<Pod>::namespaced(v.clone(), ns),
+            json!({
+                "metadata": {"name": "user"},
+                "spec": {"containers": [{"name": "main", "image": "busybox",
+                    "envFrom": [{"configMapRef": {"name": "cfg"}}]}]}
+            }),
+        )
+        .await;
+        eventually(
+            "the host copy written over with the tenant's data",
+            T,
+            || async {
+                let cm = hcms.get(&host).await.map_err(|e| e.to_string())?;
+                let labels = cm.metadata.labels.unwrap_or_default();
+                match (
+                    cm.data.unwrap_or_default().get("v"),
+                    labels.get("vcluster.dev/namespace"),
+                ) {
+                    (Some(d), Some(n)) if d == "tenant" && n == ns => Ok(()),
+                    other => Err(format!("not yet: {other:?}")),
+                }
+            },
+        )
+        .await;
+        let events: Api<Event> = Api::namespaced(v.clone(), ns);
+        let l = events.list(&ListParams::default()).await.unwrap();
+        assert!(
+            !l.items
+                .iter()
+                .any(|e| e.reason.as_deref() == Some("SyncNameCollision")),
+            "an owned object is not a collision"
+        );
+    });
+}
+
 fn service_links_of_virtual_services_reach_host_pods(env: &Env) {
     let ns = "links";
     block_on(async {
@@ -908,6 +967,10 @@ const SHARED: &[Test<Env>] = &[
     (
         "foreign_host_object_is_untouched_and_reported",
         foreign_host_object_is_untouched_and_reported,
+    ),
+    (
+        "owned_host_object_missing_from_the_cache_is_written_over",
+        owned_host_object_missing_from_the_cache_is_written_over,
     ),
     (
         "pod_the_host_rejects_gets_a_warning_event",

@@ -41,7 +41,7 @@ pub struct SyncerArgs {
     #[arg(long, env = "VCLUSTER_RESYNC_SECONDS", default_value_t = 300, value_parser = clap::value_parser!(u64).range(5..))]
     resync_seconds: u64,
     /// Concurrent reconciles per kind.
-    #[arg(long, env = "VCLUSTER_CONCURRENCY", default_value_t = 16, value_parser = clap::value_parser!(u16).range(1..=512))]
+    #[arg(long, env = "VCLUSTER_CONCURRENCY", default_value_t = 32, value_parser = clap::value_parser!(u16).range(1..=512))]
     concurrency: u16,
     /// Server-side timeout of each watch call, in seconds (a new watch follows).
     #[arg(long, env = "VCLUSTER_WATCH_TIMEOUT_SECONDS", default_value_t = 290, value_parser = clap::value_parser!(u32).range(1..=3600))]
