@@ -453,6 +453,25 @@ fn job_runs_to_completion(env: &Env) {
     });
 }
 
+/// Creates virtual ConfigMap `name` with `data` and a pod "user" that uses
+/// it (ConfigMaps go to the host when a pod uses them).
+async fn configmap_in_use(v: &kube::Client, ns: &str, name: &str, data: serde_json::Value) {
+    create(
+        &Api::<ConfigMap>::namespaced(v.clone(), ns),
+        json!({"metadata": {"name": name}, "data": data}),
+    )
+    .await;
+    create(
+        &Api::<Pod>::namespaced(v.clone(), ns),
+        json!({
+            "metadata": {"name": "user"},
+            "spec": {"containers": [{"name": "main", "image": "busybox",
+                "envFrom": [{"configMapRef": {"name": name}}]}]}
+        }),
+    )
+    .await;
+}
+
 fn foreign_host_object_is_untouched_and_reported(env: &Env) {
     let ns = "clash";
     block_on(async {
@@ -465,22 +484,7 @@ fn foreign_host_object_is_untouched_and_reported(env: &Env) {
             json!({"metadata": {"name": taken}, "data": {"owner": "someone else"}}),
         )
         .await;
-        create(
-            &Api::<ConfigMap>::namespaced(v.clone(), ns),
-            json!({
-                "metadata": {"name": "taken"}, "data": {"owner": "tenant"}
-            }),
-        )
-        .await;
-        create(
-            &Api::<Pod>::namespaced(v.clone(), ns),
-            json!({
-                "metadata": {"name": "user"},
-                "spec": {"containers": [{"name": "main", "image": "busybox",
-                    "envFrom": [{"configMapRef": {"name": "taken"}}]}]}
-            }),
-        )
-        .await;
+        configmap_in_use(&v, ns, "taken", json!({"owner": "tenant"})).await;
         let events: Api<Event> = Api::namespaced(v.clone(), ns);
         let ev = eventually(
             "a SyncNameCollision warning on the virtual ConfigMap",
@@ -529,21 +533,7 @@ fn owned_host_object_missing_from_the_cache_is_written_over(env: &Env) {
                 "data": {"v": "stale"}}),
         )
         .await;
-        create(
-            &Api::<ConfigMap>::namespaced(v.clone(), ns),
-            json!({"metadata": {"name": "cfg"}, "data": {"v": "tenant"}}),
-        )
-        .await;
-        // ConfigMaps go to the host when a pod uses them.
-        create(
-            &Api::<Pod>::namespaced(v.clone(), ns),
-            json!({
-                "metadata": {"name": "user"},
-                "spec": {"containers": [{"name": "main", "image": "busybox",
-                    "envFrom": [{"configMapRef": {"name": "cfg"}}]}]}
-            }),
-        )
-        .await;
+        configmap_in_use(&v, ns, "cfg", json!({"v": "tenant"})).await;
         eventually(
             "the host copy written over with the tenant's data",
             T,
