@@ -47,16 +47,6 @@ pub struct Cached<K> {
     kind: PhantomData<fn() -> K>,
 }
 
-impl<K> Clone for Cached<K> {
-    fn clone(&self) -> Self {
-        Self {
-            meta: self.meta.clone(),
-            body: self.body.clone(),
-            kind: PhantomData,
-        }
-    }
-}
-
 impl<K> Debug for Cached<K> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Cached")
@@ -175,14 +165,10 @@ where
     }
 
     fn name(&self) -> String {
-        format!(
-            "{}/{}",
-            self.meta.namespace.as_deref().unwrap_or_default(),
-            self.meta.name.as_deref().unwrap_or_default()
-        )
+        key_of_meta(&self.meta).into_string()
     }
 
-    /// The JSON of everything but the metadata.
+    /// The JSON of everything but the metadata kept parsed.
     fn json(&self) -> Result<Vec<u8>, CacheError> {
         lz4_flex::decompress_size_prepended(&self.body).map_err(|source| CacheError::Decompress {
             kind: K::kind(&()).into_owned(),
@@ -225,7 +211,7 @@ where
         self.whole(&self.json()?)
     }
 
-    /// The whole object, if its JSON (without metadata) passes `keep`: a
+    /// The whole object, if its JSON (without the parsed metadata) passes `keep`: a
     /// cheap "does it mention X" check before parsing, with one decompression.
     pub fn object_if(&self, keep: impl Fn(&[u8]) -> bool) -> Result<Option<K>, CacheError> {
         let json = self.json()?;
@@ -242,23 +228,92 @@ where
     }
 }
 
-/// The objects, by "namespace/name" (one small allocation per key, where a
-/// kube-runtime store keys each object by four strings: name, namespace,
-/// resource version and uid).
-type Map<K> = HashMap<Box<str>, Arc<Cached<K>>>;
-
-struct Shared<K> {
-    objects: RwLock<Map<K>>,
+/// A map kept by a watch: replaced whole by each complete list (the old
+/// contents stay visible until then), kept current by the events between
+/// lists, ready once the first list is in. Keys are one small string each.
+pub struct Listed<V> {
+    map: RwLock<HashMap<Box<str>, V>>,
     ready: tokio::sync::watch::Sender<bool>,
 }
 
-impl<K> Shared<K> {
-    fn read(&self) -> RwLockReadGuard<'_, Map<K>> {
-        self.objects.read().unwrap_or_else(PoisonError::into_inner)
+impl<V> Default for Listed<V> {
+    fn default() -> Self {
+        Self {
+            map: RwLock::default(),
+            ready: tokio::sync::watch::channel(false).0,
+        }
+    }
+}
+
+impl<V> Debug for Listed<V> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Listed")
+            .field("entries", &self.read().len())
+            .finish()
+    }
+}
+
+impl<V> Listed<V> {
+    /// The map, for reading.
+    pub fn read(&self) -> RwLockReadGuard<'_, HashMap<Box<str>, V>> {
+        self.map.read().unwrap_or_else(PoisonError::into_inner)
     }
 
-    fn write(&self) -> RwLockWriteGuard<'_, Map<K>> {
-        self.objects.write().unwrap_or_else(PoisonError::into_inner)
+    /// The map, for writing (what this process has just written, before
+    /// its watch says so).
+    pub fn write(&self) -> RwLockWriteGuard<'_, HashMap<Box<str>, V>> {
+        self.map.write().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Waits for the first complete list.
+    pub async fn wait_until_ready(&self) {
+        let mut ready = self.ready.subscribe();
+        let _ = ready.wait_for(|r| *r).await;
+    }
+}
+
+/// The writing half of a [`Listed`]: follows one watch's events.
+#[derive(Debug)]
+pub struct Lister<V> {
+    to: Arc<Listed<V>>,
+    /// The list being received.
+    fresh: Option<HashMap<Box<str>, V>>,
+}
+
+impl<V> Lister<V> {
+    /// A writer of `to`.
+    pub fn new(to: Arc<Listed<V>>) -> Self {
+        Self { to, fresh: None }
+    }
+
+    /// Applies one watch event: each object under `key(o)` with `value(o)`
+    /// (not computed for deletions).
+    pub fn apply<K>(
+        &mut self,
+        ev: &watcher::Event<K>,
+        key: impl Fn(&K) -> Box<str>,
+        value: impl Fn(&K) -> V,
+    ) {
+        match ev {
+            watcher::Event::Init => self.fresh = Some(HashMap::new()),
+            watcher::Event::InitApply(o) => {
+                if let Some(f) = self.fresh.as_mut() {
+                    f.insert(key(o), value(o));
+                }
+            }
+            watcher::Event::InitDone => {
+                if let Some(f) = self.fresh.take() {
+                    *self.to.write() = f;
+                }
+                self.to.ready.send_replace(true);
+            }
+            watcher::Event::Apply(o) => {
+                self.to.write().insert(key(o), value(o));
+            }
+            watcher::Event::Delete(o) => {
+                self.to.write().remove(&key(o));
+            }
+        }
     }
 }
 
@@ -277,7 +332,7 @@ fn key_of_meta(meta: &ObjectMeta) -> Box<str> {
 /// A reader of a cache of compact objects, for rules and loops that read
 /// another kind's objects.
 pub struct Cache<K> {
-    shared: Arc<Shared<K>>,
+    shared: Arc<Listed<Arc<Cached<K>>>>,
 }
 
 impl<K> Clone for Cache<K> {
@@ -298,61 +353,16 @@ impl<K: Resource<DynamicType = ()>> Debug for Cache<K> {
 }
 
 /// The writer half of a [`Cache`], for [`watch`].
-pub struct Writer<K> {
-    shared: Arc<Shared<K>>,
-    /// The list being received (replaces the objects when complete).
-    fresh: Option<Map<K>>,
-}
-
-impl<K> Debug for Writer<K> {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Writer")
-            .field("listing", &self.fresh.is_some())
-            .finish()
-    }
-}
-
-impl<K> Writer<K> {
-    fn apply(&mut self, ev: watcher::Event<Cached<K>>) {
-        match ev {
-            watcher::Event::Init => self.fresh = Some(Map::new()),
-            watcher::Event::InitApply(c) => {
-                if let Some(f) = self.fresh.as_mut() {
-                    f.insert(key_of_meta(&c.meta), Arc::new(c));
-                }
-            }
-            watcher::Event::InitDone => {
-                if let Some(f) = self.fresh.take() {
-                    *self.shared.write() = f;
-                }
-                self.shared.ready.send_replace(true);
-            }
-            watcher::Event::Apply(c) => {
-                self.shared
-                    .write()
-                    .insert(key_of_meta(&c.meta), Arc::new(c));
-            }
-            watcher::Event::Delete(c) => {
-                self.shared.write().remove(&key_of_meta(&c.meta));
-            }
-        }
-    }
-}
+pub type Writer<K> = Lister<Arc<Cached<K>>>;
 
 /// A new empty cache and its writer.
 pub fn cache<K>() -> (Cache<K>, Writer<K>) {
-    let shared = Arc::new(Shared {
-        objects: RwLock::default(),
-        ready: tokio::sync::watch::channel(false).0,
-    });
+    let shared = Arc::default();
     (
         Cache {
             shared: Arc::clone(&shared),
         },
-        Writer {
-            shared,
-            fresh: None,
-        },
+        Lister::new(shared),
     )
 }
 
@@ -428,8 +438,7 @@ where
 
     /// Waits for the first complete list.
     pub async fn wait_until_ready(&self) {
-        let mut ready = self.shared.ready.subscribe();
-        let _ = ready.wait_for(|r| *r).await;
+        self.shared.wait_until_ready().await;
     }
 }
 
@@ -471,7 +480,7 @@ where
                 o.managed_fields_mut().clear();
                 slim(o);
             });
-            writer.apply(compact(&ev));
+            writer.apply(&ev, |o| key_of_meta(o.meta()), |o| Arc::new(Cached::new(o)));
             if matches!(ev, watcher::Event::Init) {
                 lists += 1;
                 if lists > 1 {
@@ -482,19 +491,6 @@ where
         })
         .touched_objects()
         .boxed()
-}
-
-fn compact<K>(ev: &watcher::Event<K>) -> watcher::Event<Cached<K>>
-where
-    K: Resource<DynamicType = ()> + Serialize + DeserializeOwned,
-{
-    match ev {
-        watcher::Event::Apply(o) => watcher::Event::Apply(Cached::new(o)),
-        watcher::Event::Delete(o) => watcher::Event::Delete(Cached::new(o)),
-        watcher::Event::Init => watcher::Event::Init,
-        watcher::Event::InitApply(o) => watcher::Event::InitApply(Cached::new(o)),
-        watcher::Event::InitDone => watcher::Event::InitDone,
-    }
 }
 
 #[cfg(test)]

@@ -509,6 +509,11 @@ impl<R: Rule> Engine<R> {
         if force {
             self.force.lock().await.extend(keys.iter().cloned());
         }
+        self.enqueue_many(keys);
+    }
+
+    /// Queues `keys` and wakes the idle workers.
+    fn enqueue_many(&self, keys: Vec<VirtualKey>) {
         let mut q = self.queue_mut();
         for k in keys {
             q.add(k);
@@ -702,15 +707,9 @@ impl<R: Rule> Engine<R> {
                 () = self.later_changed.notified() => {}
             }
             let keys = lock(&self.later).pop_due(tokio::time::Instant::now());
-            if keys.is_empty() {
-                continue;
+            if !keys.is_empty() {
+                self.enqueue_many(keys);
             }
-            let mut q = self.queue_mut();
-            for key in keys {
-                q.add(key);
-            }
-            drop(q);
-            self.wake_all();
         }
     }
 
@@ -1036,12 +1035,7 @@ pub fn err_for<K: Resource>(
         name: v.name_any(),
     }
     .to_string();
-    move |e| SyncError::Api {
-        action,
-        kind,
-        key,
-        source: Box::new(e),
-    }
+    move |e| api_err(action, kind, &key, e)
 }
 
 fn api_err(action: &'static str, kind: &'static str, key: &str, e: kube::Error) -> SyncError {

@@ -24,7 +24,7 @@ use kube::core::PartialObjectMeta;
 use kube::runtime::{WatchStreamExt as _, watcher};
 use serde_json::json;
 
-use super::cache::Cache;
+use super::cache::{Cache, Listed, Lister};
 use super::nodes::VirtualNodes;
 use super::{Context, Decision, Rule, SyncError, err_for};
 use crate::FIELD_MANAGER;
@@ -45,36 +45,21 @@ pub const TOKEN_FOR_LABEL: &str = "vcluster.dev/token-for";
 /// renewal, from a metadata-only watch. Those Secrets (one per pod) stay out
 /// of the Secret engine's cache: its host watch selects what was written for
 /// a virtual object.
-#[derive(Debug)]
+#[derive(Debug, Default)]
 pub struct TokenIndex {
-    renew_at: std::sync::Mutex<HashMap<String, i64>>,
-    ready: tokio::sync::watch::Sender<bool>,
-}
-
-impl Default for TokenIndex {
-    fn default() -> Self {
-        Self {
-            renew_at: std::sync::Mutex::default(),
-            ready: tokio::sync::watch::channel(false).0,
-        }
-    }
+    renew_at: Arc<Listed<i64>>,
 }
 
 impl TokenIndex {
-    fn map(&self) -> std::sync::MutexGuard<'_, HashMap<String, i64>> {
-        super::lock(&self.renew_at)
-    }
-
     /// When the token Secret `name` is due (`None`: there is none), once the
     /// first list is in.
     async fn due(&self, name: &str) -> Option<i64> {
-        let mut ready = self.ready.subscribe();
-        let _ = ready.wait_for(|r| *r).await;
-        self.map().get(name).copied()
+        self.renew_at.wait_until_ready().await;
+        self.renew_at.read().get(name).copied()
     }
 
     fn record(&self, name: &str, renew_at: i64) {
-        self.map().insert(name.to_owned(), renew_at);
+        self.renew_at.write().insert(name.into(), renew_at);
     }
 
     /// Follows this vcluster's token Secrets until the process ends.
@@ -84,31 +69,16 @@ impl TokenIndex {
         let config = config.labels(&format!("{OWNER_LABEL}={},{TOKEN_FOR_LABEL}", ctx.vc));
         let stream = watcher(api, config).default_backoff();
         futures::pin_mut!(stream);
+        let mut writer = Lister::new(Arc::clone(&self.renew_at));
         let due = |m: &PartialObjectMeta<Secret>| {
             m.annotations()
                 .get(RENEW_AT_ANNOTATION)
                 .and_then(|t| t.parse::<i64>().ok())
                 .unwrap_or(0)
         };
-        let mut fresh: Option<HashMap<String, i64>> = None;
         while let Some(ev) = stream.next().await {
             match ev {
-                Ok(watcher::Event::Init) => fresh = Some(HashMap::new()),
-                Ok(watcher::Event::InitApply(m)) => {
-                    if let Some(f) = fresh.as_mut() {
-                        f.insert(m.name_any(), due(&m));
-                    }
-                }
-                Ok(watcher::Event::InitDone) => {
-                    if let Some(f) = fresh.take() {
-                        *self.map() = f;
-                    }
-                    self.ready.send_replace(true);
-                }
-                Ok(watcher::Event::Apply(m)) => self.record(&m.name_any(), due(&m)),
-                Ok(watcher::Event::Delete(m)) => {
-                    self.map().remove(&m.name_any());
-                }
+                Ok(ev) => writer.apply(&ev, |m| m.name_any().into(), due),
                 Err(e) => tracing::warn!(error = %e, "token secret watch error"),
             }
         }

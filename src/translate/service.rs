@@ -315,8 +315,8 @@ pub fn derived_slice(v: &EndpointSlice) -> bool {
 }
 
 /// The Service a virtual EndpointSlice belongs to.
-pub fn slice_service<K: kube::Resource>(v: &K) -> Option<&str> {
-    v.meta()
+pub fn slice_service(v: &EndpointSlice) -> Option<&str> {
+    v.metadata
         .labels
         .as_ref()
         .and_then(|l| l.get(SERVICE_NAME_LABEL))
