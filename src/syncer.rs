@@ -1,37 +1,41 @@
-//! `vcluster syncer`: the process beside the virtual control plane. It runs
-//! one sync engine per kind and answers `/healthz` (alive) and `/readyz`
-//! (every engine has finished its initial sync), and serves its Prometheus
-//! metrics at `/metrics` (see [`crate::sync::metrics`]).
+//! `vcluster syncer`: the process beside the virtual control plane. It
+//! assembles the kinds `--sync` selects from their declarations
+//! ([`KINDS`], [`crate::sync::assembly`]), answers `/healthz` (alive) and
+//! `/readyz` (every engine has finished its initial sync; otherwise it names
+//! the kinds still syncing), serves its Prometheus metrics at `/metrics`
+//! (see [`crate::sync::metrics`]) and, when configured, the front door.
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
-use futures::StreamExt as _;
 use http_body_util::Full;
 use hyper::body::Bytes;
 use hyper::{Request, Response, StatusCode};
 use hyper_util::rt::TokioIo;
-use k8s_openapi::api::core::v1::{ConfigMap, Pod, Secret, Service};
-use k8s_openapi::api::networking::v1::Ingress;
-use kube::ResourceExt;
-use kube::api::Api;
 use kube::config::Kubeconfig;
+use tracing::Instrument as _;
 
-use crate::sync::cache;
-use crate::sync::config::{ConfigRule, Scope};
-use crate::sync::endpoints::{EndpointsRule, SliceRule};
-use crate::sync::ingresses::IngressRule;
-use crate::sync::nodes::VirtualNodes;
-use crate::sync::pods::{PodRule, TokenIndex};
-use crate::sync::services::ServiceRule;
-use crate::sync::{Context, Engine, EngineOptions, Side, streams_lists};
-use crate::translate::ingress::tls_secrets;
-use crate::translate::pod::references;
-use crate::translate::service::slice_service;
-use crate::translate::{VclusterName, VirtualKey};
+use crate::sync::assembly::Running;
+use crate::sync::{
+    Assembly, Context, EngineOptions, KindSpec, Names, Settings, Side, config, endpoints, events,
+    ingresses, pods, services, streams_lists,
+};
+use crate::translate::VclusterName;
+
+/// Every kind the syncer can sync, in `--sync`'s order: adding a kind is its
+/// rule file and one line here.
+pub const KINDS: &[KindSpec] = &[
+    pods::KIND,
+    config::CONFIGMAPS,
+    config::SECRETS,
+    events::KIND,
+    services::KIND,
+    endpoints::KIND,
+    ingresses::KIND,
+];
 
 /// Failures that stop the syncer from starting.
 #[derive(Debug, thiserror::Error)]
@@ -69,90 +73,81 @@ pub enum SyncerError {
 }
 
 /// Which kinds the syncer syncs.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Kinds {
-    /// Pods (and the virtual Nodes they are bound to).
-    pub pods: bool,
-    /// ConfigMaps.
-    pub configmaps: bool,
-    /// Secrets.
-    pub secrets: bool,
-    /// Host events about pods, copied up.
-    pub events: bool,
-    /// Services (and the virtual `default/kubernetes` Service's address).
-    pub services: bool,
-    /// Endpoints and EndpointSlices of selector-less Services.
-    pub endpoints: bool,
-    /// Ingresses (and mirrors of the certificates cert-manager issues).
-    pub ingresses: bool,
+#[derive(Debug, Clone)]
+pub struct Kinds(Vec<&'static KindSpec>);
+
+impl PartialEq for Kinds {
+    fn eq(&self, other: &Self) -> bool {
+        self.names() == other.names()
+    }
 }
 
-impl Kinds {
-    /// Every kind.
-    pub const ALL: Self = Self {
-        pods: true,
-        configmaps: true,
-        secrets: true,
-        events: true,
-        services: true,
-        endpoints: true,
-        ingresses: true,
-    };
+impl Eq for Kinds {}
 
-    /// The default `--sync` list.
+impl Kinds {
+    /// The default `--sync` list: every kind (checked against [`KINDS`] by a test).
     pub const DEFAULT_LIST: &'static str =
         "pods,configmaps,secrets,events,services,endpoints,ingresses";
+
+    /// Every kind.
+    pub fn all() -> Self {
+        Self(KINDS.iter().collect())
+    }
 
     /// Parses a comma-separated list (`pods,configmaps,secrets,events`) and
     /// refuses combinations that cannot work.
     pub fn parse(list: &str, sync_all_configs: bool) -> Result<Self, String> {
-        let mut k = Self {
-            pods: false,
-            configmaps: false,
-            secrets: false,
-            events: false,
-            services: false,
-            endpoints: false,
-            ingresses: false,
-        };
+        let mut picked: Vec<&'static KindSpec> = Vec::new();
         for item in list.split(',').map(str::trim).filter(|s| !s.is_empty()) {
-            match item {
-                "pods" => k.pods = true,
-                "configmaps" => k.configmaps = true,
-                "secrets" => k.secrets = true,
-                "events" => k.events = true,
-                "services" => k.services = true,
-                "endpoints" => k.endpoints = true,
-                "ingresses" => k.ingresses = true,
-                other => {
-                    return Err(format!(
-                        "unknown kind {other:?} in --sync (known: {})",
-                        Self::DEFAULT_LIST.replace(',', ", ")
-                    ));
-                }
+            let Some(spec) = KINDS.iter().find(|k| k.name == item) else {
+                return Err(format!(
+                    "unknown kind {item:?} in --sync (known: {})",
+                    Self::DEFAULT_LIST.replace(',', ", ")
+                ));
+            };
+            if !picked.iter().any(|k| k.name == spec.name) {
+                picked.push(spec);
             }
         }
-        if k.pods && !(k.configmaps && k.secrets) {
-            return Err("--sync: pods need configmaps and secrets (the objects they mount)".into());
+        // In the registry's order, whatever order the list gave.
+        picked.sort_by_key(|k| KINDS.iter().position(|s| s.name == k.name));
+        let kinds = Self(picked);
+        for spec in &kinds.0 {
+            kinds.check(spec, sync_all_configs)?;
         }
-        if !k.pods && (k.configmaps || k.secrets) && !sync_all_configs {
-            return Err(
-                "--sync: without pods, configmaps and secrets are synced only with --sync-all-configs".into(),
-            );
+        Ok(kinds)
+    }
+
+    fn check(&self, spec: &KindSpec, sync_all_configs: bool) -> Result<(), String> {
+        if spec.needs.iter().all(|n| self.has(n)) {
+            return Ok(());
         }
-        if k.events && !k.pods {
-            return Err("--sync: events are those of synced pods, so they need pods".into());
+        if spec.needs_waived_by_all_configs {
+            if sync_all_configs {
+                return Ok(());
+            }
+            return Err(format!(
+                "--sync: without {}, {} are synced only with --sync-all-configs",
+                spec.needs.join(" and "),
+                spec.name
+            ));
         }
-        if k.endpoints && !k.services {
-            return Err("--sync: endpoints belong to Services, so they need services".into());
-        }
-        if k.ingresses && !(k.services && k.secrets) {
-            return Err(
-                "--sync: ingresses need services and secrets (their backends and TLS certificates)"
-                    .into(),
-            );
-        }
-        Ok(k)
+        Err(format!(
+            "--sync: {} need {} ({})",
+            spec.name,
+            spec.needs.join(" and "),
+            spec.because
+        ))
+    }
+
+    /// True when kind `name` is selected.
+    pub fn has(&self, name: &str) -> bool {
+        self.0.iter().any(|k| k.name == name)
+    }
+
+    /// The selected kinds' names.
+    pub fn names(&self) -> Vec<&'static str> {
+        self.0.iter().map(|k| k.name).collect()
     }
 }
 
@@ -169,8 +164,6 @@ pub struct SyncerOptions {
     pub virtual_kubeconfig: PathBuf,
     /// How long to wait for the virtual kubeconfig to appear (zero: not at all).
     pub virtual_kubeconfig_wait: Duration,
-    /// Full resync period.
-    pub resync: Duration,
     /// Concurrent reconciles per kind.
     pub concurrency: usize,
     /// Server-side timeout of each watch call.
@@ -179,30 +172,19 @@ pub struct SyncerOptions {
     pub watch_bookmarks: bool,
     /// Use streamed initial lists where the API servers support them.
     pub stream_lists: bool,
-    /// Sync every ConfigMap and Secret, not only referenced ones.
-    pub sync_all_configs: bool,
+    /// What the rules need (full resync period among them).
+    pub settings: Settings,
     /// Where `/healthz` and `/readyz` are served.
     pub listen: SocketAddr,
-    /// Host name or IP synced pods use for the virtual API; `None`: the
-    /// cluster IP of host Service `api_service` (its DNS name until it exists).
-    pub api_host: Option<String>,
-    /// Port synced pods use for the virtual API.
-    pub api_port: u16,
-    /// The vcluster's API Service in the host namespace.
-    pub api_service: String,
-    /// What ingresses may do.
-    pub ingress_policy: crate::translate::ingress::IngressPolicy,
-    /// The Pod Security Standards level pods must meet to reach the host.
-    pub pod_security: crate::policy::pss::Level,
     /// Which kinds sync.
     pub kinds: Kinds,
     /// The front door, when it is served.
     pub front_door: Option<crate::proxy::FrontDoorOptions>,
 }
 
-async fn client_from(path: &PathBuf, which: &'static str) -> Result<kube::Client, SyncerError> {
+async fn client_from(path: &Path, which: &'static str) -> Result<kube::Client, SyncerError> {
     let kc = Kubeconfig::read_from(path).map_err(|source| SyncerError::Kubeconfig {
-        path: path.clone(),
+        path: path.to_owned(),
         source,
     })?;
     crate::kubeconfig::client(kc)
@@ -213,8 +195,10 @@ async fn client_from(path: &PathBuf, which: &'static str) -> Result<kube::Client
         })
 }
 
-/// Runs the syncer until the process ends.
-pub async fn run(opts: SyncerOptions) -> Result<(), SyncerError> {
+/// The host client (kubeconfig or in-cluster) and the virtual one, once the
+/// control plane has written its admin kubeconfig (in the pod it appears
+/// when the control plane is up).
+async fn clients(opts: &SyncerOptions) -> Result<(kube::Client, kube::Client), SyncerError> {
     let host = match &opts.host_kubeconfig {
         Some(p) => client_from(p, "host").await?,
         None => {
@@ -224,251 +208,63 @@ pub async fn run(opts: SyncerOptions) -> Result<(), SyncerError> {
             })?
         }
     };
-    // In the pod the control plane writes its admin kubeconfig once it is up.
+    let path = &opts.virtual_kubeconfig;
     let give_up = std::time::Instant::now() + opts.virtual_kubeconfig_wait;
-    if !opts.virtual_kubeconfig.exists() && !opts.virtual_kubeconfig_wait.is_zero() {
-        tracing::info!(path = %opts.virtual_kubeconfig.display(), "waiting for the virtual control plane's kubeconfig");
-        while !opts.virtual_kubeconfig.exists() && std::time::Instant::now() < give_up {
+    if !path.exists() && !opts.virtual_kubeconfig_wait.is_zero() {
+        tracing::info!(path = %path.display(), "waiting for the virtual control plane's kubeconfig");
+        // A file appearing: nothing to subscribe to across container
+        // restarts and volume types, so look twice a second.
+        while !path.exists() && std::time::Instant::now() < give_up {
             tokio::time::sleep(Duration::from_millis(500)).await;
         }
     }
-    let virt = client_from(&opts.virtual_kubeconfig, "virtual").await?;
-    let ctx = Arc::new(Context::new(
-        opts.name.clone(),
-        opts.host_namespace.clone(),
-        host.clone(),
-        virt.clone(),
-    ));
-    let engine_opts = EngineOptions {
-        concurrency: opts.concurrency,
-        resync: opts.resync,
-        watch_timeout_seconds: opts.watch_timeout_seconds,
-        watch_bookmarks: opts.watch_bookmarks,
-        host_streams_lists: opts.stream_lists
-            && streams_lists(&host, &opts.host_namespace, Side::Host).await,
-        virtual_streams_lists: opts.stream_lists
-            && streams_lists(&virt, "default", Side::Virtual).await,
-    };
-    let scope = if opts.sync_all_configs {
-        Scope::All
-    } else {
-        Scope::Referenced
-    };
-
-    let kinds = &opts.kinds;
-    let mut service_links = None;
-
-    // Virtual Services: the Service engine's cache, or a plain watch when
-    // Services are not synced; pods need it complete (service links) first.
-    let (services, services_writer) = cache::cache::<Service>();
-    let service_engine = Engine::with_virtual_store(
-        ServiceRule::new(services.clone()),
-        Arc::clone(&ctx),
-        (services.clone(), services_writer),
-    );
-    if kinds.services {
-        tokio::spawn(Arc::clone(&service_engine).run(engine_opts));
-        tokio::spawn(crate::sync::apiservice::run(
-            Arc::clone(&ctx),
-            opts.api_service.clone(),
-        ));
-        tokio::spawn(crate::sync::cidr::run(Arc::clone(&ctx), opts.resync));
-    } else {
-        let (links, links_writer) = cache::cache::<Service>();
-        let watch = cache::watch(
-            Api::<Service>::all(virt.clone()),
-            engine_opts.watcher_config(Side::Virtual),
-            links_writer,
-            |_| {},
-            || {},
-        );
-        tokio::spawn(watch.for_each(|_| std::future::ready(())));
-        links.wait_until_ready().await;
-        service_links = Some(links);
-    }
-    let services_for_links = service_links.unwrap_or_else(|| services.clone());
-    // The Service engine's initial sync done: pods created from here on get
-    // every Service's links.
-    while kinds.services && !service_engine.is_ready() {
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    let api = crate::translate::pod::ApiEndpoint {
-        host: match &opts.api_host {
-            Some(h) => h.clone(),
-            None => crate::sync::apiservice::host_ip(&ctx, &opts.api_service)
-                .await
-                .ok()
-                .flatten()
-                .unwrap_or_else(|| format!("{}.{}.svc", opts.api_service, opts.host_namespace)),
-        },
-        port: opts.api_port,
-    };
-
-    let pod_cache = cache::cache::<Pod>();
-    let ingress_cache = cache::cache::<Ingress>();
-    let configmaps = Engine::new(
-        ConfigRule::<ConfigMap>::new(scope, pod_cache.0.clone(), ingress_cache.0.clone()),
-        Arc::clone(&ctx),
-    );
-    let secrets = Engine::new(
-        ConfigRule::<Secret>::new(scope, pod_cache.0.clone(), ingress_cache.0.clone()),
-        Arc::clone(&ctx),
-    );
-    let nodes = Arc::new(VirtualNodes::new(virt.clone(), host.clone()));
-    let tokens = Arc::new(TokenIndex::default());
-    let pods = Engine::with_virtual_store(
-        PodRule::new(
-            configmaps.host_store(),
-            secrets.host_store(),
-            Arc::clone(&nodes),
-            api,
-            services_for_links,
-            opts.pod_security,
-            Arc::clone(&tokens),
-        ),
-        Arc::clone(&ctx),
-        pod_cache,
-    );
-    let ingresses = Engine::with_virtual_store(
-        IngressRule::new(opts.ingress_policy.clone()),
-        Arc::clone(&ctx),
-        ingress_cache,
-    );
-    let endpoints = Engine::new(EndpointsRule::new(services.clone()), Arc::clone(&ctx));
-    let slices = Engine::new(SliceRule::new(services.clone()), Arc::clone(&ctx));
-    {
-        // A pod that appears, changes or goes re-evaluates what it references.
-        let (cms, secs) = (Arc::clone(&configmaps), Arc::clone(&secrets));
-        pods.on_virtual_change(move |pod: &Pod| {
-            let ns = pod.namespace().unwrap_or_default();
-            let refs = references(pod);
-            let key = |name: &String| VirtualKey {
-                namespace: ns.clone(),
-                name: name.clone(),
-            };
-            refs.configmaps
-                .iter()
-                .chain(&refs.optional_configmaps)
-                .for_each(|n| cms.enqueue(key(n)));
-            refs.secrets
-                .iter()
-                .chain(&refs.optional_secrets)
-                .for_each(|n| secs.enqueue(key(n)));
-        });
-        // So does an ingress, for its TLS Secrets.
-        let secs = Arc::clone(&secrets);
-        ingresses.on_virtual_change(move |ing: &Ingress| {
-            let ns = ing.namespace().unwrap_or_default();
-            for name in tls_secrets(ing) {
-                secs.enqueue(VirtualKey {
-                    namespace: ns.clone(),
-                    name,
-                });
-            }
-        });
-        // A Service that gains or loses its selector re-evaluates its endpoints.
-        let (eps, sls) = (Arc::clone(&endpoints), Arc::clone(&slices));
-        service_engine.on_virtual_change(move |svc: &Service| {
-            let key = VirtualKey {
-                namespace: svc.namespace().unwrap_or_default(),
-                name: svc.name_any(),
-            };
-            // Parsed: the cache keeps only the project's own labels at hand.
-            for slice in sls.virtual_store().objects_in(Some(&key.namespace)) {
-                if slice_service(&slice) == Some(key.name.as_str()) {
-                    sls.enqueue(VirtualKey {
-                        namespace: key.namespace.clone(),
-                        name: slice.name_any(),
-                    });
-                }
-            }
-            eps.enqueue(key);
-        });
-    }
-
-    if kinds.configmaps {
-        tokio::spawn(Arc::clone(&configmaps).run(engine_opts));
-    }
-    if kinds.secrets {
-        tokio::spawn(Arc::clone(&secrets).run(engine_opts));
-    }
-    if kinds.pods {
-        tokio::spawn(Arc::clone(&pods).run(engine_opts));
-        tokio::spawn(
-            Arc::clone(&tokens).run(Arc::clone(&ctx), engine_opts.watcher_config(Side::Host)),
-        );
-        let (nodes, host_pods) = (Arc::clone(&nodes), pods.host_store());
-        tokio::spawn(async move { nodes.maintain(host_pods, Duration::from_secs(10)).await });
-        if kinds.events {
-            tokio::spawn(crate::sync::events::run(
-                Arc::clone(&ctx),
-                pods.host_store(),
-                pods.virtual_store(),
-            ));
-        }
-    }
-    if kinds.endpoints {
-        tokio::spawn(Arc::clone(&endpoints).run(engine_opts));
-        tokio::spawn(Arc::clone(&slices).run(engine_opts));
-    }
-    if kinds.ingresses {
-        tokio::spawn(Arc::clone(&ingresses).run(engine_opts));
-        tokio::spawn(crate::sync::certs::run(
-            Arc::clone(&ctx),
-            crate::sync::certs::Sources {
-                ingresses: ingresses.virtual_store(),
-                host_ingresses: ingresses.host_store(),
-                secrets: secrets.virtual_store(),
-                ready: {
-                    let (i, s) = (Arc::clone(&ingresses), Arc::clone(&secrets));
-                    Arc::new(move || i.is_ready() && s.is_ready())
-                },
-            },
-            engine_opts,
-        ));
-    }
-    let ready = {
-        let (a, b, c) = (
-            Arc::clone(&configmaps),
-            Arc::clone(&secrets),
-            Arc::clone(&pods),
-        );
-        let (d, e, f, g) = (
-            Arc::clone(&service_engine),
-            Arc::clone(&endpoints),
-            Arc::clone(&slices),
-            Arc::clone(&ingresses),
-        );
-        let k = *kinds;
-        move || {
-            (!k.configmaps || a.is_ready())
-                && (!k.secrets || b.is_ready())
-                && (!k.pods || c.is_ready())
-                && (!k.services || d.is_ready())
-                && (!k.endpoints || (e.is_ready() && f.is_ready()))
-                && (!k.ingresses || g.is_ready())
-        }
-    };
-    tracing::info!(vcluster = %opts.name, host_namespace = %opts.host_namespace, listen = %opts.listen, "syncer started");
-    if let Some(fd) = opts.front_door.clone() {
-        let target = crate::proxy::host::HostTarget {
-            vcluster: opts.name.clone(),
-            namespace: opts.host_namespace.clone(),
-            host: host.clone(),
-            virt: virt.clone(),
-        };
-        tokio::select! {
-            r = crate::proxy::run(target, fd) => return r.map_err(SyncerError::from),
-            r = serve_health(opts.listen, ready) => return r,
-        }
-    }
-    serve_health(opts.listen, ready).await
+    Ok((host, client_from(path, "virtual").await?))
 }
 
-async fn serve_health(
-    addr: SocketAddr,
-    ready: impl Fn() -> bool + Clone + Send + Sync + 'static,
-) -> Result<(), SyncerError> {
+async fn engine_options(opts: &SyncerOptions, ctx: &Context) -> EngineOptions {
+    let streams = |client, ns, side| async move {
+        opts.stream_lists && streams_lists(client, ns, side).await
+    };
+    EngineOptions {
+        concurrency: opts.concurrency,
+        resync: opts.settings.resync,
+        watch_timeout_seconds: opts.watch_timeout_seconds,
+        watch_bookmarks: opts.watch_bookmarks,
+        host_streams_lists: streams(&ctx.host, &opts.host_namespace, Side::Host).await,
+        virtual_streams_lists: streams(&ctx.virt, "default", Side::Virtual).await,
+    }
+}
+
+/// Runs the syncer until the process ends.
+pub async fn run(opts: SyncerOptions) -> Result<(), SyncerError> {
+    let (host, virt) = clients(&opts).await?;
+    let names = Names::new(opts.name.clone(), opts.host_namespace.clone());
+    let ctx = Arc::new(Context::new(names, host.clone(), virt.clone()));
+    let engine_opts = engine_options(&opts, &ctx).await;
+    let mut assembly = Assembly::new(ctx, engine_opts, opts.settings.clone(), opts.kinds.names());
+    for spec in &opts.kinds.0 {
+        (spec.register)(&mut assembly);
+    }
+    let running = assembly.finish();
+    tracing::info!(vcluster = %opts.name, host_namespace = %opts.host_namespace, listen = %opts.listen, kinds = ?opts.kinds.names(), "syncer started");
+    let health = serve_health(opts.listen, running).instrument(tracing::info_span!("health"));
+    let Some(fd) = opts.front_door.clone() else {
+        return health.await;
+    };
+    let target = crate::proxy::host::HostTarget {
+        vcluster: opts.name.clone(),
+        namespace: opts.host_namespace.clone(),
+        host,
+        virt,
+    };
+    let front_door = crate::proxy::run(target, fd).instrument(tracing::info_span!("front_door"));
+    tokio::select! {
+        r = front_door => r.map_err(SyncerError::from),
+        r = health => r,
+    }
+}
+
+async fn serve_health(addr: SocketAddr, running: Running) -> Result<(), SyncerError> {
     let listener = tokio::net::TcpListener::bind(addr)
         .await
         .map_err(|source| SyncerError::Listen { addr, source })?;
@@ -480,32 +276,11 @@ async fn serve_health(
                 continue;
             }
         };
-        let ready = ready.clone();
+        let running = running.clone();
         tokio::spawn(async move {
             let svc = hyper::service::service_fn(move |req: Request<hyper::body::Incoming>| {
-                let ready = ready.clone();
-                async move {
-                    if req.uri().path() == "/metrics" {
-                        let body = crate::sync::metrics::global().encode();
-                        let mut resp = Response::new(Full::new(Bytes::from(body)));
-                        resp.headers_mut().insert(
-                            hyper::header::CONTENT_TYPE,
-                            hyper::header::HeaderValue::from_static(
-                                "application/openmetrics-text; version=1.0.0; charset=utf-8",
-                            ),
-                        );
-                        return Ok::<_, Infallible>(resp);
-                    }
-                    let (code, body) = match req.uri().path() {
-                        "/healthz" | "/livez" => (StatusCode::OK, "ok"),
-                        "/readyz" if ready() => (StatusCode::OK, "ok"),
-                        "/readyz" => (StatusCode::SERVICE_UNAVAILABLE, "initial sync in progress"),
-                        _ => (StatusCode::NOT_FOUND, "not found"),
-                    };
-                    let mut resp = Response::new(Full::new(Bytes::from_static(body.as_bytes())));
-                    *resp.status_mut() = code;
-                    Ok::<_, Infallible>(resp)
-                }
+                let resp = health_response(req.uri().path(), &running);
+                async move { Ok::<_, Infallible>(resp) }
             });
             let _ = hyper::server::conn::http1::Builder::new()
                 .serve_connection(TokioIo::new(stream), svc)
@@ -514,19 +289,47 @@ async fn serve_health(
     }
 }
 
+fn health_response(path: &str, running: &Running) -> Response<Full<Bytes>> {
+    let (code, body, content_type) = match path {
+        "/metrics" => (
+            StatusCode::OK,
+            crate::sync::metrics::global().encode(),
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+        ),
+        "/healthz" | "/livez" => (StatusCode::OK, "ok".to_owned(), "text/plain"),
+        "/readyz" => match running.not_ready().as_slice() {
+            [] => (StatusCode::OK, "ok".to_owned(), "text/plain"),
+            waiting => (
+                StatusCode::SERVICE_UNAVAILABLE,
+                format!("initial sync in progress: {}", waiting.join(", ")),
+                "text/plain",
+            ),
+        },
+        _ => (StatusCode::NOT_FOUND, "not found".to_owned(), "text/plain"),
+    };
+    let mut resp = Response::new(Full::new(Bytes::from(body)));
+    *resp.status_mut() = code;
+    resp.headers_mut().insert(
+        hyper::header::CONTENT_TYPE,
+        hyper::header::HeaderValue::from_static(content_type),
+    );
+    resp
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
     #[test]
     fn kind_lists_are_parsed_and_checked() {
-        assert_eq!(Kinds::parse(Kinds::DEFAULT_LIST, false), Ok(Kinds::ALL));
+        assert_eq!(Kinds::parse(Kinds::DEFAULT_LIST, false), Ok(Kinds::all()));
         assert_eq!(
-            Kinds::parse("pods,configmaps,secrets,events", false).map(|k| (k.pods, k.services)),
+            Kinds::parse("pods,configmaps,secrets,events", false)
+                .map(|k| (k.has("pods"), k.has("services"))),
             Ok((true, false))
         );
         assert_eq!(
-            Kinds::parse("configmaps, secrets", true).map(|k| (k.pods, k.configmaps)),
+            Kinds::parse("configmaps, secrets", true).map(|k| (k.has("pods"), k.has("configmaps"))),
             Ok((false, true))
         );
         for (bad, why) in [
@@ -543,5 +346,21 @@ mod tests {
             let err = Kinds::parse(bad, false).unwrap_err();
             assert!(err.contains(why), "{bad}: {err}");
         }
+    }
+
+    #[test]
+    fn the_default_list_is_every_registered_kind() {
+        let names: Vec<_> = KINDS.iter().map(|k| k.name).collect();
+        assert_eq!(Kinds::DEFAULT_LIST, names.join(","));
+    }
+
+    #[test]
+    fn readiness_names_the_kinds_still_syncing() {
+        let resp = health_response("/readyz", &Running::default());
+        assert_eq!(resp.status(), StatusCode::OK);
+        assert_eq!(
+            health_response("/nope", &Running::default()).status(),
+            StatusCode::NOT_FOUND
+        );
     }
 }

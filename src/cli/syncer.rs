@@ -8,6 +8,7 @@ use std::time::Duration;
 use anyhow::Context as _;
 use clap::Args;
 
+use crate::sync::Settings;
 use crate::syncer::{self, SyncerOptions};
 use crate::translate::VclusterName;
 use crate::translate::ingress::{DEFAULT_DENIED_ANNOTATIONS, IngressPolicy};
@@ -152,24 +153,27 @@ pub fn run(args: SyncerArgs) -> anyhow::Result<ExitCode> {
         });
     let kinds =
         syncer::Kinds::parse(&args.sync, args.sync_all_configs).map_err(anyhow::Error::msg)?;
-    let opts = SyncerOptions {
-        kinds,
+    let settings = Settings {
+        sync_all_configs: args.sync_all_configs,
         api_host: args.api_service_host,
         api_port: args.api_service_port,
         api_service: args.api_service.unwrap_or_else(|| name.to_string()),
         ingress_policy,
         pod_security: args.pod_security_standard,
+        resync: Duration::from_secs(args.resync_seconds),
+    };
+    let opts = SyncerOptions {
+        kinds,
+        settings,
         name,
         host_namespace,
         host_kubeconfig: args.host_kubeconfig,
         virtual_kubeconfig: args.virtual_kubeconfig,
         virtual_kubeconfig_wait: Duration::from_secs(args.virtual_kubeconfig_wait_seconds),
-        resync: Duration::from_secs(args.resync_seconds),
         concurrency: usize::from(args.concurrency),
         watch_timeout_seconds: args.watch_timeout_seconds,
         watch_bookmarks: args.watch_bookmarks,
         stream_lists: args.stream_lists,
-        sync_all_configs: args.sync_all_configs,
         listen: args.health_listen,
         front_door,
     };

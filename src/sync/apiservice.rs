@@ -32,7 +32,7 @@ fn fail(what: &'static str) -> impl FnOnce(kube::Error) -> ApiServiceError {
 
 /// The cluster IP of host Service `name` in the vcluster's host namespace.
 pub async fn host_ip(ctx: &Context, name: &str) -> Result<Option<String>, kube::Error> {
-    let svc = Api::<Service>::namespaced(ctx.host.clone(), &ctx.host_namespace)
+    let svc = Api::<Service>::namespaced(ctx.host.clone(), &ctx.names.host_namespace)
         .get_opt(name)
         .await?;
     Ok(svc

@@ -493,6 +493,24 @@ where
         .boxed()
 }
 
+/// A cache holding `objects`, listed and ready (for tests of the rules that
+/// read caches).
+#[cfg(test)]
+pub(crate) fn filled<K>(objects: impl IntoIterator<Item = K>) -> Cache<K>
+where
+    K: Resource<DynamicType = ()> + Serialize + DeserializeOwned,
+{
+    let (cache, mut writer) = cache::<K>();
+    let key = |o: &K| key_of_meta(o.meta());
+    let value = |o: &K| Arc::new(Cached::new(o));
+    writer.apply(&watcher::Event::Init, key, value);
+    for o in objects {
+        writer.apply(&watcher::Event::InitApply(o), key, value);
+    }
+    writer.apply(&watcher::Event::InitDone, key, value);
+    cache
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

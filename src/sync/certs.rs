@@ -25,6 +25,7 @@ use serde_json::json;
 use tokio::sync::Notify;
 
 use super::cache::{self, Cache};
+use super::feed::Readiness;
 use super::{Context, EngineOptions, delete_exact};
 use crate::FIELD_MANAGER;
 use crate::translate::ingress::{tls_secrets, wants_cert_manager};
@@ -52,8 +53,8 @@ pub struct Sources {
     pub host_ingresses: Cache<Ingress>,
     /// Virtual Secrets.
     pub secrets: Cache<Secret>,
-    /// True once the engines owning those caches have done their initial sync.
-    pub ready: Arc<dyn Fn() -> bool + Send + Sync>,
+    /// The engines owning those caches: their initial syncs.
+    pub ready: Vec<Arc<Readiness>>,
 }
 
 impl std::fmt::Debug for Sources {
@@ -65,7 +66,7 @@ impl std::fmt::Debug for Sources {
 /// Runs the mirror until the process ends.
 pub async fn run(ctx: Arc<Context>, src: Sources, opts: EngineOptions) {
     let (tls, writer) = cache::cache::<Secret>();
-    let api: Api<Secret> = Api::namespaced(ctx.host.clone(), &ctx.host_namespace);
+    let api: Api<Secret> = Api::namespaced(ctx.host.clone(), &ctx.names.host_namespace);
     let changed = Arc::new(Notify::new());
     let notify = Arc::clone(&changed);
     let watch = cache::watch(
@@ -81,12 +82,8 @@ pub async fn run(ctx: Arc<Context>, src: Sources, opts: EngineOptions) {
         std::future::ready(())
     }));
     // Every cache complete first: a partial view would remove good mirrors.
-    // (The engines' caches are not awaited here: their readiness future
-    // wakes only its latest waiter, and each engine waits on its own.)
     tls.wait_until_ready().await;
-    while !(src.ready)() {
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    futures::future::join_all(src.ready.iter().map(|r| r.wait())).await;
     let mut warned = HashSet::new();
     loop {
         pass(&ctx, &src, &tls, &mut warned).await;
@@ -105,16 +102,16 @@ async fn pass(ctx: &Context, src: &Sources, tls: &Cache<Secret>, warned: &mut Ha
             continue;
         }
         let ns = ing.namespace().unwrap_or_default();
-        let host_ing = host_name(&ctx.vc, &ns, &ing.name_any());
+        let host_ing = host_name(&ctx.names.vc, &ns, &ing.name_any());
         if !src
             .host_ingresses
-            .contains(&host_ing, Some(&ctx.host_namespace))
+            .contains(&host_ing, Some(&ctx.names.host_namespace))
         {
             continue;
         }
         for name in tls_secrets(&ing) {
-            let host = host_name(&ctx.vc, &ns, &name);
-            let Some(hs) = tls.get(&host, Some(&ctx.host_namespace)) else {
+            let host = host_name(&ctx.names.vc, &ns, &name);
+            let Some(hs) = tls.get(&host, Some(&ctx.names.host_namespace)) else {
                 continue;
             };
             if own.owns(hs.meta()) || !hs.annotations().contains_key(CERTIFICATE_NAME_ANNOTATION) {
@@ -153,7 +150,7 @@ async fn pass(ctx: &Context, src: &Sources, tls: &Cache<Secret>, warned: &mut Ha
             "metadata": {
                 "name": key.name, "namespace": key.namespace,
                 "labels": {MIRROR_LABEL: "true"},
-                "annotations": {MIRROR_OF_ANNOTATION: format!("{}/{}", ctx.host_namespace, hs.name_any())},
+                "annotations": {MIRROR_OF_ANNOTATION: format!("{}/{}", ctx.names.host_namespace, hs.name_any())},
             },
             "type": hs.type_.clone().unwrap_or_else(|| TLS_TYPE.to_owned()),
             "data": hs.data.clone().unwrap_or_default(),

@@ -120,7 +120,7 @@ pub async fn virtual_service_cidrs(virt: &kube::Client) -> Result<Vec<String>, C
 /// Compares both sides once; adds the host's range to the virtual API when
 /// it is missing there. Returns the host's ranges.
 pub async fn check(ctx: &Context) -> Result<Vec<String>, CidrError> {
-    let host = host_service_cidrs(&ctx.host, &ctx.host_namespace, true).await?;
+    let host = host_service_cidrs(&ctx.host, &ctx.names.host_namespace, true).await?;
     let virt = virtual_service_cidrs(&ctx.virt).await?;
     let missing: Vec<&String> = host.iter().filter(|c| !virt.contains(c)).collect();
     if missing.is_empty() {

@@ -13,7 +13,8 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use kube::ResourceExt;
 
 use super::cache::Cache;
-use super::{Context, Decision, Object, Rule, copy_unreserved};
+use super::{Assembly, Decision, KindSpec, Names, Object, Rule, Side, copy_unreserved};
+use crate::translate::VirtualKey;
 use crate::translate::ingress::{tls_secrets, wants_cert_manager};
 use crate::translate::pod::{References, references};
 
@@ -42,6 +43,12 @@ pub trait ConfigKind: Object {
     fn referenced_by_ingress(_ing: &Ingress, _name: &str) -> bool {
         false
     }
+    /// The names of this kind a pod's references name.
+    fn names_in(refs: &References) -> Vec<String>;
+    /// The names of this kind an ingress names (its TLS Secrets).
+    fn names_in_ingress(_ing: &Ingress) -> Vec<String> {
+        Vec::new()
+    }
     /// Drops the content (never read from the host copy: the content hash
     /// annotation says whether it is current).
     fn slim(&mut self);
@@ -51,6 +58,13 @@ impl ConfigKind for ConfigMap {
     const KIND: &'static str = "ConfigMap";
     fn referenced(refs: &References, name: &str) -> bool {
         refs.uses_configmap(name)
+    }
+    fn names_in(refs: &References) -> Vec<String> {
+        refs.configmaps
+            .iter()
+            .chain(&refs.optional_configmaps)
+            .cloned()
+            .collect()
     }
     fn slim(&mut self) {
         self.data = None;
@@ -70,6 +84,16 @@ impl ConfigKind for Secret {
     const KIND: &'static str = "Secret";
     fn referenced(refs: &References, name: &str) -> bool {
         refs.uses_secret(name)
+    }
+    fn names_in(refs: &References) -> Vec<String> {
+        refs.secrets
+            .iter()
+            .chain(&refs.optional_secrets)
+            .cloned()
+            .collect()
+    }
+    fn names_in_ingress(ing: &Ingress) -> Vec<String> {
+        tls_secrets(ing)
     }
     fn slim(&mut self) {
         self.data = None;
@@ -97,14 +121,15 @@ impl ConfigKind for Secret {
 #[derive(Debug)]
 pub struct ConfigRule<K> {
     scope: Scope,
-    pods: Cache<Pod>,
-    ingresses: Cache<Ingress>,
+    pods: Option<Cache<Pod>>,
+    ingresses: Option<Cache<Ingress>>,
     kind: PhantomData<fn() -> K>,
 }
 
 impl<K> ConfigRule<K> {
-    /// A rule that reads references from the virtual pod and ingress caches.
-    pub fn new(scope: Scope, pods: Cache<Pod>, ingresses: Cache<Ingress>) -> Self {
+    /// A rule that reads references from the virtual pod and ingress caches
+    /// (`None`: that kind is not synced, so it references nothing).
+    pub fn new(scope: Scope, pods: Option<Cache<Pod>>, ingresses: Option<Cache<Ingress>>) -> Self {
         Self {
             scope,
             pods,
@@ -119,8 +144,11 @@ impl<K: ConfigKind> ConfigRule<K> {
     /// whose JSON mentions the name as a string are parsed (the cache keeps
     /// pods compressed; a scan of every pod would parse thousands).
     fn referenced_by_pod(&self, namespace: Option<&str>, name: &str) -> bool {
+        let Some(pods) = &self.pods else {
+            return false;
+        };
         let quoted = format!("\"{name}\"");
-        self.pods.any_entry(|p| {
+        pods.any_entry(|p| {
             p.namespace().as_deref() == namespace
                 && p.object_if(|json| contains(json, quoted.as_bytes()))
                     .is_ok_and(|p| p.is_some_and(|p| K::referenced(&references(&p), name)))
@@ -141,7 +169,7 @@ impl<K: ConfigKind> Rule for ConfigRule<K> {
         h.slim();
     }
 
-    fn decide(&self, _ctx: &Context, v: &K, _h: Option<&K>) -> Decision<K> {
+    fn decide(&self, _names: &Names, v: &K, _h: Option<&K>) -> Decision<K> {
         if v.excluded() || v.meta().deletion_timestamp.is_some() {
             return Decision::Remove {
                 grace_seconds: None,
@@ -151,11 +179,11 @@ impl<K: ConfigKind> Rule for ConfigRule<K> {
         let name = v.name_any();
         let wanted = self.scope == Scope::All
             || self.referenced_by_pod(ns.as_deref(), &name)
-            || self
-                .ingresses
-                .objects_in(ns.as_deref())
-                .iter()
-                .any(|i| K::referenced_by_ingress(i, &name));
+            || self.ingresses.as_ref().is_some_and(|ings| {
+                ings.objects_in(ns.as_deref())
+                    .iter()
+                    .any(|i| K::referenced_by_ingress(i, &name))
+            });
         if !wanted {
             return Decision::Remove {
                 grace_seconds: None,
@@ -168,5 +196,59 @@ impl<K: ConfigKind> Rule for ConfigRule<K> {
             ..ObjectMeta::default()
         };
         Decision::Sync(out)
+    }
+}
+
+/// ConfigMaps.
+pub const CONFIGMAPS: KindSpec = KindSpec {
+    name: "configmaps",
+    needs: &["pods"],
+    because: "they are synced for the pods that use them",
+    needs_waived_by_all_configs: true,
+    register: register::<ConfigMap>,
+};
+
+/// Secrets.
+pub const SECRETS: KindSpec = KindSpec {
+    name: "secrets",
+    needs: &["pods"],
+    because: "they are synced for the pods that use them",
+    needs_waived_by_all_configs: true,
+    register: register::<Secret>,
+};
+
+fn register<K: ConfigKind>(a: &mut Assembly) {
+    let scope = if a.settings().sync_all_configs {
+        Scope::All
+    } else {
+        Scope::Referenced
+    };
+    // What references them, where that is synced: every object of the kind
+    // goes down with `Scope::All`, so nothing else needs reading then.
+    let pods =
+        (scope == Scope::Referenced && a.selected("pods")).then(|| a.cache::<Pod>(Side::Virtual));
+    let ingresses = (scope == Scope::Referenced && a.selected("ingresses"))
+        .then(|| a.cache::<Ingress>(Side::Virtual));
+    let (watch_pods, watch_ingresses) = (pods.is_some(), ingresses.is_some());
+    let engine = a.engine(ConfigRule::<K>::new(scope, pods, ingresses));
+    let keys = |namespace: Option<String>, names: Vec<String>| {
+        let namespace = namespace.unwrap_or_default();
+        names.into_iter().map(move |name| VirtualKey {
+            namespace: namespace.clone(),
+            name,
+        })
+    };
+    if watch_pods {
+        // A pod that appears, changes or goes re-evaluates what it references.
+        let engine = std::sync::Arc::clone(&engine);
+        a.on_change(Side::Virtual, move |pod: &Pod| {
+            engine.enqueue_many(keys(pod.namespace(), K::names_in(&references(pod))));
+        });
+    }
+    if watch_ingresses {
+        // So does an ingress, for its TLS Secrets.
+        a.on_change(Side::Virtual, move |ing: &Ingress| {
+            engine.enqueue_many(keys(ing.namespace(), K::names_in_ingress(ing)));
+        });
     }
 }

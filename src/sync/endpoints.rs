@@ -8,7 +8,8 @@ use k8s_openapi::api::discovery::v1::EndpointSlice;
 use kube::ResourceExt;
 
 use super::cache::Cache;
-use super::{Context, Decision, Rule};
+use super::{Assembly, Decision, KindSpec, Names, Rule, Side};
+use crate::translate::VirtualKey;
 use crate::translate::service::{
     derived_slice, host_endpoint_slice, host_endpoints, is_api_service, selector, slice_service,
 };
@@ -43,14 +44,14 @@ impl Rule for EndpointsRule {
     type H = Endpoints;
     const KIND: &'static str = "Endpoints";
 
-    fn decide(&self, ctx: &Context, v: &Endpoints, _h: Option<&Endpoints>) -> Decision<Endpoints> {
+    fn decide(&self, names: &Names, v: &Endpoints, _h: Option<&Endpoints>) -> Decision<Endpoints> {
         let ns = v.namespace().unwrap_or_default();
         if v.metadata.deletion_timestamp.is_some()
             || !tenant_managed(&self.services, &ns, &v.name_any())
         {
             return GONE;
         }
-        Decision::Sync(host_endpoints(&ctx.vc, v, &ctx.host_namespace))
+        Decision::Sync(host_endpoints(&names.vc, v, &names.host_namespace))
     }
 }
 
@@ -74,7 +75,7 @@ impl Rule for SliceRule {
 
     fn decide(
         &self,
-        ctx: &Context,
+        names: &Names,
         v: &EndpointSlice,
         _h: Option<&EndpointSlice>,
     ) -> Decision<EndpointSlice> {
@@ -86,11 +87,48 @@ impl Rule for SliceRule {
                     && !derived_slice(v)
                     && tenant_managed(&self.services, &ns, &svc) =>
             {
-                Decision::Sync(host_endpoint_slice(&ctx.vc, v, &svc, &ctx.host_namespace))
+                Decision::Sync(host_endpoint_slice(
+                    &names.vc,
+                    v,
+                    &svc,
+                    &names.host_namespace,
+                ))
             }
             _ => Decision::Remove {
                 grace_seconds: None,
             },
         }
     }
+}
+
+/// Endpoints and EndpointSlices of selector-less Services.
+pub const KIND: KindSpec = KindSpec {
+    name: "endpoints",
+    needs: &["services"],
+    because: "they belong to Services",
+    needs_waived_by_all_configs: false,
+    register,
+};
+
+fn register(a: &mut Assembly) {
+    let services = a.cache::<Service>(Side::Virtual);
+    let endpoints = a.engine(EndpointsRule::new(services.clone()));
+    let slices = a.engine(SliceRule::new(services));
+    // A Service that gains or loses its selector re-evaluates its endpoints.
+    a.on_change(Side::Virtual, move |svc: &Service| {
+        let namespace = svc.namespace().unwrap_or_default();
+        let name = svc.name_any();
+        // Parsed: the cache keeps only the project's own labels at hand.
+        let backing = slices
+            .virtual_store()
+            .objects_in(Some(&namespace))
+            .into_iter()
+            .filter(|s| slice_service(s) == Some(name.as_str()))
+            .map(|s| VirtualKey {
+                namespace: namespace.clone(),
+                name: s.name_any(),
+            });
+        slices.enqueue_many(backing);
+        endpoints.enqueue(VirtualKey { namespace, name });
+    });
 }

@@ -8,15 +8,15 @@ use kube::api::{Api, Patch, PatchParams};
 use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Resource as _, ResourceExt};
 
-use super::Context;
 use super::cache::Cache;
+use super::{Assembly, Context, KindSpec, Side};
 use crate::FIELD_MANAGER;
 use crate::translate::event::{Target, virtual_event};
 
 /// Copies host pod events up until the process ends. `host_pods` and
 /// `virtual_pods` are the pod engine's caches.
 pub async fn run(ctx: std::sync::Arc<Context>, host_pods: Cache<Pod>, virtual_pods: Cache<Pod>) {
-    let api: Api<Event> = Api::namespaced(ctx.host.clone(), &ctx.host_namespace);
+    let api: Api<Event> = Api::namespaced(ctx.host.clone(), &ctx.names.host_namespace);
     let stream = watcher(api, watcher::Config::default())
         .default_backoff()
         .applied_objects();
@@ -36,7 +36,7 @@ pub async fn run(ctx: std::sync::Arc<Context>, host_pods: Cache<Pod>, virtual_po
         let Some(host_name) = host_event.involved_object.name.as_deref() else {
             continue;
         };
-        let Some(host_pod) = host_pods.entry(host_name, Some(&ctx.host_namespace)) else {
+        let Some(host_pod) = host_pods.entry(host_name, Some(&ctx.names.host_namespace)) else {
             continue;
         };
         let Some(key) = own.virtual_key(host_pod.meta()) else {
@@ -51,7 +51,7 @@ pub async fn run(ctx: std::sync::Arc<Context>, host_pods: Cache<Pod>, virtual_po
             key: &key,
             uid: &uid,
             host_name,
-            host_namespace: &ctx.host_namespace,
+            host_namespace: &ctx.names.host_namespace,
         };
         let mut event = virtual_event(&host_event, &target);
         event.metadata.managed_fields = None;
@@ -77,4 +77,18 @@ pub async fn run(ctx: std::sync::Arc<Context>, host_pods: Cache<Pod>, virtual_po
             tracing::warn!(event = %name, error = %e, "cannot copy host event up");
         }
     }
+}
+
+/// Host events about synced pods, copied up.
+pub const KIND: KindSpec = KindSpec {
+    name: "events",
+    needs: &["pods"],
+    because: "they are those of synced pods",
+    needs_waived_by_all_configs: false,
+    register,
+};
+
+fn register(a: &mut Assembly) {
+    let (host_pods, virtual_pods) = (a.cache(Side::Host), a.cache(Side::Virtual));
+    a.spawn("events", run(a.ctx(), host_pods, virtual_pods));
 }

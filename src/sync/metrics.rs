@@ -4,7 +4,7 @@
 //! | metric | type | labels |
 //! |---|---|---|
 //! | `vcluster_syncer_reconciles_total` | counter | kind |
-//! | `vcluster_syncer_reconcile_errors_total` | counter | kind |
+//! | `vcluster_syncer_reconcile_errors_total` | counter | kind, category |
 //! | `vcluster_syncer_reconcile_duration_seconds` | histogram | kind |
 //! | `vcluster_syncer_queue_depth` | gauge | kind |
 //! | `vcluster_syncer_objects_owned` | gauge | kind |
@@ -31,6 +31,14 @@ struct KindLabels {
     kind: &'static str,
 }
 
+/// Labels of failed reconciles: the kind and what failed
+/// ([`super::SyncError::category`]).
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ErrorLabels {
+    kind: &'static str,
+    category: &'static str,
+}
+
 /// Labels of per-kind, per-side (virtual or host) metrics.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct SideLabels {
@@ -50,7 +58,7 @@ fn reconcile_histogram() -> Histogram {
 pub struct Metrics {
     registry: Registry,
     reconciles: Family<KindLabels, Counter>,
-    errors: Family<KindLabels, Counter>,
+    errors: Family<ErrorLabels, Counter>,
     duration: HistogramFamily,
     queue_depth: Family<KindLabels, Gauge>,
     owned: Family<KindLabels, Gauge>,
@@ -62,7 +70,7 @@ impl Default for Metrics {
     fn default() -> Self {
         let mut registry = Registry::with_prefix("vcluster_syncer");
         let reconciles = Family::<KindLabels, Counter>::default();
-        let errors = Family::<KindLabels, Counter>::default();
+        let errors = Family::<ErrorLabels, Counter>::default();
         let duration = HistogramFamily::new_with_constructor(reconcile_histogram);
         let queue_depth = Family::<KindLabels, Gauge>::default();
         let owned = Family::<KindLabels, Gauge>::default();
@@ -75,7 +83,7 @@ impl Default for Metrics {
         );
         registry.register(
             "reconcile_errors",
-            "Reconciles that failed (retried with backoff), per kind",
+            "Reconciles that failed (retried with backoff), per kind and error category",
             errors.clone(),
         );
         registry.register(
@@ -124,12 +132,14 @@ pub fn global() -> &'static Metrics {
 }
 
 impl Metrics {
-    /// Records one finished reconcile.
-    pub fn reconciled(&self, kind: &'static str, took: Duration, ok: bool) {
+    /// Records one finished reconcile; `failed`: the category of its error.
+    pub fn reconciled(&self, kind: &'static str, took: Duration, failed: Option<&'static str>) {
         let l = KindLabels { kind };
         self.reconciles.get_or_create(&l).inc();
-        if !ok {
-            self.errors.get_or_create(&l).inc();
+        if let Some(category) = failed {
+            self.errors
+                .get_or_create(&ErrorLabels { kind, category })
+                .inc();
         }
         self.duration.get_or_create(&l).observe(took.as_secs_f64());
     }
@@ -232,16 +242,16 @@ mod tests {
     #[test]
     fn recorded_values_are_exposed_and_summarized() {
         let m = Metrics::default();
-        m.reconciled("Pod", Duration::from_millis(10), true);
-        m.reconciled("Pod", Duration::from_millis(30), false);
+        m.reconciled("Pod", Duration::from_millis(10), None);
+        m.reconciled("Pod", Duration::from_millis(30), Some("conflict"));
         m.levels("Pod", 3, 7);
         m.watch_restarted("Pod", "host");
         m.watch_error("Pod", "host");
-        m.reconciled("Secret", Duration::from_millis(1), true);
+        m.reconciled("Secret", Duration::from_millis(1), None);
         let text = m.encode();
         for want in [
             "vcluster_syncer_reconciles_total{kind=\"Pod\"} 2",
-            "vcluster_syncer_reconcile_errors_total{kind=\"Pod\"} 1",
+            "vcluster_syncer_reconcile_errors_total{kind=\"Pod\",category=\"conflict\"} 1",
             "vcluster_syncer_queue_depth{kind=\"Pod\"} 3",
             "vcluster_syncer_objects_owned{kind=\"Pod\"} 7",
             "vcluster_syncer_watch_restarts_total{kind=\"Pod\",side=\"host\"} 1",

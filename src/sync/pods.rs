@@ -25,8 +25,9 @@ use kube::runtime::{WatchStreamExt as _, watcher};
 use serde_json::json;
 
 use super::cache::{Cache, Listed, Lister};
+use super::feed::Readiness;
 use super::nodes::VirtualNodes;
-use super::{Context, Decision, Rule, SyncError, err_for};
+use super::{Assembly, Context, Decision, Engine, KindSpec, Names, Rule, Side, SyncError, err_for};
 use crate::FIELD_MANAGER;
 use crate::policy::pss::{self, Level};
 use crate::translate::markers::OWNER_LABEL;
@@ -65,8 +66,8 @@ impl TokenIndex {
     /// Follows this vcluster's token Secrets until the process ends.
     pub async fn run(self: Arc<Self>, ctx: Arc<Context>, config: watcher::Config) {
         let api: Api<PartialObjectMeta<Secret>> =
-            Api::namespaced(ctx.host.clone(), &ctx.host_namespace);
-        let config = config.labels(&format!("{OWNER_LABEL}={},{TOKEN_FOR_LABEL}", ctx.vc));
+            Api::namespaced(ctx.host.clone(), &ctx.names.host_namespace);
+        let config = config.labels(&format!("{OWNER_LABEL}={},{TOKEN_FOR_LABEL}", ctx.names.vc));
         let stream = watcher(api, config).default_backoff();
         futures::pin_mut!(stream);
         let mut writer = Lister::new(Arc::clone(&self.renew_at));
@@ -100,26 +101,35 @@ pub struct PodRule {
     pod_security: Level,
 }
 
+/// What the pod rule reads besides the pod: the host caches of the
+/// ConfigMap and Secret engines, the virtual Services (service links), the
+/// virtual nodes and the token index.
+#[derive(Debug)]
+pub struct PodSources {
+    /// Host copies of ConfigMaps.
+    pub host_configmaps: Cache<ConfigMap>,
+    /// Host copies of Secrets.
+    pub host_secrets: Cache<Secret>,
+    /// Virtual Services.
+    pub services: Cache<Service>,
+    /// The virtual Nodes pods are bound to.
+    pub nodes: Arc<VirtualNodes>,
+    /// When each token Secret is due.
+    pub tokens: Arc<TokenIndex>,
+}
+
 impl PodRule {
-    /// A pod rule that checks references against the host caches of the
-    /// ConfigMap and Secret engines.
-    pub fn new(
-        host_configmaps: Cache<ConfigMap>,
-        host_secrets: Cache<Secret>,
-        nodes: Arc<VirtualNodes>,
-        api: ApiEndpoint,
-        services: Cache<Service>,
-        pod_security: Level,
-        tokens: Arc<TokenIndex>,
-    ) -> Self {
+    /// A pod rule reading `src`, giving pods `api` as the virtual API's
+    /// address and admitting those that meet `pod_security`.
+    pub fn new(src: PodSources, api: ApiEndpoint, pod_security: Level) -> Self {
         Self {
-            tokens,
+            tokens: src.tokens,
             issued: std::sync::Mutex::default(),
-            host_configmaps,
-            host_secrets,
-            nodes,
+            host_configmaps: src.host_configmaps,
+            host_secrets: src.host_secrets,
+            nodes: src.nodes,
             api,
-            services,
+            services: src.services,
             pod_security,
         }
     }
@@ -153,15 +163,15 @@ impl PodRule {
             "apiVersion": "v1", "kind": "Secret",
             "metadata": {
                 "name": secret_name,
-                "namespace": ctx.host_namespace,
-                "labels": {OWNER_LABEL: ctx.vc.as_str(), TOKEN_FOR_LABEL: host_pod_name},
+                "namespace": ctx.names.host_namespace,
+                "labels": {OWNER_LABEL: ctx.names.vc.as_str(), TOKEN_FOR_LABEL: host_pod_name},
                 "annotations": {RENEW_AT_ANNOTATION: renew.to_string()},
                 "ownerReferences": [{"apiVersion": "v1", "kind": "Pod", "name": host_pod_name, "uid": h.uid()}],
             },
             "type": "Opaque",
             "data": {TOKEN_KEY: base64::engine::general_purpose::STANDARD.encode(token)},
         });
-        let secrets: Api<Secret> = Api::namespaced(ctx.host.clone(), &ctx.host_namespace);
+        let secrets: Api<Secret> = Api::namespaced(ctx.host.clone(), &ctx.names.host_namespace);
         secrets
             .patch(
                 &secret_name,
@@ -214,14 +224,14 @@ impl PodRule {
         super::lock(&self.issued)
     }
 
-    fn missing_reference(&self, ctx: &Context, pod: &Pod) -> Option<String> {
+    fn missing_reference(&self, names: &Names, pod: &Pod) -> Option<String> {
         let ns = pod.namespace().unwrap_or_default();
         let refs = references(pod);
-        let on_host = |name: &str| host_name(&ctx.vc, &ns, name);
+        let on_host = |name: &str| host_name(&names.vc, &ns, name);
         for cm in &refs.configmaps {
             if !self
                 .host_configmaps
-                .contains(&on_host(cm), Some(&ctx.host_namespace))
+                .contains(&on_host(cm), Some(&names.host_namespace))
             {
                 return Some(format!("configmap {cm}"));
             }
@@ -229,7 +239,7 @@ impl PodRule {
         for s in &refs.secrets {
             if !self
                 .host_secrets
-                .contains(&on_host(s), Some(&ctx.host_namespace))
+                .contains(&on_host(s), Some(&names.host_namespace))
             {
                 return Some(format!("secret {s}"));
             }
@@ -243,7 +253,7 @@ impl Rule for PodRule {
     type H = Pod;
     const KIND: &'static str = "Pod";
 
-    fn decide(&self, ctx: &Context, v: &Pod, h: Option<&Pod>) -> Decision<Pod> {
+    fn decide(&self, names: &Names, v: &Pod, h: Option<&Pod>) -> Decision<Pod> {
         if v.metadata.deletion_timestamp.is_some() {
             return match h {
                 Some(_) => Decision::Remove {
@@ -276,12 +286,12 @@ impl Rule for PodRule {
             }
         }
         if h.is_none()
-            && let Some(what) = self.missing_reference(ctx, v)
+            && let Some(what) = self.missing_reference(names, v)
         {
             return Decision::Wait(format!("{what} is not on the host yet"));
         }
         let services = self.services.objects_in(v.namespace().as_deref());
-        let mut desired = host_pod(&ctx.vc, v, &self.api, &services);
+        let mut desired = host_pod(&names.vc, v, &self.api, &services);
         if let (Some(h), Some(spec)) = (h.and_then(|h| h.spec.as_ref()), desired.spec.as_mut()) {
             // Container environments are fixed at creation (as service links
             // are for a kubelet): keep the host pod's.
@@ -426,4 +436,67 @@ fn unix_now() -> i64 {
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX))
         .unwrap_or(0)
+}
+
+/// Pods (and the virtual Nodes they are bound to, their tokens and events).
+pub const KIND: KindSpec = KindSpec {
+    name: "pods",
+    needs: &["configmaps", "secrets"],
+    because: "the objects they mount",
+    needs_waived_by_all_configs: false,
+    register,
+};
+
+fn register(a: &mut Assembly) {
+    let ctx = a.ctx();
+    let src = PodSources {
+        host_configmaps: a.cache(Side::Host),
+        host_secrets: a.cache(Side::Host),
+        services: a.cache(Side::Virtual),
+        nodes: Arc::new(VirtualNodes::new(ctx.virt.clone(), ctx.host.clone())),
+        tokens: Arc::new(TokenIndex::default()),
+    };
+    // Pods created once the Services are known get every Service's links.
+    let services_ready = a.ready_of::<Service>(Side::Virtual);
+    let (virt, host) = a.feeds::<PodRule>();
+    let (nodes, host_pods) = (Arc::clone(&src.nodes), host.cache.clone());
+    a.spawn("virtual-nodes", async move {
+        nodes.maintain(host_pods, Duration::from_secs(10)).await
+    });
+    let config = a.opts().watcher_config(Side::Host);
+    a.spawn(
+        "tokens",
+        Arc::clone(&src.tokens).run(Arc::clone(&ctx), config),
+    );
+    let (opts, settings) = (a.opts(), a.settings().clone());
+    a.spawn("Pod", async move {
+        let api = api_endpoint(&ctx, &settings, &services_ready).await;
+        let rule = PodRule::new(src, api, settings.pod_security);
+        Engine::new(rule, ctx, virt, host).run(opts).await
+    });
+}
+
+/// Where synced pods reach the virtual API: the configured host, else the
+/// vcluster Service's cluster IP once the Services are known (its DNS name
+/// while it has none).
+async fn api_endpoint(
+    ctx: &Context,
+    settings: &super::Settings,
+    services_ready: &Readiness,
+) -> ApiEndpoint {
+    services_ready.wait().await;
+    let host = match &settings.api_host {
+        Some(h) => h.clone(),
+        None => super::apiservice::host_ip(ctx, &settings.api_service)
+            .await
+            .ok()
+            .flatten()
+            .unwrap_or_else(|| {
+                format!("{}.{}.svc", settings.api_service, ctx.names.host_namespace)
+            }),
+    };
+    ApiEndpoint {
+        host,
+        port: settings.api_port,
+    }
 }

@@ -5,6 +5,7 @@
 //! comes up. The virtual `default/kubernetes` Service is not synced (see
 //! [`super::apiservice`]).
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use k8s_openapi::api::core::v1::Service;
@@ -13,7 +14,7 @@ use kube::api::{Api, Patch, PatchParams, PostParams};
 use kube::runtime::events::EventType;
 
 use super::cache::Cache;
-use super::{Context, Decision, Rule, SyncError, delete_exact};
+use super::{Assembly, Context, Decision, KindSpec, Names, Rule, Side, SyncError, delete_exact};
 use crate::translate::service::{
     Parity, allocation_conflict, host_service, is_api_service, parity, status_up,
     without_allocations,
@@ -54,7 +55,7 @@ impl Rule for ServiceRule {
     type H = Service;
     const KIND: &'static str = "Service";
 
-    fn decide(&self, ctx: &Context, v: &Service, h: Option<&Service>) -> Decision<Service> {
+    fn decide(&self, names: &Names, v: &Service, h: Option<&Service>) -> Decision<Service> {
         if is_api_service(v.namespace().as_deref(), &v.name_any())
             || v.metadata.deletion_timestamp.is_some()
         {
@@ -62,7 +63,7 @@ impl Rule for ServiceRule {
                 grace_seconds: None,
             };
         }
-        match host_service(&ctx.vc, v, h) {
+        match host_service(&names.vc, v, h) {
             Ok(s) => Decision::Sync(s),
             Err(r) => Decision::Reject(r.reason, r.message),
         }
@@ -137,4 +138,26 @@ impl Rule for ServiceRule {
     fn status_up(&self, v: &Service, h: &Service) -> Option<serde_json::Value> {
         status_up(v, h)
     }
+}
+
+/// Services (and the virtual `default/kubernetes` Service's address, and the
+/// virtual API's service range).
+pub const KIND: KindSpec = KindSpec {
+    name: "services",
+    needs: &[],
+    because: "",
+    needs_waived_by_all_configs: false,
+    register,
+};
+
+fn register(a: &mut Assembly) {
+    let services = a.cache(Side::Virtual);
+    a.engine(ServiceRule::new(services));
+    let ctx = a.ctx();
+    let (api_service, every) = (a.settings().api_service.clone(), a.settings().resync);
+    a.spawn(
+        "api-service",
+        super::apiservice::run(Arc::clone(&ctx), api_service),
+    );
+    a.spawn("service-cidr", super::cidr::run(ctx, every));
 }

@@ -1,0 +1,158 @@
+//! The errors of one reconcile, the category each one counts under in the
+//! metrics, and the API helpers every rule file shares (exact deletes, error
+//! mappers, the lock over plain data).
+
+use std::fmt::Debug;
+
+use kube::api::{Api, DeleteParams, Preconditions};
+use kube::{Resource, ResourceExt};
+use serde::de::DeserializeOwned;
+
+use super::cache::CacheError;
+use crate::translate::VirtualKey;
+
+/// Errors of one reconcile (retried with backoff).
+#[derive(Debug, thiserror::Error)]
+pub enum SyncError {
+    /// An API call failed.
+    #[error("{action} {kind} {key}: {source}")]
+    Api {
+        /// What was attempted.
+        action: &'static str,
+        /// The kind.
+        kind: &'static str,
+        /// The object.
+        key: String,
+        /// The cause.
+        source: Box<kube::Error>,
+    },
+    /// A cached object did not parse.
+    #[error(transparent)]
+    Cache(#[from] CacheError),
+    /// The desired object could not be serialized.
+    #[error("serialize {kind}: {source}")]
+    Serialize {
+        /// The kind.
+        kind: &'static str,
+        /// The cause.
+        source: serde_json::Error,
+    },
+}
+
+impl SyncError {
+    /// A bounded label for the metrics: what kind of failure this was.
+    pub fn category(&self) -> &'static str {
+        match self {
+            Self::Api { source, .. } => match source.as_ref() {
+                kube::Error::Api(s) if s.code == 409 => "conflict",
+                kube::Error::Api(s) if rejected(s.code) => "rejected",
+                kube::Error::Api(s) if s.code == 429 => "throttled",
+                kube::Error::Api(_) => "api",
+                _ => "transport",
+            },
+            Self::Cache(_) => "cache",
+            Self::Serialize { .. } => "serialize",
+        }
+    }
+}
+
+/// Deletes exactly the object `name` with `uid` (a uid precondition), with
+/// `grace` seconds if given. `Ok(false)` when it is already gone (404) or the
+/// name now holds another object (409): nothing of ours is left to delete.
+pub async fn delete_exact<K>(
+    api: &Api<K>,
+    name: &str,
+    uid: Option<String>,
+    grace: Option<u32>,
+) -> Result<bool, kube::Error>
+where
+    K: Resource + Clone + DeserializeOwned + Debug,
+{
+    let dp = DeleteParams {
+        grace_period_seconds: grace,
+        preconditions: Some(Preconditions {
+            uid,
+            resource_version: None,
+        }),
+        ..DeleteParams::default()
+    };
+    match api.delete(name, &dp).await {
+        Ok(_) => Ok(true),
+        Err(kube::Error::Api(s)) if s.code == 404 || s.code == 409 => Ok(false),
+        Err(e) => Err(e),
+    }
+}
+
+/// Locks a mutex over plain data. A poisoned lock means a task panicked
+/// mid-update; the maps and queues behind these locks stay consistent
+/// enough to go on.
+pub(crate) fn lock<T>(m: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+/// Host answers that mean "this object is not acceptable", as opposed to
+/// transient failures.
+pub(crate) fn rejected(code: u16) -> bool {
+    matches!(code, 400 | 403 | 404 | 422)
+}
+
+/// A mapper of API errors about virtual object `v` (for rule files).
+pub fn err_for<K: Resource>(
+    action: &'static str,
+    kind: &'static str,
+    v: &K,
+) -> impl FnOnce(kube::Error) -> SyncError + use<K> {
+    let key = VirtualKey {
+        namespace: v.namespace().unwrap_or_default(),
+        name: v.name_any(),
+    }
+    .to_string();
+    move |e| api_err(action, kind, &key, e)
+}
+
+/// The error of `action` on `kind` `key`.
+pub(crate) fn api_err(
+    action: &'static str,
+    kind: &'static str,
+    key: &str,
+    e: kube::Error,
+) -> SyncError {
+    SyncError::Api {
+        action,
+        kind,
+        key: key.to_owned(),
+        source: Box::new(e),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn status(code: u16) -> kube::Error {
+        kube::Error::Api(
+            kube::core::Status::failure("x", "Reason")
+                .with_code(code)
+                .boxed(),
+        )
+    }
+
+    #[test]
+    fn errors_fall_into_bounded_categories() {
+        let api = |code| api_err("apply", "Pod", "a/b", status(code)).category();
+        assert_eq!(api(409), "conflict");
+        assert_eq!(api(422), "rejected");
+        assert_eq!(api(403), "rejected");
+        assert_eq!(api(429), "throttled");
+        assert_eq!(api(500), "api");
+        let serde = serde_json::from_str::<u8>("x").unwrap_err();
+        assert_eq!(
+            SyncError::Serialize {
+                kind: "Pod",
+                source: serde
+            }
+            .category(),
+            "serialize"
+        );
+    }
+}

@@ -1,0 +1,352 @@
+//! One reconcile of one key: read both caches, let the rule decide, and
+//! carry the decision out on the host (create-only apply, 409 → foreign
+//! check, the rule's alternative on rejection, exact deletes) and back up
+//! (status, the rule's follow-up work).
+
+use std::time::Duration;
+
+use kube::api::{Api, Patch, PatchParams};
+use kube::runtime::events::EventType;
+use kube::{Resource, ResourceExt};
+
+use super::engine::Engine;
+use super::{Decision, HASH_ANNOTATION, Rule, SyncError, api_err, delete_exact, rejected};
+use crate::FIELD_MANAGER;
+use crate::translate::VirtualKey;
+
+/// What became of the host copy in one reconcile.
+enum Written<H> {
+    /// Written; the API's answer.
+    Applied(H),
+    /// Already as desired.
+    Unchanged,
+    /// A foreign object holds the name.
+    Collision,
+}
+
+/// `value` with the content hash `hash` among its annotations.
+fn stamp(value: &mut serde_json::Value, hash: &str) {
+    if let Some(ann) = value
+        .pointer_mut("/metadata/annotations")
+        .and_then(|a| a.as_object_mut())
+    {
+        ann.insert(HASH_ANNOTATION.to_owned(), hash.into());
+    }
+}
+
+fn hash_of(value: &serde_json::Value) -> String {
+    let d = ring::digest::digest(&ring::digest::SHA256, value.to_string().as_bytes());
+    d.as_ref()[..8].iter().map(|b| format!("{b:02x}")).collect()
+}
+
+fn to_json<R: Rule>(obj: &R::H) -> Result<serde_json::Value, SyncError> {
+    serde_json::to_value(obj).map_err(|source| SyncError::Serialize {
+        kind: R::KIND,
+        source,
+    })
+}
+
+fn strip<K: Resource>(mut o: K) -> K {
+    o.managed_fields_mut().clear();
+    o
+}
+
+impl<R: Rule> Engine<R> {
+    fn host_api(&self) -> Api<R::H> {
+        Api::namespaced(self.ctx.host.clone(), &self.ctx.names.host_namespace)
+    }
+
+    fn virt_api(&self, namespace: &str) -> Api<R::V> {
+        Api::namespaced(self.ctx.virt.clone(), namespace)
+    }
+
+    /// Reconciles one key; `Ok(Some(d))` asks to be called again after `d`.
+    #[tracing::instrument(skip(self), fields(kind = R::KIND, key = %key))]
+    pub(crate) async fn reconcile(
+        &self,
+        key: &VirtualKey,
+        force: bool,
+    ) -> Result<Option<Duration>, SyncError> {
+        let names = &self.ctx.names;
+        let host_name = names.host_name(key);
+        let v = self.virt.try_get(&key.name, Some(&key.namespace))?;
+        let h = self.host.try_get(&host_name, Some(&names.host_namespace))?;
+        // Ours means written for this very source: host controllers copy a
+        // Service's labels (the owner label among them) onto what they derive.
+        let cached = h.is_some();
+        let h = h.filter(|h| names.ownership().virtual_key(h.meta()).as_ref() == Some(key));
+        let Some(v) = v else {
+            return self.source_gone(key, h).await;
+        };
+        match self.rule.decide(names, &v, h.as_ref()) {
+            // Owned by us but for another source: should not happen with the
+            // name scheme; treat it as a collision all the same.
+            Decision::Sync(_) if cached && h.is_none() => self.collision(&v, &host_name).await,
+            Decision::Sync(desired) => self.sync(key, &v, h, desired, force).await,
+            other => self.settle(key, &v, h, other).await,
+        }
+    }
+
+    /// The virtual object is gone: so goes its host copy.
+    async fn source_gone(
+        &self,
+        key: &VirtualKey,
+        h: Option<R::H>,
+    ) -> Result<Option<Duration>, SyncError> {
+        let Some(h) = h else { return Ok(None) };
+        // The cache may lag a re-creation (a rule may replace a virtual
+        // object): delete only what the API confirms gone.
+        let label = key.to_string();
+        if self
+            .virt_api(&key.namespace)
+            .get_metadata_opt(&key.name)
+            .await
+            .map_err(|e| api_err("get", R::KIND, &label, e))?
+            .is_some()
+        {
+            return Ok(Some(Duration::from_millis(200)));
+        }
+        self.delete_host(&h, &label, None).await?;
+        Ok(None)
+    }
+
+    /// Carries out a decision other than [`Decision::Sync`].
+    async fn settle(
+        &self,
+        key: &VirtualKey,
+        v: &R::V,
+        h: Option<R::H>,
+        decision: Decision<R::H>,
+    ) -> Result<Option<Duration>, SyncError> {
+        let label = key.to_string();
+        match decision {
+            Decision::Sync(_) => Ok(None),
+            Decision::Remove { grace_seconds } => {
+                if let Some(h) = h {
+                    self.delete_host(&h, &label, grace_seconds).await?;
+                }
+                Ok(None)
+            }
+            Decision::DeleteVirtual => self.delete_virtual(key, v).await,
+            Decision::Reject(reason, note) => {
+                // Refused: nothing of it stays on the host.
+                if let Some(h) = h {
+                    self.delete_host(&h, &label, None).await?;
+                }
+                self.ctx.event(v, EventType::Warning, reason, note).await;
+                Ok(None)
+            }
+            Decision::Wait(why) => {
+                tracing::debug!(why, "waiting");
+                Ok(Some(Duration::from_secs(1)))
+            }
+        }
+    }
+
+    /// The virtual object is finished: removed once its host copy is gone.
+    async fn delete_virtual(
+        &self,
+        key: &VirtualKey,
+        v: &R::V,
+    ) -> Result<Option<Duration>, SyncError> {
+        let label = key.to_string();
+        // The cache may lag a fresh host write: confirm the host copy is gone.
+        if self
+            .host_api()
+            .get_metadata_opt(&self.ctx.host_name(key))
+            .await
+            .map_err(|e| api_err("get", R::KIND, &label, e))?
+            .is_some()
+        {
+            return Ok(Some(Duration::from_millis(500)));
+        }
+        delete_exact(&self.virt_api(&key.namespace), &key.name, v.uid(), Some(0))
+            .await
+            .map_err(|e| api_err("delete", R::KIND, &label, e))?;
+        Ok(None)
+    }
+
+    /// Writes `desired` as the host copy (when its content changed, or
+    /// `force`), then the rule's follow-up work and the status up.
+    async fn sync(
+        &self,
+        key: &VirtualKey,
+        v: &R::V,
+        h: Option<R::H>,
+        mut desired: R::H,
+        force: bool,
+    ) -> Result<Option<Duration>, SyncError> {
+        let names = &self.ctx.names;
+        let own = names.ownership();
+        let uid = v.uid().unwrap_or_default();
+        let meta = desired.meta_mut();
+        meta.name = Some(names.host_name(key));
+        meta.namespace = Some(names.host_namespace.clone());
+        meta.labels.get_or_insert_default().extend(own.labels(key));
+        meta.annotations
+            .get_or_insert_default()
+            .extend(own.annotations(key, &uid));
+        meta.managed_fields = None;
+        meta.resource_version = None;
+        meta.uid = None;
+        let mut value = to_json::<R>(&desired)?;
+        let hash = hash_of(&value);
+        stamp(&mut value, &hash);
+        let current = h
+            .as_ref()
+            .and_then(|h| h.annotations().get(HASH_ANNOTATION));
+        let writing = force || current.map(String::as_str) != Some(hash.as_str());
+        // The rule's work that does not need the write's result goes at the
+        // same time (one round trip less per new object).
+        let write = self.write(key, v, &desired, h.as_ref(), value, &hash, writing);
+        let alongside = self.rule.alongside_write(&self.ctx, v, h.as_ref(), writing);
+        let (written, alongside) = futures::join!(write, alongside);
+        let applied = match written? {
+            Written::Collision => return self.collision(v, &names.host_name(key)).await,
+            Written::Applied(out) => Some(out),
+            Written::Unchanged => None,
+        };
+        alongside?;
+        let Some(host_now) = applied.as_ref().or(h.as_ref()) else {
+            return Ok(None);
+        };
+        let again = self.rule.after_sync(&self.ctx, v, host_now).await?;
+        if let Some(patch) = self.rule.status_up(v, host_now) {
+            self.virt_api(&key.namespace)
+                .patch_status(&key.name, &PatchParams::default(), &Patch::Merge(&patch))
+                .await
+                .map_err(|e| api_err("update status of", R::KIND, &key.to_string(), e))?;
+        }
+        Ok(again)
+    }
+
+    /// Applies the host copy, or the rule's alternative when the host
+    /// refuses it; a refusal that stays is told to the tenant.
+    #[allow(clippy::too_many_arguments)]
+    async fn write(
+        &self,
+        key: &VirtualKey,
+        v: &R::V,
+        desired: &R::H,
+        h: Option<&R::H>,
+        mut value: serde_json::Value,
+        hash: &str,
+        writing: bool,
+    ) -> Result<Written<R::H>, SyncError> {
+        if !writing {
+            return Ok(Written::Unchanged);
+        }
+        let label = key.to_string();
+        let host_name = self.ctx.host_name(key);
+        // Not in the cache: created only if absent (a foreign object may
+        // hold the name, and the cache sees only ours).
+        let create = h.is_none();
+        let mut result = self.apply_host(&host_name, &mut value, create).await;
+        if let Err(kube::Error::Api(status)) = &result
+            && rejected(status.code)
+            && let Some(alt) = self.rule.on_rejected(desired, h, &status.message)
+        {
+            tracing::info!(reason = %status.message, "host refused the copy; applying the rule's alternative");
+            let mut alt_value = to_json::<R>(&alt)?;
+            stamp(&mut alt_value, hash);
+            result = self.apply_host(&host_name, &mut alt_value, create).await;
+        }
+        match result {
+            Ok(Some(out)) => {
+                tracing::debug!(host = %host_name, "applied");
+                Ok(Written::Applied(strip(out)))
+            }
+            Ok(None) => Ok(Written::Collision),
+            Err(kube::Error::Api(status)) if rejected(status.code) => {
+                // The host refuses this object as it is: tell the tenant,
+                // then keep retrying with backoff (it may be fixed either side).
+                let note = format!(
+                    "the host API rejected the {} copy: {}",
+                    R::KIND,
+                    status.message
+                );
+                self.ctx
+                    .event(v, EventType::Warning, "SyncRejected", note)
+                    .await;
+                Err(api_err("apply", R::KIND, &label, kube::Error::Api(status)))
+            }
+            Err(e) => Err(api_err("apply", R::KIND, &label, e)),
+        }
+    }
+
+    /// Server-side applies `value` as the host object `name`. With `create`,
+    /// only if nothing holds the name: if something does, it is looked at and
+    /// written over only if this vcluster owns it (`Ok(None)`: a foreign
+    /// object holds the name; it is left as it is).
+    ///
+    /// The create-only apply carries resourceVersion "1" as a precondition:
+    /// an apply that creates ignores it, one that would change an existing
+    /// object fails with 409 Conflict, because no object has that version
+    /// (etcd's first write is revision 2). One round trip per new copy
+    /// instead of a GET before the apply, and no window between them.
+    async fn apply_host(
+        &self,
+        name: &str,
+        value: &mut serde_json::Value,
+        create: bool,
+    ) -> Result<Option<R::H>, kube::Error> {
+        let api = self.host_api();
+        let params = PatchParams::apply(FIELD_MANAGER).force();
+        if create && let Some(meta) = value.get_mut("metadata").and_then(|m| m.as_object_mut()) {
+            meta.insert("resourceVersion".into(), "1".into());
+            let result = api.patch(name, &params, &Patch::Apply(&*value)).await;
+            if let Some(meta) = value.get_mut("metadata").and_then(|m| m.as_object_mut()) {
+                meta.remove("resourceVersion");
+            }
+            match result {
+                Err(kube::Error::Api(status)) if status.code == 409 => {
+                    // Something holds the name: ours, not cached yet, or foreign.
+                    if let Some(existing) = api.get_opt(name).await?
+                        && !self.ctx.ownership().owns(existing.meta())
+                    {
+                        return Ok(None);
+                    }
+                }
+                other => return other.map(Some),
+            }
+        }
+        api.patch(name, &params, &Patch::Apply(&*value))
+            .await
+            .map(Some)
+    }
+
+    async fn collision(&self, v: &R::V, host_name: &str) -> Result<Option<Duration>, SyncError> {
+        let names = &self.ctx.names;
+        let note = format!(
+            "cannot sync to host: {} {host_name} already exists in host namespace {} and is not managed by vcluster {}",
+            R::KIND,
+            names.host_namespace,
+            names.vc
+        );
+        tracing::warn!(
+            host = host_name,
+            "name collision with a foreign host object"
+        );
+        self.ctx
+            .event(v, EventType::Warning, "SyncNameCollision", note)
+            .await;
+        // Look again later: the foreign object may go away.
+        Ok(Some(Duration::from_secs(30)))
+    }
+
+    async fn delete_host(
+        &self,
+        h: &R::H,
+        label: &str,
+        grace_seconds: Option<i64>,
+    ) -> Result<(), SyncError> {
+        if h.meta().deletion_timestamp.is_some() && grace_seconds.is_none() {
+            return Ok(());
+        }
+        let grace = grace_seconds.and_then(|g| u32::try_from(g).ok());
+        delete_exact(&self.host_api(), &h.name_any(), h.uid(), grace)
+            .await
+            .map(drop)
+            .map_err(|e| api_err("delete host copy of", R::KIND, label, e))
+    }
+}
