@@ -7,7 +7,7 @@
 //! conditions kept fresh together with a Lease in `kube-node-lease`, as a
 //! kubelet would. A virtual Node no pod needs any more is deleted.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::time::{Duration, Instant};
 
 use super::cache::Cache;
@@ -62,12 +62,65 @@ fn seconds_now() -> String {
 }
 
 fn api_err(action: &'static str, node: &str, e: kube::Error) -> SyncError {
-    SyncError::Api {
-        action,
-        kind: "Node",
-        key: node.to_owned(),
-        source: Box::new(e),
+    super::api_err(action, "Node", node, e)
+}
+
+/// The status of virtual Node `name` as a fresh kubelet reports it, at `now`.
+fn node_status(
+    name: &str,
+    capacity: BTreeMap<String, Quantity>,
+    allocatable: BTreeMap<String, Quantity>,
+    now: &str,
+) -> serde_json::Value {
+    let cond = |t: &str, s: &str, reason: &str| {
+        json!({
+            "type": t, "status": s, "reason": reason,
+            "lastHeartbeatTime": now, "lastTransitionTime": now,
+        })
+    };
+    json!({
+        "apiVersion": "v1", "kind": "Node", "metadata": {"name": name},
+        "status": {
+            "capacity": capacity, "allocatable": allocatable,
+            "addresses": [{"type": "Hostname", "address": name}],
+            "conditions": [
+                cond("Ready", "True", "KubeletReady"),
+                cond("MemoryPressure", "False", "KubeletHasSufficientMemory"),
+                cond("DiskPressure", "False", "KubeletHasNoDiskPressure"),
+                cond("PIDPressure", "False", "KubeletHasSufficientPID"),
+            ],
+            "nodeInfo": {
+                "architecture": "amd64", "operatingSystem": "linux",
+                "kubeletVersion": "vcluster", "kubeProxyVersion": "vcluster",
+                "containerRuntimeVersion": "vcluster", "kernelVersion": "", "osImage": "",
+                "machineID": "", "systemUUID": "", "bootID": "",
+            },
+        },
+    })
+}
+
+/// The host nodes this vcluster's host pods run on.
+fn needed_nodes(host_pods: &Cache<Pod>) -> HashSet<String> {
+    #[derive(serde::Deserialize)]
+    struct Bound {
+        spec: Option<NodeOf>,
     }
+    #[derive(serde::Deserialize)]
+    struct NodeOf {
+        #[serde(rename = "nodeName")]
+        node_name: Option<String>,
+    }
+    host_pods
+        .entries()
+        .iter()
+        .filter_map(|p| p.view::<Bound>().ok()?.spec?.node_name)
+        .collect()
+}
+
+/// Whether virtual Node `name` stays: a pod needs it, or it was ensured
+/// less than [`GRACE`] ago (a pod is being bound to it).
+fn stays(name: &str, needed: &HashSet<String>, ensured: Option<Instant>, now: Instant) -> bool {
+    needed.contains(name) || ensured.is_some_and(|t| now.duration_since(t) < GRACE)
 }
 
 fn default_capacity() -> BTreeMap<String, Quantity> {
@@ -133,32 +186,7 @@ impl VirtualNodes {
             .patch(name, &params, &Patch::Apply(&node))
             .await
             .map_err(|e| api_err("create virtual", name, e))?;
-        let now = seconds_now();
-        let cond = |t: &str, s: &str, reason: &str| {
-            json!({
-                "type": t, "status": s, "reason": reason,
-                "lastHeartbeatTime": now, "lastTransitionTime": now,
-            })
-        };
-        let status = json!({
-            "apiVersion": "v1", "kind": "Node", "metadata": {"name": name},
-            "status": {
-                "capacity": capacity, "allocatable": allocatable,
-                "addresses": [{"type": "Hostname", "address": name}],
-                "conditions": [
-                    cond("Ready", "True", "KubeletReady"),
-                    cond("MemoryPressure", "False", "KubeletHasSufficientMemory"),
-                    cond("DiskPressure", "False", "KubeletHasNoDiskPressure"),
-                    cond("PIDPressure", "False", "KubeletHasSufficientPID"),
-                ],
-                "nodeInfo": {
-                    "architecture": "amd64", "operatingSystem": "linux",
-                    "kubeletVersion": "vcluster", "kubeProxyVersion": "vcluster",
-                    "containerRuntimeVersion": "vcluster", "kernelVersion": "", "osImage": "",
-                    "machineID": "", "systemUUID": "", "bootID": "",
-                },
-            },
-        });
+        let status = node_status(name, capacity, allocatable, &seconds_now());
         nodes
             .patch_status(name, &params, &Patch::Apply(&status))
             .await
@@ -191,23 +219,10 @@ impl VirtualNodes {
     /// Every `period`: renews the Nodes that host pods still need and deletes
     /// the others. `host_pods` is the pod engine's host cache.
     pub async fn maintain(&self, host_pods: Cache<Pod>, period: Duration) {
-        #[derive(serde::Deserialize)]
-        struct Bound {
-            spec: Option<NodeOf>,
-        }
-        #[derive(serde::Deserialize)]
-        struct NodeOf {
-            #[serde(rename = "nodeName")]
-            node_name: Option<String>,
-        }
         let mut tick = tokio::time::interval(period);
         loop {
             tick.tick().await;
-            let needed: std::collections::HashSet<String> = host_pods
-                .entries()
-                .iter()
-                .filter_map(|p| p.view::<Bound>().ok()?.spec?.node_name)
-                .collect();
+            let needed = needed_nodes(&host_pods);
             let nodes: Api<Node> = Api::all(self.virt.clone());
             let existing = match nodes
                 .list(&ListParams::default().labels(&format!("{FAKE_NODE_LABEL}=true")))
@@ -225,8 +240,7 @@ impl VirtualNodes {
                 // bound to this node right now either kept it (recent) or
                 // waits, then recreates it.
                 let mut ensured = self.ensured.lock().await;
-                let recent = ensured.get(&name).is_some_and(|t| t.elapsed() < GRACE);
-                if needed.contains(&name) || recent {
+                if stays(&name, &needed, ensured.get(&name).copied(), Instant::now()) {
                     drop(ensured);
                     if let Err(e) = self.write(&name).await {
                         tracing::warn!(node = %name, error = %e, "cannot renew virtual node");
@@ -242,5 +256,69 @@ impl VirtualNodes {
                 }
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn pod(name: &str, node: Option<&str>) -> Pod {
+        serde_json::from_value(json!({
+            "metadata": {"name": name, "namespace": "vc-host"},
+            "spec": {"containers": [{"name": "c"}], "nodeName": node},
+        }))
+        .unwrap()
+    }
+
+    #[test]
+    fn nodes_in_use_are_those_of_scheduled_host_pods() {
+        let pods = crate::sync::cache::filled([
+            pod("a", Some("node-1")),
+            pod("b", Some("node-1")),
+            pod("c", Some("node-2")),
+            pod("pending", None),
+        ]);
+        let mut got: Vec<_> = needed_nodes(&pods).into_iter().collect();
+        got.sort();
+        assert_eq!(got, ["node-1", "node-2"]);
+    }
+
+    #[test]
+    fn a_node_stays_while_needed_or_just_ensured() {
+        let now = Instant::now();
+        let needed: HashSet<String> = ["used".to_owned()].into();
+        for (name, ensured, want) in [
+            ("used", None, true),
+            ("fresh", Some(now), true),
+            ("fresh", now.checked_sub(GRACE / 2), true),
+            ("stale", now.checked_sub(GRACE * 2), false),
+            ("never", None, false),
+        ] {
+            assert_eq!(stays(name, &needed, ensured, now), want, "{name}");
+        }
+    }
+
+    #[test]
+    fn a_virtual_node_reports_ready_with_a_hostname_only() {
+        let status = node_status(
+            "n1",
+            default_capacity(),
+            default_capacity(),
+            "2026-01-01T00:00:00Z",
+        );
+        let st = &status["status"];
+        assert_eq!(
+            st["addresses"],
+            json!([{"type": "Hostname", "address": "n1"}])
+        );
+        let ready = st["conditions"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|c| c["type"] == "Ready")
+            .unwrap();
+        assert_eq!(ready["status"], "True");
+        assert_eq!(st["capacity"]["pods"], "1000");
     }
 }
