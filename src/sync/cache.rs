@@ -274,13 +274,13 @@ impl<V> Listed<V> {
 
 /// The writing half of a [`Listed`]: follows one watch's events.
 #[derive(Debug)]
-pub struct Lister<V> {
+pub struct ListWriter<V> {
     to: Arc<Listed<V>>,
     /// The list being received.
     fresh: Option<HashMap<Box<str>, V>>,
 }
 
-impl<V> Lister<V> {
+impl<V> ListWriter<V> {
     /// A writer of `to`.
     pub fn new(to: Arc<Listed<V>>) -> Self {
         Self { to, fresh: None }
@@ -353,7 +353,7 @@ impl<K: Resource<DynamicType = ()>> Debug for Cache<K> {
 }
 
 /// The writer half of a [`Cache`], for [`watch`].
-pub type Writer<K> = Lister<Arc<Cached<K>>>;
+pub type Writer<K> = ListWriter<Arc<Cached<K>>>;
 
 /// A new empty cache and its writer.
 pub fn cache<K>() -> (Cache<K>, Writer<K>) {
@@ -362,7 +362,7 @@ pub fn cache<K>() -> (Cache<K>, Writer<K>) {
         Cache {
             shared: Arc::clone(&shared),
         },
-        Lister::new(shared),
+        ListWriter::new(shared),
     )
 }
 

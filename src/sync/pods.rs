@@ -24,7 +24,7 @@ use kube::core::PartialObjectMeta;
 use kube::runtime::{WatchStreamExt as _, watcher};
 use serde_json::json;
 
-use super::cache::{Cache, Listed, Lister};
+use super::cache::{Cache, ListWriter, Listed};
 use super::feed::Readiness;
 use super::nodes::VirtualNodes;
 use super::{Assembly, Context, Decision, Engine, KindSpec, Names, Rule, Side, SyncError, err_for};
@@ -70,7 +70,7 @@ impl TokenIndex {
         let config = config.labels(&format!("{OWNER_LABEL}={},{TOKEN_FOR_LABEL}", ctx.names.vc));
         let stream = watcher(api, config).default_backoff();
         futures::pin_mut!(stream);
-        let mut writer = Lister::new(Arc::clone(&self.renew_at));
+        let mut writer = ListWriter::new(Arc::clone(&self.renew_at));
         let due = |m: &PartialObjectMeta<Secret>| {
             m.annotations()
                 .get(RENEW_AT_ANNOTATION)

@@ -96,17 +96,17 @@ impl<R: Rule> Engine<R> {
         let Some(h) = h else { return Ok(None) };
         // The cache may lag a re-creation (a rule may replace a virtual
         // object): delete only what the API confirms gone.
-        let label = key.to_string();
+        let key_text = key.to_string();
         if self
             .virt_api(&key.namespace)
             .get_metadata_opt(&key.name)
             .await
-            .map_err(|e| api_err("get", R::KIND, &label, e))?
+            .map_err(|e| api_err("get", R::KIND, &key_text, e))?
             .is_some()
         {
             return Ok(Some(Duration::from_millis(200)));
         }
-        self.delete_host(&h, &label, None).await?;
+        self.delete_host(&h, &key_text, None).await?;
         Ok(None)
     }
 
@@ -118,12 +118,12 @@ impl<R: Rule> Engine<R> {
         h: Option<R::H>,
         decision: Decision<R::H>,
     ) -> Result<Option<Duration>, SyncError> {
-        let label = key.to_string();
+        let key_text = key.to_string();
         match decision {
             Decision::Sync(_) => Ok(None),
             Decision::Remove { grace_seconds } => {
                 if let Some(h) = h {
-                    self.delete_host(&h, &label, grace_seconds).await?;
+                    self.delete_host(&h, &key_text, grace_seconds).await?;
                 }
                 Ok(None)
             }
@@ -131,7 +131,7 @@ impl<R: Rule> Engine<R> {
             Decision::Reject(reason, note) => {
                 // Refused: nothing of it stays on the host.
                 if let Some(h) = h {
-                    self.delete_host(&h, &label, None).await?;
+                    self.delete_host(&h, &key_text, None).await?;
                 }
                 self.ctx.event(v, EventType::Warning, reason, note).await;
                 Ok(None)
@@ -149,20 +149,20 @@ impl<R: Rule> Engine<R> {
         key: &VirtualKey,
         v: &R::V,
     ) -> Result<Option<Duration>, SyncError> {
-        let label = key.to_string();
+        let key_text = key.to_string();
         // The cache may lag a fresh host write: confirm the host copy is gone.
         if self
             .host_api()
             .get_metadata_opt(&self.ctx.host_name(key))
             .await
-            .map_err(|e| api_err("get", R::KIND, &label, e))?
+            .map_err(|e| api_err("get", R::KIND, &key_text, e))?
             .is_some()
         {
             return Ok(Some(Duration::from_millis(500)));
         }
         delete_exact(&self.virt_api(&key.namespace), &key.name, v.uid(), Some(0))
             .await
-            .map_err(|e| api_err("delete", R::KIND, &label, e))?;
+            .map_err(|e| api_err("delete", R::KIND, &key_text, e))?;
         Ok(None)
     }
 
@@ -236,7 +236,7 @@ impl<R: Rule> Engine<R> {
         if !writing {
             return Ok(Written::Unchanged);
         }
-        let label = key.to_string();
+        let key_text = key.to_string();
         let host_name = self.ctx.host_name(key);
         // Not in the cache: created only if absent (a foreign object may
         // hold the name, and the cache sees only ours).
@@ -268,9 +268,14 @@ impl<R: Rule> Engine<R> {
                 self.ctx
                     .event(v, EventType::Warning, "SyncRejected", note)
                     .await;
-                Err(api_err("apply", R::KIND, &label, kube::Error::Api(status)))
+                Err(api_err(
+                    "apply",
+                    R::KIND,
+                    &key_text,
+                    kube::Error::Api(status),
+                ))
             }
-            Err(e) => Err(api_err("apply", R::KIND, &label, e)),
+            Err(e) => Err(api_err("apply", R::KIND, &key_text, e)),
         }
     }
 
@@ -337,7 +342,7 @@ impl<R: Rule> Engine<R> {
     async fn delete_host(
         &self,
         h: &R::H,
-        label: &str,
+        key_text: &str,
         grace_seconds: Option<i64>,
     ) -> Result<(), SyncError> {
         if h.meta().deletion_timestamp.is_some() && grace_seconds.is_none() {
@@ -347,6 +352,6 @@ impl<R: Rule> Engine<R> {
         delete_exact(&self.host_api(), &h.name_any(), h.uid(), grace)
             .await
             .map(drop)
-            .map_err(|e| api_err("delete host copy of", R::KIND, label, e))
+            .map_err(|e| api_err("delete host copy of", R::KIND, key_text, e))
     }
 }
