@@ -1,10 +1,11 @@
 //! vcluster: virtual Kubernetes clusters inside one host namespace.
 //!
-//! See `ARCHITECTURE.md` in the design notes for the module map. Modules that
-//! exist today:
+//! `docs/ARCHITECTURE.md` has the module map and how a kind is declared.
 //! - [`translate`]: pure translation between virtual and host objects;
-//! - [`sync`]: the generic sync engine and one rule file per kind;
-//! - [`syncer`]: the syncer process (engines, virtual nodes, health);
+//! - [`policy`]: the Pod Security Standards evaluator;
+//! - [`sync`]: the generic sync engine, one rule file per kind, and the
+//!   loops beside them (virtual nodes, events, certificate mirrors);
+//! - [`syncer`]: the syncer process (the registry of kinds, clients, health);
 //! - [`pki`]: certificate authorities and certificates (rcgen);
 //! - [`kubeconfig`]: building kubeconfig files;
 //! - [`local`]: the embedded default, real local control planes for

@@ -12,8 +12,8 @@
 //!   relists on expiry (410 Gone) and retries with backoff across API server
 //!   restarts;
 //! - queues virtual keys in a [`queue::FairQueue`], fair across virtual
-//!   namespaces, and reconciles them with bounded concurrency ([`engine`]);
-//! - reconciles level-triggered ([`reconcile`]): desired = rule(virtual);
+//!   namespaces, and reconciles them with bounded concurrency ([`Engine`]);
+//! - reconciles level-triggered (`reconcile.rs`): desired = rule(virtual);
 //!   written with server-side apply under one field manager only when its
 //!   content hash differs (and unconditionally on each periodic resync,
 //!   which reverts drift); status translated back onto the virtual status
