@@ -171,9 +171,7 @@ impl<K: ConfigKind> Rule for ConfigRule<K> {
 
     fn decide(&self, _names: &Names, v: &K, _h: Option<&K>) -> Decision<K> {
         if v.excluded() || v.meta().deletion_timestamp.is_some() {
-            return Decision::Remove {
-                grace_seconds: None,
-            };
+            return Decision::REMOVE;
         }
         let ns = v.namespace();
         let name = v.name_any();
@@ -185,9 +183,7 @@ impl<K: ConfigKind> Rule for ConfigRule<K> {
                     .any(|i| K::referenced_by_ingress(i, &name))
             });
         if !wanted {
-            return Decision::Remove {
-                grace_seconds: None,
-            };
+            return Decision::REMOVE;
         }
         let mut out = v.content();
         *out.meta_mut() = ObjectMeta {

@@ -3,6 +3,8 @@
 //! a selector are derived on each side by its own control plane from the
 //! synced pods, so they never go down.
 
+use std::marker::PhantomData;
+
 use k8s_openapi::api::core::v1::{Endpoints, Service};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use kube::ResourceExt;
@@ -22,22 +24,30 @@ fn tenant_managed(services: &Cache<Service>, namespace: &str, name: &str) -> boo
             .is_some_and(|s| selector(&s).is_none())
 }
 
-const GONE: Decision<Endpoints> = Decision::Remove {
-    grace_seconds: None,
-};
+const GONE: Decision<Endpoints> = Decision::REMOVE;
 
-/// The Endpoints rule.
+/// The rule of tenant-written endpoints of kind `K`: [`EndpointsRule`] or
+/// [`SliceRule`]; both read the virtual Services cache.
 #[derive(Debug)]
-pub struct EndpointsRule {
+pub struct TenantEndpoints<K> {
     services: Cache<Service>,
+    kind: PhantomData<fn() -> K>,
 }
 
-impl EndpointsRule {
+impl<K> TenantEndpoints<K> {
     /// A rule reading the virtual Services cache.
     pub fn new(services: Cache<Service>) -> Self {
-        Self { services }
+        Self {
+            services,
+            kind: PhantomData,
+        }
     }
 }
+
+/// The Endpoints rule.
+pub type EndpointsRule = TenantEndpoints<Endpoints>;
+/// The EndpointSlice rule.
+pub type SliceRule = TenantEndpoints<EndpointSlice>;
 
 impl Rule for EndpointsRule {
     type V = Endpoints;
@@ -52,19 +62,6 @@ impl Rule for EndpointsRule {
             return GONE;
         }
         Decision::Sync(host_endpoints(&names.vc, v, &names.host_namespace))
-    }
-}
-
-/// The EndpointSlice rule.
-#[derive(Debug)]
-pub struct SliceRule {
-    services: Cache<Service>,
-}
-
-impl SliceRule {
-    /// A rule reading the virtual Services cache.
-    pub fn new(services: Cache<Service>) -> Self {
-        Self { services }
     }
 }
 
@@ -94,9 +91,7 @@ impl Rule for SliceRule {
                     &names.host_namespace,
                 ))
             }
-            _ => Decision::Remove {
-                grace_seconds: None,
-            },
+            _ => Decision::REMOVE,
         }
     }
 }

@@ -30,9 +30,7 @@ impl Rule for IngressRule {
 
     fn decide(&self, names: &Names, v: &Ingress, _h: Option<&Ingress>) -> Decision<Ingress> {
         if v.metadata.deletion_timestamp.is_some() {
-            return Decision::Remove {
-                grace_seconds: None,
-            };
+            return Decision::REMOVE;
         }
         match host_ingress(&names.vc, v, &self.policy) {
             Ok(i) => Decision::Sync(i),

@@ -88,7 +88,15 @@ pub enum Decision<H> {
     Wait(String),
 }
 
-/// Bounds of a kind's object types.
+impl<H> Decision<H> {
+    /// [`Decision::Remove`] with the default grace period.
+    pub const REMOVE: Self = Decision::Remove {
+        grace_seconds: None,
+    };
+}
+
+/// Bounds of a kind's object types: the namespaced API types the syncer
+/// caches and writes.
 pub trait Object:
     Resource<DynamicType = (), Scope = NamespaceResourceScope>
     + Clone
@@ -100,17 +108,20 @@ pub trait Object:
     + 'static
 {
 }
-impl<T> Object for T where
-    T: Resource<DynamicType = (), Scope = NamespaceResourceScope>
-        + Clone
-        + Debug
-        + Serialize
-        + DeserializeOwned
-        + Send
-        + Sync
-        + 'static
-{
+
+/// Every type an engine or a cache of the syncer holds.
+macro_rules! objects {
+    ($($t:ty),* $(,)?) => { $(impl Object for $t {})* };
 }
+objects!(
+    k8s_openapi::api::core::v1::Pod,
+    k8s_openapi::api::core::v1::ConfigMap,
+    k8s_openapi::api::core::v1::Secret,
+    k8s_openapi::api::core::v1::Service,
+    k8s_openapi::api::core::v1::Endpoints,
+    k8s_openapi::api::discovery::v1::EndpointSlice,
+    k8s_openapi::api::networking::v1::Ingress,
+);
 
 /// The rules of one kind.
 pub trait Rule: Send + Sync + 'static {

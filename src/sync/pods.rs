@@ -265,9 +265,7 @@ impl Rule for PodRule {
         let phase = v.status.as_ref().and_then(|s| s.phase.as_deref());
         if h.is_none() && matches!(phase, Some("Succeeded" | "Failed")) {
             // Finished: the virtual pod keeps its final status (Job history).
-            return Decision::Remove {
-                grace_seconds: None,
-            };
+            return Decision::REMOVE;
         }
         let bound = v.spec.as_ref().and_then(|s| s.node_name.as_ref()).is_some();
         if bound && h.is_none() {

@@ -59,9 +59,7 @@ impl Rule for ServiceRule {
         if is_api_service(v.namespace().as_deref(), &v.name_any())
             || v.metadata.deletion_timestamp.is_some()
         {
-            return Decision::Remove {
-                grace_seconds: None,
-            };
+            return Decision::REMOVE;
         }
         match host_service(&names.vc, v, h) {
             Ok(s) => Decision::Sync(s),
