@@ -277,15 +277,19 @@ async fn serve_health(addr: SocketAddr, running: Running) -> Result<(), SyncerEr
             }
         };
         let running = running.clone();
-        tokio::spawn(async move {
-            let svc = hyper::service::service_fn(move |req: Request<hyper::body::Incoming>| {
-                let resp = health_response(req.uri().path(), &running);
-                async move { Ok::<_, Infallible>(resp) }
-            });
-            let _ = hyper::server::conn::http1::Builder::new()
-                .serve_connection(TokioIo::new(stream), svc)
-                .await;
-        });
+        let span = tracing::debug_span!("health_connection");
+        tokio::spawn(
+            async move {
+                let svc = hyper::service::service_fn(move |req: Request<hyper::body::Incoming>| {
+                    let resp = health_response(req.uri().path(), &running);
+                    async move { Ok::<_, Infallible>(resp) }
+                });
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(TokioIo::new(stream), svc)
+                    .await;
+            }
+            .instrument(span),
+        );
     }
 }
 

@@ -23,6 +23,7 @@ use kube::runtime::events::EventType;
 use kube::{Resource as _, ResourceExt};
 use serde_json::json;
 use tokio::sync::Notify;
+use tracing::Instrument as _;
 
 use super::cache::{self, Cache};
 use super::feed::Readiness;
@@ -77,10 +78,11 @@ pub async fn run(ctx: Arc<Context>, src: Sources, opts: EngineOptions) {
         |_| {},
         || {},
     );
-    tokio::spawn(watch.for_each(move |_| {
+    let follow = watch.for_each(move |_| {
         notify.notify_one();
         std::future::ready(())
-    }));
+    });
+    tokio::spawn(follow.instrument(tracing::info_span!("tls_secret_watch")));
     // Every cache complete first: a partial view would remove good mirrors.
     tls.wait_until_ready().await;
     futures::future::join_all(src.ready.iter().map(|r| r.wait())).await;
