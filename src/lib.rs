@@ -2,6 +2,7 @@
 //!
 //! See `ARCHITECTURE.md` in the design notes for the module map. Modules that
 //! exist today:
+//! - [`api`]: building blocks for API calls (one error type, create-if-absent);
 //! - [`translate`]: pure translation between virtual and host objects;
 //! - [`sync`]: the generic sync engine and one rule file per kind;
 //! - [`syncer`]: the syncer process (engines, virtual nodes, health);
@@ -15,6 +16,7 @@
 //! - [`instances`]: vclusters seen from the host (list, connect, delete);
 //! - [`cli`]: the `vcluster` command line.
 
+pub mod api;
 pub mod cli;
 pub mod discovery;
 pub mod instances;
