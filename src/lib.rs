@@ -10,6 +10,8 @@
 //! - [`kubeconfig`]: building kubeconfig files;
 //! - [`local`]: the embedded default, real local control planes for
 //!   development and tests;
+//! - [`control_plane`]: the upstream control plane in the vcluster pod (the
+//!   chart's `k8s` distro);
 //! - [`proxy`]: the front door (TLS, authentication, impersonation, host
 //!   redirects);
 //! - [`discovery`]: the labels and names that find a vcluster's host objects;
@@ -18,6 +20,7 @@
 
 pub mod api;
 pub mod cli;
+pub mod control_plane;
 pub mod discovery;
 pub mod instances;
 pub mod kubeconfig;
