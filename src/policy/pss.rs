@@ -188,6 +188,20 @@ impl Subject<'_> {
             .collect()
     }
 
+    /// `pod <says>` when `pod_fails`, then [`Subject::containers_failing`].
+    fn pod_and_containers_failing(
+        &self,
+        pod_fails: bool,
+        fails: impl Fn(&C<'_>) -> bool,
+        says: &str,
+    ) -> Vec<String> {
+        pod_fails
+            .then(|| format!("pod {says}"))
+            .into_iter()
+            .chain(self.containers_failing(fails, says))
+            .collect()
+    }
+
     fn pod_seccomp(&self) -> Option<&str> {
         seccomp(self.psc.and_then(|s| s.seccomp_profile.as_ref()))
     }
@@ -358,27 +372,26 @@ fn host_port(s: &Subject<'_>) -> Vec<String> {
 fn app_armor(s: &Subject<'_>) -> Vec<String> {
     let unconfined = |p: Option<&AppArmorProfile>| p.is_some_and(|p| p.type_ == "Unconfined");
     let says = "must not set appArmorProfile.type=Unconfined";
-    unconfined(s.psc.and_then(|x| x.app_armor_profile.as_ref()))
-        .then(|| format!("pod {says}"))
-        .into_iter()
-        .chain(s.containers_failing(
-            |c| unconfined(c.sc.and_then(|x| x.app_armor_profile.as_ref())),
-            says,
-        ))
-        .chain(
-            s.pod
-                .metadata
-                .annotations
-                .iter()
-                .flatten()
-                .filter(|(k, v)| {
-                    k.starts_with(APPARMOR_ANNOTATION_PREFIX)
-                        && v.as_str() != "runtime/default"
-                        && !v.starts_with("localhost/")
-                })
-                .map(|(k, v)| format!("annotation {k}={v:?}")),
-        )
-        .collect()
+    s.pod_and_containers_failing(
+        unconfined(s.psc.and_then(|x| x.app_armor_profile.as_ref())),
+        |c| unconfined(c.sc.and_then(|x| x.app_armor_profile.as_ref())),
+        says,
+    )
+    .into_iter()
+    .chain(
+        s.pod
+            .metadata
+            .annotations
+            .iter()
+            .flatten()
+            .filter(|(k, v)| {
+                k.starts_with(APPARMOR_ANNOTATION_PREFIX)
+                    && v.as_str() != "runtime/default"
+                    && !v.starts_with("localhost/")
+            })
+            .map(|(k, v)| format!("annotation {k}={v:?}")),
+    )
+    .collect()
 }
 
 fn se_linux(s: &Subject<'_>) -> Vec<String> {
@@ -389,15 +402,11 @@ fn se_linux(s: &Subject<'_>) -> Vec<String> {
                 || o.role.as_deref().is_some_and(|u| !u.is_empty())
         })
     };
-    let says = "sets a forbidden seLinuxOptions type, user or role";
-    bad(s.psc.and_then(|x| x.se_linux_options.as_ref()))
-        .then(|| format!("pod {says}"))
-        .into_iter()
-        .chain(s.containers_failing(
-            |c| bad(c.sc.and_then(|x| x.se_linux_options.as_ref())),
-            says,
-        ))
-        .collect()
+    s.pod_and_containers_failing(
+        bad(s.psc.and_then(|x| x.se_linux_options.as_ref())),
+        |c| bad(c.sc.and_then(|x| x.se_linux_options.as_ref())),
+        "sets a forbidden seLinuxOptions type, user or role",
+    )
 }
 
 fn proc_mount(s: &Subject<'_>) -> Vec<String> {
@@ -411,15 +420,11 @@ fn proc_mount(s: &Subject<'_>) -> Vec<String> {
 }
 
 fn seccomp_unconfined(s: &Subject<'_>) -> Vec<String> {
-    let says = "must not set securityContext.seccompProfile.type=Unconfined";
-    (s.pod_seccomp() == Some("Unconfined"))
-        .then(|| format!("pod {says}"))
-        .into_iter()
-        .chain(s.containers_failing(
-            |c| seccomp(c.sc.and_then(|x| x.seccomp_profile.as_ref())) == Some("Unconfined"),
-            says,
-        ))
-        .collect()
+    s.pod_and_containers_failing(
+        s.pod_seccomp() == Some("Unconfined"),
+        |c| seccomp(c.sc.and_then(|x| x.seccomp_profile.as_ref())) == Some("Unconfined"),
+        "must not set securityContext.seccompProfile.type=Unconfined",
+    )
 }
 
 fn sysctls(s: &Subject<'_>) -> Vec<String> {
