@@ -202,7 +202,7 @@ fn k3s_configuration_matches_its_source_of_truth(_: &Env) {
 fn k8s_distro_runs_the_dev_planes_flags(_: &Env) {
     let docs = render(&["--set", "distro=k8s", "--set", "serviceCIDR=10.96.0.0/16"]);
     let sts = find(&docs, "StatefulSet", RELEASE);
-    let want = vcluster::local::pod_control_plane(Path::new("/data"), false).unwrap();
+    let want = vcluster::control_plane::pod_control_plane(Path::new("/data"), false).unwrap();
     assert_eq!(args_of(container(sts, "etcd")), want.etcd);
     assert_eq!(args_of(container(sts, "kube-apiserver")), want.apiserver);
     assert_eq!(

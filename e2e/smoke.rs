@@ -529,6 +529,48 @@ fn killed_supervisor_takes_its_children_down() {
     assert!(out.status.success(), "{:?}", text(&out));
 }
 
+/// A free port on 127.0.0.1 (the kernel's pick, released again).
+fn free_port() -> u16 {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    l.local_addr().unwrap().port()
+}
+
+fn pinned_api_ports_serve_the_apis() {
+    let (p, q) = (free_port(), free_port());
+    let (p_arg, q_arg) = (p.to_string(), q.to_string());
+    let mut s = DevStack::up(&[
+        "--nodes",
+        "1",
+        "--no-syncer",
+        "--host-api-port",
+        &p_arg,
+        "--vcluster-api-port",
+        &q_arg,
+    ]);
+    // The host API (it has the KWOK node) answers on P, the virtual one
+    // (no nodes without a syncer) on Q, each with its own kubeconfig.
+    for (kc, port, want) in [
+        (s.host_kubeconfig(), p, "node/kwok-node-0\n"),
+        (s.vcluster_kubeconfig(), q, ""),
+    ] {
+        let server = format!("https://127.0.0.1:{port}");
+        let nodes = kubectl_ok(
+            &kc,
+            &["--server", &server, "get", "nodes", "-o", "name"],
+            None,
+        );
+        assert_eq!(nodes, want, "{server} with {}", kc.display());
+        let config = std::fs::read_to_string(&kc).unwrap();
+        assert!(
+            config.contains(&format!("server: {server}")),
+            "{} points at {server}:\n{config}",
+            kc.display()
+        );
+    }
+    let out = s.down();
+    assert!(out.status.success(), "{:?}", text(&out));
+}
+
 type SharedTest = (&'static str, fn(&DevStack));
 
 /// Tests that share one running stack.
@@ -574,6 +616,7 @@ const TEARDOWN: &[&str] = &[
     "dev_down_leaves_nothing_behind",
     "ctrl_c_stops_a_foreground_stack",
     "killed_supervisor_takes_its_children_down",
+    "pinned_api_ports_serve_the_apis",
 ];
 
 fn main() {
@@ -617,6 +660,10 @@ fn main() {
             }),
             Trial::test(TEARDOWN[2], || {
                 killed_supervisor_takes_its_children_down();
+                Ok(())
+            }),
+            Trial::test(TEARDOWN[3], || {
+                pinned_api_ports_serve_the_apis();
                 Ok(())
             }),
         ],

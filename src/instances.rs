@@ -10,7 +10,9 @@ use std::path::Path;
 use k8s_openapi::api::core::v1::{Pod, Secret};
 use kube::api::{Api, ApiResource, DeleteParams, DynamicObject, GroupVersionKind, ListParams};
 use kube::config::Kubeconfig;
+use tracing::Instrument as _;
 
+use crate::api::ApiError;
 use crate::discovery::{self, COMPONENT_LABEL};
 use crate::translate::markers::OWNER_LABEL;
 
@@ -45,14 +47,9 @@ pub enum InstanceError {
         /// The API server's message.
         message: String,
     },
-    /// Another API failure.
-    #[error("cannot {what}: {source}")]
-    Kube {
-        /// The action.
-        what: String,
-        /// The cause.
-        source: Box<kube::Error>,
-    },
+    /// Another API failure (its `what` reads "cannot <action>").
+    #[error(transparent)]
+    Api(#[from] ApiError),
     /// The kubeconfig in the Secret is unusable, or a file failed.
     #[error("{0}")]
     Config(String),
@@ -65,10 +62,7 @@ fn kube_err(what: impl Into<String>) -> impl FnOnce(kube::Error) -> InstanceErro
             what,
             message: s.message,
         },
-        e => InstanceError::Kube {
-            what,
-            source: Box::new(e),
-        },
+        e => InstanceError::Api(ApiError::new(format!("cannot {what}"), e)),
     }
 }
 
@@ -332,7 +326,7 @@ pub async fn forward(
                 continue;
             }
         };
-        tokio::spawn(async move {
+        let copy = async move {
             let Some(mut upstream) = pf.take_stream(port) else {
                 return;
             };
@@ -341,7 +335,8 @@ pub async fn forward(
             }
             drop(upstream);
             let _ = pf.join().await;
-        });
+        };
+        tokio::spawn(copy.instrument(tracing::info_span!("port-forward", %peer, pod, port)));
     }
 }
 

@@ -1,6 +1,7 @@
 //! vcluster: virtual Kubernetes clusters inside one host namespace.
 //!
 //! `docs/ARCHITECTURE.md` has the module map and how a kind is declared.
+//! - [`api`]: building blocks for API calls (one error type, create-if-absent);
 //! - [`translate`]: pure translation between virtual and host objects;
 //! - [`policy`]: the Pod Security Standards evaluator;
 //! - [`sync`]: the generic sync engine, one rule file per kind, and the
@@ -10,13 +11,17 @@
 //! - [`kubeconfig`]: building kubeconfig files;
 //! - [`local`]: the embedded default, real local control planes for
 //!   development and tests;
+//! - [`control_plane`]: the upstream control plane in the vcluster pod (the
+//!   chart's `k8s` distro);
 //! - [`proxy`]: the front door (TLS, authentication, impersonation, host
 //!   redirects);
 //! - [`discovery`]: the labels and names that find a vcluster's host objects;
 //! - [`instances`]: vclusters seen from the host (list, connect, delete);
 //! - [`cli`]: the `vcluster` command line.
 
+pub mod api;
 pub mod cli;
+pub mod control_plane;
 pub mod discovery;
 pub mod instances;
 pub mod kubeconfig;

@@ -230,6 +230,13 @@ async fn up_detached(up: &UpArgs) -> anyhow::Result<ExitCode> {
     let log = logs.join("supervisor.log");
     let _ = std::fs::remove_file(&log);
     let exe = std::env::current_exe().context("cannot find the vcluster executable")?;
+    let args = supervisor_args(up, &opts);
+    let supervisor = process::spawn("supervisor", &exe, &args, &[], &log, Tie::Detached)?;
+    wait_supervised(supervisor, &log, up, &opts).await
+}
+
+/// The command line of the background `dev up --supervise` for `up`.
+fn supervisor_args(up: &UpArgs, opts: &StackOptions) -> Vec<String> {
     let mut args: Vec<String> = vec![
         "dev".into(),
         "up".into(),
@@ -254,12 +261,21 @@ async fn up_detached(up: &UpArgs) -> anyhow::Result<ExitCode> {
         opts.vcluster_api_port
             .map(|p| format!("--vcluster-api-port={p}")),
     );
-    let mut supervisor = process::spawn("supervisor", &exe, &args, &[], &log, Tie::Detached)?;
+    args
+}
 
+/// Waits until the background supervisor reports the stack ready (or fails
+/// with its own error line, or times out and is stopped).
+async fn wait_supervised(
+    mut supervisor: process::Process,
+    log: &Path,
+    up: &UpArgs,
+    opts: &StackOptions,
+) -> anyhow::Result<ExitCode> {
     let deadline = Instant::now() + Duration::from_secs(up.timeout + 15);
     loop {
         if let Some(status) = supervisor.exited() {
-            let line = process::log_tail(&log, 30)
+            let line = process::log_tail(log, 30)
                 .lines()
                 .rev()
                 .find(|l| l.starts_with("error: "))

@@ -22,12 +22,14 @@ pub struct PkiArgs {
 }
 
 pub fn run(args: PkiArgs) -> anyhow::Result<ExitCode> {
-    let cp = crate::local::pod_control_plane(&args.dir, !args.print_args).with_context(|| {
-        format!(
-            "cannot prepare the control plane under {}",
-            args.dir.display()
-        )
-    })?;
+    let cp = crate::control_plane::pod_control_plane(&args.dir, !args.print_args).with_context(
+        || {
+            format!(
+                "cannot prepare the control plane under {}",
+                args.dir.display()
+            )
+        },
+    )?;
     let mut out = std::io::stdout().lock();
     if args.print_args {
         for (name, list) in [

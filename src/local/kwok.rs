@@ -9,6 +9,7 @@ use kube::api::{Api, ListParams};
 use serde_json::json;
 
 use super::LocalError;
+use crate::api::{ApiError, create_if_absent};
 
 /// The project's Stage definitions (node initialisation and heartbeat, pod
 /// ready, pod complete, pod delete).
@@ -120,20 +121,13 @@ fn fake_node(i: u32) -> Result<Node, serde_json::Error> {
 pub async fn create_nodes(client: &kube::Client, count: u32) -> Result<(), LocalError> {
     let nodes: Api<Node> = Api::all(client.clone());
     for i in 0..count {
-        let node = fake_node(i).map_err(|source| LocalError::State {
-            path: "fake node".into(),
+        let node = fake_node(i).map_err(|source| LocalError::Object {
+            what: format!("fake node {}", node_name(i)),
             source,
         })?;
-        match nodes.create(&super::post_params(), &node).await {
-            Ok(_) => {}
-            Err(kube::Error::Api(s)) if s.code == 409 => {}
-            Err(source) => {
-                return Err(LocalError::Kube {
-                    what: format!("create node {}", node_name(i)),
-                    source: Box::new(source),
-                });
-            }
-        }
+        create_if_absent(&nodes, &node)
+            .await
+            .map_err(ApiError::of(format!("create node {}", node_name(i))))?;
     }
     Ok(())
 }

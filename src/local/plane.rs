@@ -120,65 +120,76 @@ fn sans(role: Role) -> Vec<String> {
     .collect()
 }
 
+/// Writes the plane's CAs (cluster and front-proxy), the API server's
+/// serving certificate, the service-account keys and, on the host, the
+/// kubelet-API certificates into `pki`; returns the cluster CA.
+fn write_pki(role: Role, pki: &Path) -> Result<Ca, LocalError> {
+    let ca = Ca::generate(&format!("vcluster-dev-{}-ca", role.name()), CERT_VALIDITY)?;
+    let serving = ca.issue(&CertSpec::server(
+        "kube-apiserver",
+        &sans(role),
+        CERT_VALIDITY,
+    ))?;
+    let sa = ServiceAccountKeys::generate()?;
+    write_public(&pki.join("ca.crt"), ca.cert_pem())?;
+    write_private(&pki.join("ca.key"), ca.key_pem())?;
+    write_public(&pki.join("apiserver.crt"), &serving.cert_pem)?;
+    write_private(&pki.join("apiserver.key"), &serving.key_pem)?;
+    write_private(&pki.join("sa.key"), &sa.private_pem)?;
+    write_public(&pki.join("sa.pub"), &sa.public_pem)?;
+    // The front-proxy CA: the API server accepts identities asserted in
+    // X-Remote-* headers by holders of its client certificate (aggregated
+    // APIs), and components read it to authenticate delegated requests.
+    let front_ca = Ca::generate(
+        &format!("vcluster-dev-{}-front-proxy-ca", role.name()),
+        CERT_VALIDITY,
+    )?;
+    let front_client =
+        front_ca.issue(&CertSpec::client("front-proxy-client", None, CERT_VALIDITY))?;
+    write_public(&pki.join("front-proxy-ca.crt"), front_ca.cert_pem())?;
+    write_public(&pki.join("front-proxy-client.crt"), &front_client.cert_pem)?;
+    write_private(&pki.join("front-proxy-client.key"), &front_client.key_pem)?;
+    if role == Role::Host {
+        write_kubelet_pki(&ca, pki)?;
+    }
+    Ok(ca)
+}
+
+/// The kubelet API that KWOK serves for the fake nodes, and the API
+/// server's client certificate for it (logs, exec, port-forward).
+fn write_kubelet_pki(ca: &Ca, pki: &Path) -> Result<(), LocalError> {
+    let kwok = ca.issue(&CertSpec::server(
+        "kwok",
+        &["127.0.0.1".to_owned()],
+        CERT_VALIDITY,
+    ))?;
+    write_public(&pki.join("kwok.crt"), &kwok.cert_pem)?;
+    write_private(&pki.join("kwok.key"), &kwok.key_pem)?;
+    let kubelet_client = ca.issue(&CertSpec::client(
+        "kube-apiserver-kubelet-client",
+        None,
+        CERT_VALIDITY,
+    ))?;
+    write_public(
+        &pki.join("apiserver-kubelet-client.crt"),
+        &kubelet_client.cert_pem,
+    )?;
+    write_private(
+        &pki.join("apiserver-kubelet-client.key"),
+        &kubelet_client.key_pem,
+    )?;
+    Ok(())
+}
+
 impl Plane {
     /// Generates the plane's PKI and kubeconfigs and writes them under `state_dir`.
     pub fn prepare(role: Role, ports: Ports, state_dir: &Path) -> Result<Self, LocalError> {
-        let dir = state_dir.join(role.name());
-        let pki = dir.join("pki");
+        let pki = state_dir.join(role.name()).join("pki");
         std::fs::create_dir_all(&pki).map_err(|source| LocalError::Io {
             what: format!("create {}", pki.display()),
             source,
         })?;
-        let ca = Ca::generate(&format!("vcluster-dev-{}-ca", role.name()), CERT_VALIDITY)?;
-        let serving = ca.issue(&CertSpec::server(
-            "kube-apiserver",
-            &sans(role),
-            CERT_VALIDITY,
-        ))?;
-        let sa = ServiceAccountKeys::generate()?;
-        write_public(&pki.join("ca.crt"), ca.cert_pem())?;
-        write_private(&pki.join("ca.key"), ca.key_pem())?;
-        write_public(&pki.join("apiserver.crt"), &serving.cert_pem)?;
-        write_private(&pki.join("apiserver.key"), &serving.key_pem)?;
-        write_private(&pki.join("sa.key"), &sa.private_pem)?;
-        write_public(&pki.join("sa.pub"), &sa.public_pem)?;
-        // The front-proxy CA: the API server accepts identities asserted in
-        // X-Remote-* headers by holders of its client certificate (aggregated
-        // APIs), and components read it to authenticate delegated requests.
-        let front_ca = Ca::generate(
-            &format!("vcluster-dev-{}-front-proxy-ca", role.name()),
-            CERT_VALIDITY,
-        )?;
-        let front_client =
-            front_ca.issue(&CertSpec::client("front-proxy-client", None, CERT_VALIDITY))?;
-        write_public(&pki.join("front-proxy-ca.crt"), front_ca.cert_pem())?;
-        write_public(&pki.join("front-proxy-client.crt"), &front_client.cert_pem)?;
-        write_private(&pki.join("front-proxy-client.key"), &front_client.key_pem)?;
-        if role == Role::Host {
-            // The kubelet API that KWOK serves for the fake nodes, and the API
-            // server's client certificate for it (logs, exec, port-forward).
-            let kwok = ca.issue(&CertSpec::server(
-                "kwok",
-                &["127.0.0.1".to_owned()],
-                CERT_VALIDITY,
-            ))?;
-            write_public(&pki.join("kwok.crt"), &kwok.cert_pem)?;
-            write_private(&pki.join("kwok.key"), &kwok.key_pem)?;
-            let kubelet_client = ca.issue(&CertSpec::client(
-                "kube-apiserver-kubelet-client",
-                None,
-                CERT_VALIDITY,
-            ))?;
-            write_public(
-                &pki.join("apiserver-kubelet-client.crt"),
-                &kubelet_client.cert_pem,
-            )?;
-            write_private(
-                &pki.join("apiserver-kubelet-client.key"),
-                &kubelet_client.key_pem,
-            )?;
-        }
-
+        let ca = write_pki(role, &pki)?;
         let server = format!("https://127.0.0.1:{}", ports.apiserver);
         let context = format!("vcluster-dev-{}", role.name());
         let mut plane = Self::layout(role, ports, state_dir);

@@ -11,8 +11,9 @@ use std::fmt;
 use std::str::FromStr;
 
 use k8s_openapi::api::core::v1::{
-    Capabilities, Container, EphemeralContainer, LifecycleHandler, Pod, PodSpec, Probe,
-    SecurityContext,
+    AppArmorProfile, Capabilities, Container, EphemeralContainer, LifecycleHandler, Pod,
+    PodSecurityContext, PodSpec, Probe, SELinuxOptions, SecurityContext,
+    WindowsSecurityContextOptions,
 };
 
 /// A Pod Security Standards level.
@@ -168,19 +169,124 @@ fn seccomp(p: Option<&k8s_openapi::api::core::v1::SeccompProfile>) -> Option<&st
     p.map(|p| p.type_.as_str())
 }
 
-/// Collects offenders for one control and records it when any.
-struct Report(Vec<Violation>);
+/// What the controls look at: the pod, its spec and security context, and
+/// every container of any sort.
+struct Subject<'a> {
+    pod: &'a Pod,
+    spec: &'a PodSpec,
+    psc: Option<&'a PodSecurityContext>,
+    cs: Vec<C<'a>>,
+}
 
-impl Report {
-    fn add(&mut self, control: &'static str, offenders: impl IntoIterator<Item = String>) {
-        let list: BTreeSet<String> = offenders.into_iter().collect();
-        if !list.is_empty() {
-            self.0.push(Violation {
-                control,
-                detail: list.into_iter().collect::<Vec<_>>().join(", "),
-            });
-        }
+impl Subject<'_> {
+    /// `container "<name>" <says>` for each container that `fails`.
+    fn containers_failing(&self, fails: impl Fn(&C<'_>) -> bool, says: &str) -> Vec<String> {
+        self.cs
+            .iter()
+            .filter(|c| fails(c))
+            .map(|c| format!("container {:?} {says}", c.name))
+            .collect()
     }
+
+    /// `pod <says>` when `pod_fails`, then [`Subject::containers_failing`].
+    fn pod_and_containers_failing(
+        &self,
+        pod_fails: bool,
+        fails: impl Fn(&C<'_>) -> bool,
+        says: &str,
+    ) -> Vec<String> {
+        pod_fails
+            .then(|| format!("pod {says}"))
+            .into_iter()
+            .chain(self.containers_failing(fails, says))
+            .collect()
+    }
+
+    fn pod_seccomp(&self) -> Option<&str> {
+        seccomp(self.psc.and_then(|s| s.seccomp_profile.as_ref()))
+    }
+}
+
+/// One control of the standard: its name, the lowest level that enforces
+/// it, and what in a pod fails it.
+struct Control {
+    name: &'static str,
+    level: Level,
+    offenders: fn(&Subject<'_>) -> Vec<String>,
+}
+
+const fn control(
+    name: &'static str,
+    level: Level,
+    offenders: fn(&Subject<'_>) -> Vec<String>,
+) -> Control {
+    Control {
+        name,
+        level,
+        offenders,
+    }
+}
+
+/// The controls, in the order violations are reported.
+const CONTROLS: &[Control] = &[
+    control("hostProcess", Level::Baseline, host_process),
+    control("host namespaces", Level::Baseline, host_namespaces),
+    control("privileged", Level::Baseline, privileged),
+    control("non-default capabilities", Level::Baseline, capabilities),
+    control("hostPath volumes", Level::Baseline, host_path_volumes),
+    control("hostPort", Level::Baseline, host_port),
+    control("forbidden AppArmor profile", Level::Baseline, app_armor),
+    control("seLinuxOptions", Level::Baseline, se_linux),
+    control("procMount", Level::Baseline, proc_mount),
+    control("seccompProfile", Level::Baseline, seccomp_unconfined),
+    control("forbidden sysctls", Level::Baseline, sysctls),
+    control(
+        "host probes / lifecycle hooks",
+        Level::Baseline,
+        probe_hosts,
+    ),
+    control("restricted volume types", Level::Restricted, volume_types),
+    control(
+        "allowPrivilegeEscalation != false",
+        Level::Restricted,
+        privilege_escalation,
+    ),
+    control("runAsNonRoot != true", Level::Restricted, run_as_non_root),
+    control("runAsUser=0", Level::Restricted, run_as_root),
+    control(
+        "seccompProfile (restricted)",
+        Level::Restricted,
+        seccomp_restricted,
+    ),
+    control(
+        "unrestricted capabilities",
+        Level::Restricted,
+        capabilities_restricted,
+    ),
+];
+
+/// The controls `pod` fails at `level` (empty: allowed).
+pub fn check(pod: &Pod, level: Level) -> Vec<Violation> {
+    let Some(spec) = pod.spec.as_ref() else {
+        return Vec::new();
+    };
+    let subject = Subject {
+        pod,
+        spec,
+        psc: spec.security_context.as_ref(),
+        cs: containers(spec),
+    };
+    CONTROLS
+        .iter()
+        .filter(|c| level >= c.level)
+        .filter_map(|c| {
+            let offenders: BTreeSet<String> = (c.offenders)(&subject).into_iter().collect();
+            (!offenders.is_empty()).then(|| Violation {
+                control: c.name,
+                detail: offenders.into_iter().collect::<Vec<_>>().join(", "),
+            })
+        })
+        .collect()
 }
 
 fn quoted(names: &[&str]) -> String {
@@ -191,63 +297,43 @@ fn quoted(names: &[&str]) -> String {
         .join(", ")
 }
 
-/// The controls `pod` fails at `level` (empty: allowed).
-pub fn check(pod: &Pod, level: Level) -> Vec<Violation> {
-    let mut r = Report(Vec::new());
-    let Some(spec) = pod.spec.as_ref() else {
-        return r.0;
-    };
-    if level == Level::Privileged {
-        return r.0;
-    }
-    let cs = containers(spec);
-    let psc = spec.security_context.as_ref();
+// ---- baseline --------------------------------------------------------------
 
-    // Baseline.
-    let host_process = psc
-        .and_then(|s| s.windows_options.as_ref())
-        .and_then(|w| w.host_process)
-        == Some(true);
-    r.add(
-        "hostProcess",
-        host_process
-            .then(|| "pod has hostProcess=true".to_owned())
-            .into_iter()
-            .chain(
-                cs.iter()
-                    .filter(|c| {
-                        c.sc.and_then(|s| s.windows_options.as_ref())
-                            .and_then(|w| w.host_process)
-                            == Some(true)
-                    })
-                    .map(|c| format!("container {:?} has hostProcess=true", c.name)),
-            ),
-    );
-    r.add(
-        "host namespaces",
-        [
-            (spec.host_network, "hostNetwork=true"),
-            (spec.host_pid, "hostPID=true"),
-            (spec.host_ipc, "hostIPC=true"),
-        ]
+fn host_process(s: &Subject<'_>) -> Vec<String> {
+    let on =
+        |w: Option<&WindowsSecurityContextOptions>| w.and_then(|w| w.host_process) == Some(true);
+    let pod = on(s.psc.and_then(|p| p.windows_options.as_ref()));
+    pod.then(|| "pod has hostProcess=true".to_owned())
         .into_iter()
-        .filter(|(on, _)| *on == Some(true))
-        .map(|(_, what)| what.to_owned()),
-    );
-    r.add(
-        "privileged",
-        cs.iter()
-            .filter(|c| c.sc.and_then(|s| s.privileged) == Some(true))
-            .map(|c| {
-                format!(
-                    "container {:?} must not set securityContext.privileged=true",
-                    c.name
-                )
-            }),
-    );
-    r.add(
-        "non-default capabilities",
-        cs.iter().filter_map(|c| {
+        .chain(s.containers_failing(
+            |c| on(c.sc.and_then(|x| x.windows_options.as_ref())),
+            "has hostProcess=true",
+        ))
+        .collect()
+}
+
+fn host_namespaces(s: &Subject<'_>) -> Vec<String> {
+    [
+        (s.spec.host_network, "hostNetwork=true"),
+        (s.spec.host_pid, "hostPID=true"),
+        (s.spec.host_ipc, "hostIPC=true"),
+    ]
+    .into_iter()
+    .filter(|(on, _)| *on == Some(true))
+    .map(|(_, what)| what.to_owned())
+    .collect()
+}
+
+fn privileged(s: &Subject<'_>) -> Vec<String> {
+    s.containers_failing(
+        |c| c.sc.and_then(|x| x.privileged) == Some(true),
+        "must not set securityContext.privileged=true",
+    )
+}
+
+fn capabilities(s: &Subject<'_>) -> Vec<String> {
+    s.cs.iter()
+        .filter_map(|c| {
             let bad: Vec<&str> = added(c.sc)
                 .into_iter()
                 .filter(|cap| !BASELINE_CAPABILITIES.contains(cap))
@@ -259,140 +345,113 @@ pub fn check(pod: &Pod, level: Level) -> Vec<Violation> {
                     quoted(&bad)
                 )
             })
-        }),
-    );
-    r.add(
-        "hostPath volumes",
-        spec.volumes
+        })
+        .collect()
+}
+
+fn host_path_volumes(s: &Subject<'_>) -> Vec<String> {
+    s.spec
+        .volumes
+        .iter()
+        .flatten()
+        .filter(|v| v.host_path.is_some())
+        .map(|v| format!("volume {:?} uses hostPath", v.name))
+        .collect()
+}
+
+fn host_port(s: &Subject<'_>) -> Vec<String> {
+    s.cs.iter()
+        .filter(|c| c.ports.iter().any(|p| *p != 0))
+        .map(|c| {
+            let ports: Vec<String> = c.ports.iter().map(i32::to_string).collect();
+            format!("container {:?} uses hostPort {}", c.name, ports.join(", "))
+        })
+        .collect()
+}
+
+fn app_armor(s: &Subject<'_>) -> Vec<String> {
+    let unconfined = |p: Option<&AppArmorProfile>| p.is_some_and(|p| p.type_ == "Unconfined");
+    let says = "must not set appArmorProfile.type=Unconfined";
+    s.pod_and_containers_failing(
+        unconfined(s.psc.and_then(|x| x.app_armor_profile.as_ref())),
+        |c| unconfined(c.sc.and_then(|x| x.app_armor_profile.as_ref())),
+        says,
+    )
+    .into_iter()
+    .chain(
+        s.pod
+            .metadata
+            .annotations
             .iter()
             .flatten()
-            .filter(|v| v.host_path.is_some())
-            .map(|v| format!("volume {:?} uses hostPath", v.name)),
-    );
-    r.add(
-        "hostPort",
-        cs.iter()
-            .filter(|c| c.ports.iter().any(|p| *p != 0))
-            .map(|c| {
-                format!(
-                    "container {:?} uses hostPort {}",
-                    c.name,
-                    c.ports
-                        .iter()
-                        .map(i32::to_string)
-                        .collect::<Vec<_>>()
-                        .join(", ")
-                )
-            }),
-    );
-    let bad_apparmor = |t: Option<&str>| t == Some("Unconfined");
-    r.add(
-        "forbidden AppArmor profile",
-        psc.and_then(|s| s.app_armor_profile.as_ref())
-            .filter(|p| bad_apparmor(Some(p.type_.as_str())))
-            .map(|_| "pod must not set appArmorProfile.type=Unconfined".to_owned())
-            .into_iter()
-            .chain(
-                cs.iter()
-                    .filter(|c| {
-                        bad_apparmor(
-                            c.sc.and_then(|s| s.app_armor_profile.as_ref())
-                                .map(|p| p.type_.as_str()),
-                        )
-                    })
-                    .map(|c| {
-                        format!(
-                            "container {:?} must not set appArmorProfile.type=Unconfined",
-                            c.name
-                        )
-                    }),
-            )
-            .chain(
-                pod.metadata
-                    .annotations
-                    .iter()
-                    .flatten()
-                    .filter(|(k, v)| {
-                        k.starts_with(APPARMOR_ANNOTATION_PREFIX)
-                            && v.as_str() != "runtime/default"
-                            && !v.starts_with("localhost/")
-                    })
-                    .map(|(k, v)| format!("annotation {k}={v:?}")),
-            ),
-    );
-    let bad_selinux = |o: Option<&k8s_openapi::api::core::v1::SELinuxOptions>| {
+            .filter(|(k, v)| {
+                k.starts_with(APPARMOR_ANNOTATION_PREFIX)
+                    && v.as_str() != "runtime/default"
+                    && !v.starts_with("localhost/")
+            })
+            .map(|(k, v)| format!("annotation {k}={v:?}")),
+    )
+    .collect()
+}
+
+fn se_linux(s: &Subject<'_>) -> Vec<String> {
+    let bad = |o: Option<&SELinuxOptions>| {
         o.is_some_and(|o| {
             !SELINUX_TYPES.contains(&o.type_.as_deref().unwrap_or(""))
                 || o.user.as_deref().is_some_and(|u| !u.is_empty())
                 || o.role.as_deref().is_some_and(|u| !u.is_empty())
         })
     };
-    r.add(
-        "seLinuxOptions",
-        bad_selinux(psc.and_then(|s| s.se_linux_options.as_ref()))
-            .then(|| "pod sets a forbidden seLinuxOptions type, user or role".to_owned())
-            .into_iter()
-            .chain(
-                cs.iter()
-                    .filter(|c| bad_selinux(c.sc.and_then(|s| s.se_linux_options.as_ref())))
-                    .map(|c| {
-                        format!(
-                            "container {:?} sets a forbidden seLinuxOptions type, user or role",
-                            c.name
-                        )
-                    }),
-            ),
-    );
-    r.add(
-        "procMount",
-        cs.iter()
-            .filter(|c| {
-                c.sc.and_then(|s| s.proc_mount.as_deref())
-                    .is_some_and(|m| m != "Default")
-            })
-            .map(|c| {
-                format!(
-                    "container {:?} must not set securityContext.procMount",
-                    c.name
-                )
-            }),
-    );
-    let pod_seccomp = seccomp(psc.and_then(|s| s.seccomp_profile.as_ref()));
-    r.add(
-        "seccompProfile",
-        (pod_seccomp == Some("Unconfined"))
-            .then(|| "pod must not set securityContext.seccompProfile.type=Unconfined".to_owned())
-            .into_iter()
-            .chain(
-                cs.iter()
-                    .filter(|c| seccomp(c.sc.and_then(|s| s.seccomp_profile.as_ref())) == Some("Unconfined"))
-                    .map(|c| format!("container {:?} must not set securityContext.seccompProfile.type=Unconfined", c.name)),
-            ),
-    );
-    r.add(
-        "forbidden sysctls",
-        psc.and_then(|s| s.sysctls.as_ref())
-            .into_iter()
-            .flatten()
-            .filter(|s| !SAFE_SYSCTLS.contains(&s.name.as_str()))
-            .map(|s| s.name.clone()),
-    );
-    r.add(
-        "host probes / lifecycle hooks",
-        cs.iter()
-            .filter(|c| {
-                c.probes.iter().any(|p| probe_host(p)) || c.hooks.iter().any(|h| hook_host(h))
-            })
-            .map(|c| format!("container {:?} uses probe or lifecycle host", c.name)),
-    );
-    if level == Level::Baseline {
-        return r.0;
-    }
+    s.pod_and_containers_failing(
+        bad(s.psc.and_then(|x| x.se_linux_options.as_ref())),
+        |c| bad(c.sc.and_then(|x| x.se_linux_options.as_ref())),
+        "sets a forbidden seLinuxOptions type, user or role",
+    )
+}
 
-    // Restricted.
-    r.add(
-        "restricted volume types",
-        spec.volumes.iter().flatten().filter_map(|v| {
+fn proc_mount(s: &Subject<'_>) -> Vec<String> {
+    s.containers_failing(
+        |c| {
+            c.sc.and_then(|x| x.proc_mount.as_deref())
+                .is_some_and(|m| m != "Default")
+        },
+        "must not set securityContext.procMount",
+    )
+}
+
+fn seccomp_unconfined(s: &Subject<'_>) -> Vec<String> {
+    s.pod_and_containers_failing(
+        s.pod_seccomp() == Some("Unconfined"),
+        |c| seccomp(c.sc.and_then(|x| x.seccomp_profile.as_ref())) == Some("Unconfined"),
+        "must not set securityContext.seccompProfile.type=Unconfined",
+    )
+}
+
+fn sysctls(s: &Subject<'_>) -> Vec<String> {
+    s.psc
+        .and_then(|x| x.sysctls.as_ref())
+        .into_iter()
+        .flatten()
+        .filter(|x| !SAFE_SYSCTLS.contains(&x.name.as_str()))
+        .map(|x| x.name.clone())
+        .collect()
+}
+
+fn probe_hosts(s: &Subject<'_>) -> Vec<String> {
+    s.containers_failing(
+        |c| c.probes.iter().any(|p| probe_host(p)) || c.hooks.iter().any(|h| hook_host(h)),
+        "uses probe or lifecycle host",
+    )
+}
+
+// ---- restricted ------------------------------------------------------------
+
+fn volume_types(s: &Subject<'_>) -> Vec<String> {
+    s.spec
+        .volumes
+        .iter()
+        .flatten()
+        .filter_map(|v| {
             let j = serde_json::to_value(v).ok()?;
             let kind = j
                 .as_object()?
@@ -401,80 +460,67 @@ pub fn check(pod: &Pod, level: Level) -> Vec<Violation> {
                 .cloned()?;
             (!RESTRICTED_VOLUMES.contains(&kind.as_str()))
                 .then(|| format!("volume {:?} uses restricted volume type {kind:?}", v.name))
-        }),
-    );
-    r.add(
-        "allowPrivilegeEscalation != false",
-        cs.iter()
-            .filter(|c| c.sc.and_then(|s| s.allow_privilege_escalation) != Some(false))
-            .map(|c| {
-                format!(
-                    "container {:?} must set securityContext.allowPrivilegeEscalation=false",
-                    c.name
-                )
-            }),
-    );
-    let pod_non_root = psc.and_then(|s| s.run_as_non_root);
-    r.add(
-        "runAsNonRoot != true",
-        (pod_non_root == Some(false))
-            .then(|| "pod must not set securityContext.runAsNonRoot=false".to_owned())
-            .into_iter()
-            .chain(
-                cs.iter()
-                    .filter(|c| match c.sc.and_then(|s| s.run_as_non_root) {
-                        Some(v) => !v,
-                        None => pod_non_root != Some(true),
-                    })
-                    .map(|c| {
-                        format!(
-                            "container {:?} must set securityContext.runAsNonRoot=true",
-                            c.name
-                        )
-                    }),
-            ),
-    );
-    r.add(
-        "runAsUser=0",
-        (psc.and_then(|s| s.run_as_user) == Some(0))
-            .then(|| "pod must not set runAsUser=0".to_owned())
-            .into_iter()
-            .chain(
-                cs.iter()
-                    .filter(|c| c.sc.and_then(|s| s.run_as_user) == Some(0))
-                    .map(|c| format!("container {:?} must not set runAsUser=0", c.name)),
-            ),
-    );
-    let good_seccomp = |t: Option<&str>| matches!(t, Some("RuntimeDefault" | "Localhost"));
-    r.add(
-        "seccompProfile (restricted)",
-        cs.iter()
-            .filter(|c| match seccomp(c.sc.and_then(|s| s.seccomp_profile.as_ref())) {
-                Some(t) => !good_seccomp(Some(t)),
-                None => !good_seccomp(pod_seccomp),
-            })
-            .map(|c| format!("container {:?} must set securityContext.seccompProfile.type to \"RuntimeDefault\" or \"Localhost\"", c.name)),
-    );
-    r.add(
-        "unrestricted capabilities",
-        cs.iter().filter_map(|c| {
-            let caps = c.sc.and_then(|s| s.capabilities.as_ref());
+        })
+        .collect()
+}
+
+fn privilege_escalation(s: &Subject<'_>) -> Vec<String> {
+    s.containers_failing(
+        |c| c.sc.and_then(|x| x.allow_privilege_escalation) != Some(false),
+        "must set securityContext.allowPrivilegeEscalation=false",
+    )
+}
+
+fn run_as_non_root(s: &Subject<'_>) -> Vec<String> {
+    let pod = s.psc.and_then(|x| x.run_as_non_root);
+    (pod == Some(false))
+        .then(|| "pod must not set securityContext.runAsNonRoot=false".to_owned())
+        .into_iter()
+        .chain(s.containers_failing(
+            |c| match c.sc.and_then(|x| x.run_as_non_root) {
+                Some(v) => !v,
+                None => pod != Some(true),
+            },
+            "must set securityContext.runAsNonRoot=true",
+        ))
+        .collect()
+}
+
+fn run_as_root(s: &Subject<'_>) -> Vec<String> {
+    (s.psc.and_then(|x| x.run_as_user) == Some(0))
+        .then(|| "pod must not set runAsUser=0".to_owned())
+        .into_iter()
+        .chain(s.containers_failing(
+            |c| c.sc.and_then(|x| x.run_as_user) == Some(0),
+            "must not set runAsUser=0",
+        ))
+        .collect()
+}
+
+fn seccomp_restricted(s: &Subject<'_>) -> Vec<String> {
+    let good = |t: Option<&str>| matches!(t, Some("RuntimeDefault" | "Localhost"));
+    let pod = s.pod_seccomp();
+    s.containers_failing(
+        |c| match seccomp(c.sc.and_then(|x| x.seccomp_profile.as_ref())) {
+            Some(t) => !good(Some(t)),
+            None => !good(pod),
+        },
+        "must set securityContext.seccompProfile.type to \"RuntimeDefault\" or \"Localhost\"",
+    )
+}
+
+fn capabilities_restricted(s: &Subject<'_>) -> Vec<String> {
+    s.containers_failing(
+        |c| {
+            let caps = c.sc.and_then(|x| x.capabilities.as_ref());
             let drops_all = caps
                 .and_then(|c| c.drop.as_ref())
                 .is_some_and(|d| d.iter().any(|x| x == "ALL"));
-            let bad: Vec<&str> = added(c.sc)
-                .into_iter()
-                .filter(|cap| *cap != "NET_BIND_SERVICE")
-                .collect();
-            (!drops_all || !bad.is_empty()).then(|| {
-                format!(
-                    "container {:?} must set securityContext.capabilities.drop=[\"ALL\"] and add only \"NET_BIND_SERVICE\"",
-                    c.name
-                )
-            })
-        }),
-    );
-    r.0
+            let bad = added(c.sc).into_iter().any(|cap| cap != "NET_BIND_SERVICE");
+            !drops_all || bad
+        },
+        "must set securityContext.capabilities.drop=[\"ALL\"] and add only \"NET_BIND_SERVICE\"",
+    )
 }
 
 fn added(sc: Option<&SecurityContext>) -> Vec<&str> {
@@ -514,122 +560,5 @@ pub fn message(level: Level, violations: &[Violation]) -> String {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use serde_json::{Value, json};
-
-    fn pod(spec: Value) -> Pod {
-        let mut p = json!({"metadata": {"name": "p"}, "spec": {"containers": [{"name": "app", "image": "x"}]}});
-        merge(&mut p["spec"], spec);
-        serde_json::from_value(p).unwrap()
-    }
-
-    fn merge(a: &mut Value, b: Value) {
-        match (a, b) {
-            (Value::Object(a), Value::Object(b)) => {
-                for (k, v) in b {
-                    merge(a.entry(k).or_insert(Value::Null), v);
-                }
-            }
-            (a, b) => *a = b,
-        }
-    }
-
-    fn container(sc: Value) -> Value {
-        json!({"containers": [{"name": "app", "image": "x", "securityContext": sc}]})
-    }
-
-    /// One bad pod per baseline control, with the control it must fail
-    /// (shared with the end-to-end test).
-    fn baseline_offenders() -> Vec<(Pod, String)> {
-        let list: Vec<Value> =
-            serde_json::from_str(include_str!("pss-baseline-offenders.json")).unwrap();
-        list.into_iter()
-            .map(|e| {
-                (
-                    serde_json::from_value(e["pod"].clone()).unwrap(),
-                    e["control"].as_str().unwrap().to_owned(),
-                )
-            })
-            .collect()
-    }
-
-    #[test]
-    fn each_baseline_control_is_enforced() {
-        let offenders = baseline_offenders();
-        assert!(offenders.len() >= 14);
-        for (p, control) in offenders {
-            let name = p.metadata.name.clone().unwrap();
-            let v = check(&p, Level::Baseline);
-            assert!(v.iter().any(|v| v.control == control), "{name}: {v:?}");
-            assert!(check(&p, Level::Privileged).is_empty(), "{name}");
-            assert!(!check(&p, Level::Restricted).is_empty(), "{name}");
-        }
-    }
-
-    #[test]
-    fn ordinary_pods_pass_baseline_and_hardened_pods_pass_restricted() {
-        let plain = pod(
-            json!({"volumes": [{"name": "c", "configMap": {"name": "x"}}],
-            "securityContext": {"sysctls": [{"name": "net.ipv4.tcp_syncookies", "value": "1"}]}}),
-        );
-        assert_eq!(check(&plain, Level::Baseline), vec![]);
-        assert!(
-            check(
-                &pod(container(
-                    json!({"capabilities": {"add": ["NET_BIND_SERVICE", "CHOWN"]}})
-                )),
-                Level::Baseline
-            )
-            .is_empty()
-        );
-        let hardened = pod(json!({
-            "securityContext": {"runAsNonRoot": true, "seccompProfile": {"type": "RuntimeDefault"}},
-            "containers": [{"name": "app", "image": "x", "securityContext": {
-                "allowPrivilegeEscalation": false, "capabilities": {"drop": ["ALL"], "add": ["NET_BIND_SERVICE"]}}}]}));
-        assert_eq!(check(&hardened, Level::Restricted), vec![]);
-        let controls: Vec<&str> = check(&plain, Level::Restricted)
-            .iter()
-            .map(|v| v.control)
-            .collect();
-        assert_eq!(
-            controls,
-            vec![
-                "allowPrivilegeEscalation != false",
-                "runAsNonRoot != true",
-                "seccompProfile (restricted)",
-                "unrestricted capabilities"
-            ]
-        );
-        let nfs = pod(json!({"volumes": [{"name": "n", "nfs": {"server": "s", "path": "/"}}]}));
-        assert!(
-            check(&nfs, Level::Restricted)
-                .iter()
-                .any(|v| v.control == "restricted volume types" && v.detail.contains("nfs"))
-        );
-    }
-
-    #[test]
-    fn the_message_names_the_level_and_every_control() {
-        let p = pod(
-            json!({"hostNetwork": true, "volumes": [{"name": "h", "hostPath": {"path": "/"}}]}),
-        );
-        let m = message(Level::Baseline, &check(&p, Level::Baseline));
-        assert!(
-            m.starts_with("violates PodSecurity \"baseline:latest\": "),
-            "{m}"
-        );
-        assert!(
-            m.contains("host namespaces (hostNetwork=true)")
-                && m.contains("hostPath volumes (volume \"h\" uses hostPath)"),
-            "{m}"
-        );
-        assert_eq!("restricted".parse::<Level>(), Ok(Level::Restricted));
-        assert!(
-            "strict"
-                .parse::<Level>()
-                .unwrap_err()
-                .contains("privileged, baseline or restricted")
-        );
-    }
-}
+#[path = "pss_tests.rs"]
+mod tests;

@@ -9,6 +9,8 @@ use std::time::{Duration, Instant};
 use k8s_openapi::api::authentication::v1::{TokenReview, TokenReviewSpec};
 use kube::api::{Api, PostParams};
 
+use crate::api::ApiError;
+
 /// How long a TokenReview answer is reused.
 const TOKEN_CACHE_TTL: Duration = Duration::from_secs(10);
 /// How long a rejected token stays rejected without asking again.
@@ -70,11 +72,6 @@ pub struct TokenAuthenticator {
     cache: Mutex<HashMap<[u8; 32], CacheEntry>>,
 }
 
-/// A TokenReview that could not be made (the virtual API is unreachable).
-#[derive(Debug, thiserror::Error)]
-#[error("token review failed: {0}")]
-pub struct ReviewError(#[source] Box<kube::Error>);
-
 impl TokenAuthenticator {
     /// An authenticator asking the virtual API through `client`.
     pub fn new(client: kube::Client) -> Self {
@@ -114,8 +111,10 @@ impl TokenAuthenticator {
         cache.insert(key, (now + ttl, id));
     }
 
-    /// The identity of `token`, or `None` when the virtual API rejects it.
-    pub async fn authenticate(&self, token: &str) -> Result<Option<Identity>, ReviewError> {
+    /// The identity of `token`, or `None` when the virtual API rejects it;
+    /// an error when the TokenReview could not be made (the virtual API is
+    /// unreachable).
+    pub async fn authenticate(&self, token: &str) -> Result<Option<Identity>, ApiError> {
         let key = Self::key(token);
         if let Some(hit) = self.cached(&key) {
             return Ok(hit);
@@ -131,7 +130,7 @@ impl TokenAuthenticator {
             .api
             .create(&PostParams::default(), &review)
             .await
-            .map_err(|e| ReviewError(Box::new(e)))?;
+            .map_err(ApiError::of("token review failed"))?;
         let id = answer
             .status
             .filter(|s| s.authenticated == Some(true))

@@ -9,6 +9,7 @@ use http_body_util::{BodyExt as _, Full, Limited};
 use hyper::body::Bytes;
 use hyper::body::Incoming;
 use hyper_util::rt::TokioIo;
+use tracing::Instrument as _;
 
 use super::authn::Identity;
 
@@ -161,15 +162,61 @@ pub async fn forward(mut req: Request<Incoming>, up: Upstream<'_>) -> Response<P
             );
         }
     };
+    let which = up.which;
+    let client = up.client;
+    let out = match upstream_request(&parts, body, up, upgrade) {
+        Ok(r) => r,
+        Err(message) => return status(StatusCode::BAD_REQUEST, "BadRequest", &message),
+    };
+    let mut resp = match client.send(out).await {
+        Ok(r) => r,
+        Err(e) => {
+            tracing::warn!(api = which, error = %e, "upstream request failed");
+            return status(
+                StatusCode::BAD_GATEWAY,
+                "ServiceUnavailable",
+                &format!("error trying to reach the {which} API: {e}"),
+            );
+        }
+    };
+    if resp.status() == StatusCode::SWITCHING_PROTOCOLS {
+        let Some(client_upgrade) = client_upgrade else {
+            return status(
+                StatusCode::BAD_GATEWAY,
+                "InternalError",
+                "upstream switched protocols without being asked to",
+            );
+        };
+        let upstream_upgrade = hyper::upgrade::on(&mut resp);
+        splice(client_upgrade, upstream_upgrade, which);
+        let (rparts, _) = resp.into_parts();
+        let mut back = Response::new(
+            http_body_util::Empty::new()
+                .map_err(|n| match n {})
+                .boxed_unsync(),
+        );
+        *back.status_mut() = rparts.status;
+        // The 101's Connection/Upgrade headers are what the client needs.
+        *back.headers_mut() = rparts.headers;
+        return back;
+    }
+    relay(resp)
+}
+
+/// The request to send upstream: the tenant's method, headers (less hop-by-hop
+/// and identity ones, plus `up`'s) and body, on `up`'s path; or why it is a
+/// bad request.
+fn upstream_request(
+    parts: &http::request::Parts,
+    body: Bytes,
+    up: Upstream<'_>,
+    upgrade: bool,
+) -> Result<Request<kube::client::Body>, String> {
     let mut out = Request::builder()
         .method(parts.method.clone())
         .uri(up.path_and_query.as_str());
     let Some(headers) = out.headers_mut() else {
-        return status(
-            StatusCode::BAD_REQUEST,
-            "BadRequest",
-            &format!("invalid request path {:?}", up.path_and_query),
-        );
+        return Err(format!("invalid request path {:?}", up.path_and_query));
     };
     for (name, value) in &parts.headers {
         let n = name.as_str();
@@ -187,59 +234,34 @@ pub async fn forward(mut req: Request<Incoming>, up: Upstream<'_>) -> Response<P
     for (n, v) in up.extra_headers {
         headers.append(n, v);
     }
-    let out = match out.body(kube::client::Body::from(body.to_vec())) {
-        Ok(r) => r,
-        Err(e) => {
-            return status(
-                StatusCode::BAD_REQUEST,
-                "BadRequest",
-                &format!("invalid request: {e}"),
-            );
-        }
-    };
-    let mut resp = match up.client.send(out).await {
-        Ok(r) => r,
-        Err(e) => {
-            tracing::warn!(api = up.which, error = %e, "upstream request failed");
-            return status(
-                StatusCode::BAD_GATEWAY,
-                "ServiceUnavailable",
-                &format!("error trying to reach the {} API: {e}", up.which),
-            );
-        }
-    };
-    if resp.status() == StatusCode::SWITCHING_PROTOCOLS {
-        let Some(client_upgrade) = client_upgrade else {
-            return status(
-                StatusCode::BAD_GATEWAY,
-                "InternalError",
-                "upstream switched protocols without being asked to",
-            );
-        };
-        let upstream_upgrade = hyper::upgrade::on(&mut resp);
-        let which = up.which;
-        tokio::spawn(async move {
-            match tokio::try_join!(client_upgrade, upstream_upgrade) {
-                Ok((c, u)) => {
-                    let (mut c, mut u) = (TokioIo::new(c), TokioIo::new(u));
-                    if let Err(e) = tokio::io::copy_bidirectional(&mut c, &mut u).await {
-                        tracing::debug!(api = which, error = %e, "upgraded stream ended");
-                    }
+    out.body(kube::client::Body::from(body.to_vec()))
+        .map_err(|e| format!("invalid request: {e}"))
+}
+
+/// Copies bytes both ways between the two upgraded connections, in the
+/// background, until either side ends.
+fn splice(
+    client: hyper::upgrade::OnUpgrade,
+    upstream: hyper::upgrade::OnUpgrade,
+    which: &'static str,
+) {
+    let copy = async move {
+        match tokio::try_join!(client, upstream) {
+            Ok((c, u)) => {
+                let (mut c, mut u) = (TokioIo::new(c), TokioIo::new(u));
+                if let Err(e) = tokio::io::copy_bidirectional(&mut c, &mut u).await {
+                    tracing::debug!(api = which, error = %e, "upgraded stream ended");
                 }
-                Err(e) => tracing::warn!(api = which, error = %e, "protocol upgrade failed"),
             }
-        });
-        let (rparts, _) = resp.into_parts();
-        let mut back = Response::new(
-            http_body_util::Empty::new()
-                .map_err(|n| match n {})
-                .boxed_unsync(),
-        );
-        *back.status_mut() = rparts.status;
-        // The 101's Connection/Upgrade headers are what the client needs.
-        *back.headers_mut() = rparts.headers;
-        return back;
-    }
+            Err(e) => tracing::warn!(api = which, error = %e, "protocol upgrade failed"),
+        }
+    };
+    tokio::spawn(copy.instrument(tracing::info_span!("upgraded stream", api = which)));
+}
+
+/// The upstream answer as the tenant gets it: status, end-to-end headers and
+/// the streaming body.
+fn relay(resp: Response<kube::client::Body>) -> Response<ProxyBody> {
     let (rparts, rbody) = resp.into_parts();
     let mut back = Response::new(rbody.map_err(Into::into).boxed_unsync());
     *back.status_mut() = rparts.status;

@@ -27,7 +27,9 @@ use k8s_openapi::ByteString;
 use k8s_openapi::api::core::v1::{Secret, Service};
 use kube::api::{Api, Patch, PatchParams};
 use tokio_rustls::TlsAcceptor;
+use tracing::Instrument as _;
 
+use crate::api::ApiError;
 use crate::discovery;
 use crate::pki::{Ca, CertSpec};
 use authn::{Identity, TokenAuthenticator};
@@ -70,13 +72,16 @@ pub enum ProxyError {
         /// The cause.
         source: std::io::Error,
     },
-    /// The kubeconfig Secret could not be written.
-    #[error("cannot write Secret {name}: {source}")]
-    Secret {
+    /// The kubeconfig Secret could not be read or written (`what` names it).
+    #[error(transparent)]
+    Secret(#[from] ApiError),
+    /// The kubeconfig Secret could not be encoded for server-side apply.
+    #[error("cannot encode Secret {name}: {source}")]
+    Encode {
         /// Its name.
         name: String,
         /// The cause.
-        source: Box<kube::Error>,
+        source: serde_json::Error,
     },
     /// The kubeconfig could not be rendered.
     #[error(transparent)]
@@ -116,23 +121,7 @@ struct Shared {
 /// Sets up TLS and the `vc-<name>` Secret, then serves until the process ends.
 pub async fn run(target: HostTarget, opts: FrontDoorOptions) -> Result<(), ProxyError> {
     let client_ca_pem = read(&opts.client_ca_cert)?;
-    let vc = target.vcluster.as_str().to_owned();
-    let ca = tls::serving_ca(&target.host, &target.namespace, &vc).await?;
-    let cluster_ip = Api::<Service>::namespaced(target.host.clone(), &target.namespace)
-        .get_opt(&vc)
-        .await
-        .ok()
-        .flatten()
-        .and_then(|s| s.spec)
-        .and_then(|s| s.cluster_ip)
-        .filter(|ip| ip != "None" && !ip.is_empty());
-    let sans = tls::sans(
-        &vc,
-        &target.namespace,
-        cluster_ip.as_deref(),
-        &opts.tls_sans,
-    );
-    let serving = Arc::new(tls::ServingCert::new(ca, sans, opts.serving_validity)?);
+    let serving = serving_cert(&target, &opts).await?;
     let config = tls::server_config(Arc::clone(&serving), &client_ca_pem)?;
     if let Some(key_path) = &opts.client_ca_key {
         let client_ca = Ca::from_pem(&client_ca_pem, &read(key_path)?).map_err(|source| {
@@ -151,19 +140,7 @@ pub async fn run(target: HostTarget, opts: FrontDoorOptions) -> Result<(), Proxy
     } else {
         tracing::warn!("no --client-ca-key: the vc-<name> kubeconfig Secret is not written");
     }
-    {
-        let serving = Arc::clone(&serving);
-        tokio::spawn(async move {
-            loop {
-                tokio::time::sleep(RENEW_CHECK.min(opts.serving_validity / 6)).await;
-                match serving.renew_if_due(SystemTime::now()) {
-                    Ok(true) => tracing::info!("front-door serving certificate renewed"),
-                    Ok(false) => {}
-                    Err(e) => tracing::error!(error = %e, "cannot renew the serving certificate"),
-                }
-            }
-        });
-    }
+    spawn_renewal(Arc::clone(&serving), opts.serving_validity);
     let listener = tokio::net::TcpListener::bind(opts.listen)
         .await
         .map_err(|source| ProxyError::Listen {
@@ -187,34 +164,83 @@ pub async fn run(target: HostTarget, opts: FrontDoorOptions) -> Result<(), Proxy
         };
         let _ = stream.set_nodelay(true);
         let (acceptor, shared) = (acceptor.clone(), Arc::clone(&shared));
-        tokio::spawn(async move {
-            let tls = match acceptor.accept(stream).await {
-                Ok(t) => t,
-                Err(e) => {
-                    tracing::debug!(%peer, error = %e, "TLS handshake failed");
-                    return;
-                }
-            };
-            let cert_identity = tls
-                .get_ref()
-                .1
-                .peer_certificates()
-                .and_then(|c| c.first())
-                .and_then(|c| authn::from_client_cert(c));
-            let svc = hyper::service::service_fn(move |req| {
-                let (shared, cert_identity) = (Arc::clone(&shared), cert_identity.clone());
-                async move {
-                    Ok::<_, std::convert::Infallible>(handle(&shared, cert_identity, req).await)
-                }
-            });
-            if let Err(e) = hyper::server::conn::http1::Builder::new()
-                .serve_connection(TokioIo::new(tls), svc)
-                .with_upgrades()
-                .await
-            {
-                tracing::debug!(%peer, error = %e, "connection ended");
+        tokio::spawn(
+            serve_connection(acceptor, shared, stream, peer)
+                .instrument(tracing::info_span!("front-door connection", %peer)),
+        );
+    }
+}
+
+/// The serving certificate, from the serving CA in its host Secret, for the
+/// vcluster's names and its Service's cluster IP.
+async fn serving_cert(
+    target: &HostTarget,
+    opts: &FrontDoorOptions,
+) -> Result<Arc<tls::ServingCert>, ProxyError> {
+    let vc = target.vcluster.as_str();
+    let ca = tls::serving_ca(&target.host, &target.namespace, vc).await?;
+    let cluster_ip = Api::<Service>::namespaced(target.host.clone(), &target.namespace)
+        .get_opt(vc)
+        .await
+        .ok()
+        .flatten()
+        .and_then(|s| s.spec)
+        .and_then(|s| s.cluster_ip)
+        .filter(|ip| ip != "None" && !ip.is_empty());
+    let sans = tls::sans(vc, &target.namespace, cluster_ip.as_deref(), &opts.tls_sans);
+    Ok(Arc::new(tls::ServingCert::new(
+        ca,
+        sans,
+        opts.serving_validity,
+    )?))
+}
+
+/// Checks the serving certificate's age in the background and renews it when due.
+fn spawn_renewal(serving: Arc<tls::ServingCert>, validity: Duration) {
+    let renew = async move {
+        loop {
+            tokio::time::sleep(RENEW_CHECK.min(validity / 6)).await;
+            match serving.renew_if_due(SystemTime::now()) {
+                Ok(true) => tracing::info!("front-door serving certificate renewed"),
+                Ok(false) => {}
+                Err(e) => tracing::error!(error = %e, "cannot renew the serving certificate"),
             }
-        });
+        }
+    };
+    tokio::spawn(renew.instrument(tracing::info_span!("serving-cert renewal")));
+}
+
+/// One tenant connection: the TLS handshake (with the client certificate's
+/// identity, if any), then HTTP/1.1 with upgrades until it closes.
+async fn serve_connection(
+    acceptor: TlsAcceptor,
+    shared: Arc<Shared>,
+    stream: tokio::net::TcpStream,
+    peer: SocketAddr,
+) {
+    let tls = match acceptor.accept(stream).await {
+        Ok(t) => t,
+        Err(e) => {
+            tracing::debug!(%peer, error = %e, "TLS handshake failed");
+            return;
+        }
+    };
+    let cert_identity = tls
+        .get_ref()
+        .1
+        .peer_certificates()
+        .and_then(|c| c.first())
+        .and_then(|c| authn::from_client_cert(c));
+    let svc = hyper::service::service_fn(move |req| {
+        let (shared, cert_identity) = (Arc::clone(&shared), cert_identity.clone());
+        async move { Ok::<_, std::convert::Infallible>(handle(&shared, cert_identity, req).await) }
+    });
+    if let Err(e) = hyper::server::conn::http1::Builder::new()
+        .serve_connection(TokioIo::new(tls), svc)
+        .with_upgrades()
+        .await
+    {
+        tracing::debug!(%peer, error = %e, "connection ended");
     }
 }
 
@@ -291,10 +317,8 @@ async fn write_kubeconfig_secret(
     let vc = target.vcluster.as_str();
     let name = discovery::kubeconfig_secret(vc);
     let api: Api<Secret> = Api::namespaced(target.host.clone(), &target.namespace);
-    let secret_err = |e: kube::Error| ProxyError::Secret {
-        name: name.clone(),
-        source: Box::new(e),
-    };
+    let secret_err =
+        |e| ProxyError::Secret(ApiError::new(format!("cannot write Secret {name}"), e));
     if let Some(existing) = api.get_opt(&name).await.map_err(secret_err)?
         && let Some(kc) = existing
             .data
@@ -337,9 +361,9 @@ async fn write_kubeconfig_secret(
         ),
         ..Secret::default()
     };
-    let mut value = serde_json::to_value(&secret).map_err(|e| ProxyError::Secret {
+    let mut value = serde_json::to_value(&secret).map_err(|source| ProxyError::Encode {
         name: name.clone(),
-        source: Box::new(kube::Error::SerdeError(e)),
+        source,
     })?;
     value["apiVersion"] = "v1".into();
     value["kind"] = "Secret".into();

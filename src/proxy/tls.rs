@@ -9,12 +9,13 @@ use std::time::{Duration, SystemTime};
 
 use k8s_openapi::ByteString;
 use k8s_openapi::api::core::v1::Secret;
-use kube::api::{Api, PostParams};
+use kube::api::Api;
 use rustls::server::{ClientHello, ResolvesServerCert, WebPkiClientVerifier};
 use rustls::sign::CertifiedKey;
 use rustls_pki_types::pem::PemObject as _;
 use rustls_pki_types::{CertificateDer, PrivateKeyDer};
 
+use crate::api::{ApiError, Created, create_if_absent};
 use crate::discovery;
 use crate::pki::{Ca, CertSpec};
 
@@ -27,14 +28,9 @@ pub enum TlsError {
     /// Certificate generation or loading failed.
     #[error(transparent)]
     Pki(#[from] crate::pki::PkiError),
-    /// The serving-CA Secret could not be read or written.
-    #[error("serving CA Secret {name}: {source}")]
-    Secret {
-        /// Secret name.
-        name: String,
-        /// The cause.
-        source: Box<kube::Error>,
-    },
+    /// The serving-CA Secret could not be read or written (`what` names it).
+    #[error(transparent)]
+    Secret(#[from] ApiError),
     /// The serving-CA Secret exists but lacks its certificate or key.
     #[error("serving CA Secret {0} is missing tls.crt or tls.key")]
     Incomplete(String),
@@ -55,10 +51,7 @@ pub enum TlsError {
 }
 
 fn secret_err(name: &str) -> impl FnOnce(kube::Error) -> TlsError + '_ {
-    move |e| TlsError::Secret {
-        name: name.to_owned(),
-        source: Box::new(e),
-    }
+    move |e| TlsError::Secret(ApiError::new(format!("serving CA Secret {name}"), e))
 }
 
 /// Reads the serving CA of vcluster `vc` from its host Secret, creating the
@@ -92,15 +85,13 @@ pub async fn serving_ca(host: &kube::Client, namespace: &str, vc: &str) -> Resul
             ),
             ..Secret::default()
         };
-        let pp = PostParams {
-            field_manager: Some(crate::FIELD_MANAGER.to_owned()),
-            ..PostParams::default()
-        };
-        match api.create(&pp, &secret).await {
-            Ok(_) => return Ok(ca),
+        match create_if_absent(&api, &secret)
+            .await
+            .map_err(secret_err(&name))?
+        {
+            Created::Yes => return Ok(ca),
             // Another syncer instance created it first: use theirs.
-            Err(kube::Error::Api(s)) if s.code == 409 => continue,
-            Err(e) => return Err(secret_err(&name)(e)),
+            Created::AlreadyExisted => continue,
         }
     }
     Err(TlsError::Incomplete(name))

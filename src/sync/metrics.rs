@@ -15,6 +15,7 @@
 //! Gone, or an API server that went away); watch errors are the failures
 //! the watcher reported before retrying.
 
+use std::collections::BTreeMap;
 use std::sync::LazyLock;
 use std::time::Duration;
 
@@ -182,57 +183,63 @@ impl Metrics {
 /// `vcluster dev status`: reconciles, errors, mean reconcile time, queue
 /// depth, objects owned, watch restarts.
 pub fn summarize(text: &str) -> Vec<String> {
-    use std::collections::BTreeMap;
-    let mut by_kind: BTreeMap<String, BTreeMap<&str, f64>> = BTreeMap::new();
-    for line in text.lines().filter(|l| !l.starts_with('#')) {
-        let Some((series, value)) = line.rsplit_once(' ') else {
-            continue;
-        };
-        let Ok(value) = value.parse::<f64>() else {
-            continue;
-        };
-        let (name, labels) = series.split_once('{').unwrap_or((series, ""));
-        let Some(metric) = name.strip_prefix("vcluster_syncer_") else {
-            continue;
-        };
-        let Some(kind) = labels
-            .split(',')
-            .find_map(|l| l.strip_prefix("kind=\""))
-            .and_then(|k| k.split('"').next())
-        else {
-            continue;
-        };
-        let entry = by_kind.entry(kind.to_owned()).or_default();
-        let slot = match metric {
-            "reconciles_total" => "reconciles",
-            "reconcile_errors_total" => "errors",
-            "reconcile_duration_seconds_sum" => "seconds",
-            "queue_depth" => "queue",
-            "objects_owned" => "owned",
-            "watch_restarts_total" => "restarts",
-            _ => continue,
-        };
-        *entry.entry(slot).or_default() += value;
+    let mut by_kind: BTreeMap<&str, BTreeMap<&str, f64>> = BTreeMap::new();
+    for (kind, slot, value) in text.lines().filter_map(sample) {
+        // A kind with syncer metrics gets a line even when none is summarized.
+        let entry = by_kind.entry(kind).or_default();
+        if let Some(slot) = slot {
+            *entry.entry(slot).or_default() += value;
+        }
     }
     by_kind
         .into_iter()
-        .map(|(kind, m)| {
-            let get = |k: &str| m.get(k).copied().unwrap_or(0.0);
-            let mean_ms = if get("reconciles") > 0.0 {
-                get("seconds") / get("reconciles") * 1000.0
-            } else {
-                0.0
-            };
-            format!(
-                "{kind}: {} owned, {} reconciles ({} errors, mean {mean_ms:.1} ms), queue {}, {} watch restarts",
-                get("owned"),
-                get("reconciles"),
-                get("errors"),
-                get("queue"),
-                get("restarts"),
-            )
-        })
+        .map(|(kind, m)| summary_line(kind, &m))
         .collect()
+}
+
+/// One sample line of a per-kind syncer metric: its kind, the summary's name
+/// for the metric (if the summary shows it), and its value.
+fn sample(line: &str) -> Option<(&str, Option<&'static str>, f64)> {
+    if line.starts_with('#') {
+        return None;
+    }
+    let (series, value) = line.rsplit_once(' ')?;
+    let value = value.parse::<f64>().ok()?;
+    let (name, labels) = match series.split_once('{') {
+        Some((name, rest)) => (name, rest.strip_suffix('}').unwrap_or(rest)),
+        None => (series, ""),
+    };
+    let slot = match name.strip_prefix("vcluster_syncer_")? {
+        "reconciles_total" => Some("reconciles"),
+        "reconcile_errors_total" => Some("errors"),
+        "reconcile_duration_seconds_sum" => Some("seconds"),
+        "queue_depth" => Some("queue"),
+        "objects_owned" => Some("owned"),
+        "watch_restarts_total" => Some("restarts"),
+        _ => None,
+    };
+    let kind = labels
+        .split(',')
+        .find_map(|l| l.strip_prefix("kind=\""))
+        .and_then(|k| k.split('"').next())?;
+    Some((kind, slot, value))
+}
+
+fn summary_line(kind: &str, m: &BTreeMap<&str, f64>) -> String {
+    let get = |k: &str| m.get(k).copied().unwrap_or(0.0);
+    let mean_ms = if get("reconciles") > 0.0 {
+        get("seconds") / get("reconciles") * 1000.0
+    } else {
+        0.0
+    };
+    format!(
+        "{kind}: {} owned, {} reconciles ({} errors, mean {mean_ms:.1} ms), queue {}, {} watch restarts",
+        get("owned"),
+        get("reconciles"),
+        get("errors"),
+        get("queue"),
+        get("restarts"),
+    )
 }
 
 #[cfg(test)]
