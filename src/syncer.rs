@@ -18,6 +18,7 @@ use hyper_util::rt::TokioIo;
 use kube::config::Kubeconfig;
 use tracing::Instrument as _;
 
+use crate::api::ApiError;
 use crate::sync::assembly::Running;
 use crate::sync::{
     Assembly, Context, EngineOptions, KindSpec, Names, Settings, Side, config, endpoints, events,
@@ -49,13 +50,8 @@ pub enum SyncerError {
         source: kube::config::KubeconfigError,
     },
     /// A client could not be built.
-    #[error("cannot build a client for the {which} API: {source}")]
-    Client {
-        /// Host or virtual.
-        which: &'static str,
-        /// The cause.
-        source: Box<kube::Error>,
-    },
+    #[error(transparent)]
+    Client(#[from] ApiError),
     /// In-cluster configuration is missing.
     #[error("no --host-kubeconfig given and not running in a pod: {0}")]
     InCluster(#[from] kube::config::InClusterError),
@@ -187,12 +183,12 @@ async fn client_from(path: &Path, which: &'static str) -> Result<kube::Client, S
         path: path.to_owned(),
         source,
     })?;
-    crate::kubeconfig::client(kc)
-        .await
-        .map_err(|e| SyncerError::Client {
-            which,
-            source: Box::new(e),
-        })
+    crate::kubeconfig::client(kc).await.map_err(|e| {
+        SyncerError::Client(ApiError::new(
+            format!("cannot build a client for the {which} API"),
+            e,
+        ))
+    })
 }
 
 /// The host client (kubeconfig or in-cluster) and the virtual one, once the
@@ -201,12 +197,9 @@ async fn client_from(path: &Path, which: &'static str) -> Result<kube::Client, S
 async fn clients(opts: &SyncerOptions) -> Result<(kube::Client, kube::Client), SyncerError> {
     let host = match &opts.host_kubeconfig {
         Some(p) => client_from(p, "host").await?,
-        None => {
-            kube::Client::try_from(kube::Config::incluster()?).map_err(|e| SyncerError::Client {
-                which: "host",
-                source: Box::new(e),
-            })?
-        }
+        None => kube::Client::try_from(kube::Config::incluster()?).map_err(|e| {
+            SyncerError::Client(ApiError::new("cannot build a client for the host API", e))
+        })?,
     };
     let path = &opts.virtual_kubeconfig;
     let give_up = std::time::Instant::now() + opts.virtual_kubeconfig_wait;

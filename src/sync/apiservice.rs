@@ -10,24 +10,25 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use k8s_openapi::api::core::v1::Service;
-use kube::api::{Api, PostParams};
+use kube::api::Api;
 use serde_json::json;
 
 use super::{Context, delete_exact};
+use crate::api::{ApiError, Created, create_if_absent};
 
 /// Why one round failed.
 #[derive(Debug, thiserror::Error)]
-#[error("{what}: {source}")]
-pub struct ApiServiceError {
-    what: &'static str,
-    source: Box<kube::Error>,
+pub enum ApiServiceError {
+    /// An API call failed.
+    #[error(transparent)]
+    Api(#[from] ApiError),
+    /// The Service could not be built.
+    #[error("build the kubernetes Service: {0}")]
+    Build(#[from] serde_json::Error),
 }
 
 fn fail(what: &'static str) -> impl FnOnce(kube::Error) -> ApiServiceError {
-    move |e| ApiServiceError {
-        what,
-        source: Box::new(e),
-    }
+    move |e| ApiServiceError::Api(ApiError::new(what, e))
 }
 
 /// The cluster IP of host Service `name` in the vcluster's host namespace.
@@ -80,17 +81,16 @@ pub async fn ensure(ctx: &Context, host_service: &str) -> Result<bool, ApiServic
                      "labels": {"component": "apiserver", "provider": "kubernetes"}},
         "spec": {"type": "ClusterIP", "clusterIP": ip, "clusterIPs": [ip], "sessionAffinity": "None",
                  "ports": [{"name": "https", "port": 443, "protocol": "TCP", "targetPort": target_port}]}
-    }))
-    .map_err(|e| fail("build the kubernetes Service")(kube::Error::SerdeError(e)))?;
-    match api.create(&PostParams::default(), &svc).await {
-        Ok(_) => {
-            tracing::info!(cluster_ip = %ip, "virtual kubernetes Service points at the vcluster Service");
-            Ok(true)
-        }
+    }))?;
+    let created = create_if_absent(&api, &svc)
+        .await
+        .map_err(fail("create the virtual kubernetes Service"))?;
+    if created == Created::AlreadyExisted {
         // The API server re-created it first: next round.
-        Err(kube::Error::Api(s)) if s.code == 409 => Ok(false),
-        Err(e) => Err(fail("create the virtual kubernetes Service")(e)),
+        return Ok(false);
     }
+    tracing::info!(cluster_ip = %ip, "virtual kubernetes Service points at the vcluster Service");
+    Ok(true)
 }
 
 /// Keeps the virtual `kubernetes` Service at host Service `host_service`'s

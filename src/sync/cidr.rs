@@ -17,6 +17,7 @@ use serde_json::json;
 
 use super::Context;
 use crate::FIELD_MANAGER;
+use crate::api::ApiError;
 
 /// The virtual `ServiceCIDR` the syncer adds when the ranges disagree.
 pub const HOST_RANGE_OBJECT: &str = "vcluster-host-range";
@@ -28,13 +29,8 @@ const PROBE_IP: &str = "0.0.0.1";
 #[derive(Debug, thiserror::Error)]
 pub enum CidrError {
     /// An API call failed.
-    #[error("{what}: {source}")]
-    Api {
-        /// What was attempted.
-        what: &'static str,
-        /// The cause.
-        source: Box<kube::Error>,
-    },
+    #[error(transparent)]
+    Api(#[from] ApiError),
     /// The probe's answer did not name a range.
     #[error("the host API's answer to the service CIDR probe names no range: {0}")]
     Unparsable(String),
@@ -95,10 +91,10 @@ pub async fn host_service_cidrs(
         Err(kube::Error::Api(s)) => {
             parse_valid_range(&s.message).ok_or(CidrError::Unparsable(s.message))
         }
-        Err(e) => Err(CidrError::Api {
-            what: "probe the host's service CIDR",
-            source: Box::new(e),
-        }),
+        Err(e) => Err(CidrError::Api(ApiError::new(
+            "probe the host's service CIDR",
+            e,
+        ))),
         Ok(_) => Err(CidrError::Unparsable(format!(
             "the host accepted cluster IP {PROBE_IP}"
         ))),
@@ -110,10 +106,7 @@ pub async fn virtual_service_cidrs(virt: &kube::Client) -> Result<Vec<String>, C
     let list = Api::<ServiceCIDR>::all(virt.clone())
         .list(&ListParams::default())
         .await
-        .map_err(|e| CidrError::Api {
-            what: "list the virtual ServiceCIDRs",
-            source: Box::new(e),
-        })?;
+        .map_err(|e| CidrError::Api(ApiError::new("list the virtual ServiceCIDRs", e)))?;
     Ok(cidrs_of(&list.items))
 }
 
@@ -139,10 +132,7 @@ pub async fn check(ctx: &Context) -> Result<Vec<String>, CidrError> {
             &Patch::Apply(&obj),
         )
         .await
-        .map_err(|e| CidrError::Api {
-            what: "add the host's range to the virtual API",
-            source: Box::new(e),
-        })?;
+        .map_err(|e| CidrError::Api(ApiError::new("add the host's range to the virtual API", e)))?;
     Ok(host)
 }
 

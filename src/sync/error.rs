@@ -9,23 +9,15 @@ use kube::{Resource, ResourceExt};
 use serde::de::DeserializeOwned;
 
 use super::cache::CacheError;
+use crate::api::ApiError;
 use crate::translate::VirtualKey;
 
 /// Errors of one reconcile (retried with backoff).
 #[derive(Debug, thiserror::Error)]
 pub enum SyncError {
-    /// An API call failed.
-    #[error("{action} {kind} {key}: {source}")]
-    Api {
-        /// What was attempted.
-        action: &'static str,
-        /// The kind.
-        kind: &'static str,
-        /// The object.
-        key: String,
-        /// The cause.
-        source: Box<kube::Error>,
-    },
+    /// An API call failed (`what`: the action, kind and object).
+    #[error(transparent)]
+    Api(#[from] ApiError),
     /// A cached object did not parse.
     #[error(transparent)]
     Cache(#[from] CacheError),
@@ -43,7 +35,7 @@ impl SyncError {
     /// A bounded label for the metrics: what kind of failure this was.
     pub fn category(&self) -> &'static str {
         match self {
-            Self::Api { source, .. } => match source.as_ref() {
+            Self::Api(ApiError { source, .. }) => match source.as_ref() {
                 kube::Error::Api(s) if s.code == 409 => "conflict",
                 kube::Error::Api(s) if rejected(s.code) => "rejected",
                 kube::Error::Api(s) if s.code == 429 => "throttled",
@@ -117,12 +109,7 @@ pub(crate) fn api_err(
     key: &str,
     e: kube::Error,
 ) -> SyncError {
-    SyncError::Api {
-        action,
-        kind,
-        key: key.to_owned(),
-        source: Box::new(e),
-    }
+    SyncError::Api(ApiError::new(format!("{action} {kind} {key}"), e))
 }
 
 #[cfg(test)]
