@@ -161,3 +161,7 @@ fn register(a: &mut Assembly) {
     );
     a.spawn("service-cidr", super::cidr::run(ctx, every));
 }
+
+#[cfg(test)]
+#[path = "tests/services.rs"]
+mod tests;

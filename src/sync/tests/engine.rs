@@ -1,0 +1,1 @@
+//! The engine against mock API services.
