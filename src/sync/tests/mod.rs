@@ -9,11 +9,19 @@ use serde::de::DeserializeOwned;
 use serde_json::Value;
 
 use super::Names;
-use crate::translate::VclusterName;
+use crate::translate::{VclusterName, VirtualKey};
 
 /// The vcluster of every test: `vc` in host namespace `host-ns`.
 pub(crate) fn names() -> Names {
     Names::new(VclusterName::new("vc").unwrap(), "host-ns")
+}
+
+/// The key of virtual object `name` in namespace `namespace`.
+pub(crate) fn key(namespace: &str, name: &str) -> VirtualKey {
+    VirtualKey {
+        namespace: namespace.into(),
+        name: name.into(),
+    }
 }
 
 /// An object from its JSON.
