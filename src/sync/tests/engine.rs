@@ -791,3 +791,65 @@ async fn a_failing_key_is_retried_with_growing_delays_reset_by_success() {
         "{after_reset:?}"
     );
 }
+
+#[tokio::test]
+async fn a_deleted_pod_goes_from_the_host_with_its_grace_period() {
+    let k = key("shop", "web");
+    let deleting: Pod = obj(merged(
+        serde_json::to_value(pod(json!({"nodeName": "n1"}))).unwrap(),
+        json!({"metadata": {"deletionTimestamp": "2026-01-01T00:00:00Z", "deletionGracePeriodSeconds": 30}}),
+    ));
+    let copy: Pod = owned(
+        obj(
+            json!({"metadata": {"name": "web-x-shop-x-vc", "namespace": "host-ns", "uid": "h1"},
+            "spec": {"nodeName": "n1", "containers": [{"name": "app"}]}}),
+        ),
+        &k,
+    );
+    let Setup {
+        engine,
+        mut host,
+        mut virt,
+    } = setup(pod_rule(), vec![deleting], vec![copy.clone()]);
+    let (got, delete) = scenario(
+        reconciling(&engine, &k, false),
+        host.answer(200, |_| serde_json::to_value(&copy).unwrap()),
+    )
+    .await;
+    assert!(matches!(got, Ok(None)), "{got:?}");
+    assert_eq!(
+        (delete.method, delete.path.as_str()),
+        (
+            Method::DELETE,
+            "/api/v1/namespaces/host-ns/pods/web-x-shop-x-vc"
+        )
+    );
+    assert_eq!(delete.body["gracePeriodSeconds"], 30);
+    assert_eq!(delete.body["preconditions"]["uid"], "h1");
+    host.assert_quiet();
+    virt.assert_quiet();
+}
+
+#[tokio::test]
+async fn a_cached_copy_written_for_another_source_is_a_collision() {
+    // Ours, but its markers name another virtual object.
+    let other = owned(
+        obj::<ConfigMap>(
+            json!({"metadata": {"name": "cfg-x-shop-x-vc", "namespace": "host-ns", "uid": "h1"}}),
+        ),
+        &key("elsewhere", "cfg"),
+    );
+    let Setup {
+        engine,
+        mut host,
+        mut virt,
+    } = setup(all_configmaps(), vec![cm("v")], vec![other]);
+    let (got, event) = scenario(
+        reconciling(&engine, &cm_key(), false),
+        virt.answer(201, echo(json!({}))),
+    )
+    .await;
+    assert_eq!(got.unwrap(), Some(Duration::from_secs(30)));
+    assert_event(&event, "SyncNameCollision", "cfg-x-shop-x-vc");
+    host.assert_quiet();
+}
