@@ -106,6 +106,11 @@ fn status(code: u16, reason: &str, message: &str) -> impl FnOnce(&Call) -> Value
     move |_| s
 }
 
+/// The answer to a create-only apply when something holds the name.
+fn conflict() -> impl FnOnce(&Call) -> Value {
+    status(409, "Conflict", "the object has been modified")
+}
+
 /// An engine for `rule` on caches holding `virt` and `host`, with both APIs
 /// mocked.
 struct Setup<R: Rule> {
@@ -265,9 +270,7 @@ async fn a_foreign_object_holding_the_name_is_left_alone_and_told_to_the_tenant(
         mut virt,
     } = setup(all_configmaps(), vec![cm("v")], vec![]);
     let (got, (apply, get, event)) = scenario(reconciling(&engine, &cm_key(), false), async {
-        let apply = host
-            .answer(409, status(409, "Conflict", "the object has been modified"))
-            .await;
+        let apply = host.answer(409, conflict()).await;
         let get = host.answer(200, foreign_cm).await;
         let event = virt.answer(201, echo(json!({}))).await;
         (apply, get, event)
@@ -290,9 +293,7 @@ async fn an_uncached_copy_of_ours_is_written_over() {
         mut virt,
     } = setup(all_configmaps(), vec![cm("v")], vec![]);
     let (got, (first, get, second)) = scenario(reconciling(&engine, &cm_key(), false), async {
-        let first = host
-            .answer(409, status(409, "Conflict", "the object has been modified"))
-            .await;
+        let first = host.answer(409, conflict()).await;
         let get = host
             .answer(200, |c| {
                 serde_json::to_value(owned(obj::<ConfigMap>(foreign_cm(c)), &cm_key())).unwrap()
@@ -731,7 +732,7 @@ async fn a_collision_is_looked_at_again_after_thirty_seconds() {
     engine.start_without_watches(1);
     engine.enqueue(cm_key());
     let script = async {
-        host.answer(409, status(409, "Conflict", "exists")).await;
+        host.answer(409, conflict()).await;
         host.answer(200, foreign_cm).await;
         virt.answer(201, echo(json!({}))).await;
         let told = tokio::time::Instant::now();
