@@ -248,3 +248,7 @@ fn register<K: ConfigKind>(a: &mut Assembly) {
         });
     }
 }
+
+#[cfg(test)]
+#[path = "tests/config.rs"]
+mod tests;

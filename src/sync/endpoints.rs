@@ -127,3 +127,7 @@ fn register(a: &mut Assembly) {
         endpoints.enqueue(VirtualKey { namespace, name });
     });
 }
+
+#[cfg(test)]
+#[path = "tests/endpoints.rs"]
+mod tests;

@@ -349,3 +349,15 @@ impl<R: Rule> Engine<R> {
         }
     }
 }
+
+#[cfg(test)]
+impl<R: Rule> Engine<R> {
+    /// Starts the timer for keys asked for later and `workers` workers, on
+    /// the caches as given and without the watches (for the engine's tests).
+    pub(super) fn start_without_watches(self: &Arc<Self>, workers: usize) {
+        tokio::spawn(Arc::clone(self).serve_later());
+        for _ in 0..workers {
+            tokio::spawn(Arc::clone(self).worker());
+        }
+    }
+}

@@ -66,3 +66,7 @@ fn register(a: &mut Assembly) {
     let (ctx, opts) = (a.ctx(), a.opts());
     a.spawn("cert-mirrors", super::certs::run(ctx, sources, opts));
 }
+
+#[cfg(test)]
+#[path = "tests/ingresses.rs"]
+mod tests;

@@ -43,6 +43,8 @@ pub mod pods;
 pub mod queue;
 mod reconcile;
 pub mod services;
+#[cfg(test)]
+mod tests;
 
 use std::fmt::Debug;
 use std::future::Future;

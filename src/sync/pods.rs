@@ -498,3 +498,7 @@ async fn api_endpoint(
         port: settings.api_port,
     }
 }
+
+#[cfg(test)]
+#[path = "tests/pods.rs"]
+mod tests;

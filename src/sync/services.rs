@@ -159,3 +159,7 @@ fn register(a: &mut Assembly) {
     );
     a.spawn("service-cidr", super::cidr::run(ctx, every));
 }
+
+#[cfg(test)]
+#[path = "tests/services.rs"]
+mod tests;

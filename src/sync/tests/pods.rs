@@ -1,0 +1,258 @@
+//! The pod rule's decisions over in-memory caches.
+
+use serde_json::{Value, json};
+
+use super::*;
+use crate::sync::cache::filled;
+use crate::sync::tests::{idle_client, merged, names, obj, removed, synced};
+
+const NS: &str = "shop";
+
+fn rule(
+    configmaps: Vec<ConfigMap>,
+    secrets: Vec<Secret>,
+    services: Vec<Service>,
+    level: Level,
+) -> PodRule {
+    let client = idle_client();
+    PodRule::new(
+        PodSources {
+            host_configmaps: filled(configmaps),
+            host_secrets: filled(secrets),
+            services: filled(services),
+            nodes: Arc::new(VirtualNodes::new(client.clone(), client)),
+            tokens: Arc::default(),
+        },
+        ApiEndpoint {
+            host: "10.0.0.1".into(),
+            port: 443,
+        },
+        level,
+    )
+}
+
+fn plain() -> PodRule {
+    rule(vec![], vec![], vec![], Level::Baseline)
+}
+
+/// Virtual pod `web` of namespace `shop`, with `extra` merged in.
+fn pod(extra: Value) -> Pod {
+    obj(merged(
+        json!({
+            "metadata": {"name": "web", "namespace": NS, "uid": "u1"},
+            "spec": {"containers": [{"name": "app", "image": "nginx",
+                "env": [{"name": "MODE", "value": "new"}]}]}
+        }),
+        extra,
+    ))
+}
+
+/// A host copy of `web` (as slimmed in the cache) running on `n1`, created
+/// with `env` in its one container.
+fn host_copy(env: Value) -> Pod {
+    obj(json!({
+        "metadata": {"name": "web-x-shop-x-vc", "namespace": "host-ns", "uid": "h1"},
+        "spec": {"nodeName": "n1", "containers": [{"name": "app", "env": env}]}
+    }))
+}
+
+/// A ConfigMap (or Secret) `name` of namespace `shop` as copied to the host.
+fn on_host<K: serde::de::DeserializeOwned>(name: &str) -> K {
+    obj(json!({"metadata": {"name": host_name(&names().vc, NS, name), "namespace": "host-ns"}}))
+}
+
+fn env_of(p: &Pod) -> Vec<(String, Option<String>)> {
+    p.spec.as_ref().unwrap().containers[0]
+        .env
+        .iter()
+        .flatten()
+        .map(|e| (e.name.clone(), e.value.clone()))
+        .collect()
+}
+
+/// Whether `env` sets `name` to `value`.
+fn sets(env: &[(String, Option<String>)], name: &str, value: &str) -> bool {
+    env.iter()
+        .any(|(n, v)| n == name && v.as_deref() == Some(value))
+}
+
+fn deleting() -> Value {
+    json!({"metadata": {"deletionTimestamp": "2026-01-01T00:00:00Z", "deletionGracePeriodSeconds": 30}})
+}
+
+#[tokio::test]
+async fn a_deleted_pod_goes_from_the_host_with_its_grace_period_then_from_the_virtual_api() {
+    let r = plain();
+    let got = r.decide(&names(), &pod(deleting()), Some(&host_copy(json!([]))));
+    assert!(
+        matches!(
+            got,
+            Decision::Remove {
+                grace_seconds: Some(30)
+            }
+        ),
+        "{got:?}"
+    );
+    let got = r.decide(&names(), &pod(deleting()), None);
+    assert!(matches!(got, Decision::DeleteVirtual), "{got:?}");
+}
+
+#[tokio::test]
+async fn a_finished_pod_without_a_host_copy_keeps_its_status_and_is_not_recreated() {
+    let r = plain();
+    for phase in ["Succeeded", "Failed"] {
+        let finished = pod(json!({"status": {"phase": phase}}));
+        let got = r.decide(&names(), &finished, None);
+        assert!(removed(&got), "{phase}: {got:?}");
+        // With its host copy still there it stays synced (status comes up).
+        let h = host_copy(json!([]));
+        synced(r.decide(&names(), &finished, Some(&h)));
+    }
+    // A running pod without a host copy is created.
+    let running = pod(json!({"status": {"phase": "Pending"}}));
+    synced(r.decide(&names(), &running, None));
+}
+
+#[tokio::test]
+async fn a_bound_pod_whose_host_copy_is_gone_is_ended() {
+    let r = plain();
+    let bound = pod(json!({"spec": {"nodeName": "n1"}}));
+    let got = r.decide(&names(), &bound, None);
+    assert!(matches!(got, Decision::DeleteVirtual), "{got:?}");
+    synced(r.decide(&names(), &bound, Some(&host_copy(json!([])))));
+}
+
+#[tokio::test]
+async fn pod_security_is_checked_only_at_creation() {
+    let privileged = pod(
+        json!({"spec": {"containers": [{"name": "app", "image": "nginx",
+        "securityContext": {"privileged": true}}]}}),
+    );
+    let r = plain();
+    match r.decide(&names(), &privileged, None) {
+        Decision::Reject(reason, message) => {
+            assert_eq!(reason, "PodSecurityViolation");
+            assert!(message.contains("baseline"), "{message}");
+            assert!(message.contains("privileged"), "{message}");
+        }
+        other => panic!("expected a rejection, got {other:?}"),
+    }
+    // Already running on the host: a later change of level does not end it.
+    synced(r.decide(&names(), &privileged, Some(&host_copy(json!([])))));
+    // The privileged level admits it.
+    let lax = rule(vec![], vec![], vec![], Level::Privileged);
+    synced(lax.decide(&names(), &privileged, None));
+    // A plain pod meets baseline.
+    synced(r.decide(&names(), &pod(json!({})), None));
+}
+
+#[tokio::test]
+async fn a_new_pod_waits_for_its_configmaps_and_secrets_on_the_host() {
+    let needs = pod(json!({"spec": {"volumes": [
+        {"name": "cfg", "configMap": {"name": "settings"}},
+        {"name": "sec", "secret": {"secretName": "creds"}},
+        {"name": "opt", "secret": {"secretName": "maybe", "optional": true}}
+    ]}}));
+    type Case = (
+        &'static str,
+        Vec<ConfigMap>,
+        Vec<Secret>,
+        Option<&'static str>,
+    );
+    let cases: [Case; 4] = [
+        (
+            "nothing on the host",
+            vec![],
+            vec![],
+            Some("configmap settings"),
+        ),
+        (
+            "only the ConfigMap",
+            vec![on_host("settings")],
+            vec![],
+            Some("secret creds"),
+        ),
+        (
+            "a Secret of another name",
+            vec![on_host("settings")],
+            vec![on_host("other")],
+            Some("secret creds"),
+        ),
+        (
+            "both (the optional one may be missing)",
+            vec![on_host("settings")],
+            vec![on_host("creds")],
+            None,
+        ),
+    ];
+    for (case, cms, secrets, waits_for) in cases {
+        let r = rule(cms, secrets, vec![], Level::Baseline);
+        match (r.decide(&names(), &needs, None), waits_for) {
+            (Decision::Wait(why), Some(what)) => {
+                assert!(why.contains(what), "{case}: {why}");
+            }
+            (Decision::Sync(_), None) => {}
+            (other, _) => panic!("{case}: {other:?}"),
+        }
+    }
+    // A pod already on the host does not wait (it has what it mounted).
+    let r = plain();
+    synced(r.decide(&names(), &needs, Some(&host_copy(json!([])))));
+}
+
+#[tokio::test]
+async fn the_environment_of_an_existing_host_pod_is_kept() {
+    let r = plain();
+    let created = json!([{"name": "MODE", "value": "old"}, {"name": "DB_SERVICE_HOST", "value": "10.96.0.9"}]);
+    let h = host_copy(created);
+    let desired = synced(r.decide(&names(), &pod(json!({})), Some(&h)));
+    assert_eq!(
+        env_of(&desired),
+        [
+            ("MODE".to_owned(), Some("old".to_owned())),
+            ("DB_SERVICE_HOST".to_owned(), Some("10.96.0.9".to_owned()))
+        ]
+    );
+    // New: the pod's own environment and the API endpoint.
+    let desired = synced(r.decide(&names(), &pod(json!({})), None));
+    let env = env_of(&desired);
+    assert!(sets(&env, "MODE", "new"), "{env:?}");
+    assert!(sets(&env, "KUBERNETES_SERVICE_HOST", "10.0.0.1"), "{env:?}");
+}
+
+#[tokio::test]
+async fn service_links_come_from_the_virtual_services_of_the_pods_namespace() {
+    let svc = |ns: &str, name: &str, ip: &str| -> Service {
+        obj(json!({"metadata": {"name": name, "namespace": ns},
+            "spec": {"clusterIP": ip, "ports": [{"port": 5432}]}}))
+    };
+    let r = rule(
+        vec![],
+        vec![],
+        vec![
+            svc(NS, "db", "10.96.0.5"),
+            svc("other", "cache", "10.96.0.6"),
+        ],
+        Level::Baseline,
+    );
+    let desired = synced(r.decide(&names(), &pod(json!({})), None));
+    let env = env_of(&desired);
+    assert!(sets(&env, "DB_SERVICE_HOST", "10.96.0.5"), "{env:?}");
+    assert!(
+        !env.iter().any(|(n, _)| n.starts_with("CACHE_")),
+        "another namespace's Service: {env:?}"
+    );
+}
+
+#[tokio::test]
+async fn status_comes_up_once_the_pod_is_bound() {
+    let r = plain();
+    let v = pod(json!({}));
+    let mut h = host_copy(json!([]));
+    h.status = Some(obj(json!({"phase": "Running", "podIP": "10.244.0.7"})));
+    let patch = r.status_up(&v, &h).unwrap();
+    assert_eq!(patch["status"]["phase"], "Running");
+    // Not scheduled on the host yet: the virtual pod stays Pending.
+    h.spec.as_mut().unwrap().node_name = None;
+    assert_eq!(r.status_up(&v, &h), None);
+}
