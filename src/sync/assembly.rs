@@ -262,6 +262,24 @@ impl Assembly {
         engine
     }
 
+    /// An engine for `rule` that starts once `first` is done (what its
+    /// decisions need, such as an index of the host, is complete); other
+    /// kinds may queue its keys before.
+    pub fn engine_after<R: Rule>(
+        &mut self,
+        rule: R,
+        first: impl Future<Output = ()> + Send + 'static,
+    ) -> Arc<Engine<R>> {
+        let (virt, host) = self.feeds::<R>();
+        let engine = Engine::new(rule, self.ctx(), virt, host);
+        let (run, opts) = (Arc::clone(&engine), self.opts);
+        self.spawn(R::KIND, async move {
+            first.await;
+            run.run(opts).await
+        });
+        engine
+    }
+
     /// Runs `task` beside the engines, in a span named `name`.
     pub fn spawn(&mut self, name: &'static str, task: impl Future<Output = ()> + Send + 'static) {
         self.tasks.push((name, Box::pin(task)));
