@@ -10,16 +10,7 @@ fn pod(spec: Value) -> Pod {
     serde_json::from_value(p).unwrap()
 }
 
-fn merge(a: &mut Value, b: Value) {
-    match (a, b) {
-        (Value::Object(a), Value::Object(b)) => {
-            for (k, v) in b {
-                merge(a.entry(k).or_insert(Value::Null), v);
-            }
-        }
-        (a, b) => *a = b,
-    }
-}
+use crate::sync::tests::merge;
 
 fn container(sc: Value) -> Value {
     json!({"containers": [{"name": "app", "image": "x", "securityContext": sc}]})

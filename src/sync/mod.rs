@@ -44,7 +44,7 @@ pub mod queue;
 mod reconcile;
 pub mod services;
 #[cfg(test)]
-mod tests;
+pub(crate) mod tests;
 
 use std::fmt::Debug;
 use std::future::Future;

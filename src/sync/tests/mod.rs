@@ -35,7 +35,8 @@ pub(crate) fn merged(mut base: Value, extra: Value) -> Value {
     base
 }
 
-fn merge(a: &mut Value, b: Value) {
+/// Merges `b` over `a`: objects key by key, anything else replaced.
+pub(crate) fn merge(a: &mut Value, b: Value) {
     match (a, b) {
         (Value::Object(a), Value::Object(b)) => {
             for (k, v) in b {
