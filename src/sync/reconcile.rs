@@ -345,7 +345,13 @@ impl<R: Rule> Engine<R> {
         key_text: &str,
         grace_seconds: Option<i64>,
     ) -> Result<(), SyncError> {
-        if h.meta().deletion_timestamp.is_some() && grace_seconds.is_none() {
+        let meta = h.meta();
+        // Already going, as fast as asked or faster: a second delete would
+        // change nothing (a shorter grace still goes through, as it does for
+        // a kubelet).
+        if meta.deletion_timestamp.is_some()
+            && (grace_seconds.is_none() || meta.deletion_grace_period_seconds <= grace_seconds)
+        {
             return Ok(());
         }
         let grace = grace_seconds.and_then(|g| u32::try_from(g).ok());

@@ -832,6 +832,57 @@ async fn a_deleted_pod_goes_from_the_host_with_its_grace_period() {
 }
 
 #[tokio::test]
+async fn a_host_pod_already_terminating_is_not_deleted_again() {
+    let k = key("shop", "web");
+    let deleting = |grace: i64| -> Pod {
+        obj(merged(
+            serde_json::to_value(pod(json!({"nodeName": "n1"}))).unwrap(),
+            json!({"metadata": {"deletionTimestamp": "2026-01-01T00:00:00Z", "deletionGracePeriodSeconds": grace}}),
+        ))
+    };
+    let terminating: Pod = owned(
+        obj(
+            json!({"metadata": {"name": "web-x-shop-x-vc", "namespace": "host-ns", "uid": "h1",
+                                "deletionTimestamp": "2026-01-01T00:00:00Z", "deletionGracePeriodSeconds": 30},
+                   "spec": {"nodeName": "n1", "containers": [{"name": "app"}]}}),
+        ),
+        &k,
+    );
+    // The same grace (or a longer one): nothing to ask of the host.
+    for grace in [30, 60] {
+        let Setup {
+            engine,
+            mut host,
+            mut virt,
+        } = setup(pod_rule(), vec![deleting(grace)], vec![terminating.clone()]);
+        let got = tokio::time::timeout(Duration::from_secs(5), reconciling(&engine, &k, false))
+            .await
+            .unwrap_or_else(|_| {
+                panic!("grace {grace}: the reconcile asked the host for something")
+            });
+        assert!(matches!(got, Ok(None)), "{got:?}");
+        host.assert_quiet();
+        virt.assert_quiet();
+    }
+    // A shorter grace still goes through.
+    let Setup {
+        engine,
+        mut host,
+        mut virt,
+    } = setup(pod_rule(), vec![deleting(0)], vec![terminating.clone()]);
+    let (got, delete) = scenario(
+        reconciling(&engine, &k, false),
+        host.answer(200, |_| serde_json::to_value(&terminating).unwrap()),
+    )
+    .await;
+    assert!(matches!(got, Ok(None)), "{got:?}");
+    assert_eq!(delete.method, Method::DELETE);
+    assert_eq!(delete.body["gracePeriodSeconds"], 0);
+    host.assert_quiet();
+    virt.assert_quiet();
+}
+
+#[tokio::test]
 async fn a_cached_copy_written_for_another_source_is_a_collision() {
     // Ours, but its markers name another virtual object.
     let other = owned(
