@@ -4,7 +4,7 @@ SHELL := bash
 CARGO ?= cargo
 STATE_DIR ?= .vcluster-dev
 
-.PHONY: dev test kube-bins kube-mod build prereqs fmt-check clippy unit e2e down status clean bench faults node-deps image
+.PHONY: dev test kube-bins kube-mod build prereqs fmt-check clippy unit e2e down status clean bench faults node-deps image e2e-realnode
 
 ## dev: build what is missing, then run the host and virtual control planes (Ctrl-C stops them)
 dev: prereqs kube-bins build
@@ -36,6 +36,12 @@ node-deps:
 ## reproducible OCI layouts + tars in target/images/, without a daemon (image/build.sh)
 image: kube-bins
 	image/build.sh
+
+## e2e-realnode: tenant workloads on a real node (kubelet, containerd, kube-proxy in a network
+## namespace of the stack's own); root, the node's packages and images
+e2e-realnode: node-deps kube-bins
+	image/build.sh pause busybox toolbox
+	$(CARGO) test --locked --test e2e_realnode
 
 ## kube-mod: regenerate e2e/kube/go.mod after changing e2e/kube/versions.env
 kube-mod:

@@ -8,8 +8,9 @@
 #   registry.k8s.io/etcd:<etcd>-0                /  (make kube-bins)
 #   vcluster.dev/pause:1                         the pod sandbox (image/pause.c, static)
 #   vcluster.dev/busybox:<version>               Debian's busybox-static with every applet linked
+#   vcluster.dev/toolbox:1                       busybox + the machine's kubectl (in-pod API client, tests)
 #
-# `image/build.sh vcluster|pause|busybox|control-plane` builds one group.
+# `image/build.sh vcluster|pause|busybox|toolbox|control-plane` builds one group.
 # The names are the chart's defaults, so an image imported into a node's
 # containerd is used by `helm install` as it is (imagePullPolicy IfNotPresent).
 set -euo pipefail
@@ -66,6 +67,19 @@ if want busybox; then
   done
   oci --name "vcluster.dev/busybox:$bbv" --cmd '["sh"]' --env PATH=/bin \
     "$bb:/bin/busybox:0755" "${links[@]}"
+fi
+
+if want toolbox; then
+  # busybox plus the machine's kubectl (static Go): an in-cluster API client
+  # for tests that talk to the virtual API from inside a pod.
+  kc=$(readlink -f "$(command -v kubectl)")
+  file -b "$kc" | grep -q 'statically linked' || { echo "image/build.sh: $kc is not static" >&2; exit 1; }
+  links=()
+  for applet in $(/bin/busybox --list); do
+    [ "$applet" = busybox ] || links+=("@link:/bin/$applet:busybox")
+  done
+  oci --name vcluster.dev/toolbox:1 --cmd '["sh"]' --env PATH=/usr/local/bin:/bin \
+    /bin/busybox:/bin/busybox:0755 "$kc:/usr/local/bin/kubectl:0755" "${links[@]}"
 fi
 
 if want control-plane; then

@@ -10,6 +10,8 @@
 //! in fault runs. Nothing here is used by the production syncer path.
 
 mod kwok;
+mod netns;
+pub mod node;
 mod plane;
 pub mod process;
 mod restart;
@@ -140,6 +142,9 @@ pub enum LocalError {
         /// The cause.
         source: Box<kube::Error>,
     },
+    /// The real node cannot start (missing packages, root, images).
+    #[error("{0}")]
+    RealNode(String),
     /// The state file could not be read or written.
     #[error("state file {path}: {source}")]
     State {
@@ -243,6 +248,10 @@ pub struct StackOptions {
     /// Extra arguments for both kube-apiservers (for example
     /// `--watch-cache=false` in fault tests).
     pub apiserver_args: Vec<String>,
+    /// Real nodes (kubelet + containerd) beside the fake ones: 0 or 1.
+    pub real_nodes: u32,
+    /// Where the node's images are (`make image`; default: [`node::default_image_dir`]).
+    pub image_dir: Option<PathBuf>,
 }
 
 /// The syncer's ports in the stack.
@@ -299,6 +308,8 @@ pub struct Stack {
     /// How each of `processes` was started (for restarts), same order.
     specs: Vec<restart::Spec>,
     state: StackState,
+    /// The real node's relays, when it runs one.
+    node: Option<node::RealNode>,
 }
 
 async fn client_for(kubeconfig_yaml: &str, what: &str) -> Result<kube::Client, LocalError> {
@@ -355,12 +366,20 @@ impl Stack {
     /// (for example on Ctrl-C) calls [`Stack::shutdown`].
     pub fn prepare(opts: StackOptions) -> Result<Self, LocalError> {
         check_binaries(&opts.bin_dir)?;
+        if opts.real_nodes > 0 {
+            let images = opts
+                .image_dir
+                .clone()
+                .unwrap_or_else(node::default_image_dir);
+            node::check_prerequisites(&opts.bin_dir, &images)?;
+        }
         state::claim(&opts.state_dir)?;
         Ok(Self {
             state: StackState::new(&opts.state_dir, opts.nodes),
             opts,
             processes: Vec::new(),
             specs: Vec::new(),
+            node: None,
         })
     }
 
@@ -542,7 +561,10 @@ impl Stack {
         self.state.kwok_port = Some(kwok_port);
 
         self.spawn_per_plane([&host, &virt], "etcd", Plane::etcd_args, &[])?;
-        let apiserver_extra = self.opts.apiserver_args.clone();
+        let mut apiserver_extra = self.opts.apiserver_args.clone();
+        if self.opts.real_nodes > 0 {
+            apiserver_extra.extend(self.prepare_real_node(deadline).await?);
+        }
         self.spawn_per_plane(
             [&host, &virt],
             "kube-apiserver",
@@ -640,6 +662,11 @@ impl Stack {
         if let Some(port) = host.ports.scheduler {
             let c = health_client(port)?;
             self.wait_http_ok("host kube-scheduler /healthz", &c, "/healthz", deadline)
+                .await?;
+        }
+        if self.opts.real_nodes > 0 {
+            let front_door = self.opts.syncer.is_some().then_some(p[11]);
+            self.start_real_node(&host, &host_client, front_door, deadline)
                 .await?;
         }
         if let Some(spec) = self.opts.syncer.clone() {
@@ -792,7 +819,11 @@ impl Stack {
                 "name": format!("{}-0", spec.name),
                 "labels": crate::discovery::labels(&spec.name, crate::discovery::COMPONENT_CONTROL_PLANE),
             },
-            "spec": {"containers": [{
+            // On a KWOK node, which forwards its port 8443 to the front door
+            // (tolerating the taint KWOK nodes get beside a real node).
+            "spec": {"nodeSelector": {"type": "kwok"},
+                     "tolerations": [{"key": node::FAKE_TAINT, "operator": "Exists"}],
+                     "containers": [{
                 "name": "syncer",
                 "image": "vcluster-dev-stand-in",
                 "ports": [{"containerPort": crate::discovery::FRONT_DOOR_PORT, "name": "https"}],
@@ -848,6 +879,8 @@ impl Stack {
         while let Some(mut p) = self.processes.pop() {
             p.stop(Duration::from_secs(10)).await;
         }
+        self.node = None;
+        node::teardown(&self.opts.state_dir);
         state::release(&self.opts.state_dir);
     }
 }
@@ -946,6 +979,7 @@ pub fn pod_control_plane(dir: &Path, generate: bool) -> Result<PodControlPlane, 
 
 /// Removes a stopped stack's state (logs stay).
 pub fn release_state(state_dir: &Path) {
+    node::teardown(state_dir);
     state::release(state_dir);
 }
 
