@@ -184,7 +184,8 @@ fn ns_inode(pid: u32, kind: &str) -> Option<u64> {
         .map(|m| m.ino())
 }
 
-/// The cgroup v1 hierarchies mounted under /sys/fs/cgroup (none on v2).
+/// Every cgroup hierarchy mounted: the v1 ones and, on hybrid machines like
+/// these, the unified (v2) one, where runc creates the containers' cgroups too.
 fn cgroup_hierarchies() -> Vec<PathBuf> {
     let Ok(info) = std::fs::read_to_string("/proc/self/mountinfo") else {
         return Vec::new();
@@ -193,7 +194,8 @@ fn cgroup_hierarchies() -> Vec<PathBuf> {
         .filter_map(|l| {
             let (pre, post) = l.split_once(" - ")?;
             let mount = pre.split_whitespace().nth(4)?;
-            (post.split_whitespace().next()? == "cgroup").then(|| PathBuf::from(mount))
+            let fstype = post.split_whitespace().next()?;
+            matches!(fstype, "cgroup" | "cgroup2").then(|| PathBuf::from(mount))
         })
         .collect()
 }
@@ -414,7 +416,7 @@ fn write_pki(dir: &Path, host: &Plane) -> Result<(), LocalError> {
     Ok(())
 }
 
-/// Creates the kubelet's cgroup root in every v1 hierarchy.
+/// Creates the kubelet's cgroup root in every hierarchy.
 fn create_cgroups(root: &str) -> Result<(), LocalError> {
     for h in cgroup_hierarchies() {
         let dir = h.join(root);
