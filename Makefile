@@ -23,8 +23,10 @@ kube-bins:
 	e2e/kube/build.sh
 
 ## node-deps: the Debian packages a real node needs (containerd, runc, CNI plugins, iptables/nftables,
-## busybox-static for the test image); run as root. CI calls it before the tests.
-NODE_DEPS := containerd runc containernetworking-plugins iptables nftables conntrack busybox-static iproute2
+## busybox-static for the test image; gcc and libc6-dev for the static pause and vcluster
+## binaries); run as root. CI calls it before the tests.
+NODE_DEPS := containerd runc containernetworking-plugins iptables nftables conntrack busybox-static iproute2 \
+  util-linux gcc libc6-dev file ca-certificates
 node-deps:
 	@if dpkg-query -W -f='$${Status}\n' $(NODE_DEPS) 2>/dev/null | grep -vq 'install ok installed' || \
 	    [ "$$(dpkg-query -W -f='$${Status}\n' $(NODE_DEPS) 2>/dev/null | wc -l)" != "$(words $(NODE_DEPS))" ]; then \
@@ -39,7 +41,8 @@ image: kube-bins
 
 ## e2e-realnode: tenant workloads on a real node (kubelet, containerd, kube-proxy in a network
 ## namespace of the stack's own); root, the node's packages and images
-e2e-realnode: node-deps kube-bins
+e2e-realnode: kube-bins
+	@$(MAKE) -s node-deps
 	image/build.sh pause busybox toolbox
 	$(CARGO) test --locked --test e2e_realnode
 
@@ -67,6 +70,7 @@ e2e:
 	$(CARGO) test --locked --test e2e_chart
 	$(CARGO) test --locked --test e2e_faults
 	$(CARGO) test --locked --test e2e_frontdoor
+	$(MAKE) e2e-realnode
 
 ## faults: the full fault runs (1,000-pod bursts, five syncer kills, API server restarts, compaction, drift)
 faults: prereqs kube-bins
