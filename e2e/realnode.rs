@@ -175,6 +175,30 @@ fn node_is_real_and_ready(env: &Env) {
         );
         assert_eq!(info.operating_system, "linux");
     });
+    // The virtual Node of a pod on it shows the host kubelet's version, OS
+    // and architecture (not the machine's kernel or image).
+    let ns = "nodeinfo";
+    namespace(env, ns);
+    busybox_pod(env, ns, "placed", "exec sleep 3600");
+    wait_ready(env, ns, "placed");
+    block_on(async {
+        let v = client(&env.tenant()).await;
+        let nodes: Api<Node> = Api::all(v);
+        let info = eventually("the virtual real-node-0", T, || async {
+            nodes
+                .get_opt(vcluster::local::node::NODE_NAME)
+                .await
+                .map_err(|e| e.to_string())?
+                .and_then(|n| n.status?.node_info)
+                .ok_or_else(|| "no virtual node yet".to_owned())
+        })
+        .await;
+        let pins = vcluster::local::pinned_versions();
+        assert_eq!(info.kubelet_version, pins["KUBERNETES_VERSION"]);
+        assert_eq!(info.operating_system, "linux");
+        assert_eq!(info.architecture, "amd64");
+        assert_eq!(info.kernel_version, "");
+    });
 }
 
 /// A busybox HTTP Deployment behind a Service; a client pod fetches it by
