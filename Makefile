@@ -4,7 +4,7 @@ SHELL := bash
 CARGO ?= cargo
 STATE_DIR ?= .vcluster-dev
 
-.PHONY: dev test kube-bins kube-mod build prereqs fmt-check clippy unit e2e down status clean bench faults node-deps image e2e-realnode
+.PHONY: dev test kube-bins kube-mod build prereqs fmt-check clippy unit e2e down status clean bench faults node-deps image e2e-realnode e2e-helm-node
 
 ## dev: build what is missing, then run the host and virtual control planes (Ctrl-C stops them)
 dev: prereqs kube-bins build
@@ -45,6 +45,12 @@ e2e-realnode: kube-bins
 	@$(MAKE) -s node-deps
 	image/build.sh pause busybox toolbox
 	$(CARGO) test --locked --test e2e_realnode
+
+## e2e-helm-node: `helm install` (distro k8s, the images of `make image`) on the real node,
+## `vcluster connect`, a tenant pod through it; not in `make test` (it needs the release build)
+e2e-helm-node: kube-bins image
+	@$(MAKE) -s node-deps
+	$(CARGO) test --locked --test e2e_helm_node
 
 ## kube-mod: regenerate e2e/kube/go.mod after changing e2e/kube/versions.env
 kube-mod:
