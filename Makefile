@@ -4,7 +4,7 @@ SHELL := bash
 CARGO ?= cargo
 STATE_DIR ?= .vcluster-dev
 
-.PHONY: dev test kube-bins kube-mod build prereqs fmt-check clippy unit e2e down status clean bench faults
+.PHONY: dev test kube-bins kube-mod build prereqs fmt-check clippy unit e2e down status clean bench faults node-deps image e2e-realnode e2e-helm-node
 
 ## dev: build what is missing, then run the host and virtual control planes (Ctrl-C stops them)
 dev: prereqs kube-bins build
@@ -21,6 +21,36 @@ prereqs:
 ## kube-bins: build the pinned upstream binaries into ~/.cache/vcluster/<pins>/bin (once)
 kube-bins:
 	e2e/kube/build.sh
+
+## node-deps: the Debian packages a real node needs (containerd, runc, CNI plugins, iptables/nftables,
+## busybox-static for the test image; gcc and libc6-dev for the static pause and vcluster
+## binaries); run as root. CI calls it before the tests.
+NODE_DEPS := containerd runc containernetworking-plugins iptables nftables conntrack busybox-static iproute2 \
+  util-linux gcc libc6-dev file ca-certificates
+node-deps:
+	@if dpkg-query -W -f='$${Status}\n' $(NODE_DEPS) 2>/dev/null | grep -vq 'install ok installed' || \
+	    [ "$$(dpkg-query -W -f='$${Status}\n' $(NODE_DEPS) 2>/dev/null | wc -l)" != "$(words $(NODE_DEPS))" ]; then \
+	  [ "$$(id -u)" = 0 ] || { echo "make node-deps: run as root (it installs Debian packages: $(NODE_DEPS))"; exit 1; }; \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $(NODE_DEPS); \
+	else echo "node packages present: $(NODE_DEPS)"; fi
+
+## image: the container images (vcluster, the k8s distro's control plane, pause, busybox) as
+## reproducible OCI layouts + tars in target/images/, without a daemon (image/build.sh)
+image: kube-bins
+	image/build.sh
+
+## e2e-realnode: tenant workloads on a real node (kubelet, containerd, kube-proxy in a network
+## namespace of the stack's own); root, the node's packages and images
+e2e-realnode: kube-bins
+	@$(MAKE) -s node-deps
+	image/build.sh pause busybox toolbox
+	$(CARGO) test --locked --test e2e_realnode
+
+## e2e-helm-node: `helm install` (distro k8s, the images of `make image`) on the real node,
+## `vcluster connect`, a tenant pod through it; not in `make test` (it needs the release build)
+e2e-helm-node: kube-bins image
+	@$(MAKE) -s node-deps
+	$(CARGO) test --locked --test e2e_helm_node
 
 ## kube-mod: regenerate e2e/kube/go.mod after changing e2e/kube/versions.env
 kube-mod:
@@ -46,6 +76,7 @@ e2e:
 	$(CARGO) test --locked --test e2e_chart
 	$(CARGO) test --locked --test e2e_faults
 	$(CARGO) test --locked --test e2e_frontdoor
+	$(MAKE) e2e-realnode
 
 ## faults: the full fault runs (1,000-pod bursts, five syncer kills, API server restarts, compaction, drift)
 faults: prereqs kube-bins

@@ -11,10 +11,9 @@
 
 mod common;
 
-use std::io::{BufRead as _, BufReader};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::sync::{Arc, Mutex};
+use std::process::Command;
+use std::sync::Arc;
 use std::time::Duration;
 
 use common::*;
@@ -46,69 +45,6 @@ impl Env {
     }
     fn server(&self) -> String {
         self.stack.state.front_door.as_ref().unwrap().server.clone()
-    }
-}
-
-/// A child whose stdout lines are collected as they come.
-struct Streaming {
-    child: Child,
-    lines: Arc<Mutex<Vec<String>>>,
-}
-
-impl Streaming {
-    fn spawn(cmd: &mut Command) -> Self {
-        let mut child = cmd
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap();
-        let lines = Arc::new(Mutex::new(Vec::new()));
-        for pipe in [
-            Box::new(child.stdout.take().unwrap()) as Box<dyn std::io::Read + Send>,
-            Box::new(child.stderr.take().unwrap()),
-        ] {
-            let lines = Arc::clone(&lines);
-            std::thread::spawn(move || {
-                for l in BufReader::new(pipe).lines() {
-                    let Ok(l) = l else { break };
-                    lines.lock().unwrap().push(l);
-                }
-            });
-        }
-        Self { child, lines }
-    }
-
-    fn wait_for_line(&mut self, what: &str, pred: impl Fn(&str) -> bool) -> String {
-        eventually_sync(what, T, || {
-            if let Ok(Some(st)) = self.child.try_wait() {
-                return Err(format!("exited {st}: {:?}", self.lines.lock().unwrap()));
-            }
-            let lines = self.lines.lock().unwrap();
-            lines
-                .iter()
-                .find(|l| pred(l))
-                .cloned()
-                .ok_or_else(|| format!("{:?}", *lines))
-        })
-    }
-}
-
-impl Streaming {
-    fn count(&self, pred: impl Fn(&str) -> bool) -> usize {
-        self.lines
-            .lock()
-            .unwrap()
-            .iter()
-            .filter(|l| pred(l))
-            .count()
-    }
-}
-
-impl Drop for Streaming {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
     }
 }
 
@@ -249,13 +185,13 @@ fn kubectl_get_apply_watch_delete(env: &Env) {
         "-o",
         "name",
     ]));
-    watch.wait_for_line("the watch's initial list", |l| l == "configmap/first");
+    watch.wait_for_line_within(T, "the watch's initial list", |l| l == "configmap/first");
     kubectl_ok(
         &kc,
         &["-n", ns, "apply", "-f", "-"],
         Some("apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: second\n"),
     );
-    watch.wait_for_line("second to be added", |l| l == "configmap/second");
+    watch.wait_for_line_within(T, "second to be added", |l| l == "configmap/second");
     kubectl_ok(&kc, &["-n", ns, "delete", "configmap", "first"], None);
     // The deletion is one more event for first.
     eventually_sync("first to be deleted", T, || {
@@ -392,7 +328,7 @@ fn logs_exec_and_port_forward_reach_the_synced_pod(env: &Env) {
         "pod/web",
         ":80",
     ]));
-    let line = pf.wait_for_line("port-forward to listen", |l| {
+    let line = pf.wait_for_line_within(T, "port-forward to listen", |l| {
         l.starts_with("Forwarding from 127.0.0.1:")
     });
     let port: u16 = line
@@ -539,7 +475,7 @@ fn connect_list_and_delete(env: &Env) {
         out_kc.to_str().unwrap(),
         "--switch-context",
     ])));
-    connect.wait_for_line("connect to forward", |l| {
+    connect.wait_for_line_within(T, "connect to forward", |l| {
         l.starts_with("forwarding https://127.0.0.1:")
     });
     let ctx = format!("vcluster_{VC}_{HOST_NS}");

@@ -561,3 +561,73 @@ pub async fn running(
     })
     .await
 }
+
+/// A child whose stdout lines are collected as they come.
+pub struct Streaming {
+    pub child: std::process::Child,
+    lines: std::sync::Arc<std::sync::Mutex<Vec<String>>>,
+}
+
+impl Streaming {
+    pub fn spawn(cmd: &mut Command) -> Self {
+        let mut child = cmd
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let lines = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        for pipe in [
+            Box::new(child.stdout.take().unwrap()) as Box<dyn std::io::Read + Send>,
+            Box::new(child.stderr.take().unwrap()),
+        ] {
+            let lines = std::sync::Arc::clone(&lines);
+            std::thread::spawn(move || {
+                for l in std::io::BufRead::lines(std::io::BufReader::new(pipe)) {
+                    let Ok(l) = l else { break };
+                    lines.lock().unwrap().push(l);
+                }
+            });
+        }
+        Self { child, lines }
+    }
+
+    /// Waits up to `timeout` for a line matching `pred`; panics naming
+    /// `what` (with the lines so far) if none comes or the child exits.
+    pub fn wait_for_line_within(
+        &mut self,
+        timeout: Duration,
+        what: &str,
+        pred: impl Fn(&str) -> bool,
+    ) -> String {
+        eventually_sync(what, timeout, || {
+            if let Ok(Some(st)) = self.child.try_wait() {
+                return Err(format!("exited {st}: {:?}", self.lines.lock().unwrap()));
+            }
+            let lines = self.lines.lock().unwrap();
+            lines
+                .iter()
+                .find(|l| pred(l))
+                .cloned()
+                .ok_or_else(|| format!("{:?}", *lines))
+        })
+    }
+}
+
+impl Streaming {
+    pub fn count(&self, pred: impl Fn(&str) -> bool) -> usize {
+        self.lines
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|l| pred(l))
+            .count()
+    }
+}
+
+impl Drop for Streaming {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}

@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # Builds the pinned upstream binaries (kube-apiserver, kube-controller-manager,
-# kube-scheduler, etcd, kwok, helm) from Go modules into the cache directory
-# printed by `build.sh --print-dir`, and does nothing when they are all there.
+# kube-scheduler, etcd, kwok, helm, and the real node's kubelet and kube-proxy)
+# from Go modules into the cache directory printed by `build.sh --print-dir`.
+# Each group is built only when one of its binaries is missing, so a cache made
+# before a group was added gains it without rebuilding the rest.
 # Nothing is downloaded except Go modules through the module proxy.
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
@@ -11,13 +13,13 @@ here=$(cd "$(dirname "$0")" && pwd)
 pins="k8s-${KUBERNETES_VERSION}_etcd-${ETCD_VERSION}_kwok-${KWOK_VERSION}_helm-${HELM_VERSION}"
 cache_root="${VCLUSTER_CACHE_DIR:-${XDG_CACHE_HOME:-$HOME/.cache}/vcluster}"
 out="$cache_root/$pins/bin"
-bins=(kube-apiserver kube-controller-manager kube-scheduler etcd kwok helm)
+plane_bins=(kube-apiserver kube-controller-manager kube-scheduler etcd kwok helm)
+node_bins=(kubelet kube-proxy)
 
 if [ "${1:-}" = "--print-dir" ]; then echo "$out"; exit 0; fi
 
-missing=0
-for b in "${bins[@]}"; do [ -x "$out/$b" ] || missing=1; done
-if [ "$missing" = 0 ]; then echo "upstream binaries present in $out"; exit 0; fi
+missing() { local b; for b in "$@"; do [ -x "$out/$b" ] || return 0; done; return 1; }
+if ! missing "${plane_bins[@]}" "${node_bins[@]}"; then echo "upstream binaries present in $out"; exit 0; fi
 
 "$here/gen-gomod.sh" check
 
@@ -26,6 +28,8 @@ export GOTOOLCHAIN=local  # never download a Go toolchain
 export CGO_ENABLED=0
 stage="$cache_root/$pins/bin.partial"
 rm -rf "$stage"; mkdir -p "$stage"
+# Keep what is already built; only the missing groups are built below.
+if [ -d "$out" ]; then cp -a "$out/." "$stage/"; fi
 start=$(date +%s)
 
 kv="${KUBERNETES_VERSION}"
@@ -35,21 +39,37 @@ for p in k8s.io/component-base/version k8s.io/client-go/pkg/version; do
   kflags+=" -X $p.gitVersion=$kv -X $p.gitMajor=1 -X $p.gitMinor=$minor -X $p.gitTreeState=clean"
 done
 
-echo "building kube-apiserver, kube-controller-manager, kube-scheduler $kv and etcd $ETCD_VERSION (cold: about 6 min on 2 cores)"
-(cd "$here" && go build -ldflags "-s -w $kflags" -o "$stage/" \
-  k8s.io/kubernetes/cmd/kube-apiserver \
-  k8s.io/kubernetes/cmd/kube-controller-manager \
-  k8s.io/kubernetes/cmd/kube-scheduler)
-(cd "$here" && go build -ldflags "-s -w" -o "$stage/etcd" go.etcd.io/etcd/server/v3)
+built=()
+if missing "${plane_bins[@]}"; then
+  echo "building kube-apiserver, kube-controller-manager, kube-scheduler $kv and etcd $ETCD_VERSION (cold: about 6 min on 2 cores)"
+  (cd "$here" && go build -ldflags "-s -w $kflags" -o "$stage/" \
+    k8s.io/kubernetes/cmd/kube-apiserver \
+    k8s.io/kubernetes/cmd/kube-controller-manager \
+    k8s.io/kubernetes/cmd/kube-scheduler)
+  (cd "$here" && go build -ldflags "-s -w" -o "$stage/etcd" go.etcd.io/etcd/server/v3)
 
-# kwok and helm have no replace directives: install them at their pinned versions,
-# each with its own dependency graph (their k8s.io versions differ from ours).
-echo "building kwok $KWOK_VERSION and helm $HELM_VERSION"
-GOBIN="$stage" go install -ldflags "-s -w -X sigs.k8s.io/kwok/pkg/consts.Version=${KWOK_VERSION#v}" \
-  "sigs.k8s.io/kwok/cmd/kwok@$KWOK_VERSION"
-GOBIN="$stage" go install -ldflags "-s -w -X helm.sh/helm/v3/internal/version.version=$HELM_VERSION" \
-  "helm.sh/helm/v3/cmd/helm@$HELM_VERSION"
+  # kwok and helm have no replace directives: install them at their pinned versions,
+  # each with its own dependency graph (their k8s.io versions differ from ours).
+  echo "building kwok $KWOK_VERSION and helm $HELM_VERSION"
+  GOBIN="$stage" go install -ldflags "-s -w -X sigs.k8s.io/kwok/pkg/consts.Version=${KWOK_VERSION#v}" \
+    "sigs.k8s.io/kwok/cmd/kwok@$KWOK_VERSION"
+  GOBIN="$stage" go install -ldflags "-s -w -X helm.sh/helm/v3/internal/version.version=$HELM_VERSION" \
+    "helm.sh/helm/v3/cmd/helm@$HELM_VERSION"
+  built+=("${plane_bins[@]}")
+fi
 
-for b in "${bins[@]}"; do [ -x "$stage/$b" ] || { echo "build.sh: $b was not built" >&2; exit 1; }; done
+if missing "${node_bins[@]}"; then
+  # The real node (`vcluster dev up --real-nodes N`): from the same wrapper module,
+  # so the kubelet's version is the control plane's.
+  echo "building kubelet and kube-proxy $kv (about 1 min after the control plane, 6-9 min cold)"
+  (cd "$here" && go build -ldflags "-s -w $kflags" -o "$stage/" \
+    k8s.io/kubernetes/cmd/kubelet \
+    k8s.io/kubernetes/cmd/kube-proxy)
+  built+=("${node_bins[@]}")
+fi
+
+for b in "${plane_bins[@]}" "${node_bins[@]}"; do
+  [ -x "$stage/$b" ] || { echo "build.sh: $b was not built" >&2; exit 1; }
+done
 rm -rf "$out"; mv "$stage" "$out"
-echo "built ${bins[*]} into $out in $(( $(date +%s) - start ))s"
+echo "built ${built[*]} into $out in $(( $(date +%s) - start ))s"

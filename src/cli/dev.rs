@@ -49,6 +49,13 @@ struct UpArgs {
     /// An extra argument for both kube-apiservers (repeatable), e.g. --apiserver-arg=--watch-cache=false.
     #[arg(long = "apiserver-arg", allow_hyphen_values = true)]
     apiserver_args: Vec<String>,
+    /// Real nodes (kubelet, containerd, kube-proxy in a network namespace of the
+    /// stack's own; needs root, `make node-deps` and `make image`): 0 or 1.
+    #[arg(long, default_value_t = 0, value_parser = clap::value_parser!(u32).range(0..=1))]
+    real_nodes: u32,
+    /// Where the real node's images are (default: target/images beside the executable).
+    #[arg(long, env = "VCLUSTER_IMAGE_DIR")]
+    image_dir: Option<PathBuf>,
     /// Do not run the syncer (only the control planes).
     #[arg(long)]
     no_syncer: bool,
@@ -120,6 +127,8 @@ fn options(up: &UpArgs) -> anyhow::Result<StackOptions> {
         vcluster_api_port: up.vcluster_api_port,
         timeout: Duration::from_secs(up.timeout),
         apiserver_args: up.apiserver_args.clone(),
+        real_nodes: up.real_nodes,
+        image_dir: up.image_dir.as_deref().map(absolute).transpose()?,
         syncer: if up.no_syncer {
             None
         } else {
@@ -254,6 +263,12 @@ fn supervisor_args(up: &UpArgs, opts: &StackOptions) -> Vec<String> {
         up.apiserver_args
             .iter()
             .map(|a| format!("--apiserver-arg={a}")),
+    );
+    args.push(format!("--real-nodes={}", opts.real_nodes));
+    args.extend(
+        opts.image_dir
+            .as_ref()
+            .map(|d| format!("--image-dir={}", d.display())),
     );
     args.push(format!("--name={}", up.name));
     args.push(format!("--host-namespace={}", up.host_namespace));

@@ -43,6 +43,11 @@ impl Stack {
         kwok::create_nodes(&host_client, self.opts.nodes).await?;
         self.wait_controllers(&planes.host, &host_client, &virt_client, deadline)
             .await?;
+        if self.opts.real_nodes > 0 {
+            let front_door = self.opts.syncer.is_some().then_some(ports.front_door);
+            self.start_real_node(&planes.host, &host_client, front_door, deadline)
+                .await?;
+        }
         if let Some(spec) = self.opts.syncer.clone() {
             let kubeconfigs = (planes.host_kc.as_path(), planes.virt_kc.as_path());
             self.start_syncer(&spec, &host_client, kubeconfigs, &ports, deadline)
@@ -92,7 +97,10 @@ impl Stack {
     ) -> Result<(kube::Client, kube::Client), LocalError> {
         let both = [&planes.host, &planes.virt];
         self.spawn_per_plane(both, "etcd", Plane::etcd_args, &[])?;
-        let apiserver_extra = self.opts.apiserver_args.clone();
+        let mut apiserver_extra = self.opts.apiserver_args.clone();
+        if self.opts.real_nodes > 0 {
+            apiserver_extra.extend(self.prepare_real_node(deadline).await?);
+        }
         self.spawn_per_plane(
             both,
             "kube-apiserver",

@@ -17,6 +17,8 @@
 
 mod boot;
 mod kwok;
+mod netns;
+pub mod node;
 mod plane;
 pub mod ports;
 mod probe;
@@ -150,6 +152,9 @@ pub enum LocalError {
         /// The cause.
         source: serde_json::Error,
     },
+    /// The real node cannot start (missing packages, root, images).
+    #[error("{0}")]
+    RealNode(String),
     /// The state file could not be read or written.
     #[error("state file {path}: {source}")]
     State {
@@ -235,6 +240,7 @@ pub fn check_binaries(dir: &Path) -> Result<(), LocalError> {
 
 /// Removes a stopped stack's state (logs stay).
 pub fn release_state(state_dir: &Path) {
+    node::teardown(state_dir);
     state::release(state_dir);
 }
 

@@ -29,6 +29,10 @@ pub struct StackOptions {
     /// Extra arguments for both kube-apiservers (for example
     /// `--watch-cache=false` in fault tests).
     pub apiserver_args: Vec<String>,
+    /// Real nodes (kubelet + containerd) beside the fake ones: 0 or 1.
+    pub real_nodes: u32,
+    /// Where the node's images are (`make image`; default: [`super::node::default_image_dir`]).
+    pub image_dir: Option<PathBuf>,
 }
 
 /// How the stack runs the syncer.
@@ -50,6 +54,8 @@ pub struct Stack {
     /// How each of `processes` was started (for restarts), same order.
     pub(super) specs: Vec<restart::Spec>,
     pub(super) state: StackState,
+    /// The real node's relays, when it runs one.
+    pub(super) node: Option<super::node::RealNode>,
 }
 
 impl Stack {
@@ -71,12 +77,20 @@ impl Stack {
     /// (for example on Ctrl-C) calls [`Stack::shutdown`].
     pub fn prepare(opts: StackOptions) -> Result<Self, LocalError> {
         check_binaries(&opts.bin_dir)?;
+        if opts.real_nodes > 0 {
+            let images = opts
+                .image_dir
+                .clone()
+                .unwrap_or_else(super::node::default_image_dir);
+            super::node::check_prerequisites(&opts.bin_dir, &images)?;
+        }
         state::claim(&opts.state_dir)?;
         Ok(Self {
             state: StackState::new(&opts.state_dir, opts.nodes),
             opts,
             processes: Vec::new(),
             specs: Vec::new(),
+            node: None,
         })
     }
 
@@ -233,6 +247,8 @@ impl Stack {
         while let Some(mut p) = self.processes.pop() {
             p.stop(Duration::from_secs(10)).await;
         }
+        self.node = None;
+        super::node::teardown(&self.opts.state_dir);
         state::release(&self.opts.state_dir);
     }
 }

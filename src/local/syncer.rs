@@ -9,6 +9,7 @@ use std::time::Instant;
 
 use k8s_openapi::api::core::v1::{
     Container, ContainerPort, Namespace, Pod, PodSpec, Secret, Service, ServicePort, ServiceSpec,
+    Toleration,
 };
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use kube::api::{Api, ObjectMeta};
@@ -178,6 +179,14 @@ fn stand_in_pod(name: &str) -> Pod {
                 }]),
                 ..Container::default()
             }],
+            // On a KWOK node, which forwards its port 8443 to the front door
+            // (tolerating the taint KWOK nodes get beside a real node).
+            node_selector: Some(BTreeMap::from([("type".to_owned(), "kwok".to_owned())])),
+            tolerations: Some(vec![Toleration {
+                key: Some(super::node::FAKE_TAINT.to_owned()),
+                operator: Some("Exists".to_owned()),
+                ..Toleration::default()
+            }]),
             ..PodSpec::default()
         }),
         ..Pod::default()

@@ -1,9 +1,10 @@
 //! Virtual Nodes: one for each host node that runs this vcluster's pods, so
 //! virtual pods can be bound and `kubectl get pods -o wide` names their node.
 //!
-//! They are fakes that reveal nothing of the host: the host node's name, a
-//! Hostname address only, capacity and allocatable copied from the host node
-//! when the syncer may read it (otherwise generous defaults), and Ready
+//! They are fakes that reveal little of the host: the host node's name, a
+//! Hostname address only, capacity, allocatable, kubelet version, OS and
+//! architecture copied from the host node when the syncer may read it
+//! (otherwise generous defaults and `vcluster` as the version), and Ready
 //! conditions kept fresh together with a Lease in `kube-node-lease`, as a
 //! kubelet would. A virtual Node no pod needs any more is deleted.
 
@@ -70,6 +71,7 @@ fn node_status(
     name: &str,
     capacity: BTreeMap<String, Quantity>,
     allocatable: BTreeMap<String, Quantity>,
+    info: serde_json::Value,
     now: &str,
 ) -> serde_json::Value {
     let cond = |t: &str, s: &str, reason: &str| {
@@ -89,12 +91,7 @@ fn node_status(
                 cond("DiskPressure", "False", "KubeletHasNoDiskPressure"),
                 cond("PIDPressure", "False", "KubeletHasSufficientPID"),
             ],
-            "nodeInfo": {
-                "architecture": "amd64", "operatingSystem": "linux",
-                "kubeletVersion": "vcluster", "kubeProxyVersion": "vcluster",
-                "containerRuntimeVersion": "vcluster", "kernelVersion": "", "osImage": "",
-                "machineID": "", "systemUUID": "", "bootID": "",
-            },
+            "nodeInfo": info,
         },
     })
 }
@@ -162,17 +159,19 @@ impl VirtualNodes {
         let nodes: Api<Node> = Api::all(self.virt.clone());
         // Capacity from the host node if this syncer may read nodes (optional
         // cluster-wide permission), otherwise defaults.
-        let (capacity, allocatable) = match Api::<Node>::all(self.host.clone()).get_opt(name).await
-        {
-            Ok(Some(n)) => {
-                let st = n.status.unwrap_or_default();
-                (
-                    st.capacity.unwrap_or_else(default_capacity),
-                    st.allocatable.unwrap_or_else(default_capacity),
-                )
-            }
-            _ => (default_capacity(), default_capacity()),
-        };
+        let (capacity, allocatable, info) =
+            match Api::<Node>::all(self.host.clone()).get_opt(name).await {
+                Ok(Some(n)) => {
+                    let st = n.status.unwrap_or_default();
+                    (
+                        st.capacity.unwrap_or_else(default_capacity),
+                        st.allocatable.unwrap_or_else(default_capacity),
+                        st.node_info,
+                    )
+                }
+                _ => (default_capacity(), default_capacity(), None),
+            };
+        let info = node_info(info.as_ref());
         let params = PatchParams::apply(FIELD_MANAGER).force();
         let node = json!({
             "apiVersion": "v1", "kind": "Node",
@@ -186,7 +185,7 @@ impl VirtualNodes {
             .patch(name, &params, &Patch::Apply(&node))
             .await
             .map_err(|e| api_err("create virtual", name, e))?;
-        let status = node_status(name, capacity, allocatable, &seconds_now());
+        let status = node_status(name, capacity, allocatable, info, &seconds_now());
         nodes
             .patch_status(name, &params, &Patch::Apply(&status))
             .await
@@ -259,6 +258,27 @@ impl VirtualNodes {
     }
 }
 
+/// The virtual Node's `nodeInfo`: the host node's kubelet version, operating
+/// system and architecture when the syncer may read it (what clients and
+/// charts check); nothing that identifies the machine (kernel, OS image,
+/// machine and boot IDs) is copied.
+fn node_info(host: Option<&k8s_openapi::api::core::v1::NodeSystemInfo>) -> serde_json::Value {
+    let pick = |f: fn(&k8s_openapi::api::core::v1::NodeSystemInfo) -> &str, default: &str| {
+        host.map(f)
+            .filter(|v| !v.is_empty())
+            .unwrap_or(default)
+            .to_owned()
+    };
+    json!({
+        "architecture": pick(|i| &i.architecture, "amd64"),
+        "operatingSystem": pick(|i| &i.operating_system, "linux"),
+        "kubeletVersion": pick(|i| &i.kubelet_version, "vcluster"),
+        "kubeProxyVersion": pick(|i| &i.kube_proxy_version, "vcluster"),
+        "containerRuntimeVersion": "vcluster", "kernelVersion": "", "osImage": "",
+        "machineID": "", "systemUUID": "", "bootID": "",
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -305,6 +325,7 @@ mod tests {
             "n1",
             default_capacity(),
             default_capacity(),
+            node_info(None),
             "2026-01-01T00:00:00Z",
         );
         let st = &status["status"];
