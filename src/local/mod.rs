@@ -19,6 +19,8 @@ mod boot;
 mod kwok;
 mod netns;
 pub mod node;
+mod node_files;
+mod node_teardown;
 mod plane;
 pub mod ports;
 mod probe;

@@ -31,16 +31,19 @@
 use crate::api::ApiError;
 use std::path::{Path, PathBuf};
 use std::process::Command;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use k8s_openapi::api::core::v1::Node;
 use kube::api::{Api, Patch, PatchParams};
 use serde_json::json;
 
 use super::netns::{self, NetNs};
+use super::node_files::{
+    cni_config, containerd_config, holder_script, kube_proxy_config, kubelet_config, write_pki,
+};
+pub use super::node_teardown::{leftovers, teardown};
 use super::plane::Plane;
-use super::{LocalError, Stack, io_err, write_private, write_public};
-use crate::pki::{Ca, CertSpec};
+use super::{LocalError, Stack, io_err, write_public};
 
 /// The node's name.
 pub const NODE_NAME: &str = "real-node-0";
@@ -81,7 +84,7 @@ const IMAGES: &[&str] = &["pause.tar", "busybox.tar"];
 pub const PAUSE_IMAGE: &str = "vcluster.dev/pause:1";
 
 /// Kernel tunables the kubelet sets unless they already hold these values.
-const KUBELET_TUNABLES: &[(&str, &str)] = &[
+pub(super) const KUBELET_TUNABLES: &[(&str, &str)] = &[
     ("vm/overcommit_memory", "1"),
     ("vm/panic_on_oom", "0"),
     ("kernel/panic", "10"),
@@ -92,13 +95,13 @@ const KUBELET_TUNABLES: &[(&str, &str)] = &[
 
 /// What teardown needs to find the node's leftovers, in `node/node.json`.
 #[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
-struct NodeRecord {
+pub(super) struct NodeRecord {
     /// Inode of the node's network namespace.
-    netns: u64,
+    pub(super) netns: u64,
     /// Inode of the node's mount namespace.
-    mntns: u64,
+    pub(super) mntns: u64,
     /// The kubelet's cgroup root (one directory per v1 hierarchy).
-    cgroup_root: String,
+    pub(super) cgroup_root: String,
 }
 
 /// The supervisor's part of a running real node: its relays and proxy.
@@ -117,7 +120,7 @@ impl Drop for RealNode {
     }
 }
 
-fn node_err(msg: impl Into<String>) -> LocalError {
+pub(super) fn node_err(msg: impl Into<String>) -> LocalError {
     LocalError::RealNode(msg.into())
 }
 
@@ -168,7 +171,7 @@ pub fn default_image_dir() -> PathBuf {
 }
 
 /// A short, stable identifier of a state directory (cgroup names).
-fn id_of(state_dir: &Path) -> String {
+pub(super) fn id_of(state_dir: &Path) -> String {
     // FNV-1a over the path: stable across runs and builds.
     let mut h: u64 = 0xcbf2_9ce4_8422_2325;
     for b in state_dir.as_os_str().as_encoded_bytes() {
@@ -178,7 +181,7 @@ fn id_of(state_dir: &Path) -> String {
     format!("{:08x}", h & 0xffff_ffff)
 }
 
-fn ns_inode(pid: u32, kind: &str) -> Option<u64> {
+pub(super) fn ns_inode(pid: u32, kind: &str) -> Option<u64> {
     use std::os::unix::fs::MetadataExt as _;
     std::fs::metadata(format!("/proc/{pid}/ns/{kind}"))
         .ok()
@@ -187,7 +190,7 @@ fn ns_inode(pid: u32, kind: &str) -> Option<u64> {
 
 /// Every cgroup hierarchy mounted: the v1 ones and, on hybrid machines like
 /// these, the unified (v2) one, where runc creates the containers' cgroups too.
-fn cgroup_hierarchies() -> Vec<PathBuf> {
+pub(super) fn cgroup_hierarchies() -> Vec<PathBuf> {
     let Ok(info) = std::fs::read_to_string("/proc/self/mountinfo") else {
         return Vec::new();
     };
@@ -201,12 +204,12 @@ fn cgroup_hierarchies() -> Vec<PathBuf> {
         .collect()
 }
 
-fn node_dir(state_dir: &Path) -> PathBuf {
+pub(super) fn node_dir(state_dir: &Path) -> PathBuf {
     state_dir.join("node")
 }
 
 /// Runs a short command to completion; its failure is an error naming it.
-fn run(what: &str, program: &str, args: &[&str]) -> Result<String, LocalError> {
+pub(super) fn run(what: &str, program: &str, args: &[&str]) -> Result<String, LocalError> {
     let out = Command::new(program)
         .args(args)
         .output()
@@ -219,202 +222,6 @@ fn run(what: &str, program: &str, args: &[&str]) -> Result<String, LocalError> {
         )));
     }
     Ok(String::from_utf8_lossy(&out.stdout).into_owned())
-}
-
-/// The holder's script: mounts, masked tunables, the namespace's network.
-fn holder_script(kwok_pod_cidr: &str) -> String {
-    let mut s = String::from(
-        "set -e\n\
-         for d in /run /var/lib /var/log; do mount -t tmpfs -o mode=755 vcluster-node $d; done\n\
-         mkdir -p /run/vcluster-node\n",
-    );
-    for (key, want) in KUBELET_TUNABLES {
-        let file = format!("/run/vcluster-node/{}", key.replace('/', "_"));
-        s.push_str(&format!(
-            "if [ \"$(cat /proc/sys/{key})\" != {want} ]; then echo {want} > {file}; mount --bind {file} /proc/sys/{key}; fi\n"
-        ));
-    }
-    s.push_str(&format!(
-        "ip link set lo up\n\
-         ip link add vcn0 type veth peer name vcn1\n\
-         ip addr add {NODE_IP}/24 dev vcn0\n\
-         ip addr add {API_IP}/24 dev vcn1\n\
-         ip link set vcn0 up\n\
-         ip link set vcn1 up\n\
-         ip route add unreachable default\n\
-         ip route add local {kwok_pod_cidr} dev lo\n\
-         echo 1 > /proc/sys/net/ipv4/ip_forward\n\
-         if [ -e /proc/sys/net/bridge/bridge-nf-call-iptables ]; then echo 1 > /proc/sys/net/bridge/bridge-nf-call-iptables; fi\n\
-         touch /run/vcluster-node/ready\n\
-         exec sleep infinity\n"
-    ));
-    s
-}
-
-fn containerd_config(dir: &Path) -> String {
-    let d = |rel: &str| dir.join(rel).display().to_string();
-    format!(
-        r#"version = 2
-root = "{root}"
-state = "{state}"
-[grpc]
-  address = "{sock}"
-[ttrpc]
-  address = "{sock}.ttrpc"
-[debug]
-  address = ""
-[metrics]
-  address = ""
-[plugins."io.containerd.grpc.v1.cri"]
-  sandbox_image = "{PAUSE_IMAGE}"
-  # These VMs lack CAP_SYS_RESOURCE: without this, runc fails to lower the
-  # sandbox's oom_score_adj and every sandbox fails to start.
-  restrict_oom_score_adj = true
-  stream_server_address = "127.0.0.1"
-  [plugins."io.containerd.grpc.v1.cri".containerd]
-    default_runtime_name = "runc"
-    [plugins."io.containerd.grpc.v1.cri".containerd.runtimes.runc]
-      runtime_type = "io.containerd.runc.v2"
-      [plugins."io.containerd.grpc.v1.cri".containerd.runtimes.runc.options]
-        SystemdCgroup = false
-        BinaryName = "/usr/sbin/runc"
-        Root = "{runc}"
-  [plugins."io.containerd.grpc.v1.cri".cni]
-    bin_dir = "/usr/lib/cni"
-    conf_dir = "{cni}"
-"#,
-        root = d("containerd/root"),
-        state = d("containerd/state"),
-        sock = d("containerd/containerd.sock"),
-        runc = d("containerd/runc"),
-        cni = d("cni/net.d"),
-    )
-}
-
-fn cni_config(dir: &Path) -> String {
-    json!({
-        "cniVersion": "1.0.0",
-        "name": "vcluster-node",
-        "plugins": [
-            {"type": "bridge", "bridge": "vcbr0", "isGateway": true, "hairpinMode": true,
-             "ipMasq": false,
-             "ipam": {"type": "host-local", "ranges": [[{"subnet": POD_CIDR}]],
-                      "routes": [{"dst": "0.0.0.0/0"}],
-                      "dataDir": dir.join("cni/ipam").display().to_string()}},
-            {"type": "portmap", "capabilities": {"portMappings": true}},
-        ],
-    })
-    .to_string()
-}
-
-fn kubelet_config(dir: &Path, host_ca: &Path, cgroup_root: &str) -> String {
-    let d = |rel: &str| dir.join(rel).display().to_string();
-    json!({
-        "apiVersion": "kubelet.config.k8s.io/v1beta1",
-        "kind": "KubeletConfiguration",
-        // The machine is cgroup v1 and has no systemd.
-        "failCgroupV1": false,
-        "cgroupDriver": "cgroupfs",
-        "cgroupRoot": format!("/{cgroup_root}"),
-        "containerRuntimeEndpoint": format!("unix://{}", d("containerd/containerd.sock")),
-        "address": NODE_IP,
-        "port": 10250,
-        "readOnlyPort": 0,
-        "healthzBindAddress": "127.0.0.1",
-        "healthzPort": 10248,
-        "tlsCertFile": d("pki/kubelet.crt"),
-        "tlsPrivateKeyFile": d("pki/kubelet.key"),
-        "authentication": {
-            "anonymous": {"enabled": false},
-            "webhook": {"enabled": false},
-            "x509": {"clientCAFile": host_ca.display().to_string()},
-        },
-        "authorization": {"mode": "AlwaysAllow"},
-        "clusterDomain": "cluster.local",
-        "resolvConf": "",
-        "podLogsDir": d("pod-logs"),
-        "podCIDR": POD_CIDR,
-        "failSwapOn": false,
-        // Imported images cannot be pulled again: never collect them.
-        "imageGCHighThresholdPercent": 100,
-        "imageGCLowThresholdPercent": 99,
-        "evictionHard": {"memory.available": "100Mi", "nodefs.available": "1%",
-                         "imagefs.available": "1%", "nodefs.inodesFree": "1%"},
-        "serializeImagePulls": false,
-        "syncFrequency": "10s",
-        "shutdownGracePeriod": "0s",
-        "protectKernelDefaults": false,
-        "enforceNodeAllocatable": ["pods"],
-        "maxPods": 110,
-    })
-    .to_string()
-}
-
-fn kube_proxy_config(dir: &Path) -> String {
-    json!({
-        "apiVersion": "kubeproxy.config.k8s.io/v1alpha1",
-        "kind": "KubeProxyConfiguration",
-        "clientConnection": {"kubeconfig": dir.join("kube-proxy.kubeconfig").display().to_string()},
-        "hostnameOverride": NODE_NAME,
-        "mode": "iptables",
-        "clusterCIDR": POD_CIDR,
-        // Zero: leave the machine-wide conntrack sysctls alone.
-        "conntrack": {"maxPerCore": 0, "min": 0, "tcpEstablishedTimeout": "0s",
-                      "tcpCloseWaitTimeout": "0s"},
-        "metricsBindAddress": "127.0.0.1:10249",
-        "healthzBindAddress": "127.0.0.1:10256",
-    })
-    .to_string()
-}
-
-/// Writes the node's PKI (issued by the host CA) and kubeconfigs under `dir`.
-fn write_pki(dir: &Path, host: &Plane) -> Result<(), LocalError> {
-    let pki = host.dir.join("pki");
-    let read = |f: &str| {
-        std::fs::read_to_string(pki.join(f))
-            .map_err(io_err(format!("read {}", pki.join(f).display())))
-    };
-    let ca = Ca::from_pem(&read("ca.crt")?, &read("ca.key")?)?;
-    let validity = Duration::from_secs(365 * 86_400);
-    let serving = ca.issue(&CertSpec::server(
-        NODE_NAME,
-        &[NODE_IP.to_owned(), NODE_NAME.to_owned()],
-        validity,
-    ))?;
-    let own = dir.join("pki");
-    std::fs::create_dir_all(&own).map_err(io_err(format!("create {}", own.display())))?;
-    write_public(&own.join("kubelet.crt"), &serving.cert_pem)?;
-    write_private(&own.join("kubelet.key"), &serving.key_pem)?;
-    // Through the relay; the API server's certificate names `kubernetes`.
-    let server = format!("https://{API_IP}:{API_PORT}");
-    for (file, user, group) in [
-        (
-            "kubelet.kubeconfig",
-            format!("system:node:{NODE_NAME}"),
-            Some("system:nodes"),
-        ),
-        (
-            "kube-proxy.kubeconfig",
-            "system:kube-proxy".to_owned(),
-            None,
-        ),
-    ] {
-        let cert = ca.issue(&CertSpec::client(&user, group, validity))?;
-        let mut cfg = crate::kubeconfig::client_cert(
-            "vcluster-dev-node",
-            &server,
-            ca.cert_pem(),
-            &cert.cert_pem,
-            &cert.key_pem,
-        );
-        for c in &mut cfg.clusters {
-            if let Some(cluster) = c.cluster.as_mut() {
-                cluster.tls_server_name = Some("kubernetes".to_owned());
-            }
-        }
-        write_private(&dir.join(file), &crate::kubeconfig::to_yaml(&cfg)?)?;
-    }
-    Ok(())
 }
 
 /// Creates the kubelet's cgroup root in every hierarchy.
@@ -517,10 +324,40 @@ impl Stack {
     ) -> Result<(), LocalError> {
         let started = Instant::now();
         let dir = node_dir(&self.opts.state_dir);
-        let Some(node) = self.node.as_mut() else {
+        let Some(holder) = self.open_node_relays(host, front_door)? else {
             return Ok(());
         };
-        let (holder, ns) = (node.holder, node.ns.clone());
+        self.write_node_files(&dir, host)?;
+        self.start_containerd(holder, &dir, deadline).await?;
+        self.start_node_agents(holder, &dir)?;
+        // The host `kubernetes` Service (its endpoints are not reconciled:
+        // the API server's address is loopback) points at the relay.
+        apply_api_endpoints(host_client).await?;
+        let nodes: Api<Node> = Api::all(host_client.clone());
+        self.wait_for("the real node to become Ready", deadline, || {
+            let nodes = nodes.clone();
+            async move { node_ready(&nodes, NODE_NAME).await }
+        })
+        .await?;
+        taint_fake_nodes(host_client, self.opts.nodes).await?;
+        tracing::info!(
+            elapsed_ms = started.elapsed().as_millis() as u64,
+            "real node ready"
+        );
+        Ok(())
+    }
+
+    /// The relays inside the node's namespace to the host API and the front
+    /// door; the holder's pid (`None`: no node was prepared).
+    fn open_node_relays(
+        &mut self,
+        host: &Plane,
+        front_door: Option<u16>,
+    ) -> Result<Option<u32>, LocalError> {
+        let Some(node) = self.node.as_mut() else {
+            return Ok(None);
+        };
+        let ns = node.ns.clone();
         let api = ns.listen(format!("{API_IP}:{API_PORT}").parse().map_err(|_| {
             node_err("invalid relay address") // constants: cannot happen
         })?)?;
@@ -534,31 +371,37 @@ impl Stack {
             )?;
             node.tasks.push(netns::relay_to_loopback(fd, port));
         }
+        Ok(Some(node.holder))
+    }
 
-        write_pki(&dir, host)?;
+    /// The node's certificates and its components' configuration files.
+    fn write_node_files(&self, dir: &Path, host: &Plane) -> Result<(), LocalError> {
+        write_pki(dir, host)?;
         let cgroup_root = format!("vcluster-node-{}", id_of(&self.opts.state_dir));
-        write_public(
-            &dir.join("containerd/config.toml"),
-            &containerd_config(&dir),
-        )?;
+        write_public(&dir.join("containerd/config.toml"), &containerd_config(dir))?;
         write_public(
             &dir.join("cni/net.d/10-vcluster-node.conflist"),
-            &cni_config(&dir),
+            &cni_config(dir),
         )?;
         write_public(
             &dir.join("kubelet-config.json"),
-            &kubelet_config(&dir, &host.dir.join("pki/ca.crt"), &cgroup_root),
+            &kubelet_config(dir, &host.dir.join("pki/ca.crt"), &cgroup_root),
         )?;
-        write_public(
-            &dir.join("kube-proxy-config.json"),
-            &kube_proxy_config(&dir),
-        )?;
+        write_public(&dir.join("kube-proxy-config.json"), &kube_proxy_config(dir))
+    }
 
-        let nsenter = Path::new("/usr/bin/nsenter");
+    /// containerd in the node's namespaces, with the images imported.
+    async fn start_containerd(
+        &mut self,
+        holder: u32,
+        dir: &Path,
+        deadline: Instant,
+    ) -> Result<(), LocalError> {
+        let started = Instant::now();
         let config = dir.join("containerd/config.toml").display().to_string();
         self.spawn_program(
             "node-containerd",
-            nsenter,
+            Path::new("/usr/bin/nsenter"),
             Self::nsenter_args(
                 holder,
                 "/usr/bin/containerd",
@@ -568,15 +411,14 @@ impl Stack {
         )?;
         let sock = dir.join("containerd/containerd.sock");
         let ctr = |args: &[&str]| -> Result<String, LocalError> {
-            let mut all = vec![
-                format!("--target={holder}"),
-                "--net".to_owned(),
-                "--mount".to_owned(),
-                "--".to_owned(),
-                "/usr/bin/ctr".to_owned(),
-                format!("--address={}", sock.display()),
-                "--namespace=k8s.io".to_owned(),
-            ];
+            let mut all = Self::nsenter_args(
+                holder,
+                "/usr/bin/ctr",
+                vec![
+                    format!("--address={}", sock.display()),
+                    "--namespace=k8s.io".to_owned(),
+                ],
+            );
             all.extend(args.iter().map(|a| (*a).to_owned()));
             let refs: Vec<&str> = all.iter().map(String::as_str).collect();
             run("ctr", "/usr/bin/nsenter", &refs)
@@ -607,7 +449,12 @@ impl Stack {
             elapsed_ms = started.elapsed().as_millis() as u64,
             "node images imported"
         );
+        Ok(())
+    }
 
+    /// The kubelet and kube-proxy in the node's namespaces.
+    fn start_node_agents(&mut self, holder: u32, dir: &Path) -> Result<(), LocalError> {
+        let nsenter = Path::new("/usr/bin/nsenter");
         let kubelet = self.opts.bin_dir.join("kubelet").display().to_string();
         let d = |rel: &str| dir.join(rel).display().to_string();
         self.spawn_program(
@@ -638,23 +485,7 @@ impl Stack {
                 vec![format!("--config={}", d("kube-proxy-config.json"))],
             ),
             &[],
-        )?;
-
-        // The host `kubernetes` Service (its endpoints are not reconciled:
-        // the API server's address is loopback) points at the relay.
-        apply_api_endpoints(host_client).await?;
-        let nodes: Api<Node> = Api::all(host_client.clone());
-        self.wait_for("the real node to become Ready", deadline, || {
-            let nodes = nodes.clone();
-            async move { node_ready(&nodes, NODE_NAME).await }
-        })
-        .await?;
-        taint_fake_nodes(host_client, self.opts.nodes).await?;
-        tracing::info!(
-            elapsed_ms = started.elapsed().as_millis() as u64,
-            "real node ready"
-        );
-        Ok(())
+        )
     }
 }
 
@@ -712,115 +543,6 @@ async fn taint_fake_nodes(host: &kube::Client, count: u32) -> Result<(), LocalEr
             .map_err(ApiError::of(format!("taint KWOK node {name}")))?;
     }
     Ok(())
-}
-
-/// Every process in the node's namespaces or cgroups.
-fn node_processes(rec: &NodeRecord) -> Vec<u32> {
-    let me = std::process::id();
-    let mut pids: Vec<u32> = std::fs::read_dir("/proc")
-        .into_iter()
-        .flatten()
-        .flatten()
-        .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
-        .filter(|pid| *pid != me)
-        .filter(|pid| {
-            ns_inode(*pid, "net") == Some(rec.netns) || ns_inode(*pid, "mnt") == Some(rec.mntns)
-        })
-        .collect();
-    for h in cgroup_hierarchies() {
-        collect_cgroup_pids(&h.join(&rec.cgroup_root), &mut pids);
-    }
-    pids.sort_unstable();
-    pids.dedup();
-    pids.retain(|p| super::process::alive(*p));
-    pids
-}
-
-fn collect_cgroup_pids(dir: &Path, out: &mut Vec<u32>) {
-    if let Ok(procs) = std::fs::read_to_string(dir.join("cgroup.procs")) {
-        out.extend(procs.lines().filter_map(|l| l.trim().parse::<u32>().ok()));
-    }
-    for e in std::fs::read_dir(dir).into_iter().flatten().flatten() {
-        if e.file_type().is_ok_and(|t| t.is_dir()) {
-            collect_cgroup_pids(&e.path(), out);
-        }
-    }
-}
-
-fn remove_cgroup(dir: &Path) {
-    for e in std::fs::read_dir(dir).into_iter().flatten().flatten() {
-        if e.file_type().is_ok_and(|t| t.is_dir()) {
-            remove_cgroup(&e.path());
-        }
-    }
-    let _ = std::fs::remove_dir(dir);
-}
-
-/// Removes what a real node leaves outside the stack's own children: the
-/// processes in its namespaces and cgroups (containerd's shims, containers,
-/// the holder), then its cgroups. With them go the namespaces and every
-/// mount made in them. Does nothing for a stack without a real node.
-pub fn teardown(state_dir: &Path) {
-    let file = node_dir(state_dir).join("node.json");
-    let Some(rec) = std::fs::read_to_string(&file)
-        .ok()
-        .and_then(|t| serde_json::from_str::<NodeRecord>(&t).ok())
-    else {
-        return;
-    };
-    let deadline = Instant::now() + Duration::from_secs(20);
-    loop {
-        let pids = node_processes(&rec);
-        if pids.is_empty() || Instant::now() > deadline {
-            if !pids.is_empty() {
-                tracing::warn!(?pids, "real node processes still alive after teardown");
-            }
-            break;
-        }
-        for pid in pids {
-            super::process::signal(pid, rustix::process::Signal::KILL);
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    }
-    for h in cgroup_hierarchies() {
-        remove_cgroup(&h.join(&rec.cgroup_root));
-    }
-    let _ = std::fs::remove_file(&file);
-}
-
-/// What of a real node is still on the machine (for tests and `dev status`):
-/// live processes, cgroup directories, and mounts naming the state directory.
-pub fn leftovers(state_dir: &Path, cgroup_root: Option<&str>) -> Vec<String> {
-    let mut out = Vec::new();
-    let root = cgroup_root
-        .map(str::to_owned)
-        .unwrap_or_else(|| format!("vcluster-node-{}", id_of(state_dir)));
-    for h in cgroup_hierarchies() {
-        let d = h.join(&root);
-        if d.exists() {
-            out.push(format!("cgroup {}", d.display()));
-        }
-    }
-    let dir = state_dir.display().to_string();
-    if let Ok(info) = std::fs::read_to_string("/proc/self/mountinfo") {
-        out.extend(
-            info.lines()
-                .filter(|l| l.contains(&dir))
-                .map(|l| format!("mount {l}")),
-        );
-    }
-    let shim_marker = node_dir(state_dir).join("containerd").display().to_string();
-    for e in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
-        let Some(pid) = e.file_name().to_str().and_then(|s| s.parse::<u32>().ok()) else {
-            continue;
-        };
-        if super::process::alive(pid)
-            && super::process::cmdline(pid).is_some_and(|c| c.contains(&shim_marker))
-        {
-            out.push(format!("process {pid}"));
-        }
-    }
-    out
 }
 
 #[cfg(test)]
