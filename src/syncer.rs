@@ -20,9 +20,11 @@ use kube::ResourceExt;
 use kube::api::Api;
 use kube::config::Kubeconfig;
 
+use crate::sync::addresses::AddressIndex;
 use crate::sync::cache;
 use crate::sync::config::{ConfigRule, Scope};
-use crate::sync::endpoints::{EndpointsRule, SliceRule};
+use crate::sync::endpoints::{EndpointSources, EndpointsRule, SliceRule, tenant_keys};
+use crate::sync::ingress_hosts::HostIngresses;
 use crate::sync::ingresses::IngressRule;
 use crate::sync::nodes::VirtualNodes;
 use crate::sync::pods::{PodRule, TokenIndex};
@@ -192,6 +194,13 @@ pub struct SyncerOptions {
     pub api_service: String,
     /// What ingresses may do.
     pub ingress_policy: crate::translate::ingress::IngressPolicy,
+    /// Refuse ingress hosts that ingresses outside this vcluster already
+    /// serve (needs cluster-wide ingress reads; off without them).
+    pub ingress_host_ownership: bool,
+    /// The Service types synced to the host.
+    pub service_types: crate::policy::service_types::ServiceTypes,
+    /// Where tenant-written endpoints may point besides the vcluster's pods.
+    pub endpoint_policy: crate::policy::endpoints::EndpointPolicy,
     /// The Pod Security Standards level pods must meet to reach the host.
     pub pod_security: crate::policy::pss::Level,
     /// Which kinds sync.
@@ -262,7 +271,7 @@ pub async fn run(opts: SyncerOptions) -> Result<(), SyncerError> {
     // Services are not synced; pods need it complete (service links) first.
     let (services, services_writer) = cache::cache::<Service>();
     let service_engine = Engine::with_virtual_store(
-        ServiceRule::new(services.clone()),
+        ServiceRule::new(services.clone(), opts.service_types.clone()),
         Arc::clone(&ctx),
         (services.clone(), services_writer),
     );
@@ -329,13 +338,24 @@ pub async fn run(opts: SyncerOptions) -> Result<(), SyncerError> {
         Arc::clone(&ctx),
         pod_cache,
     );
+    let host_ingresses = Arc::new(HostIngresses::default());
     let ingresses = Engine::with_virtual_store(
-        IngressRule::new(opts.ingress_policy.clone()),
+        IngressRule::new(opts.ingress_policy.clone(), Arc::clone(&host_ingresses)),
         Arc::clone(&ctx),
         ingress_cache,
     );
-    let endpoints = Engine::new(EndpointsRule::new(services.clone()), Arc::clone(&ctx));
-    let slices = Engine::new(SliceRule::new(services.clone()), Arc::clone(&ctx));
+    let addresses = Arc::new(AddressIndex::default());
+    let endpoint_sources = EndpointSources {
+        services: services.clone(),
+        types: opts.service_types.clone(),
+        policy: opts.endpoint_policy.clone(),
+        addresses: Arc::clone(&addresses),
+    };
+    let endpoints = Engine::new(
+        EndpointsRule::new(endpoint_sources.clone()),
+        Arc::clone(&ctx),
+    );
+    let slices = Engine::new(SliceRule::new(endpoint_sources.clone()), Arc::clone(&ctx));
     {
         // A pod that appears, changes or goes re-evaluates what it references.
         let (cms, secs) = (Arc::clone(&configmaps), Arc::clone(&secrets));
@@ -407,12 +427,78 @@ pub async fn run(opts: SyncerOptions) -> Result<(), SyncerError> {
             ));
         }
     }
+    // --- Isolation (issue 18): the watches the endpoint address policy and
+    // the ingress host ownership policy read, and what they re-queue. The
+    // endpoint engines start once this vcluster's pod IPs are known, the
+    // ingress engine once host ingresses are listed (or known unreadable):
+    // deciding on a partial view would drop good addresses or let a taken
+    // host through.
     if kinds.endpoints {
-        tokio::spawn(Arc::clone(&endpoints).run(engine_opts));
-        tokio::spawn(Arc::clone(&slices).run(engine_opts));
+        let (eps, sls) = (Arc::clone(&endpoints), Arc::clone(&slices));
+        let requeue = move || {
+            let (e, s) = tenant_keys(
+                &endpoint_sources,
+                &eps.virtual_store(),
+                &sls.virtual_store(),
+            );
+            e.into_iter().for_each(|k| eps.enqueue(k));
+            s.into_iter().for_each(|k| sls.enqueue(k));
+        };
+        let idx = Arc::clone(&addresses);
+        pods.on_virtual_change(move |pod: &Pod| {
+            if pod.status.as_ref().is_some_and(|s| s.pod_ip.is_some()) {
+                idx.poke();
+            }
+        });
+        tokio::spawn(Arc::clone(&addresses).run(
+            host.clone(),
+            opts.host_namespace.clone(),
+            kinds.pods.then(|| pods.host_store()),
+            opts.resync,
+            requeue,
+        ));
+        let (eps, sls, idx) = (
+            Arc::clone(&endpoints),
+            Arc::clone(&slices),
+            Arc::clone(&addresses),
+        );
+        tokio::spawn(async move {
+            idx.wait_until_ready().await;
+            tokio::spawn(eps.run(engine_opts));
+            sls.run(engine_opts).await;
+        });
     }
     if kinds.ingresses {
-        tokio::spawn(Arc::clone(&ingresses).run(engine_opts));
+        let (ing, idx) = (Arc::clone(&ingresses), Arc::clone(&host_ingresses));
+        let own_ns = opts.host_namespace.clone();
+        let (vc, hc, on) = (opts.name.clone(), host.clone(), opts.ingress_host_ownership);
+        tokio::spawn(async move {
+            if on {
+                let requeue = {
+                    let ing = Arc::clone(&ing);
+                    move || {
+                        for i in ing.virtual_store().entries() {
+                            ing.enqueue(VirtualKey {
+                                namespace: i.namespace().unwrap_or_default(),
+                                name: i.name_any(),
+                            });
+                        }
+                    }
+                };
+                idx.start(
+                    hc,
+                    vc,
+                    own_ns,
+                    engine_opts.watcher_config(Side::Host),
+                    requeue,
+                )
+                .await;
+            }
+            ing.run(engine_opts).await;
+        });
+    }
+    // --- end of the isolation block.
+    if kinds.ingresses {
         tokio::spawn(crate::sync::certs::run(
             Arc::clone(&ctx),
             crate::sync::certs::Sources {

@@ -19,6 +19,7 @@
 //! - never changes or deletes a host object without this vcluster's owner
 //!   label: a name collision becomes a Warning Event on the virtual object.
 
+pub mod addresses;
 pub mod apiservice;
 pub mod cache;
 pub mod certs;
@@ -26,6 +27,7 @@ pub mod cidr;
 pub mod config;
 pub mod endpoints;
 pub mod events;
+pub mod ingress_hosts;
 pub mod ingresses;
 pub mod metrics;
 pub mod nodes;

@@ -3,7 +3,8 @@
 //! ports are brought back into the virtual Service, so host pods reach a
 //! Service at the address the virtual API shows; a LoadBalancer's status
 //! comes up. The virtual `default/kubernetes` Service is not synced (see
-//! [`super::apiservice`]).
+//! [`super::apiservice`]). A Service of a type the vcluster may not create
+//! ([`ServiceTypes`]) is refused: a Warning event and nothing on the host.
 
 use std::time::Duration;
 
@@ -14,6 +15,7 @@ use kube::runtime::events::EventType;
 
 use super::cache::Cache;
 use super::{Context, Decision, Rule, SyncError, delete_exact};
+use crate::policy::service_types::ServiceTypes;
 use crate::translate::service::{
     Parity, allocation_conflict, host_service, is_api_service, parity, status_up,
     without_allocations,
@@ -23,12 +25,17 @@ use crate::translate::service::{
 #[derive(Debug)]
 pub struct ServiceRule {
     virtual_services: Cache<Service>,
+    types: ServiceTypes,
 }
 
 impl ServiceRule {
-    /// A rule that checks the virtual cache before taking an address.
-    pub fn new(virtual_services: Cache<Service>) -> Self {
-        Self { virtual_services }
+    /// A rule that checks the virtual cache before taking an address and
+    /// syncs only Services of the allowed `types`.
+    pub fn new(virtual_services: Cache<Service>, types: ServiceTypes) -> Self {
+        Self {
+            virtual_services,
+            types,
+        }
     }
 
     /// True when another virtual Service holds `ip`.
@@ -61,6 +68,9 @@ impl Rule for ServiceRule {
             return Decision::Remove {
                 grace_seconds: None,
             };
+        }
+        if let Err(r) = self.types.check(v) {
+            return Decision::Reject(r.reason, r.message);
         }
         match host_service(&ctx.vc, v, h) {
             Ok(s) => Decision::Sync(s),
