@@ -470,4 +470,30 @@ mod tests {
         assert_eq!(r.reason, REASON);
         assert!(r.message.contains("FQDN"), "{}", r.message);
     }
+
+    use proptest::prelude::*;
+    use std::net::Ipv4Addr;
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(5_000))]
+        #[test]
+        fn parsing_never_panics(s in ".{0,40}") {
+            let _ = s.parse::<Cidr>();
+            let _ = EndpointPolicy::default().check(&s, &known());
+        }
+
+        #[test]
+        fn a_v4_cidr_contains_exactly_its_prefix(ip in any::<u32>(), net in any::<u32>(), prefix in 0u8..=32) {
+            let c: Cidr = format!("{}/{prefix}", Ipv4Addr::from(net)).parse().unwrap();
+            let mask = if prefix == 0 { 0 } else { u32::MAX << (32 - u32::from(prefix)) };
+            prop_assert_eq!(c.contains(IpAddr::V4(Ipv4Addr::from(ip))), ip & mask == net & mask);
+        }
+
+        #[test]
+        fn host_ranges_stay_refused_under_any_allowed_cidrs(last in 0u8..=255, prefix in 0u8..=16) {
+            let wide = EndpointPolicy::new(vec![format!("10.0.0.0/{}", prefix.min(8)).parse().unwrap()]);
+            let ip = format!("10.96.0.{last}");
+            prop_assert!(wide.check(&ip, &known()).is_err(), "{}", ip);
+        }
+    }
 }

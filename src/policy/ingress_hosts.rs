@@ -296,4 +296,38 @@ mod tests {
         assert_eq!(v.refused.len(), 1);
         assert_eq!(refusal(&[]), None);
     }
+
+    use proptest::prelude::*;
+
+    fn name() -> impl Strategy<Value = String> {
+        prop_oneof![
+            "[a-z]{1,3}(\\.[a-z]{1,3}){0,3}",
+            "\\*(\\.[a-z]{1,3}){1,3}",
+            Just(String::new()),
+            ".{0,12}",
+        ]
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(5_000))]
+        #[test]
+        fn overlap_is_symmetric_reflexive_and_total(a in name(), b in name()) {
+            prop_assert_eq!(overlaps(&a, &b), overlaps(&b, &a));
+            prop_assert!(overlaps(&a, &a), "{}", a);
+        }
+
+        #[test]
+        fn a_wildcard_covers_every_name_below_it(
+            suffix in "[a-z]{1,3}(\\.[a-z]{1,3}){0,2}",
+            labels in "[a-z]{1,3}(\\.[a-z]{1,3}){0,2}",
+        ) {
+            let wild = format!("*.{suffix}");
+            let below = format!("{labels}.{suffix}");
+            prop_assert!(overlaps(&wild, &below));
+            prop_assert!(!overlaps(&wild, &suffix), "the suffix itself is not below it");
+            // Refused unless ours, whatever the times.
+            let claim = Claim { who: "x/y".into(), hosts: vec![wild.clone()], created: None };
+            prop_assert_eq!(decide(std::slice::from_ref(&below), None, &[claim]).refused.len(), 1);
+        }
+    }
 }
