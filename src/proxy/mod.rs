@@ -39,6 +39,14 @@ use route::Route;
 const ADMIN_CERT_VALIDITY: Duration = Duration::from_secs(365 * 86_400);
 /// How often the serving certificate's age is checked.
 const RENEW_CHECK: Duration = Duration::from_secs(600);
+/// How long a client may take to complete the TLS handshake.
+pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long a client may take to send a request's headers; also how long a
+/// kept-alive connection may sit idle between requests.
+pub const HEADER_TIMEOUT: Duration = Duration::from_secs(30);
+/// Connections served at once; more are closed as they arrive (each is
+/// bounded in time by the timeouts above until it sends a request).
+pub const MAX_CONNECTIONS: usize = 4096;
 
 /// Front-door failures at start-up.
 #[derive(Debug, thiserror::Error)]
@@ -176,6 +184,7 @@ pub async fn run(target: HostTarget, opts: FrontDoorOptions) -> Result<(), Proxy
         target,
     });
     tracing::info!(listen = %opts.listen, "front door serving");
+    let slots = Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS));
     loop {
         let (stream, peer) = match listener.accept().await {
             Ok(s) => s,
@@ -185,13 +194,23 @@ pub async fn run(target: HostTarget, opts: FrontDoorOptions) -> Result<(), Proxy
                 continue;
             }
         };
+        let Ok(slot) = Arc::clone(&slots).try_acquire_owned() else {
+            tracing::warn!(%peer, max = MAX_CONNECTIONS, "front door at its connection limit; closing a new connection");
+            drop(stream);
+            continue;
+        };
         let _ = stream.set_nodelay(true);
         let (acceptor, shared) = (acceptor.clone(), Arc::clone(&shared));
         tokio::spawn(async move {
-            let tls = match acceptor.accept(stream).await {
-                Ok(t) => t,
-                Err(e) => {
+            let _slot = slot;
+            let tls = match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await {
+                Ok(Ok(t)) => t,
+                Ok(Err(e)) => {
                     tracing::debug!(%peer, error = %e, "TLS handshake failed");
+                    return;
+                }
+                Err(_) => {
+                    tracing::debug!(%peer, "TLS handshake timed out");
                     return;
                 }
             };
@@ -208,6 +227,8 @@ pub async fn run(target: HostTarget, opts: FrontDoorOptions) -> Result<(), Proxy
                 }
             });
             if let Err(e) = hyper::server::conn::http1::Builder::new()
+                .timer(hyper_util::rt::TokioTimer::new())
+                .header_read_timeout(HEADER_TIMEOUT)
                 .serve_connection(TokioIo::new(tls), svc)
                 .with_upgrades()
                 .await
