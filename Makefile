@@ -4,14 +4,14 @@ SHELL := bash
 CARGO ?= cargo
 STATE_DIR ?= .vcluster-dev
 
-.PHONY: dev test kube-bins kube-mod build prereqs fmt-check clippy unit e2e down status clean bench faults node-deps image e2e-realnode e2e-helm-node
+.PHONY: dev test kube-bins kube-mod build prereqs fmt-check clippy unit e2e down status clean bench faults node-deps image e2e-realnode e2e-helm-node fuzz fuzz-short fuzz-tools
 
 ## dev: build what is missing, then run the host and virtual control planes (Ctrl-C stops them)
 dev: prereqs kube-bins build
 	./target/debug/vcluster dev up --state-dir $(STATE_DIR)
 
 ## test: everything CI checks
-test: prereqs kube-bins fmt-check clippy unit e2e
+test: prereqs kube-bins fmt-check clippy unit fuzz-short e2e
 
 prereqs:
 	@command -v go >/dev/null || { echo "make: the Go toolchain (1.26+) is required to build the pinned control-plane binaries"; exit 1; }
@@ -77,6 +77,22 @@ e2e:
 	$(CARGO) test --locked --test e2e_faults
 	$(CARGO) test --locked --test e2e_frontdoor
 	$(MAKE) e2e-realnode
+
+## fuzz: every cargo-fuzz target for FUZZ_SECONDS each (libFuzzer on stable Rust:
+## RUSTC_BOOTSTRAP=1, no sanitizer); crashes land in fuzz/artifacts/<target>/
+FUZZ_SECONDS ?= 120
+FUZZ_TARGETS := names route pss ingress_hosts endpoint_policy
+fuzz: fuzz-tools
+	cd fuzz && for t in $(FUZZ_TARGETS); do \
+	  RUSTC_BOOTSTRAP=1 $(CARGO) fuzz run --sanitizer none $$t -- -max_total_time=$(FUZZ_SECONDS) -rss_limit_mb=1024 || exit 1; \
+	done
+
+## fuzz-short: the same for 10 s each (part of `make test`)
+fuzz-short:
+	$(MAKE) fuzz FUZZ_SECONDS=10
+
+fuzz-tools:
+	@command -v cargo-fuzz >/dev/null || $(CARGO) install cargo-fuzz --locked
 
 ## faults: the full fault runs (1,000-pod bursts, five syncer kills, API server restarts, compaction, drift)
 faults: prereqs kube-bins

@@ -154,6 +154,13 @@ fn helm_lint_passes(_: &Env) {
         &["lint", "chart", "-f", "examples/values-isolated.yaml"],
     );
     helm_ok(None, &["lint", "examples/widgets"]);
+    // The isolated example: no node ports or load balancers on the host.
+    let docs = render(&["-f", "examples/values-isolated.yaml"]);
+    let syncer = args_of(container(find(&docs, "StatefulSet", RELEASE), "syncer"));
+    assert!(
+        syncer.contains(&"--allowed-service-types=ClusterIP,ExternalName".to_owned()),
+        "{syncer:?}"
+    );
 }
 
 fn k3s_configuration_matches_its_source_of_truth(_: &Env) {
@@ -210,6 +217,12 @@ fn k8s_distro_runs_the_dev_planes_flags(_: &Env) {
         want.controller_manager
     );
     let syncer = args_of(container(sts, "syncer"));
+    assert!(
+        syncer.contains(
+            &"--allowed-service-types=ClusterIP,NodePort,LoadBalancer,ExternalName".to_owned()
+        ),
+        "{syncer:?}"
+    );
     assert!(syncer.contains(&format!(
         "--virtual-kubeconfig={}",
         want.admin_kubeconfig.display()
@@ -227,6 +240,10 @@ fn bad_values_are_refused_with_a_reason(_: &Env) {
         (
             "isolation.podSecurityStandard=strict",
             "is not a Pod Security Standards level",
+        ),
+        (
+            "isolation.serviceTypes={ClusterIP,Ingress}",
+            "\"Ingress\" is not a Service type",
         ),
     ] {
         let out = helm(

@@ -9,6 +9,7 @@
     clippy::print_stdout
 )]
 
+mod abuse;
 mod common;
 
 use std::path::{Path, PathBuf};
@@ -735,13 +736,31 @@ const TESTS: &[Test<Env>] = &[
     ),
 ];
 
+const ABUSE: &[Test<Env>] = &[
+    (
+        "slow_and_idle_clients_are_cut_off",
+        abuse::slow_and_idle_clients_are_cut_off,
+    ),
+    ("oversized_bodies_get_413", abuse::oversized_bodies_get_413),
+    (
+        "bad_client_certificates_are_refused",
+        abuse::bad_client_certificates_are_refused,
+    ),
+    (
+        "foreign_tokens_and_impersonation_are_refused",
+        abuse::foreign_tokens_and_impersonation_are_refused,
+    ),
+];
+
 fn main() {
     let args = Arguments::from_args();
-    list_or_check(&args, &[TESTS]);
+    list_or_check(&args, &[TESTS, ABUSE]);
     let env = Arc::new(Env {
         stack: DevStack::up(&[]),
     });
-    let failed = run_groups(&args, &env, &[(TESTS, None)]);
+    // The abuse cases hold connections open for a while: after the others
+    // (one of which restarts the front door).
+    let failed = run_groups(&args, &env, &[(TESTS, None), (ABUSE, None)]);
     if failed > 0 {
         eprintln!("{}", logs(env.stack.dir.path()));
     }

@@ -19,6 +19,7 @@
 mod common;
 
 use std::collections::BTreeSet;
+use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -42,7 +43,45 @@ const OTHER_NS: &str = "team-other";
 
 struct Env {
     stack: DevStack,
-    _syncer: SyncerProcess,
+    /// The syncer, and whether it runs with the isolated Service types.
+    syncer: std::sync::Mutex<(SyncerProcess, bool)>,
+}
+
+/// Syncer flags every phase shares: ingress hosts kept to the vcluster's
+/// names; tenant endpoints may also name the documentation range and the
+/// /12 around the host's service range (which stays refused all the same).
+const SYNCER_ARGS: &[&str] = &[
+    "--ingress-allowed-hosts",
+    "*.{name}.apps.example.com",
+    "--endpoints-allowed-cidrs",
+    "192.0.2.0/24,10.96.0.0/12",
+];
+/// The isolated phase: the example values' Service types.
+const ISOLATED_ARGS: &[&str] = &["--allowed-service-types", "ClusterIP,ExternalName"];
+
+/// Restarts the syncer (killed first, as a crash would), isolated or not.
+fn restart_syncer(env: &Env, isolated: bool) {
+    let mut guard = env.syncer.lock().unwrap();
+    guard.0.kill();
+    let mut args = SYNCER_ARGS.to_vec();
+    if isolated {
+        args.extend_from_slice(ISOLATED_ARGS);
+    }
+    *guard = (
+        SyncerProcess::start_with(&env.stack, VC, HOST_NS, &args),
+        isolated,
+    );
+}
+
+/// Makes sure the syncer runs with the isolated Service types.
+fn ensure_isolated(env: &Env) {
+    if !env.syncer.lock().unwrap().1 {
+        restart_syncer(env, true);
+    }
+}
+
+fn syncer_log(env: &Env) -> String {
+    std::fs::read_to_string(&env.syncer.lock().unwrap().0.log).unwrap_or_default()
 }
 
 fn hn(ns: &str, name: &str) -> String {
@@ -86,6 +125,44 @@ async fn warning(v: &kube::Client, ns: &str, name: &str, reason: &str) -> String
     .await;
     assert_eq!(ev.type_.as_deref(), Some("Warning"));
     ev.note.unwrap_or_default()
+}
+
+/// Waits for a Warning event with `reason` about `name` in `ns` whose note
+/// passes `ok` (an earlier one may have seen an older state).
+async fn warning_where(
+    v: &kube::Client,
+    ns: &str,
+    name: &str,
+    reason: &str,
+    ok: impl Fn(&str) -> bool,
+) -> String {
+    let events: Api<Event> = Api::namespaced(v.clone(), ns);
+    eventually(
+        &format!("a fitting {reason} warning on {ns}/{name}"),
+        T,
+        || async {
+            let l = events
+                .list(&ListParams::default())
+                .await
+                .map_err(|e| e.to_string())?;
+            let notes: Vec<String> = l
+                .items
+                .into_iter()
+                .filter(|e| {
+                    e.reason.as_deref() == Some(reason)
+                        && e.type_.as_deref() == Some("Warning")
+                        && e.regarding.as_ref().and_then(|r| r.name.as_deref()) == Some(name)
+                })
+                .filter_map(|e| e.note)
+                .collect();
+            notes
+                .iter()
+                .find(|n| ok(n))
+                .cloned()
+                .ok_or_else(|| format!("{notes:?}"))
+        },
+    )
+    .await
 }
 
 fn cluster_ip(s: &Service) -> String {
@@ -807,6 +884,428 @@ fn service_cidr_is_discovered(env: &Env) {
     assert!(stderr.contains("/nonexistent"), "{stderr}");
 }
 
+/// The ready-or-not addresses of host Endpoints `name`, once they exist.
+async fn host_endpoint_ips(h: &kube::Client, name: String) -> BTreeSet<String> {
+    let eps: Api<Endpoints> = Api::namespaced(h.clone(), HOST_NS);
+    let e = exists(&eps, &name).await;
+    e.subsets
+        .iter()
+        .flatten()
+        .flat_map(|s| {
+            s.addresses
+                .iter()
+                .flatten()
+                .chain(s.not_ready_addresses.iter().flatten())
+        })
+        .map(|a| a.ip.clone())
+        .collect()
+}
+
+/// Every address of host EndpointSlice `name`, once it exists.
+async fn host_slice_ips(h: &kube::Client, name: String) -> BTreeSet<String> {
+    let slices: Api<EndpointSlice> = Api::namespaced(h.clone(), HOST_NS);
+    let s = exists(&slices, &name).await;
+    s.endpoints
+        .iter()
+        .flatten()
+        .flat_map(|e| e.addresses.clone())
+        .collect()
+}
+
+/// Waits until `get` yields `want`.
+async fn until_ips<F, Fut>(what: &str, want: &BTreeSet<String>, get: F)
+where
+    F: Fn() -> Fut,
+    Fut: Future<Output = BTreeSet<String>>,
+{
+    eventually(what, T, || async {
+        let got = get().await;
+        if &got == want {
+            Ok(())
+        } else {
+            Err(format!("{got:?}, want {want:?}"))
+        }
+    })
+    .await;
+}
+
+fn tenant_endpoints_reach_only_own_pods_and_allowed_ranges(env: &Env) {
+    block_on(async {
+        let (v, h) = clients_of(env).await;
+        let ns = "escape";
+        namespace(&v, ns).await;
+        // One of this vcluster's pods, and another team's pod on the host.
+        let vpods: Api<Pod> = Api::namespaced(v.clone(), ns);
+        create(
+            &vpods,
+            json!({"metadata": {"name": "own", "labels": {"app": "own"}},
+                "spec": {"containers": [{"name": "c", "image": "busybox"}]}}),
+        )
+        .await;
+        let own_ip = pod_ips(&v, ns, "own", 1).await.into_iter().next().unwrap();
+        let hpods: Api<Pod> = Api::namespaced(h.clone(), OTHER_NS);
+        create(
+            &hpods,
+            json!({"metadata": {"name": "their-db", "labels": {"app": "their-db"}},
+                "spec": {"containers": [{"name": "c", "image": "postgres"}]}}),
+        )
+        .await;
+        let foreign_ip = running(&hpods, "their-db", 1, T).await[0]
+            .status
+            .as_ref()
+            .and_then(|s| s.pod_ip.clone())
+            .unwrap();
+        let api_ip = cluster_ip(
+            &Api::<Service>::namespaced(h.clone(), "default")
+                .get("kubernetes")
+                .await
+                .unwrap(),
+        );
+        let vsvc: Api<Service> = Api::namespaced(v.clone(), ns);
+        for name in ["escape", "sliced", "named"] {
+            create(
+                &vsvc,
+                json!({"metadata": {"name": name}, "spec": {"ports": [{"name": "http", "port": 80}]}}),
+            )
+            .await;
+        }
+        // Endpoints naming the host API server, another team's pod, an
+        // address outside every allowed range, the metadata address, one
+        // allowed range and the vcluster's own pod.
+        create(
+            &Api::<Endpoints>::namespaced(v.clone(), ns),
+            json!({"metadata": {"name": "escape"},
+                "subsets": [{"addresses": [{"ip": own_ip}, {"ip": api_ip}, {"ip": foreign_ip},
+                                           {"ip": "198.51.100.7"}, {"ip": "192.0.2.30"}],
+                             "ports": [{"name": "http", "port": 80}]}]}),
+        )
+        .await;
+        let slices: Api<EndpointSlice> = Api::namespaced(v.clone(), ns);
+        create(
+            &slices,
+            json!({"metadata": {"name": "sliced-1", "labels": {"kubernetes.io/service-name": "sliced"}},
+                "addressType": "IPv4",
+                "endpoints": [{"addresses": [own_ip]}, {"addresses": [api_ip]}, {"addresses": [foreign_ip]}],
+                "ports": [{"name": "http", "port": 80}]}),
+        )
+        .await;
+        create(
+            &slices,
+            json!({"metadata": {"name": "named-1", "labels": {"kubernetes.io/service-name": "named"}},
+                "addressType": "FQDN",
+                "endpoints": [{"addresses": ["kubernetes.default.svc.cluster.local"]}],
+                "ports": [{"name": "http", "port": 443}]}),
+        )
+        .await;
+
+        let want: BTreeSet<String> = [own_ip.clone(), "192.0.2.30".into()].into();
+        until_ips(
+            "host Endpoints with only the allowed addresses",
+            &want,
+            || host_endpoint_ips(&h, hn(ns, "escape")),
+        )
+        .await;
+        // The first reconcile may have run before the pod's IP was known.
+        let mine = format!("{own_ip} (");
+        let note = warning_where(&v, ns, "escape", "EndpointAddressRefused", |n| {
+            !n.contains(&mine)
+        })
+        .await;
+        for (addr, why) in [
+            (api_ip.as_str(), "the host's service range"),
+            (foreign_ip.as_str(), "not a pod of this virtual cluster"),
+            ("198.51.100.7", "not a pod of this virtual cluster"),
+        ] {
+            assert!(
+                note.contains(&format!("{addr} (")),
+                "{addr} not named: {note}"
+            );
+            assert!(note.contains(why), "{why}: {note}");
+        }
+        until_ips(
+            "host slice with only the own pod",
+            &BTreeSet::from([own_ip.clone()]),
+            || host_slice_ips(&h, hn(ns, "sliced-1")),
+        )
+        .await;
+        let note = warning_where(&v, ns, "sliced-1", "EndpointAddressRefused", |n| {
+            !n.contains(&mine)
+        })
+        .await;
+        assert!(
+            note.contains(&api_ip) && note.contains(&foreign_ip),
+            "{note}"
+        );
+        let note = warning(&v, ns, "named-1", "EndpointAddressRefused").await;
+        assert!(note.contains("FQDN"), "{note}");
+        assert!(
+            Api::<EndpointSlice>::namespaced(h.clone(), HOST_NS)
+                .get_opt(&hn(ns, "named-1"))
+                .await
+                .unwrap()
+                .is_none(),
+            "an FQDN slice reached the host"
+        );
+
+        // The pod goes: its address is no longer the vcluster's and leaves
+        // the host copies (the syncer re-evaluates on pod IP changes).
+        vpods
+            .delete("own", &DeleteParams::default().grace_period(0))
+            .await
+            .unwrap();
+        until_ips(
+            "the gone pod's address to leave the host Endpoints",
+            &BTreeSet::from(["192.0.2.30".to_owned()]),
+            || host_endpoint_ips(&h, hn(ns, "escape")),
+        )
+        .await;
+        until_ips(
+            "the gone pod's address to leave the host slice",
+            &BTreeSet::new(),
+            || host_slice_ips(&h, hn(ns, "sliced-1")),
+        )
+        .await;
+        hpods
+            .delete("their-db", &DeleteParams::default().grace_period(0))
+            .await
+            .unwrap();
+    });
+}
+
+fn ingress(
+    host: &str,
+    tls_host: Option<&str>,
+    annotations: serde_json::Value,
+) -> serde_json::Value {
+    let mut spec = json!({"rules": [{"host": host, "http": {"paths": [
+        {"path": "/", "pathType": "Prefix", "backend": {"service": {"name": "web", "port": {"number": 80}}}}]}}]});
+    if let Some(t) = tls_host {
+        spec["tls"] = json!([{"hosts": [t], "secretName": "web-tls"}]);
+    }
+    json!({"metadata": {"annotations": annotations}, "spec": spec})
+}
+
+/// Creates ingress `name` in `api` from an [`ingress`] body.
+async fn create_ingress(api: &Api<Ingress>, name: &str, mut body: serde_json::Value) -> Ingress {
+    body["metadata"]["name"] = json!(name);
+    create(api, body).await
+}
+
+async fn absent_for_a_while(api: &Api<Ingress>, name: &str) {
+    // The refusal's event is the sign it was decided; the host must not have it.
+    assert!(
+        api.get_opt(name).await.unwrap().is_none(),
+        "{name} reached the host"
+    );
+}
+
+fn ingress_hosts_served_elsewhere_are_refused(env: &Env) {
+    block_on(async {
+        let (v, h) = clients_of(env).await;
+        let ns = "hosts";
+        namespace(&v, ns).await;
+        let other: Api<Ingress> = Api::namespaced(h.clone(), OTHER_NS);
+        let hing: Api<Ingress> = Api::namespaced(h.clone(), HOST_NS);
+        let ing: Api<Ingress> = Api::namespaced(v.clone(), ns);
+        // Another team serves these first.
+        create_ingress(
+            &other,
+            "taken",
+            ingress("taken.net.apps.example.com", None, json!({})),
+        )
+        .await;
+        create_ingress(
+            &other,
+            "wild",
+            ingress("*.wild.net.apps.example.com", None, json!({})),
+        )
+        .await;
+
+        create_ingress(
+            &ing,
+            "grab",
+            ingress("taken.net.apps.example.com", None, json!({})),
+        )
+        .await;
+        let note = warning(&v, ns, "grab", "IngressHostConflict").await;
+        assert!(
+            note.contains("taken.net.apps.example.com is already served"),
+            "{note}"
+        );
+        assert!(
+            !note.contains(OTHER_NS),
+            "another team's namespace is not told: {note}"
+        );
+        // Only a TLS host (what cert-manager would certify) overlaps the wildcard.
+        create_ingress(
+            &ing,
+            "tls-grab",
+            ingress(
+                "mine.net.apps.example.com",
+                Some("pay.wild.net.apps.example.com"),
+                json!({"cert-manager.io/cluster-issuer": "letsencrypt"}),
+            ),
+        )
+        .await;
+        let note = warning(&v, ns, "tls-grab", "IngressHostConflict").await;
+        assert!(
+            note.contains("pay.wild.net.apps.example.com overlaps *.wild.net.apps.example.com"),
+            "{note}"
+        );
+        for name in ["grab", "tls-grab"] {
+            absent_for_a_while(&hing, &hn(ns, name)).await;
+        }
+        // A host of its own goes down.
+        create_ingress(
+            &ing,
+            "own",
+            ingress("own.net.apps.example.com", None, json!({})),
+        )
+        .await;
+        exists(&hing, &hn(ns, "own")).await;
+        // The other team's ingress goes: the refused one is synced now.
+        other
+            .delete("taken", &DeleteParams::default())
+            .await
+            .unwrap();
+        exists(&hing, &hn(ns, "grab")).await;
+        other
+            .delete("wild", &DeleteParams::default())
+            .await
+            .unwrap();
+    });
+}
+
+/// Lines of the syncer log reporting a later foreign claim on `host`.
+fn kept_reports(env: &Env, host: &str) -> usize {
+    syncer_log(env)
+        .lines()
+        .filter(|l| l.contains("claims a host this vcluster serves") && l.contains(host))
+        .count()
+}
+
+fn ingress_hosts_stay_with_the_first_across_a_restart(env: &Env) {
+    block_on(async {
+        let (v, h) = clients_of(env).await;
+        let ns = "first";
+        namespace(&v, ns).await;
+        let host = "first.net.apps.example.com";
+        let ing: Api<Ingress> = Api::namespaced(v.clone(), ns);
+        let hing: Api<Ingress> = Api::namespaced(h.clone(), HOST_NS);
+        create_ingress(&ing, "first", ingress(host, Some(host), json!({}))).await;
+        let before = exists(&hing, &hn(ns, "first")).await;
+        // Later, another team claims the same host: this vcluster keeps it,
+        // and the syncer reports the later one.
+        let other: Api<Ingress> = Api::namespaced(h.clone(), OTHER_NS);
+        create_ingress(&other, "late", ingress(host, None, json!({}))).await;
+        eventually_sync("the later claim reported", T, || {
+            if kept_reports(env, host) > 0 {
+                Ok(())
+            } else {
+                Err("not yet".into())
+            }
+        });
+        // After a restart the new process decides the same.
+        let seen = kept_reports(env, host);
+        restart_syncer(env, true);
+        eventually_sync("the restarted syncer to report the later claim", T, || {
+            if kept_reports(env, host) > seen {
+                Ok(())
+            } else {
+                Err("not yet".into())
+            }
+        });
+        let after = hing.get(&hn(ns, "first")).await.unwrap();
+        assert_eq!(
+            after.metadata.uid, before.metadata.uid,
+            "the first one's copy stayed"
+        );
+        other
+            .delete("late", &DeleteParams::default())
+            .await
+            .unwrap();
+    });
+}
+
+fn service_types_outside_the_policy_stay_off_the_host(env: &Env) {
+    ensure_isolated(env);
+    block_on(async {
+        let (v, h) = clients_of(env).await;
+        let ns = "types";
+        namespace(&v, ns).await;
+        let vapi: Api<Service> = Api::namespaced(v.clone(), ns);
+        let hapi: Api<Service> = Api::namespaced(h.clone(), HOST_NS);
+        let svc = |name: &str, t: &str| {
+            json!({"metadata": {"name": name},
+                "spec": {"type": t, "selector": {"app": name}, "ports": [{"port": 80}]}})
+        };
+        for (name, t) in [
+            ("lb", "LoadBalancer"),
+            ("np", "NodePort"),
+            ("plain", "ClusterIP"),
+        ] {
+            create(&vapi, svc(name, t)).await;
+        }
+        create(
+            &vapi,
+            json!({"metadata": {"name": "alias"}, "spec": {"type": "ExternalName", "externalName": "db.example.org"}}),
+        )
+        .await;
+        for (name, t) in [("lb", "LoadBalancer"), ("np", "NodePort")] {
+            let note = warning(&v, ns, name, "ServiceTypeNotAllowed").await;
+            assert!(
+                note.contains(&format!("Service type {t} is not allowed"))
+                    && note.contains("allowed: ClusterIP, ExternalName"),
+                "{note}"
+            );
+        }
+        exists(&hapi, &hn(ns, "plain")).await;
+        exists(&hapi, &hn(ns, "alias")).await;
+        for name in ["lb", "np"] {
+            assert!(
+                hapi.get_opt(&hn(ns, name)).await.unwrap().is_none(),
+                "{name} reached the host"
+            );
+        }
+        // One that becomes NodePort leaves the host.
+        vapi.patch(
+            "plain",
+            &PatchParams::default(),
+            &Patch::Merge(&json!({"spec": {"type": "NodePort"}})),
+        )
+        .await
+        .unwrap();
+        eventually(
+            "the Service turned NodePort to leave the host",
+            T,
+            || async {
+                match hapi.get_opt(&hn(ns, "plain")).await {
+                    Ok(None) => Ok(()),
+                    other => Err(format!("{:?}", other.map(|o| o.is_some()))),
+                }
+            },
+        )
+        .await;
+        // No host Service of this vcluster is a NodePort or LoadBalancer.
+        let all = hapi
+            .list(&ListParams::default().labels(&format!("vcluster.dev/owner={VC}")))
+            .await
+            .unwrap();
+        for s in &all.items {
+            let t = s
+                .spec
+                .as_ref()
+                .and_then(|s| s.type_.clone())
+                .unwrap_or_default();
+            assert!(
+                t == "ClusterIP" || t == "ExternalName" || t.is_empty(),
+                "{} is {t}",
+                s.metadata.name.clone().unwrap_or_default()
+            );
+        }
+    });
+}
+
 const TESTS: &[Test<Env>] = &[
     (
         "cluster_ip_and_node_port_parity",
@@ -837,11 +1336,31 @@ const TESTS: &[Test<Env>] = &[
         virtual_kubernetes_service_points_at_the_vcluster,
     ),
     ("service_cidr_is_discovered", service_cidr_is_discovered),
+    (
+        "tenant_endpoints_reach_only_own_pods_and_allowed_ranges",
+        tenant_endpoints_reach_only_own_pods_and_allowed_ranges,
+    ),
+    (
+        "ingress_hosts_served_elsewhere_are_refused",
+        ingress_hosts_served_elsewhere_are_refused,
+    ),
+];
+
+/// Run after [`TESTS`], in this order (the first restarts the syncer).
+const ISOLATED: &[Test<Env>] = &[
+    (
+        "ingress_hosts_stay_with_the_first_across_a_restart",
+        ingress_hosts_stay_with_the_first_across_a_restart,
+    ),
+    (
+        "service_types_outside_the_policy_stay_off_the_host",
+        service_types_outside_the_policy_stay_off_the_host,
+    ),
 ];
 
 fn main() {
     let args = Arguments::from_args();
-    list_or_check(&args, &[TESTS]);
+    list_or_check(&args, &[TESTS, ISOLATED]);
     let stack = DevStack::up(&["--no-syncer", "--nodes", "2"]);
     let hk = stack.host_kubeconfig();
     for ns in [HOST_NS, OTHER_NS] {
@@ -874,18 +1393,14 @@ fn main() {
         ],
         None,
     );
-    let syncer = SyncerProcess::start_with(
-        &stack,
-        VC,
-        HOST_NS,
-        &["--ingress-allowed-hosts", "*.{name}.apps.example.com"],
-    );
+    let syncer = SyncerProcess::start_with(&stack, VC, HOST_NS, SYNCER_ARGS);
     let log = syncer.log.clone();
     let env = Arc::new(Env {
         stack,
-        _syncer: syncer,
+        syncer: std::sync::Mutex::new((syncer, false)),
     });
-    let failed = run_groups(&args, &env, &[(TESTS, None)]);
+    // The isolated phase restarts the syncer: after every other test, one at a time.
+    let failed = run_groups(&args, &env, &[(TESTS, None), (ISOLATED, Some(1))]);
     if failed > 0 {
         eprintln!(
             "--- syncer log tail\n{}",

@@ -52,6 +52,11 @@ vcluster.dev/component: control-plane
     {{- with .Values.ingress.deniedAnnotations }}
     - --ingress-denied-annotations={{ join "," . }}
     {{- end }}
+    - --allowed-service-types={{ join "," .Values.isolation.serviceTypes }}
+    {{- with .Values.isolation.endpointsAllowedCIDRs }}
+    - --endpoints-allowed-cidrs={{ join "," . }}
+    {{- end }}
+    - --ingress-host-ownership={{ .Values.ingress.hostOwnership }}
     {{- range .Values.syncer.extraArgs }}
     - {{ . | quote }}
     {{- end }}

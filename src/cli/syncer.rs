@@ -82,6 +82,26 @@ pub struct SyncerArgs {
     /// `{name}` stands for the vcluster's name). Default: any host.
     #[arg(long, env = "VCLUSTER_INGRESS_ALLOWED_HOSTS", value_delimiter = ',')]
     ingress_allowed_hosts: Vec<String>,
+    /// Refuse an ingress whose host (or TLS host) an ingress outside this
+    /// vcluster already serves, first come first served. Needs list/watch
+    /// of ingresses cluster-wide; without that read it is off (a warning
+    /// says so).
+    #[arg(long, env = "VCLUSTER_INGRESS_HOST_OWNERSHIP", default_value_t = true, action = clap::ArgAction::Set)]
+    ingress_host_ownership: bool,
+    /// Service types synced to the host (comma-separated: ClusterIP,
+    /// NodePort, LoadBalancer, ExternalName); others get a Warning and
+    /// nothing on the host.
+    #[arg(
+        long,
+        env = "VCLUSTER_ALLOWED_SERVICE_TYPES",
+        default_value = "ClusterIP,NodePort,LoadBalancer,ExternalName"
+    )]
+    allowed_service_types: crate::policy::service_types::ServiceTypes,
+    /// Addresses tenant-written Endpoints/EndpointSlices may name besides
+    /// this vcluster's own pods (comma-separated CIDRs; default none). The
+    /// host's service range, node addresses and pod ranges stay refused.
+    #[arg(long, env = "VCLUSTER_ENDPOINTS_ALLOWED_CIDRS", default_value = "", value_parser = crate::policy::endpoints::EndpointPolicy::parse)]
+    endpoints_allowed_cidrs: crate::policy::endpoints::EndpointPolicy,
     /// Pod Security Standards level a pod must meet to reach the host:
     /// privileged, baseline or restricted.
     #[arg(
@@ -159,6 +179,9 @@ pub fn run(args: SyncerArgs) -> anyhow::Result<ExitCode> {
         api_port: args.api_service_port,
         api_service: args.api_service.unwrap_or_else(|| name.to_string()),
         ingress_policy,
+        ingress_host_ownership: args.ingress_host_ownership,
+        service_types: args.allowed_service_types,
+        endpoint_policy: args.endpoints_allowed_cidrs,
         pod_security: args.pod_security_standard,
         resync: Duration::from_secs(args.resync_seconds),
     };

@@ -20,6 +20,8 @@ pub type ProxyBody =
 /// The largest request body accepted (kube-apiserver itself stops at 3 MiB
 /// for most objects).
 const MAX_REQUEST_BODY: usize = 32 << 20;
+/// How long a client may take to send a request body.
+pub const BODY_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(60);
 
 /// Headers that describe one hop and are never passed on (an upgrade's
 /// `Connection`/`Upgrade` pair is re-added when the request asks for one).
@@ -152,13 +154,40 @@ pub async fn forward(mut req: Request<Incoming>, up: Upstream<'_>) -> Response<P
     let upgrade = wants_upgrade(req.headers());
     let client_upgrade = upgrade.then(|| hyper::upgrade::on(&mut req));
     let (parts, body) = req.into_parts();
-    let body = match Limited::new(body, MAX_REQUEST_BODY).collect().await {
-        Ok(b) => b.to_bytes(),
-        Err(e) => {
+    let too_large = || {
+        status(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "RequestEntityTooLarge",
+            &format!("the request body is larger than {MAX_REQUEST_BODY} bytes"),
+        )
+    };
+    let declared = parts
+        .headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if declared.is_some_and(|n| n > MAX_REQUEST_BODY as u64) {
+        return too_large();
+    }
+    let read = Limited::new(body, MAX_REQUEST_BODY).collect();
+    let body = match tokio::time::timeout(BODY_TIMEOUT, read).await {
+        Ok(Ok(b)) => b.to_bytes(),
+        Ok(Err(e)) if e.is::<http_body_util::LengthLimitError>() => return too_large(),
+        Ok(Err(e)) => {
             return status(
-                StatusCode::PAYLOAD_TOO_LARGE,
-                "RequestEntityTooLarge",
+                StatusCode::BAD_REQUEST,
+                "BadRequest",
                 &format!("cannot read the request body: {e}"),
+            );
+        }
+        Err(_) => {
+            return status(
+                StatusCode::REQUEST_TIMEOUT,
+                "Timeout",
+                &format!(
+                    "the request body did not arrive within {} s",
+                    BODY_TIMEOUT.as_secs()
+                ),
             );
         }
     };

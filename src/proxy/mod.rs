@@ -41,6 +41,14 @@ use route::Route;
 const ADMIN_CERT_VALIDITY: Duration = Duration::from_secs(365 * 86_400);
 /// How often the serving certificate's age is checked.
 const RENEW_CHECK: Duration = Duration::from_secs(600);
+/// How long a client may take to complete the TLS handshake.
+pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long a client may take to send a request's headers; also how long a
+/// kept-alive connection may sit idle between requests.
+pub const HEADER_TIMEOUT: Duration = Duration::from_secs(30);
+/// Connections served at once; more are closed as they arrive (each is
+/// bounded in time by the timeouts above until it sends a request).
+pub const MAX_CONNECTIONS: usize = 4096;
 
 /// Front-door failures at start-up.
 #[derive(Debug, thiserror::Error)]
@@ -153,6 +161,7 @@ pub async fn run(target: HostTarget, opts: FrontDoorOptions) -> Result<(), Proxy
         target,
     });
     tracing::info!(listen = %opts.listen, "front door serving");
+    let slots = Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS));
     loop {
         let (stream, peer) = match listener.accept().await {
             Ok(s) => s,
@@ -162,11 +171,19 @@ pub async fn run(target: HostTarget, opts: FrontDoorOptions) -> Result<(), Proxy
                 continue;
             }
         };
+        let Ok(slot) = Arc::clone(&slots).try_acquire_owned() else {
+            tracing::warn!(%peer, max = MAX_CONNECTIONS, "front door at its connection limit; closing a new connection");
+            drop(stream);
+            continue;
+        };
         let _ = stream.set_nodelay(true);
         let (acceptor, shared) = (acceptor.clone(), Arc::clone(&shared));
         tokio::spawn(
-            serve_connection(acceptor, shared, stream, peer)
-                .instrument(tracing::info_span!("front-door connection", %peer)),
+            async move {
+                let _slot = slot;
+                serve_connection(acceptor, shared, stream, peer).await
+            }
+            .instrument(tracing::info_span!("front-door connection", %peer)),
         );
     }
 }
@@ -218,10 +235,14 @@ async fn serve_connection(
     stream: tokio::net::TcpStream,
     peer: SocketAddr,
 ) {
-    let tls = match acceptor.accept(stream).await {
-        Ok(t) => t,
-        Err(e) => {
+    let tls = match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await {
+        Ok(Ok(t)) => t,
+        Ok(Err(e)) => {
             tracing::debug!(%peer, error = %e, "TLS handshake failed");
+            return;
+        }
+        Err(_) => {
+            tracing::debug!(%peer, "TLS handshake timed out");
             return;
         }
     };
@@ -236,6 +257,8 @@ async fn serve_connection(
         async move { Ok::<_, std::convert::Infallible>(handle(&shared, cert_identity, req).await) }
     });
     if let Err(e) = hyper::server::conn::http1::Builder::new()
+        .timer(hyper_util::rt::TokioTimer::new())
+        .header_read_timeout(HEADER_TIMEOUT)
         .serve_connection(TokioIo::new(tls), svc)
         .with_upgrades()
         .await

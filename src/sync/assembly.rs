@@ -42,6 +42,13 @@ pub struct Settings {
     pub api_service: String,
     /// What ingresses may do.
     pub ingress_policy: IngressPolicy,
+    /// Refuse ingress hosts that ingresses outside this vcluster already
+    /// serve (needs cluster-wide ingress reads; off without them).
+    pub ingress_host_ownership: bool,
+    /// The Service types synced to the host.
+    pub service_types: crate::policy::service_types::ServiceTypes,
+    /// Where tenant-written endpoints may point besides the vcluster's pods.
+    pub endpoint_policy: crate::policy::endpoints::EndpointPolicy,
     /// The Pod Security Standards level pods must meet to reach the host.
     pub pod_security: Level,
     /// How often the periodic loops look again.

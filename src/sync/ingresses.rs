@@ -2,24 +2,32 @@
 //! host with backend Services and TLS Secrets renamed (see
 //! [`crate::translate::ingress`]); the host controller's status comes up.
 //! An ingress the policy refuses is not on the host and gets a Warning event.
+//! With cluster-wide reads of host ingresses, so is one that claims a host
+//! another's ingress already serves ([`crate::policy::ingress_hosts`]).
+
+use std::sync::Arc;
 
 use k8s_openapi::api::networking::v1::Ingress;
+use kube::ResourceExt as _;
 
 use k8s_openapi::api::core::v1::Secret;
 
-use super::{Assembly, Decision, KindSpec, Names, Rule, Side};
+use super::ingress_hosts::HostIngresses;
+use super::{Assembly, Decision, Engine, KindSpec, Names, Rule, Side};
+use crate::policy::ingress_hosts::{claimed_hosts, decide, refusal};
 use crate::translate::ingress::{IngressPolicy, host_ingress, status_up};
 
 /// The Ingress rule.
 #[derive(Debug)]
 pub struct IngressRule {
     policy: IngressPolicy,
+    hosts: Arc<HostIngresses>,
 }
 
 impl IngressRule {
-    /// A rule enforcing `policy`.
-    pub fn new(policy: IngressPolicy) -> Self {
-        Self { policy }
+    /// A rule enforcing `policy`, and host ownership against `hosts`.
+    pub fn new(policy: IngressPolicy, hosts: Arc<HostIngresses>) -> Self {
+        Self { policy, hosts }
     }
 }
 
@@ -28,14 +36,31 @@ impl Rule for IngressRule {
     type H = Ingress;
     const KIND: &'static str = "Ingress";
 
-    fn decide(&self, names: &Names, v: &Ingress, _h: Option<&Ingress>) -> Decision<Ingress> {
+    fn decide(&self, names: &Names, v: &Ingress, h: Option<&Ingress>) -> Decision<Ingress> {
         if v.metadata.deletion_timestamp.is_some() {
             return Decision::REMOVE;
         }
-        match host_ingress(&names.vc, v, &self.policy) {
-            Ok(i) => Decision::Sync(i),
-            Err(r) => Decision::Reject(r.reason, r.message),
+        let host = match host_ingress(&names.vc, v, &self.policy) {
+            Ok(i) => i,
+            Err(r) => return Decision::Reject(r.reason, r.message),
+        };
+        if let Some(foreign) = self.hosts.foreign() {
+            let served = h.map(claimed_hosts);
+            let ours = h
+                .zip(served.as_deref())
+                .map(|(h, served)| (served, h.metadata.creation_timestamp.as_ref()));
+            let verdict = decide(&claimed_hosts(v), ours, &foreign);
+            for o in &verdict.kept {
+                tracing::warn!(namespace = %v.namespace().unwrap_or_default(), name = %v.name_any(), host = %o.host, other = %o.who, other_host = %o.theirs, "a later ingress outside this vcluster claims a host this vcluster serves; it keeps it (the host admin should resolve the other)");
+            }
+            for o in &verdict.refused {
+                tracing::info!(namespace = %v.namespace().unwrap_or_default(), name = %v.name_any(), host = %o.host, other = %o.who, other_host = %o.theirs, "ingress refused: the host is already served by an ingress outside this vcluster");
+            }
+            if let Some(r) = refusal(&verdict.refused) {
+                return Decision::Reject(r.reason, r.message);
+            }
         }
+        Decision::Sync(host)
     }
 
     fn status_up(&self, v: &Ingress, h: &Ingress) -> Option<serde_json::Value> {
@@ -53,7 +78,26 @@ pub const KIND: KindSpec = KindSpec {
 };
 
 fn register(a: &mut Assembly) {
-    let engine = a.engine(IngressRule::new(a.settings().ingress_policy.clone()));
+    let hosts = Arc::new(HostIngresses::default());
+    let rule = IngressRule::new(a.settings().ingress_policy.clone(), Arc::clone(&hosts));
+    let (virt, host) = a.feeds::<IngressRule>();
+    let engine = Engine::new(rule, a.ctx(), virt, host);
+    // Deciding before the host's ingresses are listed (or known unreadable)
+    // would let a taken host through: the engine starts after that. A change
+    // of the hosts others serve looks at every ingress again.
+    let (ctx, opts, on) = (a.ctx(), a.opts(), a.settings().ingress_host_ownership);
+    let run = Arc::clone(&engine);
+    a.spawn("Ingress", async move {
+        if on {
+            let again = Arc::clone(&run);
+            let requeue = move || again.enqueue_all_virtual();
+            let config = opts.watcher_config(Side::Host);
+            let (host, vc) = (ctx.host.clone(), ctx.names.vc.clone());
+            let namespace = ctx.names.host_namespace.clone();
+            hosts.start(host, vc, namespace, config, requeue).await;
+        }
+        run.run(opts).await
+    });
     let sources = super::certs::Sources {
         ingresses: engine.virtual_store(),
         host_ingresses: engine.host_store(),

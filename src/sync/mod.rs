@@ -23,6 +23,7 @@
 //! - never changes or deletes a host object without this vcluster's owner
 //!   label: a name collision becomes a Warning Event on the virtual object.
 
+pub mod addresses;
 pub mod apiservice;
 pub mod assembly;
 pub mod cache;
@@ -35,6 +36,7 @@ mod engine;
 mod error;
 pub mod events;
 pub mod feed;
+pub mod ingress_hosts;
 pub mod ingresses;
 pub mod metrics;
 pub mod nodes;

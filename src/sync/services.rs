@@ -3,7 +3,8 @@
 //! ports are brought back into the virtual Service, so host pods reach a
 //! Service at the address the virtual API shows; a LoadBalancer's status
 //! comes up. The virtual `default/kubernetes` Service is not synced (see
-//! [`super::apiservice`]).
+//! [`super::apiservice`]). A Service of a type the vcluster may not create
+//! ([`ServiceTypes`]) is refused: a Warning event and nothing on the host.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -15,6 +16,7 @@ use kube::runtime::events::EventType;
 
 use super::cache::Cache;
 use super::{Assembly, Context, Decision, KindSpec, Names, Rule, Side, SyncError, delete_exact};
+use crate::policy::service_types::ServiceTypes;
 use crate::translate::service::{
     Parity, allocation_conflict, host_service, is_api_service, parity, status_up,
     without_allocations,
@@ -24,12 +26,17 @@ use crate::translate::service::{
 #[derive(Debug)]
 pub struct ServiceRule {
     virtual_services: Cache<Service>,
+    types: ServiceTypes,
 }
 
 impl ServiceRule {
-    /// A rule that checks the virtual cache before taking an address.
-    pub fn new(virtual_services: Cache<Service>) -> Self {
-        Self { virtual_services }
+    /// A rule that checks the virtual cache before taking an address and
+    /// syncs only Services of the allowed `types`.
+    pub fn new(virtual_services: Cache<Service>, types: ServiceTypes) -> Self {
+        Self {
+            virtual_services,
+            types,
+        }
     }
 
     /// True when another virtual Service holds `ip`.
@@ -60,6 +67,9 @@ impl Rule for ServiceRule {
             || v.metadata.deletion_timestamp.is_some()
         {
             return Decision::REMOVE;
+        }
+        if let Err(r) = self.types.check(v) {
+            return Decision::Reject(r.reason, r.message);
         }
         match host_service(&names.vc, v, h) {
             Ok(s) => Decision::Sync(s),
@@ -150,7 +160,10 @@ pub const KIND: KindSpec = KindSpec {
 
 fn register(a: &mut Assembly) {
     let services = a.cache(Side::Virtual);
-    a.engine(ServiceRule::new(services));
+    a.engine(ServiceRule::new(
+        services,
+        a.settings().service_types.clone(),
+    ));
     let ctx = a.ctx();
     let (api_service, every) = (a.settings().api_service.clone(), a.settings().resync);
     a.spawn(

@@ -130,11 +130,19 @@ impl IngressPolicy {
                 format!("a default backend would take every host; allowed hosts: {allowed}"),
             ));
         }
+        // cert-manager requests a certificate for the TLS hosts and the
+        // common-name annotation: both are names this vcluster claims.
+        let common_name = v
+            .metadata
+            .annotations
+            .as_ref()
+            .and_then(|a| a.get(crate::policy::ingress_hosts::COMMON_NAME_ANNOTATION));
         for h in spec
             .and_then(|s| s.tls.as_ref())
             .into_iter()
             .flatten()
             .flat_map(|t| t.hosts.iter().flatten())
+            .chain(common_name)
         {
             if !self.host_allowed(h) {
                 return Err(Refusal::new(
@@ -366,6 +374,12 @@ mod tests {
                 r.message
             );
         }
+        let cn = sample(
+            "shop.my.apps.example.com",
+            json!({"cert-manager.io/common-name": "www.bank.example.com"}),
+        );
+        let r = p.check(&cn).unwrap_err();
+        assert!(r.message.contains("www.bank.example.com"), "{}", r.message);
         let no_host = ing(json!({"metadata": {"name": "x", "namespace": "a"},
             "spec": {"rules": [{"http": {"paths": []}}]}}));
         assert_eq!(p.check(&no_host).unwrap_err().reason, "IngressHostDenied");

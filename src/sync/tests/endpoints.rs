@@ -3,12 +3,25 @@
 use serde_json::{Value, json};
 
 use super::*;
+use crate::policy::endpoints::EndpointPolicy;
+use crate::policy::service_types::ServiceTypes;
 use crate::sync::cache::filled;
 use crate::sync::tests::{merged, names, obj, removed, synced};
 use crate::translate::service::{MANAGED_BY_LABEL, MANAGED_BY_SYNCER, SERVICE_NAME_LABEL};
 
 /// Virtual Services of namespace `shop`: `db` without a selector, `web`
 /// with one; and a selector-less `default/kubernetes`.
+/// The Services, with an address policy that lets every test address
+/// through (the policy itself is tested in `crate::policy::endpoints`).
+fn sources() -> EndpointSources {
+    EndpointSources {
+        services: services(),
+        types: ServiceTypes::default(),
+        policy: EndpointPolicy::parse("192.0.2.0/24").unwrap(),
+        addresses: Arc::default(),
+    }
+}
+
 fn services() -> Cache<Service> {
     let svc = |ns: &str, name: &str, selector: Value| -> Service {
         obj(json!({"metadata": {"name": name, "namespace": ns},
@@ -49,7 +62,7 @@ fn slice(service: Option<&str>, extra: Value) -> EndpointSlice {
 
 #[test]
 fn endpoints_go_down_only_for_selector_less_services() {
-    let rule = EndpointsRule::new(services());
+    let rule = EndpointsRule::new(sources());
     let out = synced(rule.decide(&names(), &endpoints("shop", "db", json!({})), None));
     let addrs = out.subsets.unwrap()[0].addresses.clone().unwrap();
     assert_eq!(addrs[0].ip, "192.0.2.1");
@@ -86,7 +99,7 @@ fn endpoints_go_down_only_for_selector_less_services() {
 
 #[test]
 fn tenant_slices_go_down_under_the_host_service_name() {
-    let rule = SliceRule::new(services());
+    let rule = SliceRule::new(sources());
     let out = synced(rule.decide(&names(), &slice(Some("db"), json!({})), None));
     let labels = out.metadata.labels.unwrap();
     assert_eq!(labels[SERVICE_NAME_LABEL], "db-x-shop-x-vc");
@@ -98,7 +111,7 @@ fn tenant_slices_go_down_under_the_host_service_name() {
 
 #[test]
 fn derived_and_orphan_slices_never_go_down() {
-    let rule = SliceRule::new(services());
+    let rule = SliceRule::new(sources());
     for (case, v) in [
         (
             "derived by the endpoint slice controller",

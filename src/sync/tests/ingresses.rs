@@ -1,5 +1,7 @@
 //! The Ingress rule's decisions.
 
+use std::sync::Arc;
+
 use serde_json::{Value, json};
 
 use super::*;
@@ -26,7 +28,7 @@ fn rule(allowed_hosts: &[&str]) -> IngressRule {
             allowed_hosts.iter().map(|h| (*h).to_owned()).collect(),
         );
     }
-    IngressRule::new(policy)
+    IngressRule::new(policy, Arc::default())
 }
 
 #[test]

@@ -3,6 +3,7 @@
 use serde_json::{Value, json};
 
 use super::*;
+use crate::policy::service_types::ServiceTypes;
 use crate::sync::cache::filled;
 use crate::sync::tests::{merged, names, obj, removed, synced};
 use crate::translate::markers::{NAMESPACE_LABEL, OWNER_LABEL};
@@ -19,7 +20,7 @@ fn svc(namespace: &str, name: &str, extra: Value) -> Service {
 }
 
 fn rule() -> ServiceRule {
-    ServiceRule::new(filled(vec![]))
+    ServiceRule::new(filled(vec![]), ServiceTypes::default())
 }
 
 fn spec(s: &Service) -> &k8s_openapi::api::core::v1::ServiceSpec {

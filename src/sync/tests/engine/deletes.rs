@@ -66,7 +66,7 @@ fn ingress(annotations: Value) -> Ingress {
 const HOST_ING: &str = "/apis/networking.k8s.io/v1/namespaces/host-ns/ingresses/web-x-shop-x-vc";
 
 fn ingress_rule() -> IngressRule {
-    IngressRule::new(IngressPolicy::default_for(&names().vc))
+    IngressRule::new(IngressPolicy::default_for(&names().vc), Arc::default())
 }
 
 #[tokio::test]

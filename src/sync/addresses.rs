@@ -1,0 +1,291 @@
+//! What the endpoint address policy ([`crate::policy::endpoints`]) needs to
+//! know of the host, kept current:
+//!
+//! - **this vcluster's pod IPs**: read from the pod engine's host cache
+//!   (only host pods carrying this vcluster's owner label are in it), every
+//!   [`POD_PERIOD`]; only pods that changed (by resource version) are parsed
+//!   again. Finished pods and host-network pods (pod IP = host IP) do not
+//!   count; a virtual pod whose IP changes makes it look at once
+//!   ([`AddressIndex::poke`]). When the set changes, `on_change` runs: the syncer queues the
+//!   tenant's Endpoints and EndpointSlices again, so an address that stops
+//!   being one of its pods (the pod went, or its IP changed) leaves the host
+//!   copy within a few seconds, and one that becomes one goes down.
+//! - **host ranges**: the host's service range (as `vcluster service-cidr`
+//!   finds it) and, when the syncer may list Nodes (the chart's optional
+//!   ClusterRole), every node's addresses and pod ranges; refreshed every
+//!   resync period.
+
+use std::collections::{HashMap, HashSet};
+use std::net::IpAddr;
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
+
+use k8s_openapi::api::core::v1::{Node, Pod};
+use kube::Resource as _;
+use kube::api::{Api, ListParams};
+use serde::Deserialize;
+
+use super::cache::Cache;
+use super::cidr::host_service_cidrs;
+use crate::policy::endpoints::{Cidr, HostRange, Known};
+
+/// How often the pod IPs are looked at.
+pub const POD_PERIOD: Duration = Duration::from_secs(2);
+
+#[derive(Deserialize)]
+struct PodView {
+    status: Option<StatusView>,
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct StatusView {
+    phase: Option<String>,
+    #[serde(rename = "podIP")]
+    pod_ip: Option<String>,
+    #[serde(default, rename = "podIPs")]
+    pod_ips: Vec<PodIpView>,
+    #[serde(rename = "hostIP")]
+    host_ip: Option<String>,
+}
+
+#[derive(Deserialize)]
+struct PodIpView {
+    ip: String,
+}
+
+/// The IPs a host pod (its status) gives this vcluster.
+fn own_ips(status: Option<StatusView>) -> Vec<IpAddr> {
+    let Some(s) = status else {
+        return Vec::new();
+    };
+    if matches!(s.phase.as_deref(), Some("Succeeded" | "Failed")) {
+        return Vec::new();
+    }
+    let mut ips: Vec<&str> = s.pod_ips.iter().map(|p| p.ip.as_str()).collect();
+    ips.extend(s.pod_ip.as_deref());
+    let mut out: Vec<IpAddr> = ips
+        .into_iter()
+        .filter(|ip| Some(*ip) != s.host_ip.as_deref())
+        .filter_map(|ip| ip.parse().ok())
+        .collect();
+    out.sort();
+    out.dedup();
+    out
+}
+
+/// The host ranges of the host's service CIDRs and of its Nodes.
+pub fn host_ranges(service_cidrs: &[String], nodes: &[Node]) -> Vec<HostRange> {
+    let mut out: Vec<HostRange> = service_cidrs
+        .iter()
+        .filter_map(|c| {
+            c.parse::<Cidr>().ok().map(|cidr| HostRange {
+                cidr,
+                what: format!("the host's service range {c}"),
+            })
+        })
+        .collect();
+    for n in nodes {
+        let name = n.metadata.name.clone().unwrap_or_default();
+        let spec = n.spec.as_ref();
+        let mut pod_cidrs: Vec<String> = spec.and_then(|s| s.pod_cidrs.clone()).unwrap_or_default();
+        pod_cidrs.extend(spec.and_then(|s| s.pod_cidr.clone()));
+        pod_cidrs.sort();
+        pod_cidrs.dedup();
+        for c in pod_cidrs {
+            if let Ok(cidr) = c.parse::<Cidr>() {
+                out.push(HostRange {
+                    cidr,
+                    what: format!("host node {name}'s pod range {c}"),
+                });
+            }
+        }
+        for a in n
+            .status
+            .as_ref()
+            .and_then(|s| s.addresses.as_ref())
+            .into_iter()
+            .flatten()
+        {
+            if let Ok(cidr) = a.address.parse::<Cidr>() {
+                out.push(HostRange {
+                    cidr,
+                    what: format!("host node {name}'s address"),
+                });
+            }
+        }
+    }
+    out
+}
+
+/// The current knowledge, shared with the endpoint rules.
+#[derive(Debug, Default)]
+pub struct AddressIndex {
+    known: RwLock<Arc<Known>>,
+    ready: tokio::sync::watch::Sender<bool>,
+    wake: tokio::sync::Notify,
+}
+
+impl AddressIndex {
+    /// What is known now.
+    pub fn known(&self) -> Arc<Known> {
+        Arc::clone(&self.known.read().unwrap_or_else(|e| e.into_inner()))
+    }
+
+    /// Looks at the pods again now rather than at the next period (called
+    /// when a virtual pod gains or changes its IP, which the syncer copies
+    /// up from the host copy its cache already holds).
+    pub fn poke(&self) {
+        self.wake.notify_one();
+    }
+
+    /// Waits for the first complete view (pods and host ranges).
+    pub async fn wait_until_ready(&self) {
+        let mut rx = self.ready.subscribe();
+        let _ = rx.wait_for(|r| *r).await;
+    }
+
+    /// Replaces the view; true when it changed.
+    fn set(&self, k: Known) -> bool {
+        let mut cur = self.known.write().unwrap_or_else(|e| e.into_inner());
+        if **cur == k {
+            return false;
+        }
+        *cur = Arc::new(k);
+        true
+    }
+
+    /// Keeps the view current until the process ends. `host_pods`: the pod
+    /// engine's host cache (`None` when pods are not synced: no pod IPs).
+    pub async fn run(
+        self: Arc<Self>,
+        host: kube::Client,
+        host_namespace: String,
+        host_pods: Option<Cache<Pod>>,
+        ranges_every: Duration,
+        on_change: impl Fn() + Send + 'static,
+    ) {
+        if let Some(p) = &host_pods {
+            p.wait_until_ready().await;
+        }
+        let mut memo: HashMap<Box<str>, (Option<String>, Vec<IpAddr>)> = HashMap::new();
+        let mut ranges = Vec::new();
+        let mut ranges_at: Option<tokio::time::Instant> = None;
+        let mut warned_nodes = false;
+        loop {
+            if ranges_at.is_none_or(|t| t.elapsed() >= ranges_every) {
+                ranges_at = Some(tokio::time::Instant::now());
+                let cidrs = match host_service_cidrs(&host, &host_namespace, true).await {
+                    Ok(c) => c,
+                    Err(e) => {
+                        tracing::warn!(error = %e, "endpoint policy: cannot find the host's service range");
+                        Vec::new()
+                    }
+                };
+                let nodes = match Api::<Node>::all(host.clone())
+                    .list(&ListParams::default())
+                    .await
+                {
+                    Ok(l) => l.items,
+                    Err(e) => {
+                        if !warned_nodes {
+                            warned_nodes = true;
+                            tracing::info!(error = %e, "endpoint policy: cannot list host Nodes; node addresses and pod ranges are refused only as addresses outside this vcluster's pods and the allowed CIDRs");
+                        }
+                        Vec::new()
+                    }
+                };
+                ranges = host_ranges(&cidrs, &nodes);
+            }
+            let mut own = HashSet::new();
+            if let Some(pods) = &host_pods {
+                let mut seen = HashSet::new();
+                for c in pods.entries() {
+                    let meta = c.meta();
+                    let uid: Box<str> = meta.uid.as_deref().unwrap_or_default().into();
+                    let rv = meta.resource_version.clone();
+                    let ips = match memo.get(&uid) {
+                        Some((have, ips)) if *have == rv => ips.clone(),
+                        _ => {
+                            let ips = c
+                                .view::<PodView>()
+                                .map(|v| own_ips(v.status))
+                                .unwrap_or_default();
+                            memo.insert(uid.clone(), (rv, ips.clone()));
+                            ips
+                        }
+                    };
+                    own.extend(ips);
+                    seen.insert(uid);
+                }
+                memo.retain(|k, _| seen.contains(k));
+            }
+            let changed = self.set(Known {
+                own_pods: own,
+                host: ranges.clone(),
+            });
+            if !*self.ready.borrow() {
+                self.ready.send_replace(true);
+            } else if changed {
+                on_change();
+            }
+            tokio::select! {
+                () = tokio::time::sleep(POD_PERIOD) => {}
+                () = self.wake.notified() => {}
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn only_live_pod_network_ips_are_own() {
+        let s = |j: serde_json::Value| {
+            serde_json::from_value::<PodView>(json!({"status": j}))
+                .unwrap()
+                .status
+        };
+        assert_eq!(
+            own_ips(s(
+                json!({"phase": "Running", "podIP": "10.0.0.5", "podIPs": [{"ip": "10.0.0.5"}, {"ip": "fd00::5"}], "hostIP": "172.18.0.2"})
+            )),
+            vec![
+                "10.0.0.5".parse::<IpAddr>().unwrap(),
+                "fd00::5".parse().unwrap()
+            ]
+        );
+        assert!(own_ips(s(json!({"phase": "Succeeded", "podIP": "10.0.0.5"}))).is_empty());
+        assert!(
+            own_ips(s(
+                json!({"phase": "Running", "podIP": "172.18.0.2", "hostIP": "172.18.0.2"})
+            ))
+            .is_empty(),
+            "host network"
+        );
+        assert!(own_ips(None).is_empty());
+    }
+
+    #[test]
+    fn host_ranges_name_what_they_are() {
+        let node: Node = serde_json::from_value(json!({
+            "metadata": {"name": "n1"},
+            "spec": {"podCIDR": "10.244.0.0/24", "podCIDRs": ["10.244.0.0/24"]},
+            "status": {"addresses": [{"type": "InternalIP", "address": "172.18.0.2"}, {"type": "Hostname", "address": "n1"}]}
+        }))
+        .unwrap();
+        let r = host_ranges(&["10.96.0.0/16".to_owned()], &[node]);
+        let whats: Vec<_> = r.iter().map(|r| r.what.as_str()).collect();
+        assert_eq!(
+            whats,
+            [
+                "the host's service range 10.96.0.0/16",
+                "host node n1's pod range 10.244.0.0/24",
+                "host node n1's address"
+            ]
+        );
+    }
+}
