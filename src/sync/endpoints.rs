@@ -6,6 +6,7 @@
 //! by its own control plane from the synced pods, so they never go down;
 //! neither do those of a Service the Service type policy refuses.
 
+use std::marker::PhantomData;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -59,18 +60,28 @@ impl EndpointSources {
     }
 }
 
-/// The Endpoints rule.
+/// The rule of tenant-written endpoints of kind `K`: [`EndpointsRule`] or
+/// [`SliceRule`].
 #[derive(Debug)]
-pub struct EndpointsRule {
+pub struct TenantEndpoints<K> {
     src: EndpointSources,
+    kind: PhantomData<fn() -> K>,
 }
 
-impl EndpointsRule {
+impl<K> TenantEndpoints<K> {
     /// A rule reading `src`.
     pub fn new(src: EndpointSources) -> Self {
-        Self { src }
+        Self {
+            src,
+            kind: PhantomData,
+        }
     }
 }
+
+/// The Endpoints rule.
+pub type EndpointsRule = TenantEndpoints<Endpoints>;
+/// The EndpointSlice rule.
+pub type SliceRule = TenantEndpoints<EndpointSlice>;
 
 impl Rule for EndpointsRule {
     type V = Endpoints;
@@ -100,19 +111,6 @@ impl Rule for EndpointsRule {
         let (_, refused) = self.src.policy.filter_endpoints(v.clone(), &known);
         self.src.warn_refused(ctx, v, warning(&refused)).await;
         Ok(None)
-    }
-}
-
-/// The EndpointSlice rule.
-#[derive(Debug)]
-pub struct SliceRule {
-    src: EndpointSources,
-}
-
-impl SliceRule {
-    /// A rule reading `src`.
-    pub fn new(src: EndpointSources) -> Self {
-        Self { src }
     }
 }
 

@@ -124,33 +124,28 @@ impl<R: Rule> Engine<R> {
         lock(&self.queue).len()
     }
 
-    /// Queues every virtual object's key (a policy they all depend on changed).
-    pub fn enqueue_all_virtual(&self) {
-        let keys: Vec<VirtualKey> = self
-            .virt
+    /// The keys of every cached virtual object.
+    fn virtual_keys(&self) -> Vec<VirtualKey> {
+        self.virt
             .entries()
             .iter()
             .map(|v| VirtualKey {
                 namespace: v.namespace().unwrap_or_default(),
                 name: v.name_any(),
             })
-            .collect();
-        self.enqueue_many(keys);
+            .collect()
+    }
+
+    /// Queues every virtual object's key (a policy they all depend on changed).
+    pub fn enqueue_all_virtual(&self) {
+        self.enqueue_many(self.virtual_keys());
     }
 
     /// Every key of either side; with `force`, each is written even if its
     /// content hash is unchanged (the resync that reverts drift).
     fn enqueue_all(&self, force: bool) {
         let own = self.ctx.ownership();
-        let mut keys: Vec<VirtualKey> = self
-            .virt
-            .entries()
-            .iter()
-            .map(|v| VirtualKey {
-                namespace: v.namespace().unwrap_or_default(),
-                name: v.name_any(),
-            })
-            .collect();
+        let mut keys = self.virtual_keys();
         keys.extend(
             self.host
                 .entries()
