@@ -27,6 +27,7 @@ use serde::Deserialize;
 
 use super::cache::Cache;
 use super::cidr::host_service_cidrs;
+use super::feed::Readiness;
 use crate::policy::endpoints::{Cidr, HostRange, Known};
 
 /// How often the pod IPs are looked at.
@@ -122,7 +123,7 @@ pub fn host_ranges(service_cidrs: &[String], nodes: &[Node]) -> Vec<HostRange> {
 #[derive(Debug, Default)]
 pub struct AddressIndex {
     known: RwLock<Arc<Known>>,
-    ready: tokio::sync::watch::Sender<bool>,
+    ready: Readiness,
     wake: tokio::sync::Notify,
 }
 
@@ -141,8 +142,7 @@ impl AddressIndex {
 
     /// Waits for the first complete view (pods and host ranges).
     pub async fn wait_until_ready(&self) {
-        let mut rx = self.ready.subscribe();
-        let _ = rx.wait_for(|r| *r).await;
+        self.ready.wait().await;
     }
 
     /// Replaces the view; true when it changed.
@@ -224,8 +224,8 @@ impl AddressIndex {
                 own_pods: own,
                 host: ranges.clone(),
             });
-            if !*self.ready.borrow() {
-                self.ready.send_replace(true);
+            if !self.ready.is_set() {
+                self.ready.set();
             } else if changed {
                 on_change();
             }
