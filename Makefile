@@ -66,7 +66,7 @@ clippy:
 	$(CARGO) clippy --locked --all-targets -- -D warnings
 
 unit:
-	$(CARGO) test --locked --lib --bins
+	$(CARGO) test --locked --lib --bins --example bench
 
 e2e:
 	e2e/kube/gen-gomod.sh check

@@ -145,8 +145,8 @@ async fn run(args: Args) -> anyhow::Result<()> {
     for &n in &args.sizes {
         println!("bench: {n} pods in {} namespaces", args.namespaces);
         let r = one_size(&args, n).await?;
-        let name = format!("latency-{n}.png");
-        report::plot(&r, &args.out.join(&name))?;
+        let name = format!("latency-{n}.svg");
+        report::plot(&r, &info_start.0, &args.out.join(&name))?;
         plots.push(name);
         print_brief(&r);
         results.push(r);
@@ -258,7 +258,7 @@ make bench N=1000          # one quick size\n\
 ```\n\n\
 `make bench` builds `vcluster` and the bench in release mode, then runs\n\
 `target/release/examples/bench --sizes $N`; it writes `bench/results/results.md`,\n\
-`results.json`, one `latency-<N>.png` per size, and this page.\n\n\
+`results.json`, one `latency-<N>.svg` per size, and this page.\n\n\
 ## Latest figures\n\n{figures}"
     )
 }

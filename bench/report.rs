@@ -1,9 +1,11 @@
 //! Figures of a benchmark run: percentiles, the markdown table and the
-//! latency-distribution plot (a PNG drawn pixel by pixel, no fonts: its
-//! scale is written in the markdown next to it).
+//! latency-distribution plot (an SVG with title, axes, units, legend and the
+//! goal marked).
 
 use std::fmt::Write as _;
 use std::path::Path;
+
+use plotters::prelude::*;
 
 /// Latency summary of one path, in seconds.
 #[derive(Debug, Clone, Copy, Default, serde::Serialize)]
@@ -278,27 +280,28 @@ pub fn markdown(info: &RunInfo, sizes: &[SizeResult], plots: &[String]) -> Strin
     o
 }
 
-/// Colours of the plot.
-const DIRECT: [u8; 3] = [31, 90, 200];
-const VIRTUAL: [u8; 3] = [210, 40, 40];
-const TO_HOST: [u8; 3] = [240, 150, 20];
-const W: u32 = 800;
-const H: u32 = 480;
-const MARGIN: u32 = 30;
+/// Colours of the plot's series.
+const DIRECT: RGBColor = RGBColor(31, 90, 200);
+const VIRTUAL: RGBColor = RGBColor(210, 40, 40);
+const TO_HOST: RGBColor = RGBColor(240, 150, 20);
+const GOAL: RGBColor = RGBColor(40, 140, 60);
+const W: u32 = 900;
+const H: u32 = 540;
+/// The added p99 the bench's goal allows over direct, seconds.
+pub const ADDED_P99_GOAL: f64 = 1.0;
 
-/// A "nice" grid step (1, 2 or 5 × 10^k) giving at most ~10 lines over `span`.
-pub fn grid_step(span: f64) -> f64 {
-    let raw = (span / 10.0).max(1e-3);
-    let mag = 10f64.powf(raw.log10().floor());
-    [1.0, 2.0, 5.0, 10.0]
-        .into_iter()
-        .map(|m| m * mag)
-        .find(|s| *s >= raw)
-        .unwrap_or(10.0 * mag)
+/// Where the goal line stands: direct p99 plus the allowed added p99.
+fn goal_at(r: &SizeResult) -> f64 {
+    r.direct.to_running.p99 + ADDED_P99_GOAL
 }
 
 fn x_max(r: &SizeResult) -> f64 {
-    let m = r.direct.to_running.max.max(r.virt.to_running.max);
+    let m = r
+        .direct
+        .to_running
+        .max
+        .max(r.virt.to_running.max)
+        .max(goal_at(r));
     if m.is_finite() && m > 0.0 {
         m * 1.02
     } else {
@@ -306,89 +309,87 @@ fn x_max(r: &SizeResult) -> f64 {
     }
 }
 
-/// What the plot shows, for the markdown beside it.
+/// What the plot shows, for the markdown beside it (the plot has its own title,
+/// axes and legend; this is the text alternative).
 pub fn plot_legend(r: &SizeResult) -> String {
-    let xm = x_max(r);
     format!(
-        "Cumulative distribution of latency per pod: x from 0 to {xm:.1} s (grey lines every {} s), \
-         y from 0 to 100 % of pods (grey lines every 10 %, darker at 50/90/99 %). \
-         Blue: direct, creation → Running; red: virtual, creation → Running; \
-         orange: virtual, creation → host pod exists.",
-        grid_step(xm)
+        "Cumulative share of the {} pods Running (y, %) against time since their creation \
+         (x, s): direct, virtual, and virtual until the host copy exists; the green line is the \
+         goal, direct p99 + {ADDED_P99_GOAL} s = {:.2} s.",
+        r.pods,
+        goal_at(r)
     )
 }
 
-/// Draws the cumulative latency distributions of `r` into a PNG at `path`.
-pub fn plot(r: &SizeResult, path: &Path) -> anyhow::Result<()> {
-    let mut px = vec![255u8; (W * H * 3) as usize];
-    let put = |px: &mut Vec<u8>, x: u32, y: u32, c: [u8; 3]| {
-        if x < W && y < H {
-            let i = ((y * W + x) * 3) as usize;
-            px[i..i + 3].copy_from_slice(&c);
-        }
-    };
-    let (x0, x1, y0, y1) = (MARGIN, W - MARGIN, MARGIN, H - MARGIN);
+/// The cumulative distribution of sorted `samples` as (seconds, percent) steps.
+fn cdf(samples: &[f64]) -> Vec<(f64, f64)> {
+    let mut v = samples.to_vec();
+    v.sort_by(f64::total_cmp);
+    let n = v.len().max(1) as f64;
+    let mut out = vec![(0.0, 0.0)];
+    for (i, t) in v.iter().enumerate() {
+        let prev = out.last().map_or(0.0, |p| p.1);
+        out.push((*t, prev));
+        out.push((*t, (i + 1) as f64 * 100.0 / n));
+    }
+    out
+}
+
+/// Draws the cumulative latency distributions of `r` into an SVG at `path`
+/// (plotters' SVG backend: text is written as SVG text, so no fonts are needed
+/// on the machine that draws it). `run` names the run in the title.
+pub fn plot(r: &SizeResult, run: &str, path: &Path) -> anyhow::Result<()> {
+    let root = SVGBackend::new(path, (W, H)).into_drawing_area();
+    root.fill(&WHITE)?;
     let xm = x_max(r);
-    let step = grid_step(xm);
-    let to_x = |t: f64| x0 + ((t / xm).clamp(0.0, 1.0) * f64::from(x1 - x0)) as u32;
-    let to_y = |f: f64| y1 - ((f.clamp(0.0, 1.0)) * f64::from(y1 - y0)) as u32;
-    // Grid.
-    let mut t = 0.0;
-    while t <= xm {
-        let x = to_x(t);
-        for y in y0..=y1 {
-            put(&mut px, x, y, [220, 220, 220]);
-        }
-        t += step;
-    }
-    for k in 0..=10 {
-        let y = to_y(f64::from(k) / 10.0);
-        for x in x0..=x1 {
-            put(&mut px, x, y, [220, 220, 220]);
-        }
-    }
-    for q in [0.5, 0.9, 0.99] {
-        let y = to_y(q);
-        for x in x0..=x1 {
-            put(&mut px, x, y, [150, 150, 150]);
-        }
-    }
-    // Axes.
-    for x in x0..=x1 {
-        put(&mut px, x, y1, [0, 0, 0]);
-    }
-    for y in y0..=y1 {
-        put(&mut px, x0, y, [0, 0, 0]);
-    }
-    // Curves: a step function per series, two pixels thick.
+    let mut chart = ChartBuilder::on(&root)
+        .caption(
+            format!("Pod creation → Running, N = {} pods ({run})", r.pods),
+            ("sans-serif", 20),
+        )
+        .margin(16)
+        .x_label_area_size(44)
+        .y_label_area_size(56)
+        .build_cartesian_2d(0.0..xm, 0.0..100.0)?;
+    chart
+        .configure_mesh()
+        .x_desc("latency since creation (s)")
+        .y_desc("pods reached (%)")
+        .x_labels(12)
+        .y_labels(11)
+        .x_label_formatter(&|s| format!("{s:.1}"))
+        .y_label_formatter(&|p| format!("{p:.0}"))
+        .draw()?;
     let series = [
-        (&r.virt.host_samples, TO_HOST),
-        (&r.direct.samples, DIRECT),
-        (&r.virt.samples, VIRTUAL),
+        (&r.direct.samples, DIRECT, "direct: creation → Running"),
+        (&r.virt.samples, VIRTUAL, "virtual: creation → Running"),
+        (
+            &r.virt.host_samples,
+            TO_HOST,
+            "virtual: creation → host copy exists",
+        ),
     ];
-    for (samples, colour) in series {
-        let mut v = samples.clone();
-        v.sort_by(f64::total_cmp);
-        let n = v.len().max(1) as f64;
-        let (mut px_prev, mut py_prev) = (x0, y1);
-        for (i, t) in v.iter().enumerate() {
-            let (x, y) = (to_x(*t), to_y((i + 1) as f64 / n));
-            for xx in px_prev..=x {
-                put(&mut px, xx, py_prev, colour);
-                put(&mut px, xx, py_prev.saturating_sub(1), colour);
-            }
-            for yy in y..=py_prev {
-                put(&mut px, x, yy, colour);
-                put(&mut px, x + 1, yy, colour);
-            }
-            (px_prev, py_prev) = (x, y);
-        }
+    for (samples, colour, label) in series {
+        chart
+            .draw_series(LineSeries::new(cdf(samples), colour.stroke_width(2)))?
+            .label(label)
+            .legend(move |(x, y)| PathElement::new([(x, y), (x + 20, y)], colour.stroke_width(2)));
     }
-    let file = std::fs::File::create(path)?;
-    let mut enc = png::Encoder::new(std::io::BufWriter::new(file), W, H);
-    enc.set_color(png::ColorType::Rgb);
-    enc.set_depth(png::BitDepth::Eight);
-    enc.write_header()?.write_image_data(&px)?;
+    let g = goal_at(r);
+    chart
+        .draw_series(LineSeries::new(
+            [(g, 0.0), (g, 100.0)],
+            GOAL.stroke_width(1),
+        ))?
+        .label(format!("goal: direct p99 + {ADDED_P99_GOAL} s"))
+        .legend(|(x, y)| PathElement::new([(x, y), (x + 20, y)], GOAL.stroke_width(1)));
+    chart
+        .configure_series_labels()
+        .position(SeriesLabelPosition::LowerRight)
+        .background_style(WHITE.mix(0.9))
+        .border_style(BLACK)
+        .draw()?;
+    root.present()?;
     Ok(())
 }
 
@@ -406,11 +407,73 @@ mod tests {
         assert!(percentile(&[], 0.5).is_nan());
     }
 
+    fn path(samples: Vec<f64>) -> PathResult {
+        PathResult {
+            to_host: None,
+            to_host_running: None,
+            to_running: summarize(&samples),
+            wall: 1.0,
+            throughput: 1.0,
+            missing: 0,
+            cpu_busy_percent: 50.0,
+            host_samples: samples.iter().map(|t| t / 2.0).collect(),
+            samples,
+        }
+    }
+
     #[test]
-    fn grid_steps_are_round() {
-        assert_eq!(grid_step(10.0), 1.0);
-        assert_eq!(grid_step(55.0), 10.0);
-        assert_eq!(grid_step(13.0), 2.0);
-        assert_eq!(grid_step(240.0), 50.0);
+    fn the_plot_has_a_title_axes_a_legend_and_the_goal() {
+        let r = SizeResult {
+            pods: 1000,
+            namespaces: 10,
+            nodes: 9,
+            direct: path((1..=100).map(|i| f64::from(i) / 10.0).collect()),
+            virt: path((1..=100).map(|i| f64::from(i) / 8.0).collect()),
+            syncer: SyncerUse {
+                cpu_burst: 1.0,
+                cpu_total: 1.0,
+                peak_rss_mib: 1.0,
+                idle_rss_mib: 1.0,
+                resync_ready: 1.0,
+                resync_peak_rss_mib: 1.0,
+            },
+        };
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("latency-1000.svg");
+        plot(&r, "2026-12-01 14:00 UTC", &file).unwrap();
+        let svg = std::fs::read_to_string(&file).unwrap();
+        // plotters writes each text on its own line between the tags.
+        let texts: Vec<&str> = svg
+            .split("<text")
+            .skip(1)
+            .filter_map(|t| t.split_once('>').map(|(_, rest)| rest))
+            .filter_map(|t| t.split_once("</text>").map(|(text, _)| text.trim()))
+            .collect();
+        for text in [
+            "Pod creation → Running, N = 1000 pods (2026-12-01 14:00 UTC)",
+            "latency since creation (s)",
+            "pods reached (%)",
+            "direct: creation → Running",
+            "virtual: creation → Running",
+            "virtual: creation → host copy exists",
+            "goal: direct p99 + 1 s",
+        ] {
+            assert!(texts.contains(&text), "the plot says {text:?}: {texts:?}");
+        }
+        // Tick labels on both axes: 0–100 % and seconds up to the slowest pod.
+        for tick in ["0", "50", "100", "0.0", "6.0", "12.0"] {
+            assert!(texts.contains(&tick), "a tick labelled {tick}: {texts:?}");
+        }
+        // The curves end at 100 % of pods.
+        assert_eq!(
+            cdf(&[2.0, 1.0]),
+            vec![
+                (0.0, 0.0),
+                (1.0, 0.0),
+                (1.0, 50.0),
+                (2.0, 50.0),
+                (2.0, 100.0)
+            ]
+        );
     }
 }
