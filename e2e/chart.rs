@@ -20,11 +20,10 @@ use std::time::Duration;
 
 use common::*;
 use k8s_openapi::api::apps::v1::Deployment;
-use k8s_openapi::api::authentication::v1::TokenRequest;
-use k8s_openapi::api::core::v1::{ConfigMap, Pod, Secret, Service, ServiceAccount};
+use k8s_openapi::api::core::v1::{ConfigMap, Pod, Secret, Service};
 use k8s_openapi::api::networking::v1::Ingress;
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
-use kube::api::{Api, ListParams, PostParams};
+use kube::api::{Api, ListParams};
 use libtest_mimic::Arguments;
 use serde_json::{Value, json};
 use vcluster::translate::{VclusterName, host_name};
@@ -40,38 +39,9 @@ struct Env {
     syncer: Mutex<Option<(SyncerProcess, PathBuf)>>,
 }
 
-/// Starts the syncer of `RELEASE` with host credential `host_kc` and its
-/// front door on a free loopback port; returns it with the front door's
-/// kubeconfig (from the `vc-<release>` Secret it writes).
+/// Starts the syncer of `RELEASE` as the chart's pod would run it.
 async fn start_syncer(env: &Env, host_kc: &Path) -> (SyncerProcess, PathBuf) {
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
-    let pki = env.stack.dir.path().join("vcluster/pki");
-    let args = [
-        format!("--client-ca-cert={}", pki.join("ca.crt").display()),
-        format!("--client-ca-key={}", pki.join("ca.key").display()),
-        format!("--front-door-listen=127.0.0.1:{port}"),
-        format!("--kubeconfig-server=https://127.0.0.1:{port}"),
-    ];
-    let args: Vec<&str> = args.iter().map(String::as_str).collect();
-    let syncer = SyncerProcess::start_as(&env.stack, RELEASE, HOST_NS, host_kc, &args);
-    let secrets: Api<Secret> = Api::namespaced(client(&env.stack.host_kubeconfig()).await, HOST_NS);
-    let kc = eventually("the vc-my-vc kubeconfig Secret", T, || async {
-        let s = secrets
-            .get_opt(&format!("vc-{RELEASE}"))
-            .await
-            .map_err(|e| e.to_string())?;
-        s.and_then(|s| s.data)
-            .and_then(|d| d.get("config").cloned())
-            .ok_or_else(|| "absent".to_owned())
-    })
-    .await;
-    let path = env.stack.dir.path().join("front-door.kubeconfig");
-    std::fs::write(&path, kc.0).unwrap();
-    (syncer, path)
+    chart::start_syncer(&env.stack, RELEASE, HOST_NS, host_kc).await
 }
 
 fn helm_bin() -> PathBuf {
@@ -354,33 +324,7 @@ fn install_creates_every_object(env: &Env) {
 }
 
 async fn token_kubeconfig(env: &Env) -> PathBuf {
-    let h = client(&env.stack.host_kubeconfig()).await;
-    let sas: Api<ServiceAccount> = Api::namespaced(h, HOST_NS);
-    let sa = format!("vc-{RELEASE}");
-    eventually("the chart's ServiceAccount", T, || async {
-        sas.get_opt(&sa)
-            .await
-            .map_err(|e| e.to_string())?
-            .ok_or("absent".to_owned())
-    })
-    .await;
-    let tr: TokenRequest =
-        serde_json::from_value(json!({"spec": {"expirationSeconds": 3600}})).unwrap();
-    let issued = sas
-        .create_token_request(&sa, &PostParams::default(), &tr)
-        .await
-        .unwrap();
-    let token = issued.status.unwrap().token;
-    let mut kc: Value =
-        serde_yaml::from_str(&std::fs::read_to_string(env.stack.host_kubeconfig()).unwrap())
-            .unwrap();
-    kc["users"] = json!([{"name": "chart-sa", "user": {"token": token}}]);
-    let ctx = &mut kc["contexts"][0]["context"];
-    ctx["user"] = json!("chart-sa");
-    ctx["namespace"] = json!(HOST_NS);
-    let path = env.stack.dir.path().join("chart-sa.kubeconfig");
-    std::fs::write(&path, serde_yaml::to_string(&kc).unwrap()).unwrap();
-    path
+    chart::service_account_kubeconfig(&env.stack, RELEASE, HOST_NS).await
 }
 
 fn the_role_suffices_for_the_syncer(env: &Env) {

@@ -267,11 +267,118 @@ pub fn merge(mut base: Kubeconfig, add: Kubeconfig, switch: bool) -> Kubeconfig 
         base.contexts.push(c);
     }
     if switch || base.current_context.as_deref().unwrap_or("").is_empty() {
+        let previous = base.current_context.take().filter(|c| !c.is_empty());
+        if let (Some(previous), Some(now)) = (previous, add.current_context.as_deref()) {
+            remember_previous(&mut base, now, previous);
+        }
         base.current_context = add.current_context;
     }
     base.api_version.get_or_insert_with(|| "v1".to_owned());
     base.kind.get_or_insert_with(|| "Config".to_owned());
     base
+}
+
+/// The context extension in which `connect --switch-context` keeps the context
+/// that was current before, for `disconnect` to go back to.
+pub const PREVIOUS_CONTEXT_EXTENSION: &str = "vcluster.dev/previous-context";
+
+fn remember_previous(kc: &mut Kubeconfig, context: &str, previous: String) {
+    if previous == context {
+        return;
+    }
+    let Some(c) = kc
+        .contexts
+        .iter_mut()
+        .find(|c| c.name == context)
+        .and_then(|c| c.context.as_mut())
+    else {
+        return;
+    };
+    let ext = c.extensions.get_or_insert_with(Vec::new);
+    ext.retain(|e| e.name != PREVIOUS_CONTEXT_EXTENSION);
+    ext.push(kube::config::NamedExtension {
+        name: PREVIOUS_CONTEXT_EXTENSION.to_owned(),
+        extension: serde_json::Value::String(previous),
+    });
+}
+
+/// The kubeconfig context `vcluster connect` writes for vcluster `name` in `namespace`.
+pub fn context_name(name: &str, namespace: &str) -> String {
+    format!("vcluster_{name}_{namespace}")
+}
+
+/// What `disconnect` changed in a kubeconfig.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Disconnected {
+    /// The context removed (with its cluster and user).
+    pub context: String,
+    /// The context now current, when the removed one was current: the one
+    /// current before `connect` switched, if it still exists; else none.
+    pub switched_to: Option<String>,
+    /// Whether the removed context was the current one.
+    pub was_current: bool,
+}
+
+/// Removes `context` (a context `connect` wrote: a vcluster context, its
+/// cluster and user of the same name) from `kc`. Without a name, the current
+/// context, which must be a vcluster's.
+pub fn disconnect(
+    kc: &mut Kubeconfig,
+    context: Option<&str>,
+) -> Result<Disconnected, InstanceError> {
+    let current = kc.current_context.clone().filter(|c| !c.is_empty());
+    let context = match (context, current.as_deref()) {
+        (Some(c), _) => c.to_owned(),
+        (None, Some(c)) if c.starts_with("vcluster_") => c.to_owned(),
+        (None, Some(c)) => {
+            return Err(InstanceError::Config(format!(
+                "the current context {c} is not a vcluster's; name the vcluster: vcluster disconnect NAME -n NAMESPACE"
+            )));
+        }
+        (None, None) => {
+            return Err(InstanceError::Config(
+                "no current context; name the vcluster: vcluster disconnect NAME -n NAMESPACE"
+                    .to_owned(),
+            ));
+        }
+    };
+    let Some(pos) = kc.contexts.iter().position(|c| c.name == context) else {
+        return Err(InstanceError::Config(format!(
+            "no context {context} in this kubeconfig (see `kubectl config get-contexts`)"
+        )));
+    };
+    let removed = kc.contexts.remove(pos);
+    let previous = removed
+        .context
+        .as_ref()
+        .and_then(|c| c.extensions.as_ref())
+        .and_then(|e| e.iter().find(|e| e.name == PREVIOUS_CONTEXT_EXTENSION))
+        .and_then(|e| e.extension.as_str().map(str::to_owned));
+    // The cluster and user `connect` wrote carry the context's name; nothing
+    // else may use them.
+    let still_used = |kc: &Kubeconfig, f: fn(&kube::config::Context) -> Option<&str>| {
+        kc.contexts
+            .iter()
+            .filter_map(|c| c.context.as_ref())
+            .any(|c| f(c) == Some(context.as_str()))
+    };
+    if !still_used(kc, |c| Some(c.cluster.as_str())) {
+        kc.clusters.retain(|c| c.name != context);
+    }
+    if !still_used(kc, |c| c.user.as_deref()) {
+        kc.auth_infos.retain(|u| u.name != context);
+    }
+    let was_current = current.as_deref() == Some(context.as_str());
+    let mut switched_to = None;
+    if was_current {
+        switched_to = previous.filter(|p| kc.contexts.iter().any(|c| &c.name == p));
+        kc.current_context = Some(switched_to.clone().unwrap_or_default());
+    }
+    Ok(Disconnected {
+        context,
+        switched_to,
+        was_current,
+    })
 }
 
 /// Merges `add` into the kubeconfig file at `path` (created if missing).
@@ -486,6 +593,74 @@ mod tests {
         // Into an empty file: the new context becomes current.
         let m = merge(Kubeconfig::default(), add, false);
         assert_eq!(m.current_context.as_deref(), Some("vc"));
+    }
+
+    #[test]
+    fn disconnect_removes_what_connect_wrote_and_goes_back() {
+        let mut host = kc("host", "https://host:6443");
+        host.current_context = Some("host".to_owned());
+        let vc = retarget(
+            kc("x", "https://in-cluster"),
+            "vcluster_a_team",
+            "https://127.0.0.1:1",
+        )
+        .unwrap();
+        let mut merged = merge(host, vc, true);
+        assert_eq!(merged.current_context.as_deref(), Some("vcluster_a_team"));
+        let d = disconnect(&mut merged, None).unwrap();
+        assert_eq!(
+            d,
+            Disconnected {
+                context: "vcluster_a_team".to_owned(),
+                switched_to: Some("host".to_owned()),
+                was_current: true
+            }
+        );
+        assert_eq!(merged.current_context.as_deref(), Some("host"));
+        let names = |k: &Kubeconfig| {
+            (
+                k.contexts
+                    .iter()
+                    .map(|c| c.name.clone())
+                    .collect::<Vec<_>>(),
+                k.clusters
+                    .iter()
+                    .map(|c| c.name.clone())
+                    .collect::<Vec<_>>(),
+                k.auth_infos
+                    .iter()
+                    .map(|c| c.name.clone())
+                    .collect::<Vec<_>>(),
+            )
+        };
+        assert_eq!(
+            names(&merged),
+            (
+                vec!["host".to_owned()],
+                vec!["host".to_owned()],
+                vec!["host".to_owned()]
+            )
+        );
+        // Again: a clear mistake; the current one is the host's.
+        let err = disconnect(&mut merged, None).unwrap_err().to_string();
+        assert!(err.contains("not a vcluster's"), "{err}");
+        let err = disconnect(&mut merged, Some("vcluster_a_team"))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("no context vcluster_a_team"), "{err}");
+        assert_eq!(merged.current_context.as_deref(), Some("host"));
+    }
+
+    #[test]
+    fn disconnect_of_another_context_leaves_the_current_one() {
+        let mut host = kc("host", "https://host:6443");
+        host.current_context = Some("host".to_owned());
+        let vc = retarget(kc("x", "https://in"), "vcluster_b_ns", "https://h").unwrap();
+        let mut merged = merge(host, vc, false);
+        let d = disconnect(&mut merged, Some("vcluster_b_ns")).unwrap();
+        assert!(!d.was_current);
+        assert_eq!(merged.current_context.as_deref(), Some("host"));
+        assert_eq!(merged.contexts.len(), 1);
     }
 
     #[test]

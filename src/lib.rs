@@ -22,6 +22,7 @@
 pub mod api;
 pub mod cli;
 pub mod control_plane;
+pub mod create;
 pub mod discovery;
 pub mod instances;
 pub mod kubeconfig;

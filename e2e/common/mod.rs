@@ -12,6 +12,8 @@ use std::time::{Duration, Instant};
 use kube::config::Kubeconfig;
 use vcluster::local::StackState;
 
+pub mod chart;
+
 /// The `vcluster` binary cargo built for this test.
 pub fn vcluster_bin() -> &'static str {
     env!("CARGO_BIN_EXE_vcluster")
@@ -615,6 +617,19 @@ impl Streaming {
 }
 
 impl Streaming {
+    /// The lines so far.
+    pub fn lines(&self) -> Vec<String> {
+        self.lines.lock().unwrap().clone()
+    }
+
+    /// Waits up to `timeout` for the child to exit; returns its status.
+    pub fn wait_exit_within(&mut self, timeout: Duration, what: &str) -> std::process::ExitStatus {
+        eventually_sync(what, timeout, || match self.child.try_wait() {
+            Ok(Some(st)) => Ok(st),
+            _ => Err(format!("still running: {:?}", self.lines())),
+        })
+    }
+
     pub fn count(&self, pred: impl Fn(&str) -> bool) -> usize {
         self.lines
             .lock()

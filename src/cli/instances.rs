@@ -1,4 +1,4 @@
-//! `vcluster connect | list | delete`: vclusters seen from the host.
+//! `vcluster create | connect | disconnect | list | delete`: vclusters seen from the host.
 
 use std::io::Write as _;
 use std::path::PathBuf;
@@ -8,7 +8,7 @@ use anyhow::Context as _;
 use clap::Args;
 use kube::config::{KubeConfigOptions, Kubeconfig};
 
-use crate::instances;
+use crate::{create, instances};
 
 #[derive(Debug, Args, Clone)]
 pub struct HostArgs {
@@ -49,6 +49,50 @@ pub struct ConnectArgs {
 }
 
 #[derive(Debug, Args)]
+pub struct CreateArgs {
+    /// The vcluster's name (also its Helm release's).
+    name: String,
+    /// Its host namespace, created if missing (default: the kubeconfig
+    /// context's namespace).
+    #[arg(short, long)]
+    namespace: Option<String>,
+    #[command(flatten)]
+    host: HostArgs,
+    /// A values file for the chart (repeatable, as `helm install -f`).
+    #[arg(short = 'f', long = "values")]
+    values: Vec<PathBuf>,
+    /// A chart value, `key=value` (repeatable, as `helm install --set`).
+    #[arg(long)]
+    set: Vec<String>,
+    /// Change an existing vcluster: a `helm upgrade` keeping the values given
+    /// before, with these on top.
+    #[arg(long)]
+    upgrade: bool,
+    /// Connect once it is ready (as `vcluster connect NAME --switch-context`).
+    #[arg(long)]
+    connect: bool,
+    /// How long to wait for the control plane and the syncer, in seconds.
+    #[arg(long, default_value_t = 300)]
+    timeout: u64,
+    /// A chart directory to install instead of the one bundled in this binary.
+    #[arg(long)]
+    chart: Option<PathBuf>,
+}
+
+#[derive(Debug, Args)]
+pub struct DisconnectArgs {
+    /// The vcluster whose context to remove (default: the current context,
+    /// if it is a vcluster's).
+    name: Option<String>,
+    /// Its host namespace (default: the kubeconfig context's namespace).
+    #[arg(short, long, requires = "name")]
+    namespace: Option<String>,
+    /// The kubeconfig file to edit (default: $KUBECONFIG or ~/.kube/config).
+    #[arg(long)]
+    kubeconfig: Option<PathBuf>,
+}
+
+#[derive(Debug, Args)]
 pub struct ListArgs {
     /// Only this host namespace (default: every namespace you may list).
     #[arg(short, long)]
@@ -76,6 +120,18 @@ fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
         .context("cannot start the async runtime")
 }
 
+/// The kubeconfig file `vcluster` reads and writes: `--kubeconfig`, else the
+/// first of `$KUBECONFIG`, else `~/.kube/config`.
+fn kubeconfig_file(given: Option<&PathBuf>) -> anyhow::Result<PathBuf> {
+    if let Some(p) = given {
+        return Ok(p.clone());
+    }
+    std::env::var_os("KUBECONFIG")
+        .and_then(|v| std::env::split_paths(&v).next())
+        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".kube/config")))
+        .context("no --kubeconfig, $KUBECONFIG or $HOME")
+}
+
 /// The host client and the kubeconfig file it came from.
 async fn host_client(h: &HostArgs) -> anyhow::Result<(kube::Client, PathBuf)> {
     let opts = KubeConfigOptions {
@@ -88,16 +144,10 @@ async fn host_client(h: &HostArgs) -> anyhow::Result<(kube::Client, PathBuf)> {
                 .with_context(|| format!("cannot read kubeconfig {}", p.display()))?,
             p.clone(),
         ),
-        None => {
-            let file = std::env::var_os("KUBECONFIG")
-                .and_then(|v| std::env::split_paths(&v).next())
-                .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".kube/config")))
-                .context("no --kubeconfig, $KUBECONFIG or $HOME")?;
-            (
-                Kubeconfig::read().context("cannot read the host kubeconfig (use --kubeconfig)")?,
-                file,
-            )
-        }
+        None => (
+            Kubeconfig::read().context("cannot read the host kubeconfig (use --kubeconfig)")?,
+            kubeconfig_file(None)?,
+        ),
     };
     let config = kube::Config::from_custom_kubeconfig(kc, &opts)
         .await
@@ -125,10 +175,14 @@ async fn target(
 }
 
 pub fn connect(args: ConnectArgs) -> anyhow::Result<ExitCode> {
-    runtime()?.block_on(async move {
+    runtime()?.block_on(connect_to(args))
+}
+
+async fn connect_to(args: ConnectArgs) -> anyhow::Result<ExitCode> {
+    {
         let (host, file, ns) = target(&args.name, &args.host, args.namespace.as_deref()).await?;
         let secret_kc = instances::kubeconfig(&host, &args.name, &ns).await?;
-        let context = format!("vcluster_{}_{ns}", args.name);
+        let context = instances::context_name(&args.name, &ns);
         let (server, forwarding) = match &args.server {
             Some(url) => (url.clone(), None),
             None => {
@@ -149,7 +203,11 @@ pub fn connect(args: ConnectArgs) -> anyhow::Result<ExitCode> {
             say_err(&format!(
                 "context {context} written to {}{}",
                 target.display(),
-                if args.switch_context { " (now current)" } else { "" }
+                if args.switch_context {
+                    " (now current)"
+                } else {
+                    ""
+                }
             ));
         }
         let Some((pod, listener)) = forwarding else {
@@ -166,7 +224,123 @@ pub fn connect(args: ConnectArgs) -> anyhow::Result<ExitCode> {
             }
             () = super::dev::interrupted() => Ok(ExitCode::SUCCESS),
         }
+    }
+}
+
+pub fn create(args: CreateArgs) -> anyhow::Result<ExitCode> {
+    runtime()?.block_on(async move {
+        let (host, _, ns) = target(&args.name, &args.host, args.namespace.as_deref()).await?;
+        let mut global = vec!["--namespace".to_owned(), ns.clone()];
+        if let Some(k) = &args.host.kubeconfig {
+            global.extend(["--kubeconfig".to_owned(), k.display().to_string()]);
+        }
+        if let Some(c) = &args.host.context {
+            global.extend(["--kube-context".to_owned(), c.clone()]);
+        }
+        let helm = create::Helm {
+            bin: create::find_helm()?,
+            global,
+        };
+        let scratch = tempfile::tempdir().context("cannot make a temporary directory")?;
+        let chart = match &args.chart {
+            Some(c) => c.clone(),
+            None => create::write_chart(scratch.path())?,
+        };
+        let req = create::Request {
+            name: args.name.clone(),
+            namespace: ns.clone(),
+            chart,
+            values: args.values.clone(),
+            set: args.set.clone(),
+            upgrade: args.upgrade,
+        };
+        let upgraded = tokio::task::block_in_place(|| create::install(&helm, &req))?;
+        say_err(&format!(
+            "{} vcluster {} in namespace {ns}; waiting for it to be ready (up to {} s)",
+            if upgraded { "upgraded" } else { "installed" },
+            args.name,
+            args.timeout
+        ));
+        let took = create::wait_ready(
+            &host,
+            &args.name,
+            &ns,
+            std::time::Duration::from_secs(args.timeout),
+            |w, elapsed| {
+                say_err(&format!(
+                    "  [{:>4} s] waiting for {}: {}",
+                    elapsed.as_secs(),
+                    w.what,
+                    w.state
+                ));
+            },
+        )
+        .await?;
+        say_err(&format!(
+            "vcluster {} is ready in namespace {ns} ({:.1} s); connect with: vcluster connect {} -n {ns}",
+            args.name,
+            took.as_secs_f64(),
+            args.name
+        ));
+        if !args.connect {
+            return Ok(ExitCode::SUCCESS);
+        }
+        connect_to(ConnectArgs {
+            name: args.name,
+            namespace: Some(ns),
+            host: args.host,
+            print: false,
+            update_kubeconfig: None,
+            switch_context: true,
+            local_port: 0,
+            server: None,
+        })
+        .await
     })
+}
+
+pub fn disconnect(args: DisconnectArgs) -> anyhow::Result<ExitCode> {
+    let file = kubeconfig_file(args.kubeconfig.as_ref())?;
+    let mut kc = Kubeconfig::read_from(&file)
+        .with_context(|| format!("cannot read kubeconfig {}", file.display()))?;
+    let context = match &args.name {
+        Some(name) => {
+            crate::translate::VclusterName::new(name)?;
+            let ns = match &args.namespace {
+                Some(ns) => ns.clone(),
+                None => current_namespace(&kc).with_context(|| {
+                    format!("no namespace for vcluster {name}: pass -n NAMESPACE")
+                })?,
+            };
+            Some(instances::context_name(name, &ns))
+        }
+        None => None,
+    };
+    let d = instances::disconnect(&mut kc, context.as_deref())?;
+    let yaml = crate::kubeconfig::to_yaml(&kc)?;
+    crate::kubeconfig::write_private(&file, &yaml)
+        .with_context(|| format!("cannot write {}", file.display()))?;
+    let now = match (&d.switched_to, d.was_current) {
+        (Some(c), _) => format!("; current context is {c} again"),
+        (None, true) => "; no context is current now (kubectl config use-context NAME)".to_owned(),
+        (None, false) => String::new(),
+    };
+    say_err(&format!(
+        "context {} removed from {}{now}",
+        d.context,
+        file.display()
+    ));
+    Ok(ExitCode::SUCCESS)
+}
+
+/// The namespace of the kubeconfig's current context.
+fn current_namespace(kc: &Kubeconfig) -> Option<String> {
+    let current = kc.current_context.as_deref()?;
+    kc.contexts
+        .iter()
+        .find(|c| c.name == current)
+        .and_then(|c| c.context.as_ref())
+        .and_then(|c| c.namespace.clone())
 }
 
 pub fn list(args: ListArgs) -> anyhow::Result<ExitCode> {

@@ -29,8 +29,12 @@ enum Command {
     ServiceCidr(cidr::ServiceCidrArgs),
     /// Prepare the certificates of the chart's upstream (`k8s`) control plane.
     ControlPlanePki(pki::PkiArgs),
+    /// Create a vcluster: install the bundled chart with helm and wait until it is ready.
+    Create(Box<instances::CreateArgs>),
     /// Connect to a vcluster: write a kubeconfig context and port-forward to it.
     Connect(instances::ConnectArgs),
+    /// Remove the kubeconfig context `connect` wrote (and go back to the one before).
+    Disconnect(instances::DisconnectArgs),
     /// List the vclusters in the host cluster.
     List(instances::ListArgs),
     /// Delete a vcluster and everything it owns in its host namespace.
@@ -81,7 +85,9 @@ pub fn main() -> ExitCode {
         Command::Syncer(args) => syncer::run(*args),
         Command::ServiceCidr(args) => cidr::run(args),
         Command::ControlPlanePki(args) => pki::run(args),
+        Command::Create(args) => instances::create(*args),
         Command::Connect(args) => instances::connect(args),
+        Command::Disconnect(args) => instances::disconnect(args),
         Command::List(args) => instances::list(args),
         Command::Delete(args) => instances::delete(args),
     };
