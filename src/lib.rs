@@ -24,6 +24,7 @@ pub mod cli;
 pub mod control_plane;
 pub mod create;
 pub mod discovery;
+pub mod init;
 pub mod instances;
 pub mod kubeconfig;
 pub mod local;

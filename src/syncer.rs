@@ -176,6 +176,8 @@ pub struct SyncerOptions {
     pub kinds: Kinds,
     /// The front door, when it is served.
     pub front_door: Option<crate::proxy::FrontDoorOptions>,
+    /// Init manifests (read and checked) and whether a changed file is applied again.
+    pub init: Option<(crate::init::Manifests, bool)>,
 }
 
 async fn client_from(path: &Path, which: &'static str) -> Result<kube::Client, SyncerError> {
@@ -234,9 +236,21 @@ pub async fn run(opts: SyncerOptions) -> Result<(), SyncerError> {
     let names = Names::new(opts.name.clone(), opts.host_namespace.clone());
     let ctx = Arc::new(Context::new(names, host.clone(), virt.clone()));
     let engine_opts = engine_options(&opts, &ctx).await;
-    let mut assembly = Assembly::new(ctx, engine_opts, opts.settings.clone(), opts.kinds.names());
+    let mut assembly = Assembly::new(
+        Arc::clone(&ctx),
+        engine_opts,
+        opts.settings.clone(),
+        opts.kinds.names(),
+    );
     for spec in &opts.kinds.0 {
         (spec.register)(&mut assembly);
+    }
+    if let Some((manifests, reapply)) = opts.init.clone() {
+        let span = tracing::info_span!("init_manifests");
+        assembly.spawn(
+            "init-manifests",
+            crate::init::run(ctx, manifests, reapply).instrument(span),
+        );
     }
     let running = assembly.finish();
     tracing::info!(vcluster = %opts.name, host_namespace = %opts.host_namespace, listen = %opts.listen, kinds = ?opts.kinds.names(), "syncer started");

@@ -57,6 +57,12 @@ vcluster.dev/component: control-plane
     - --endpoints-allowed-cidrs={{ join "," . }}
     {{- end }}
     - --ingress-host-ownership={{ .Values.ingress.hostOwnership }}
+    {{- if .Values.init.manifests }}
+    - --init-manifests=/etc/vcluster/init/manifests.yaml
+    {{- if .Values.init.reapply }}
+    - --init-reapply
+    {{- end }}
+    {{- end }}
     {{- range .Values.syncer.extraArgs }}
     - {{ . | quote }}
     {{- end }}
@@ -80,6 +86,9 @@ vcluster.dev/component: control-plane
     readOnlyRootFilesystem: true
   volumeMounts:
     - {name: data, mountPath: /data}
+    {{- if .Values.init.manifests }}
+    - {name: init-manifests, mountPath: /etc/vcluster/init, readOnly: true}
+    {{- end }}
 {{- end -}}
 
 {{- define "vcluster.virtualKubeconfig" -}}
@@ -182,4 +191,7 @@ compares them), etcd syncing to disk. Images are distroless: no shell. */}}
     capabilities: {drop: [ALL]}
   volumeMounts:
     - {name: data, mountPath: /data}
+    {{- if .Values.init.manifests }}
+    - {name: init-manifests, mountPath: /etc/vcluster/init, readOnly: true}
+    {{- end }}
 {{- end -}}

@@ -141,6 +141,14 @@ pub struct SyncerArgs {
     /// Address of the /healthz and /readyz endpoints.
     #[arg(long, env = "VCLUSTER_HEALTH_LISTEN", default_value = "0.0.0.0:8080")]
     health_listen: SocketAddr,
+    /// Manifests (multi-document YAML) applied into the virtual cluster once,
+    /// at its first start; the record is ConfigMap kube-system/vcluster-init.
+    #[arg(long, env = "VCLUSTER_INIT_MANIFESTS")]
+    init_manifests: Option<PathBuf>,
+    /// Apply the init manifests again when the file has changed since they
+    /// were applied (default: once, whatever the tenant changed since).
+    #[arg(long, env = "VCLUSTER_INIT_REAPPLY", requires = "init_manifests")]
+    init_reapply: bool,
 }
 
 pub fn run(args: SyncerArgs) -> anyhow::Result<ExitCode> {
@@ -185,7 +193,18 @@ pub fn run(args: SyncerArgs) -> anyhow::Result<ExitCode> {
         pod_security: args.pod_security_standard,
         resync: Duration::from_secs(args.resync_seconds),
     };
+    let init = match args.init_manifests {
+        Some(file) => {
+            let opts = crate::init::InitOptions {
+                file,
+                reapply: args.init_reapply,
+            };
+            Some((crate::init::load(&opts)?, opts.reapply))
+        }
+        None => None,
+    };
     let opts = SyncerOptions {
+        init,
         kinds,
         settings,
         name,
