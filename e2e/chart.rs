@@ -676,6 +676,7 @@ fn uninstall_and_delete_leave_nothing(env: &Env) {
         RELEASE,
         "-n",
         HOST_NS,
+        "--delete-volumes",
         "--kubeconfig",
         hk.to_str().unwrap(),
     ]);

@@ -12,6 +12,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use k8s_openapi::api::core::v1::{PersistentVolume, PersistentVolumeClaim};
+use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use kube::ResourceExt as _;
 use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams};
 use serde_json::json;
@@ -76,8 +77,66 @@ fn phase(pv: &PersistentVolume) -> Option<&str> {
     pv.status.as_ref().and_then(|s| s.phase.as_deref())
 }
 
+fn capacity(pv: &PersistentVolume) -> Option<&BTreeMap<String, Quantity>> {
+    pv.spec.as_ref().and_then(|s| s.capacity.as_ref())
+}
+
+/// Writes volume `pv` (when absent or resized) and marks it Bound.
+async fn keep(
+    api: &Api<PersistentVolume>,
+    pv: &PersistentVolume,
+    current: Option<&PersistentVolume>,
+) -> Result<(), ApiError> {
+    let name = pv.name_any();
+    // Of the volume's spec only its capacity changes (a resize).
+    if current
+        .is_none_or(|c| capacity(c) != capacity(pv) && c.metadata.deletion_timestamp.is_none())
+    {
+        let mut value = serde_json::to_value(pv).unwrap_or_default();
+        value["apiVersion"] = "v1".into();
+        value["kind"] = "PersistentVolume".into();
+        api.patch(
+            &name,
+            &PatchParams::apply(FIELD_MANAGER).force(),
+            &Patch::Apply(&value),
+        )
+        .await
+        .map_err(ApiError::of(format!("write virtual volume {name}")))?;
+    }
+    if current.and_then(phase) != Some("Bound") {
+        let status = json!({"status": {"phase": "Bound"}});
+        api.patch_status(&name, &PatchParams::default(), &Patch::Merge(&status))
+            .await
+            .map_err(ApiError::of(format!("bind virtual volume {name}")))?;
+    }
+    Ok(())
+}
+
+/// Releases and deletes volume `pv`, whose claim is gone or unbound.
+async fn remove(api: &Api<PersistentVolume>, pv: &PersistentVolume) -> Result<(), ApiError> {
+    let name = pv.name_any();
+    // Released first: the volume-protection finalizer holds a bound one.
+    if phase(pv) == Some("Bound") {
+        let status = json!({"status": {"phase": "Released"}});
+        api.patch_status(&name, &PatchParams::default(), &Patch::Merge(&status))
+            .await
+            .map_err(ApiError::of(format!("release virtual volume {name}")))?;
+    }
+    if pv.metadata.deletion_timestamp.is_some() {
+        return Ok(());
+    }
+    match api.delete(&name, &DeleteParams::default()).await {
+        Ok(_) => {
+            tracing::info!(volume = %name, "virtual volume removed: its claim is gone or unbound");
+            Ok(())
+        }
+        Err(e) if crate::api::status_code(&e) == Some(404) => Ok(()),
+        Err(e) => Err(ApiError::new(format!("delete virtual volume {name}"), e)),
+    }
+}
+
 /// One pass: creates or updates the volumes that should exist, removes the
-/// rest of this vcluster's.
+/// rest of this vcluster's; a failure on one volume does not hold up the others.
 async fn pass(ctx: &Context, src: &Sources) -> Result<(), ApiError> {
     let api: Api<PersistentVolume> = Api::all(ctx.virt.clone());
     let selector = format!("{VOLUME_LABEL}={}", ctx.names.vc);
@@ -89,47 +148,18 @@ async fn pass(ctx: &Context, src: &Sources) -> Result<(), ApiError> {
         .map(|pv| (pv.name_any(), pv))
         .collect();
     let wanted = desired(&ctx.names, src);
-    let capacity = |pv: &PersistentVolume| pv.spec.as_ref().and_then(|s| s.capacity.clone());
     for (name, pv) in &wanted {
-        let current = have.get(name);
-        // Of the volume's spec only its capacity changes (a resize).
-        if current
-            .is_none_or(|c| capacity(c) != capacity(pv) && c.metadata.deletion_timestamp.is_none())
-        {
-            let mut value = serde_json::to_value(pv).unwrap_or_default();
-            value["apiVersion"] = "v1".into();
-            value["kind"] = "PersistentVolume".into();
-            api.patch(
-                name,
-                &PatchParams::apply(FIELD_MANAGER).force(),
-                &Patch::Apply(&value),
-            )
-            .await
-            .map_err(ApiError::of(format!("write virtual volume {name}")))?;
-        }
-        if current.and_then(phase) != Some("Bound") {
-            let status = json!({"status": {"phase": "Bound"}});
-            api.patch_status(name, &PatchParams::default(), &Patch::Merge(&status))
-                .await
-                .map_err(ApiError::of(format!("bind virtual volume {name}")))?;
+        if let Err(e) = keep(&api, pv, have.get(name)).await {
+            tracing::warn!(error = %e, "virtual volume");
         }
     }
-    for (name, pv) in have.iter().filter(|(n, _)| !wanted.contains_key(*n)) {
-        // Released first: the volume-protection finalizer holds a bound one.
-        if phase(pv) == Some("Bound") {
-            let status = json!({"status": {"phase": "Released"}});
-            api.patch_status(name, &PatchParams::default(), &Patch::Merge(&status))
-                .await
-                .map_err(ApiError::of(format!("release virtual volume {name}")))?;
-        }
-        if pv.metadata.deletion_timestamp.is_none() {
-            match api.delete(name, &DeleteParams::default()).await {
-                Ok(_) => {
-                    tracing::info!(volume = %name, "virtual volume removed: its claim is gone or unbound")
-                }
-                Err(e) if crate::api::status_code(&e) == Some(404) => {}
-                Err(e) => return Err(ApiError::new(format!("delete virtual volume {name}"), e)),
-            }
+    for pv in have
+        .iter()
+        .filter(|(n, _)| !wanted.contains_key(*n))
+        .map(|(_, pv)| pv)
+    {
+        if let Err(e) = remove(&api, pv).await {
+            tracing::warn!(error = %e, "virtual volume");
         }
     }
     Ok(())

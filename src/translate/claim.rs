@@ -38,7 +38,7 @@ use crate::policy::storage_classes::StorageClassPolicy;
 /// Label on the virtual PersistentVolumes the syncer keeps for bound claims.
 pub const VOLUME_LABEL: &str = "vcluster.dev/claim-volume";
 /// The CSI driver name the virtual volumes show (no host details).
-pub const VOLUME_DRIVER: &str = "vcluster.dev/host-volume";
+pub const VOLUME_DRIVER: &str = "host-volume.vcluster.dev";
 /// Annotation the binder sets on a bound claim.
 pub const BIND_COMPLETED: &str = "pv.kubernetes.io/bind-completed";
 
