@@ -12,12 +12,11 @@
 
 mod common;
 
-use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use common::*;
 use k8s_openapi::api::apps::v1::StatefulSet;
-use k8s_openapi::api::core::v1::{PersistentVolume, PersistentVolumeClaim, Pod};
+use k8s_openapi::api::core::v1::{PersistentVolume, PersistentVolumeClaim, Pod, ResourceQuota};
 use k8s_openapi::api::events::v1::Event;
 use k8s_openapi::api::storage::v1::StorageClass;
 use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams};
@@ -30,10 +29,7 @@ const VC: &str = "st";
 const HOST_NS: &str = "team-st";
 const SYNCER_ARGS: &[&str] = &["--allowed-storage-classes", "vcluster-dev"];
 
-struct Env {
-    stack: DevStack,
-    syncer: Mutex<Option<SyncerProcess>>,
-}
+type Env = SyncedEnv;
 
 fn hn(ns: &str, name: &str) -> String {
     host_name(&VclusterName::new(VC).unwrap(), ns, name)
@@ -62,20 +58,6 @@ async fn bound(api: &Api<PersistentVolumeClaim>, name: &str) -> PersistentVolume
             Some(c) if phase_of(&c) == "Bound" => Ok(c),
             Some(c) => Err(format!("phase {:?}", phase_of(&c))),
             None => Err("absent".into()),
-        }
-    })
-    .await
-}
-
-/// Waits until object `name` of `api` is gone.
-async fn gone<K>(what: &str, api: &Api<K>, name: &str)
-where
-    K: kube::Resource + Clone + serde::de::DeserializeOwned + std::fmt::Debug,
-{
-    eventually(what, T, || async {
-        match api.get_opt(name).await.map_err(|e| e.to_string())? {
-            None => Ok(()),
-            Some(_) => Err("still there".into()),
         }
     })
     .await
@@ -135,14 +117,7 @@ fn statefulset_claims_bind_and_resize(env: &Env) {
         namespace(&v, ns).await;
         // The host's default class is mirrored, marked default.
         let classes: Api<StorageClass> = Api::all(v.clone());
-        let class = eventually("the host's class mirrored", T, || async {
-            classes
-                .get_opt("vcluster-dev")
-                .await
-                .map_err(|e| e.to_string())?
-                .ok_or_else(|| "absent".to_owned())
-        })
-        .await;
+        let class = present("the host's class mirrored", &classes, "vcluster-dev").await;
         assert_eq!(
             class.metadata.annotations.unwrap()["storageclass.kubernetes.io/is-default-class"],
             "true"
@@ -171,13 +146,7 @@ fn statefulset_claims_bind_and_resize(env: &Env) {
                 hc.spec.as_ref().unwrap().storage_class_name.as_deref(),
                 Some("vcluster-dev")
             );
-            let pv = eventually("the claim's virtual volume", T, || async {
-                pvs.get_opt(&volume)
-                    .await
-                    .map_err(|e| e.to_string())?
-                    .ok_or_else(|| "absent".to_owned())
-            })
-            .await;
+            let pv = present("the claim's virtual volume", &pvs, &volume).await;
             let spec = pv.spec.clone().unwrap();
             let r = spec.claim_ref.unwrap();
             assert_eq!(
@@ -280,13 +249,7 @@ fn deletion_goes_both_ways(env: &Env) {
         let hdown = bound(&hclaims, &hn(ns, "down")).await;
         let host_volume = hdown.spec.unwrap().volume_name.unwrap();
         let virtual_volume = format!("pvc-{}", down.metadata.uid.unwrap());
-        eventually("the virtual volume", T, || async {
-            vpvs.get_opt(&virtual_volume)
-                .await
-                .map_err(|e| e.to_string())?
-                .ok_or_else(|| "absent".to_owned())
-        })
-        .await;
+        present("the virtual volume", &vpvs, &virtual_volume).await;
         vclaims
             .delete("down", &DeleteParams::default())
             .await
@@ -378,22 +341,12 @@ fn syncer_killed_between_claim_and_pod(env: &Env) {
         let vclaims: Api<PersistentVolumeClaim> = Api::namespaced(v.clone(), ns);
         create(&vclaims, claim("wal", None, "1Gi")).await;
         let hclaims: Api<PersistentVolumeClaim> = Api::namespaced(h.clone(), HOST_NS);
-        eventually("the host claim", T, || async {
-            hclaims
-                .get_opt(&hn(ns, "wal"))
-                .await
-                .map_err(|e| e.to_string())?
-                .ok_or_else(|| "absent".to_owned())
-        })
-        .await;
-        if let Some(mut s) = env.syncer.lock().unwrap().take() {
-            s.kill();
-        }
+        present("the host claim", &hclaims, &hn(ns, "wal")).await;
+        env.kill_syncer();
         let vpods: Api<Pod> = Api::namespaced(v.clone(), ns);
         let volume = json!({"name": "data", "persistentVolumeClaim": {"claimName": "wal"}});
         create(&vpods, pod_on("writer", volume)).await;
-        let s = SyncerProcess::spawn_with(&env.stack, VC, HOST_NS, SYNCER_ARGS);
-        *env.syncer.lock().unwrap() = Some(s.wait_ready(T));
+        env.restart_syncer();
         bound(&vclaims, "wal").await;
         running(&vpods, "writer").await;
         let ours = hclaims
@@ -401,6 +354,118 @@ fn syncer_killed_between_claim_and_pod(env: &Env) {
             .await
             .unwrap();
         assert_eq!(ours.items.len(), 1, "one host claim: {:?}", ours.items);
+    });
+}
+
+/// The host namespace's ResourceQuota refuses a claim: the host's refusal
+/// is a Warning on the virtual claim, and the claim goes down once the quota
+/// allows it.
+fn a_claim_over_the_host_quota_is_refused_with_an_event(env: &Env) {
+    block_on(async {
+        let (v, h) = clients(&env.stack).await;
+        let ns = "quota";
+        namespace(&v, ns).await;
+        let quotas: Api<ResourceQuota> = Api::namespaced(h.clone(), HOST_NS);
+        create(
+            &quotas,
+            json!({"metadata": {"name": "storage"}, "spec": {"hard": {"requests.storage": "50Gi"}}}),
+        )
+        .await;
+        // The quota controller computes its usage before it admits anything.
+        eventually("the quota's usage", T, || async {
+            let q = quotas.get("storage").await.map_err(|e| e.to_string())?;
+            q.status
+                .and_then(|s| s.used)
+                .map(|_| ())
+                .ok_or_else(|| "no usage yet".to_owned())
+        })
+        .await;
+        let vclaims: Api<PersistentVolumeClaim> = Api::namespaced(v.clone(), ns);
+        create(&vclaims, claim("huge", None, "100Gi")).await;
+        let events: Api<Event> = Api::namespaced(v.clone(), ns);
+        let ev = eventually("a SyncRejected warning naming the quota", T, || async {
+            let l = events
+                .list(&ListParams::default())
+                .await
+                .map_err(|e| e.to_string())?;
+            l.items
+                .into_iter()
+                .find(|e| e.reason.as_deref() == Some("SyncRejected"))
+                .ok_or_else(|| "no event yet".to_owned())
+        })
+        .await;
+        assert_eq!(ev.type_.as_deref(), Some("Warning"));
+        let note = ev.note.unwrap();
+        assert!(note.contains("exceeded quota"), "{note}");
+        let hclaims: Api<PersistentVolumeClaim> = Api::namespaced(h.clone(), HOST_NS);
+        assert!(hclaims.get_opt(&hn(ns, "huge")).await.unwrap().is_none());
+        quotas
+            .delete("storage", &DeleteParams::default())
+            .await
+            .unwrap();
+        bound(&vclaims, "huge").await;
+    });
+}
+
+/// A StatefulSet of N replicas with one claim each (N from
+/// `VCLUSTER_STORAGE_SCALE`, default 10): time until every pod is Running,
+/// through the vcluster and directly on the host. Figures, not a pass/fail
+/// timing; it fails only if the pods do not all run.
+fn statefulset_of_n_virtual_and_direct(env: &Env) {
+    let n: i32 = std::env::var("VCLUSTER_STORAGE_SCALE")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(10);
+    block_on(async {
+        let (v, h) = clients(&env.stack).await;
+        let mut set = statefulset("scale", n, "Delete");
+        set["spec"]["podManagementPolicy"] = "Parallel".into();
+        let mut figures = Vec::new();
+        for (side, client) in [("virtual", &v), ("direct", &h)] {
+            let ns = format!("scale-{side}");
+            namespace(client, &ns).await;
+            let pods: Api<Pod> = Api::namespaced(client.clone(), &ns);
+            let started = std::time::Instant::now();
+            create(
+                &Api::<StatefulSet>::namespaced(client.clone(), &ns),
+                set.clone(),
+            )
+            .await;
+            let bound = n as usize;
+            eventually(
+                &format!("{n} pods Running ({side})"),
+                Duration::from_secs(600),
+                || async {
+                    let l = pods
+                        .list(&ListParams::default())
+                        .await
+                        .map_err(|e| e.to_string())?;
+                    let running = l.items.iter().filter(|p| phase(p) == "Running").count();
+                    if running == bound {
+                        Ok(())
+                    } else {
+                        Err(format!("{running} Running"))
+                    }
+                },
+            )
+            .await;
+            figures.push((side, started.elapsed()));
+            let claims: Api<PersistentVolumeClaim> = Api::namespaced(client.clone(), &ns);
+            let l = claims.list(&ListParams::default()).await.unwrap();
+            assert_eq!(
+                l.items.iter().filter(|c| phase_of(c) == "Bound").count(),
+                bound,
+                "every claim Bound ({side})"
+            );
+        }
+        println!(
+            "StatefulSet of {n} with a claim each, to all Running: {}",
+            figures
+                .iter()
+                .map(|(side, d)| format!("{side} {:.1} s", d.as_secs_f64()))
+                .collect::<Vec<_>>()
+                .join(", ")
+        );
     });
 }
 
@@ -421,33 +486,24 @@ const SHARED: &[Test<Env>] = &[
     ),
 ];
 
-const SERIAL: &[Test<Env>] = &[(
-    "syncer_killed_between_claim_and_pod",
-    syncer_killed_between_claim_and_pod,
-)];
+const SERIAL: &[Test<Env>] = &[
+    (
+        "syncer_killed_between_claim_and_pod",
+        syncer_killed_between_claim_and_pod,
+    ),
+    (
+        "a_claim_over_the_host_quota_is_refused_with_an_event",
+        a_claim_over_the_host_quota_is_refused_with_an_event,
+    ),
+    (
+        "statefulset_of_n_virtual_and_direct",
+        statefulset_of_n_virtual_and_direct,
+    ),
+];
 
 fn main() {
     let args = Arguments::from_args();
     list_or_check(&args, &[SHARED, SERIAL]);
-    let stack = DevStack::up(&["--no-syncer", "--nodes", "2"]);
-    let syncer = SyncerProcess::start_with(&stack, VC, HOST_NS, SYNCER_ARGS);
-    let env = Arc::new(Env {
-        stack,
-        syncer: Mutex::new(Some(syncer)),
-    });
-    let failed = run_groups(&args, &env, &[(SHARED, None), (SERIAL, Some(1))]);
-    if failed > 0 {
-        let log = env.syncer.lock().unwrap().as_ref().map(|s| s.log.clone());
-        if let Some(log) = log {
-            eprintln!(
-                "--- syncer log tail\n{}",
-                vcluster::local::process::log_tail(&log, 60)
-            );
-        }
-        eprintln!("{}", logs(env.stack.dir.path()));
-    }
-    drop(env);
-    if failed > 0 {
-        std::process::exit(101);
-    }
+    SyncedEnv::up(&["--nodes", "2"], VC, HOST_NS, SYNCER_ARGS)
+        .run(&args, &[(SHARED, None), (SERIAL, Some(1))]);
 }

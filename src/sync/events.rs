@@ -5,13 +5,12 @@
 
 use futures::StreamExt;
 use k8s_openapi::api::core::v1::{Event, PersistentVolumeClaim, Pod};
-use kube::api::{Api, Patch, PatchParams};
+use kube::api::Api;
 use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Resource as _, ResourceExt};
 
 use super::cache::Cache;
 use super::{Assembly, Context, KindSpec, Names, Object, Side};
-use crate::FIELD_MANAGER;
 use crate::translate::VirtualKey;
 use crate::translate::event::{Target, virtual_event};
 
@@ -88,23 +87,7 @@ pub async fn run(ctx: std::sync::Arc<Context>, sources: Vec<Source>) {
         };
         let name = event.name_any();
         let virt: Api<Event> = Api::namespaced(ctx.virt.clone(), &key.namespace);
-        let mut value = match serde_json::to_value(&event) {
-            Ok(v) => v,
-            Err(e) => {
-                tracing::warn!(error = %e, "cannot serialize event");
-                continue;
-            }
-        };
-        value["apiVersion"] = "v1".into();
-        value["kind"] = "Event".into();
-        if let Err(e) = virt
-            .patch(
-                &name,
-                &PatchParams::apply(FIELD_MANAGER).force(),
-                &Patch::Apply(&value),
-            )
-            .await
-        {
+        if let Err(e) = crate::api::apply(&virt, &name, &event).await {
             tracing::warn!(event = %name, error = %e, "cannot copy host event up");
         }
     }

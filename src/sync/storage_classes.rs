@@ -15,10 +15,9 @@ use std::time::Duration;
 use k8s_openapi::api::storage::v1::StorageClass;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use kube::ResourceExt as _;
-use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams};
+use kube::api::{Api, DeleteParams, ListParams};
 
 use super::Context;
-use crate::FIELD_MANAGER;
 use crate::api::{ApiError, status_code};
 
 /// Label on the virtual mirrors of host classes (the vcluster's name).
@@ -121,16 +120,9 @@ async fn pass(ctx: &Context, classes: &HostClasses) -> Result<bool, ApiError> {
             }
             None => {}
         }
-        let mut value = serde_json::to_value(&want).unwrap_or_default();
-        value["apiVersion"] = "storage.k8s.io/v1".into();
-        value["kind"] = "StorageClass".into();
-        virt.patch(
-            &name,
-            &PatchParams::apply(FIELD_MANAGER).force(),
-            &Patch::Apply(&value),
-        )
-        .await
-        .map_err(ApiError::of(format!("mirror storage class {name}")))?;
+        crate::api::apply(&virt, &name, &want)
+            .await
+            .map_err(ApiError::of(format!("mirror storage class {name}")))?;
     }
     for (name, v) in &have {
         let ours = v.labels().get(MIRROR_LABEL).map(String::as_str) == Some(vc);

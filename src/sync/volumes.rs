@@ -21,7 +21,6 @@ use tokio::sync::Notify;
 use super::cache::Cache;
 use super::storage_classes::HostClasses;
 use super::{Context, Names};
-use crate::FIELD_MANAGER;
 use crate::api::ApiError;
 use crate::translate::claim::{VOLUME_LABEL, is_bound, virtual_volume};
 use crate::translate::markers::UID_ANNOTATION;
@@ -92,16 +91,9 @@ async fn keep(
     if current
         .is_none_or(|c| capacity(c) != capacity(pv) && c.metadata.deletion_timestamp.is_none())
     {
-        let mut value = serde_json::to_value(pv).unwrap_or_default();
-        value["apiVersion"] = "v1".into();
-        value["kind"] = "PersistentVolume".into();
-        api.patch(
-            &name,
-            &PatchParams::apply(FIELD_MANAGER).force(),
-            &Patch::Apply(&value),
-        )
-        .await
-        .map_err(ApiError::of(format!("write virtual volume {name}")))?;
+        crate::api::apply(api, &name, pv)
+            .await
+            .map_err(ApiError::of(format!("write virtual volume {name}")))?;
     }
     if current.and_then(phase) != Some("Bound") {
         let status = json!({"status": {"phase": "Bound"}});
