@@ -471,6 +471,63 @@ fn statefulset_of_n_virtual_and_direct(env: &Env) {
     });
 }
 
+/// `vcluster delete` keeps the claims (and says so) unless `--delete-volumes`.
+fn vcluster_delete_keeps_claims_unless_asked(env: &Env) {
+    // Nothing may write host copies again meanwhile.
+    env.kill_syncer();
+    let hk = env.stack.host_kubeconfig();
+    let claims = || {
+        kubectl_ok(
+            &hk,
+            &[
+                "get",
+                "pvc",
+                "-n",
+                HOST_NS,
+                "-l",
+                &format!("vcluster.dev/owner={VC}"),
+                "-o",
+                "name",
+            ],
+            None,
+        )
+    };
+    let before = claims().lines().count();
+    assert!(before > 0, "the suite left claims on the host");
+    let delete = |extra: &[&str]| {
+        let mut args = vec![
+            "delete",
+            VC,
+            "-n",
+            HOST_NS,
+            "--kubeconfig",
+            hk.to_str().unwrap(),
+        ];
+        args.extend_from_slice(extra);
+        let out = vcluster(&args);
+        let (stdout, stderr) = text(&out);
+        assert!(out.status.success(), "{stdout}{stderr}");
+        stdout
+    };
+    let out = delete(&[]);
+    assert!(
+        out.contains(&format!("kept {before} PersistentVolumeClaims"))
+            && out.contains("--delete-volumes"),
+        "{out}"
+    );
+    assert_eq!(claims().lines().count(), before, "claims kept");
+    let out = delete(&["--delete-volumes"]);
+    assert!(out.contains("PersistentVolumeClaim"), "{out}");
+    eventually_sync("no claim left", T, || {
+        let left = claims();
+        if left.trim().is_empty() {
+            Ok(())
+        } else {
+            Err(left)
+        }
+    });
+}
+
 const SHARED: &[Test<Env>] = &[
     (
         "statefulset_claims_bind_and_resize",
@@ -500,6 +557,11 @@ const SERIAL: &[Test<Env>] = &[
     (
         "statefulset_of_n_virtual_and_direct",
         statefulset_of_n_virtual_and_direct,
+    ),
+    // Last: it deletes the vcluster's host objects.
+    (
+        "vcluster_delete_keeps_claims_unless_asked",
+        vcluster_delete_keeps_claims_unless_asked,
     ),
 ];
 
