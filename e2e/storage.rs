@@ -17,7 +17,6 @@ use std::time::Duration;
 use common::*;
 use k8s_openapi::api::apps::v1::StatefulSet;
 use k8s_openapi::api::core::v1::{PersistentVolume, PersistentVolumeClaim, Pod, ResourceQuota};
-use k8s_openapi::api::events::v1::Event;
 use k8s_openapi::api::storage::v1::StorageClass;
 use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams};
 use libtest_mimic::Arguments;
@@ -210,18 +209,7 @@ fn forbidden_class_is_refused_with_an_event(env: &Env) {
         namespace(&v, ns).await;
         let vclaims: Api<PersistentVolumeClaim> = Api::namespaced(v.clone(), ns);
         create(&vclaims, claim("gold", Some("gold"), "1Gi")).await;
-        let events: Api<Event> = Api::namespaced(v.clone(), ns);
-        let ev = eventually("a StorageClassNotAllowed warning", T, || async {
-            let l = events
-                .list(&ListParams::default())
-                .await
-                .map_err(|e| e.to_string())?;
-            l.items
-                .into_iter()
-                .find(|e| e.reason.as_deref() == Some("StorageClassNotAllowed"))
-                .ok_or_else(|| "no event yet".to_owned())
-        })
-        .await;
+        let ev = event_with_reason(&v, ns, "StorageClassNotAllowed").await;
         assert_eq!(ev.type_.as_deref(), Some("Warning"));
         assert!(ev.note.unwrap().contains("\"gold\""));
         let hclaims: Api<PersistentVolumeClaim> = Api::namespaced(h.clone(), HOST_NS);
@@ -382,18 +370,7 @@ fn a_claim_over_the_host_quota_is_refused_with_an_event(env: &Env) {
         .await;
         let vclaims: Api<PersistentVolumeClaim> = Api::namespaced(v.clone(), ns);
         create(&vclaims, claim("huge", None, "100Gi")).await;
-        let events: Api<Event> = Api::namespaced(v.clone(), ns);
-        let ev = eventually("a SyncRejected warning naming the quota", T, || async {
-            let l = events
-                .list(&ListParams::default())
-                .await
-                .map_err(|e| e.to_string())?;
-            l.items
-                .into_iter()
-                .find(|e| e.reason.as_deref() == Some("SyncRejected"))
-                .ok_or_else(|| "no event yet".to_owned())
-        })
-        .await;
+        let ev = event_with_reason(&v, ns, "SyncRejected").await;
         assert_eq!(ev.type_.as_deref(), Some("Warning"));
         let note = ev.note.unwrap();
         assert!(note.contains("exceeded quota"), "{note}");

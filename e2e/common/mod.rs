@@ -491,6 +491,31 @@ where
     .await
 }
 
+/// Waits for an event with `reason` in virtual namespace `namespace`; returns it.
+pub async fn event_with_reason(
+    c: &kube::Client,
+    namespace: &str,
+    reason: &str,
+) -> k8s_openapi::api::events::v1::Event {
+    let events: kube::Api<k8s_openapi::api::events::v1::Event> =
+        kube::Api::namespaced(c.clone(), namespace);
+    eventually(
+        &format!("a {reason} event"),
+        Duration::from_secs(90),
+        || async {
+            let l = events
+                .list(&kube::api::ListParams::default())
+                .await
+                .map_err(|e| e.to_string())?;
+            l.items
+                .into_iter()
+                .find(|e| e.reason.as_deref() == Some(reason))
+                .ok_or_else(|| "no event yet".to_owned())
+        },
+    )
+    .await
+}
+
 /// A dev stack without its own syncer and one `vcluster syncer` process for
 /// vcluster `vc` in host namespace `host_namespace`: what the syncer suites share.
 pub struct SyncedEnv {
@@ -550,21 +575,26 @@ impl SyncedEnv {
     pub fn run(self, args: &libtest_mimic::Arguments, groups: &[(&[Test<Self>], Option<usize>)]) {
         let env = std::sync::Arc::new(self);
         let failed = run_groups(args, &env, groups);
-        if failed > 0 {
-            let log = env.syncer.lock().unwrap().as_ref().map(|s| s.log.clone());
-            if let Some(log) = log {
-                eprintln!(
-                    "--- syncer log tail\n{}",
-                    vcluster::local::process::log_tail(&log, 40)
-                );
-            }
-        }
-        // `process::exit` runs no destructors: stop the syncer and the stack
-        // first (the trials have released their references by now).
-        drop(env);
-        if failed > 0 {
-            std::process::exit(101);
-        }
+        let log = env.syncer.lock().unwrap().as_ref().map(|s| s.log.clone());
+        finish(env, failed, log);
+    }
+}
+
+/// Ends a suite: on a failure prints the tail of `syncer_log`, then drops
+/// `env` (its stack and syncer: `process::exit` runs no destructors, and the
+/// trials have released their references by now) and exits 101 if any test failed.
+pub fn finish<E>(env: std::sync::Arc<E>, failed: u64, syncer_log: Option<PathBuf>) {
+    if failed > 0
+        && let Some(log) = syncer_log
+    {
+        eprintln!(
+            "--- syncer log tail\n{}",
+            vcluster::local::process::log_tail(&log, 40)
+        );
+    }
+    drop(env);
+    if failed > 0 {
+        std::process::exit(101);
     }
 }
 
