@@ -72,6 +72,7 @@ e2e:
 	e2e/kube/gen-gomod.sh check
 	$(CARGO) test --locked --test e2e_smoke
 	$(CARGO) test --locked --test e2e_syncer
+	$(CARGO) test --locked --test e2e_storage
 	$(CARGO) test --locked --test e2e_network
 	$(CARGO) test --locked --test e2e_chart
 	$(CARGO) test --locked --test e2e_onboarding

@@ -620,6 +620,7 @@ fn uninstall_and_delete_leave_nothing(env: &Env) {
         RELEASE,
         "-n",
         HOST_NS,
+        "--delete-volumes",
         "--kubeconfig",
         hk.to_str().unwrap(),
     ]);
@@ -725,22 +726,11 @@ fn main() {
         &env,
         &[(ORDERED, Some(1)), (TESTS, None), (LAST, Some(1))],
     );
-    if failed > 0 {
-        let log = env
-            .syncer
-            .lock()
-            .unwrap()
-            .as_ref()
-            .map(|(s, _)| s.log.clone());
-        if let Some(log) = log {
-            eprintln!(
-                "--- syncer log tail\n{}",
-                vcluster::local::process::log_tail(&log, 40)
-            );
-        }
-    }
-    drop(env);
-    if failed > 0 {
-        std::process::exit(101);
-    }
+    let log = env
+        .syncer
+        .lock()
+        .unwrap()
+        .as_ref()
+        .map(|(s, _)| s.log.clone());
+    finish(env, failed, log);
 }

@@ -591,17 +591,6 @@ fn main() {
         .collect();
     let out = libtest_mimic::run(&args, trials);
     println!("e2e: {} passed, {} failed", out.num_passed, out.num_failed);
-    if out.num_failed > 0 {
-        let log = env.syncer.lock().unwrap().as_ref().map(|s| s.log.clone());
-        if let Some(log) = log {
-            eprintln!(
-                "--- syncer log tail\n{}",
-                vcluster::local::process::log_tail(&log, 40)
-            );
-        }
-    }
-    drop(env);
-    if out.num_failed > 0 {
-        std::process::exit(101);
-    }
+    let log = env.syncer.lock().unwrap().as_ref().map(|s| s.log.clone());
+    finish(env, out.num_failed, log);
 }

@@ -609,7 +609,59 @@ fn privileged_pod_never_reaches_the_node(env: &Env) {
     });
 }
 
+/// A pod writes a file to its claim and is deleted; a new pod on the same
+/// claim reads it back (the dev host's hostPath volume, bound through the
+/// synced claim).
+fn data_on_a_claim_outlives_its_pod(env: &Env) {
+    let ns = "storage";
+    namespace(env, ns);
+    apply(
+        env,
+        &json!({"apiVersion": "v1", "kind": "PersistentVolumeClaim",
+            "metadata": {"name": "notes", "namespace": ns},
+            "spec": {"accessModes": ["ReadWriteOnce"], "resources": {"requests": {"storage": "16Mi"}}}})
+        .to_string(),
+    );
+    let on_claim = |name: &str, script: &str| {
+        json!({"apiVersion": "v1", "kind": "Pod",
+            "metadata": {"name": name, "namespace": ns},
+            "spec": {"terminationGracePeriodSeconds": 1, "containers": [{
+                "name": "main", "image": BUSYBOX, "imagePullPolicy": "Never",
+                "command": ["sh", "-c", script],
+                "volumeMounts": [{"name": "data", "mountPath": "/data"}]}],
+                "volumes": [{"name": "data", "persistentVolumeClaim": {"claimName": "notes"}}]}})
+        .to_string()
+    };
+    apply(
+        env,
+        &on_claim(
+            "writer",
+            "echo written-by-the-first-pod > /data/note && sleep 3600",
+        ),
+    );
+    wait_ready(env, ns, "writer");
+    tenant_ok(env, &["delete", "pod", "writer", "-n", ns, "--wait=true"]);
+    apply(env, &on_claim("reader", "cat /data/note; sleep 3600"));
+    wait_ready(env, ns, "reader");
+    eventually_sync("the reader's log shows the note", T, || {
+        let out = tenant_ok(env, &["logs", "reader", "-n", ns]);
+        if out.contains("written-by-the-first-pod") {
+            Ok(())
+        } else {
+            Err(out)
+        }
+    });
+    let pvc = tenant_ok(env, &["get", "pvc,pv", "-A"]);
+    println!("--- real node, inside: kubectl get pvc,pv -A\n{pvc}");
+    tenant_ok(env, &["delete", "pod", "reader", "-n", ns, "--wait=true"]);
+    tenant_ok(env, &["delete", "pvc", "notes", "-n", ns, "--wait=true"]);
+}
+
 const TESTS: &[Test<Env>] = &[
+    (
+        "data_on_a_claim_outlives_its_pod",
+        data_on_a_claim_outlives_its_pod,
+    ),
     ("node_is_real_and_ready", node_is_real_and_ready),
     (
         "http_service_answers_by_cluster_ip",

@@ -13,7 +13,6 @@
 mod common;
 
 use std::collections::BTreeMap;
-use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use common::*;
@@ -24,22 +23,12 @@ use k8s_openapi::api::events::v1::Event;
 use kube::api::{Api, DeleteParams, ListParams, PostParams};
 use libtest_mimic::Arguments;
 use serde_json::json;
-use vcluster::translate::{VclusterName, host_name};
 
 const T: Duration = Duration::from_secs(60);
 const VC: &str = "e2e";
 const HOST_NS: &str = "team-e2e";
 
-struct Env {
-    stack: DevStack,
-    syncer: Mutex<Option<SyncerProcess>>,
-}
-
-impl Env {
-    fn host_name(&self, ns: &str, name: &str) -> String {
-        host_name(&VclusterName::new(VC).unwrap(), ns, name)
-    }
-}
+type Env = SyncedEnv;
 
 async fn clients_of(env: &Env) -> (kube::Client, kube::Client) {
     clients(&env.stack).await
@@ -990,26 +979,6 @@ const SERIAL: &[Test<Env>] = &[
 fn main() {
     let args = Arguments::from_args();
     list_or_check(&args, &[SHARED, SERIAL]);
-    let stack = DevStack::up(&["--no-syncer", "--nodes", "3"]);
-    let syncer = SyncerProcess::start(&stack, VC, HOST_NS);
-    let env = Arc::new(Env {
-        stack,
-        syncer: Mutex::new(Some(syncer)),
-    });
-    let failed = run_groups(&args, &env, &[(SHARED, None), (SERIAL, Some(1))]);
-    if failed > 0 {
-        let log = env.syncer.lock().unwrap().as_ref().map(|s| s.log.clone());
-        if let Some(log) = log {
-            eprintln!(
-                "--- syncer log tail\n{}",
-                vcluster::local::process::log_tail(&log, 40)
-            );
-        }
-    }
-    // `process::exit` runs no destructors: stop the syncer and the stack first
-    // (the trials have released their references by now).
-    drop(env);
-    if failed > 0 {
-        std::process::exit(101);
-    }
+    SyncedEnv::up(&["--nodes", "3"], VC, HOST_NS, &[])
+        .run(&args, &[(SHARED, None), (SERIAL, Some(1))]);
 }

@@ -79,6 +79,23 @@ where
     }
 }
 
+/// Writes `obj` as `name` by server-side apply under the project's field
+/// manager, taking over fields another manager holds.
+pub async fn apply<K>(api: &Api<K>, name: &str, obj: &K) -> Result<K, kube::Error>
+where
+    K: kube::Resource<DynamicType = ()> + Clone + DeserializeOwned + Serialize + std::fmt::Debug,
+{
+    let mut value = serde_json::to_value(obj).map_err(kube::Error::SerdeError)?;
+    value["apiVersion"] = K::api_version(&()).into();
+    value["kind"] = K::kind(&()).into();
+    api.patch(
+        name,
+        &kube::api::PatchParams::apply(crate::FIELD_MANAGER).force(),
+        &kube::api::Patch::Apply(&value),
+    )
+    .await
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -491,14 +491,26 @@ pub fn owned_selectors(name: &str) -> [String; 3] {
     ]
 }
 
-/// Deletes vcluster `name` in `namespace` and everything it owns; returns how
-/// many objects were deleted per kind.
+/// What `vcluster delete` did.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct Deleted {
+    /// How many objects were deleted, per kind.
+    pub kinds: Vec<(String, usize)>,
+    /// How many claims (the tenant's data, and the control plane's) were
+    /// kept because volumes were not to be deleted.
+    pub kept_claims: usize,
+}
+
+/// Deletes vcluster `name` in `namespace` and everything it owns, its
+/// PersistentVolumeClaims only with `delete_volumes` (otherwise they are
+/// counted and kept, with their data).
 pub async fn delete(
     host: &kube::Client,
     name: &str,
     namespace: &str,
-) -> Result<Vec<(String, usize)>, InstanceError> {
-    let mut deleted = Vec::new();
+    delete_volumes: bool,
+) -> Result<Deleted, InstanceError> {
+    let mut deleted = Deleted::default();
     let mut total = 0;
     for (group, version, kind, plural) in OWNED_KINDS {
         let ar =
@@ -523,6 +535,10 @@ pub async fn delete(
             if found == 0 {
                 continue;
             }
+            if *kind == "PersistentVolumeClaim" && !delete_volumes {
+                deleted.kept_claims += found;
+                continue;
+            }
             api.delete_collection(&DeleteParams::background(), &lp)
                 .await
                 .map_err(kube_err(format!(
@@ -532,10 +548,10 @@ pub async fn delete(
         }
         if n > 0 {
             total += n;
-            deleted.push(((*kind).to_owned(), n));
+            deleted.kinds.push(((*kind).to_owned(), n));
         }
     }
-    if total == 0 {
+    if total == 0 && deleted.kept_claims == 0 {
         return Err(InstanceError::NotFound {
             name: name.to_owned(),
             namespace: namespace.to_owned(),

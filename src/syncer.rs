@@ -21,8 +21,8 @@ use tracing::Instrument as _;
 use crate::api::ApiError;
 use crate::sync::assembly::Running;
 use crate::sync::{
-    Assembly, Context, EngineOptions, KindSpec, Names, Settings, Side, config, endpoints, events,
-    ingresses, pods, services, streams_lists,
+    Assembly, Context, EngineOptions, KindSpec, Names, Settings, Side, claims, config, endpoints,
+    events, ingresses, pods, services, streams_lists,
 };
 use crate::translate::VclusterName;
 
@@ -36,6 +36,7 @@ pub const KINDS: &[KindSpec] = &[
     services::KIND,
     endpoints::KIND,
     ingresses::KIND,
+    claims::KIND,
 ];
 
 /// Failures that stop the syncer from starting.
@@ -83,7 +84,7 @@ impl Eq for Kinds {}
 impl Kinds {
     /// The default `--sync` list: every kind (checked against [`KINDS`] by a test).
     pub const DEFAULT_LIST: &'static str =
-        "pods,configmaps,secrets,events,services,endpoints,ingresses";
+        "pods,configmaps,secrets,events,services,endpoints,ingresses,persistentvolumeclaims";
 
     /// Every kind.
     pub fn all() -> Self {

@@ -63,6 +63,12 @@ vcluster.dev/component: control-plane
     - --init-reapply
     {{- end }}
     {{- end }}
+    {{- with .Values.storage.classMap }}
+    - --storage-class-map={{ range $i, $k := keys . | sortAlpha }}{{ if $i }},{{ end }}{{ $k }}={{ index $.Values.storage.classMap $k }}{{ end }}
+    {{- end }}
+    {{- with .Values.storage.allowedClasses }}
+    - --allowed-storage-classes={{ join "," . }}
+    {{- end }}
     {{- range .Values.syncer.extraArgs }}
     - {{ . | quote }}
     {{- end }}

@@ -465,6 +465,141 @@ where
         .unwrap()
 }
 
+/// Waits until object `name` of `api` exists; returns it.
+pub async fn present<K>(what: &str, api: &kube::Api<K>, name: &str) -> K
+where
+    K: kube::Resource + Clone + serde::de::DeserializeOwned + std::fmt::Debug,
+{
+    eventually(what, Duration::from_secs(90), || async {
+        api.get_opt(name)
+            .await
+            .map_err(|e| e.to_string())?
+            .ok_or_else(|| "absent".to_owned())
+    })
+    .await
+}
+
+/// Waits until object `name` of `api` is gone.
+pub async fn gone<K>(what: &str, api: &kube::Api<K>, name: &str)
+where
+    K: kube::Resource + Clone + serde::de::DeserializeOwned + std::fmt::Debug,
+{
+    eventually(what, Duration::from_secs(90), || async {
+        match api.get_opt(name).await.map_err(|e| e.to_string())? {
+            None => Ok(()),
+            Some(_) => Err("still there".into()),
+        }
+    })
+    .await
+}
+
+/// Waits for an event with `reason` in virtual namespace `namespace`; returns it.
+pub async fn event_with_reason(
+    c: &kube::Client,
+    namespace: &str,
+    reason: &str,
+) -> k8s_openapi::api::events::v1::Event {
+    let events: kube::Api<k8s_openapi::api::events::v1::Event> =
+        kube::Api::namespaced(c.clone(), namespace);
+    eventually(
+        &format!("a {reason} event"),
+        Duration::from_secs(90),
+        || async {
+            let l = events
+                .list(&kube::api::ListParams::default())
+                .await
+                .map_err(|e| e.to_string())?;
+            l.items
+                .into_iter()
+                .find(|e| e.reason.as_deref() == Some(reason))
+                .ok_or_else(|| "no event yet".to_owned())
+        },
+    )
+    .await
+}
+
+/// A dev stack without its own syncer and one `vcluster syncer` process for
+/// vcluster `vc` in host namespace `host_namespace`: what the syncer suites share.
+pub struct SyncedEnv {
+    pub stack: DevStack,
+    pub syncer: std::sync::Mutex<Option<SyncerProcess>>,
+    pub vc: &'static str,
+    pub host_namespace: &'static str,
+    pub syncer_args: &'static [&'static str],
+}
+
+impl SyncedEnv {
+    /// `dev up --no-syncer` with `stack_args`, and the syncer with `syncer_args`.
+    pub fn up(
+        stack_args: &[&str],
+        vc: &'static str,
+        host_namespace: &'static str,
+        syncer_args: &'static [&'static str],
+    ) -> Self {
+        let mut args = vec!["--no-syncer"];
+        args.extend_from_slice(stack_args);
+        let stack = DevStack::up(&args);
+        let syncer = SyncerProcess::start_with(&stack, vc, host_namespace, syncer_args);
+        Self {
+            stack,
+            syncer: std::sync::Mutex::new(Some(syncer)),
+            vc,
+            host_namespace,
+            syncer_args,
+        }
+    }
+
+    /// The host name of virtual object `namespace/name`.
+    pub fn host_name(&self, namespace: &str, name: &str) -> String {
+        vcluster::translate::host_name(
+            &vcluster::translate::VclusterName::new(self.vc).unwrap(),
+            namespace,
+            name,
+        )
+    }
+
+    /// Kills the syncer (SIGKILL).
+    pub fn kill_syncer(&self) {
+        if let Some(mut s) = self.syncer.lock().unwrap().take() {
+            s.kill();
+        }
+    }
+
+    /// Starts the syncer again and waits for /readyz.
+    pub fn restart_syncer(&self) {
+        let s =
+            SyncerProcess::spawn_with(&self.stack, self.vc, self.host_namespace, self.syncer_args);
+        *self.syncer.lock().unwrap() = Some(s.wait_ready(Duration::from_secs(90)));
+    }
+
+    /// Runs `groups` (see [`run_groups`]), prints the syncer's log tail on a
+    /// failure, stops everything and exits non-zero if any test failed.
+    pub fn run(self, args: &libtest_mimic::Arguments, groups: &[(&[Test<Self>], Option<usize>)]) {
+        let env = std::sync::Arc::new(self);
+        let failed = run_groups(args, &env, groups);
+        let log = env.syncer.lock().unwrap().as_ref().map(|s| s.log.clone());
+        finish(env, failed, log);
+    }
+}
+
+/// Ends a suite: on a failure prints the tail of `syncer_log`, then drops
+/// `env` (its stack and syncer: `process::exit` runs no destructors, and the
+/// trials have released their references by now) and exits 101 if any test failed.
+pub fn finish<E>(env: std::sync::Arc<E>, failed: u64, syncer_log: Option<PathBuf>) {
+    if failed > 0
+        && let Some(log) = syncer_log
+    {
+        eprintln!(
+            "--- syncer log tail\n{}",
+            vcluster::local::process::log_tail(&log, 40)
+        );
+    }
+    drop(env);
+    if failed > 0 {
+        std::process::exit(101);
+    }
+}
+
 /// Creates namespace `name`.
 pub async fn namespace(c: &kube::Client, name: &str) {
     create(

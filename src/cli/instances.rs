@@ -105,6 +105,11 @@ pub struct ListArgs {
 pub struct DeleteArgs {
     /// The vcluster's name.
     name: String,
+    /// Delete its PersistentVolumeClaims too (the tenant's data and the
+    /// control plane's; their volumes go as their reclaim policy says).
+    /// Default: they are kept.
+    #[arg(long)]
+    delete_volumes: bool,
     /// Its host namespace (default: the kubeconfig context's namespace).
     #[arg(short, long)]
     namespace: Option<String>,
@@ -370,8 +375,12 @@ pub fn list(args: ListArgs) -> anyhow::Result<ExitCode> {
 pub fn delete(args: DeleteArgs) -> anyhow::Result<ExitCode> {
     runtime()?.block_on(async move {
         let (host, _, ns) = target(&args.name, &args.host, args.namespace.as_deref()).await?;
-        let deleted = instances::delete(&host, &args.name, &ns).await?;
-        let summary: Vec<String> = deleted.iter().map(|(k, n)| format!("{n} {k}")).collect();
+        let deleted = instances::delete(&host, &args.name, &ns, args.delete_volumes).await?;
+        let summary: Vec<String> = deleted
+            .kinds
+            .iter()
+            .map(|(k, n)| format!("{n} {k}"))
+            .collect();
         let mut out = std::io::stdout().lock();
         writeln!(
             out,
@@ -379,6 +388,13 @@ pub fn delete(args: DeleteArgs) -> anyhow::Result<ExitCode> {
             args.name,
             summary.join(", ")
         )?;
+        if deleted.kept_claims > 0 {
+            writeln!(
+                out,
+                "kept {} PersistentVolumeClaims and their data; delete them with `vcluster delete {} -n {ns} --delete-volumes`",
+                deleted.kept_claims, args.name
+            )?;
+        }
         Ok(ExitCode::SUCCESS)
     })
 }

@@ -55,7 +55,7 @@ pub struct SyncerArgs {
     #[arg(long, env = "VCLUSTER_STREAM_LISTS", default_value_t = true, action = clap::ArgAction::Set)]
     stream_lists: bool,
     /// Which kinds sync: a comma-separated subset of
-    /// pods,configmaps,secrets,events,services,endpoints,ingresses.
+    /// pods,configmaps,secrets,events,services,endpoints,ingresses,persistentvolumeclaims.
     #[arg(
         long = "sync",
         env = "VCLUSTER_SYNC",
@@ -102,6 +102,14 @@ pub struct SyncerArgs {
     /// host's service range, node addresses and pod ranges stay refused.
     #[arg(long, env = "VCLUSTER_ENDPOINTS_ALLOWED_CIDRS", default_value = "", value_parser = crate::policy::endpoints::EndpointPolicy::parse)]
     endpoints_allowed_cidrs: crate::policy::endpoints::EndpointPolicy,
+    /// Virtual storage class → host storage class for claims
+    /// (comma-separated `virtual=host` pairs); unmapped classes pass as named.
+    #[arg(long, env = "VCLUSTER_STORAGE_CLASS_MAP", value_delimiter = ',')]
+    storage_class_map: Vec<String>,
+    /// The host storage classes claims may use (comma-separated; default:
+    /// any). A claim in another class gets a Warning and nothing on the host.
+    #[arg(long, env = "VCLUSTER_ALLOWED_STORAGE_CLASSES", value_delimiter = ',')]
+    allowed_storage_classes: Vec<String>,
     /// Pod Security Standards level a pod must meet to reach the host:
     /// privileged, baseline or restricted.
     #[arg(
@@ -190,6 +198,11 @@ pub fn run(args: SyncerArgs) -> anyhow::Result<ExitCode> {
         ingress_host_ownership: args.ingress_host_ownership,
         service_types: args.allowed_service_types,
         endpoint_policy: args.endpoints_allowed_cidrs,
+        storage_classes: crate::policy::storage_classes::StorageClassPolicy::new(
+            &args.storage_class_map,
+            &args.allowed_storage_classes,
+        )
+        .map_err(anyhow::Error::msg)?,
         pod_security: args.pod_security_standard,
         resync: Duration::from_secs(args.resync_seconds),
     };

@@ -43,6 +43,13 @@ impl Stack {
         kwok::create_nodes(&host_client, self.opts.nodes).await?;
         self.wait_controllers(&planes.host, &host_client, &virt_client, deadline)
             .await?;
+        super::storage::install(&host_client).await?;
+        let volumes = std::path::absolute(self.opts.state_dir.join("volumes"))
+            .unwrap_or_else(|_| self.opts.state_dir.join("volumes"));
+        self.storage = Some(tokio::spawn(super::storage::run(
+            host_client.clone(),
+            volumes,
+        )));
         if self.opts.real_nodes > 0 {
             let front_door = self.opts.syncer.is_some().then_some(ports.front_door);
             self.start_real_node(&planes.host, &host_client, front_door, deadline)

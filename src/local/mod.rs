@@ -11,7 +11,8 @@
 //! the rest: [`ports`] (which component listens where), `plane` (one
 //! plane's PKI and arguments), `stack` (the processes), `boot` (the start-up
 //! order), `syncer` (the syncer beside the planes), `probe` (readiness
-//! checks), `kwok`, `restart` and `state`. Nothing here serves production
+//! checks), `kwok`, `restart`, `state` and [`storage`] (the host's default
+//! StorageClass and its hostPath provisioner). Nothing here serves production
 //! except the plane definition, which [`crate::control_plane`] reuses so the
 //! chart's `k8s` distro runs the same virtual plane.
 
@@ -28,6 +29,7 @@ pub mod process;
 mod restart;
 mod stack;
 mod state;
+pub mod storage;
 mod syncer;
 
 use std::collections::BTreeMap;

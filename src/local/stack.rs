@@ -56,6 +56,8 @@ pub struct Stack {
     pub(super) state: StackState,
     /// The real node's relays, when it runs one.
     pub(super) node: Option<super::node::RealNode>,
+    /// The host's volume provisioner ([`super::storage`]).
+    pub(super) storage: Option<tokio::task::JoinHandle<()>>,
 }
 
 impl Stack {
@@ -91,6 +93,7 @@ impl Stack {
             processes: Vec::new(),
             specs: Vec::new(),
             node: None,
+            storage: None,
         })
     }
 
@@ -244,6 +247,9 @@ impl Stack {
 
     /// Stops every process, last started first, and removes the state file.
     pub async fn shutdown(&mut self) {
+        if let Some(task) = self.storage.take() {
+            task.abort();
+        }
         while let Some(mut p) = self.processes.pop() {
             p.stop(Duration::from_secs(10)).await;
         }
@@ -257,6 +263,9 @@ impl Drop for Stack {
     /// A stack dropped without [`Stack::shutdown`] (a panic, an abandoned
     /// future) still leaves no process behind.
     fn drop(&mut self) {
+        if let Some(task) = self.storage.take() {
+            task.abort();
+        }
         for p in &mut self.processes {
             p.kill_now();
         }

@@ -49,6 +49,8 @@ pub struct Settings {
     pub service_types: crate::policy::service_types::ServiceTypes,
     /// Where tenant-written endpoints may point besides the vcluster's pods.
     pub endpoint_policy: crate::policy::endpoints::EndpointPolicy,
+    /// Which host storage class a claim gets.
+    pub storage_classes: crate::policy::storage_classes::StorageClassPolicy,
     /// The Pod Security Standards level pods must meet to reach the host.
     pub pod_security: Level,
     /// How often the periodic loops look again.

@@ -29,6 +29,7 @@ pub mod assembly;
 pub mod cache;
 pub mod certs;
 pub mod cidr;
+pub mod claims;
 pub mod config;
 mod context;
 pub mod endpoints;
@@ -45,8 +46,10 @@ pub mod pods;
 pub mod queue;
 mod reconcile;
 pub mod services;
+pub mod storage_classes;
 #[cfg(test)]
 pub(crate) mod tests;
+pub mod volumes;
 
 use std::fmt::Debug;
 use std::future::Future;
@@ -125,6 +128,7 @@ objects!(
     k8s_openapi::api::core::v1::Endpoints,
     k8s_openapi::api::discovery::v1::EndpointSlice,
     k8s_openapi::api::networking::v1::Ingress,
+    k8s_openapi::api::core::v1::PersistentVolumeClaim,
 );
 
 /// The rules of one kind.

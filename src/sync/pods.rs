@@ -15,7 +15,8 @@ use base64::Engine as _;
 use futures::StreamExt as _;
 use k8s_openapi::api::authentication::v1::{BoundObjectReference, TokenRequest, TokenRequestSpec};
 use k8s_openapi::api::core::v1::{
-    Binding, ConfigMap, Container, ObjectReference, Pod, PodSpec, Secret, Service, ServiceAccount,
+    Binding, ConfigMap, Container, ObjectReference, PersistentVolumeClaim, Pod, PodSpec, Secret,
+    Service, ServiceAccount,
 };
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use kube::ResourceExt;
@@ -98,6 +99,7 @@ pub struct PodRule {
     nodes: Arc<VirtualNodes>,
     api: ApiEndpoint,
     services: Cache<Service>,
+    host_claims: Option<Cache<PersistentVolumeClaim>>,
     pod_security: Level,
 }
 
@@ -116,6 +118,8 @@ pub struct PodSources {
     pub nodes: Arc<VirtualNodes>,
     /// When each token Secret is due.
     pub tokens: Arc<TokenIndex>,
+    /// Host copies of claims, when claims are synced.
+    pub host_claims: Option<Cache<PersistentVolumeClaim>>,
 }
 
 impl PodRule {
@@ -130,6 +134,7 @@ impl PodRule {
             nodes: src.nodes,
             api,
             services: src.services,
+            host_claims: src.host_claims,
             pod_security,
         }
     }
@@ -243,6 +248,16 @@ impl PodRule {
             {
                 return Some(format!("secret {s}"));
             }
+        }
+        // A host pod on a claim not yet copied would wait unbound on the host
+        // all the same; waiting here keeps the order plain.
+        if let Some(h) = &self.host_claims
+            && let Some(c) = refs
+                .claims
+                .iter()
+                .find(|c| !h.contains(&on_host(c), Some(&names.host_namespace)))
+        {
+            return Some(format!("claim {c}"));
         }
         None
     }
@@ -453,6 +468,9 @@ fn register(a: &mut Assembly) {
         services: a.cache(Side::Virtual),
         nodes: Arc::new(VirtualNodes::new(ctx.virt.clone(), ctx.host.clone())),
         tokens: Arc::new(TokenIndex::default()),
+        host_claims: a
+            .selected(super::claims::KIND.name)
+            .then(|| a.cache(Side::Host)),
     };
     // Pods created once the Services are known get every Service's links.
     let services_ready = a.ready_of::<Service>(Side::Virtual);

@@ -15,6 +15,12 @@
 //! - downward-API fields for name, namespace and uid read the source
 //!   annotations, so they resolve to the virtual values;
 //! - `hostname` is the virtual name (when it is a DNS label);
+//! - `persistentVolumeClaim` volumes name the claim's host copy; a generic
+//!   ephemeral volume becomes a `persistentVolumeClaim` volume naming the
+//!   host copy of the claim the virtual plane's ephemeral-volume controller
+//!   makes for it (`<pod>-<volume>`, owned by the virtual pod, so it goes
+//!   with the pod): the host pod's name differs, and a claim the host made
+//!   from it would belong to no one in the vcluster;
 //! - `priorityClassName`/`priority`/`preemptionPolicy` are dropped: priority
 //!   classes are cluster-scoped host policy that a tenant may not pick.
 //!   `runtimeClassName` passes through unchanged.
@@ -22,8 +28,8 @@
 use std::collections::BTreeSet;
 
 use k8s_openapi::api::core::v1::{
-    Container, EnvVar, KeyToPath, ObjectFieldSelector, Pod, PodSpec, PodStatus, SecretProjection,
-    Service, Volume,
+    Container, EnvVar, KeyToPath, ObjectFieldSelector, PersistentVolumeClaimVolumeSource, Pod,
+    PodSpec, PodStatus, SecretProjection, Service, Volume,
 };
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use serde_json::{Value, json};
@@ -96,6 +102,8 @@ pub struct References {
     pub optional_configmaps: BTreeSet<String>,
     /// Optional Secrets.
     pub optional_secrets: BTreeSet<String>,
+    /// Claims (a generic ephemeral volume's among them).
+    pub claims: BTreeSet<String>,
 }
 
 impl References {
@@ -132,11 +140,24 @@ fn all_containers(spec: &PodSpec) -> impl Iterator<Item = &Container> {
         .chain(spec.init_containers.iter().flatten())
 }
 
+/// The claim the ephemeral-volume controller makes for volume `volume` of
+/// pod `pod`.
+pub fn ephemeral_claim_name(pod: &str, volume: &str) -> String {
+    format!("{pod}-{volume}")
+}
+
 /// Everything `pod` references.
 pub fn references(pod: &Pod) -> References {
     let mut r = References::default();
     let Some(spec) = &pod.spec else { return r };
+    let pod_name = pod.metadata.name.as_deref().unwrap_or_default();
     for v in spec.volumes.iter().flatten() {
+        if let Some(c) = &v.persistent_volume_claim {
+            r.claims.insert(c.claim_name.clone());
+        }
+        if v.ephemeral.is_some() {
+            r.claims.insert(ephemeral_claim_name(pod_name, &v.name));
+        }
         if let Some(cm) = &v.config_map {
             r.cm(&cm.name, cm.optional);
         }
@@ -201,6 +222,7 @@ fn rewrite_field(sel: &mut ObjectFieldSelector) {
 struct Renamer<'a> {
     vc: &'a VclusterName,
     namespace: &'a str,
+    pod: &'a str,
     token_secret: String,
 }
 
@@ -237,8 +259,21 @@ impl Renamer<'_> {
         }
     }
 
-    /// Rewrites a volume; `false` when it must be dropped.
+    /// Rewrites a volume.
     fn volume(&self, v: &mut Volume) {
+        if let Some(c) = &mut v.persistent_volume_claim {
+            self.name(&mut c.claim_name);
+        }
+        if v.ephemeral.take().is_some() {
+            v.persistent_volume_claim = Some(PersistentVolumeClaimVolumeSource {
+                claim_name: host_name(
+                    self.vc,
+                    self.namespace,
+                    &ephemeral_claim_name(self.pod, &v.name),
+                ),
+                read_only: None,
+            });
+        }
         if let Some(cm) = &mut v.config_map {
             self.name(&mut cm.name);
         }
@@ -395,6 +430,7 @@ pub fn host_pod(vc: &VclusterName, pod: &Pod, api: &ApiEndpoint, services: &[Ser
     let r = Renamer {
         vc,
         namespace,
+        pod: name,
         token_secret: token_secret_name(&host_name(vc, namespace, name)),
     };
     let mut spec = pod.spec.clone().unwrap_or_default();

@@ -22,6 +22,7 @@ fn rule(
             services: filled(services),
             nodes: Arc::new(VirtualNodes::new(client.clone(), client)),
             tokens: Arc::default(),
+            host_claims: Some(filled(vec![on_host::<PersistentVolumeClaim>("ready")])),
         },
         ApiEndpoint {
             host: "10.0.0.1".into(),
@@ -255,4 +256,42 @@ async fn status_comes_up_once_the_pod_is_bound() {
     // Not scheduled on the host yet: the virtual pod stays Pending.
     h.spec.as_mut().unwrap().node_name = None;
     assert_eq!(r.status_up(&v, &h), None);
+}
+
+#[tokio::test]
+async fn claims_are_renamed_and_waited_for() {
+    let p = pod(json!({"spec": {"volumes": [
+        {"name": "data", "persistentVolumeClaim": {"claimName": "ready"}},
+        {"name": "scratch", "ephemeral": {"volumeClaimTemplate": {"spec": {
+            "accessModes": ["ReadWriteOnce"], "resources": {"requests": {"storage": "1Gi"}}}}}}
+    ]}}));
+    // The ephemeral volume's claim (`web-scratch`) is not on the host yet.
+    match plain().decide(&names(), &p, None) {
+        Decision::Wait(why) => assert!(why.contains("claim web-scratch"), "{why}"),
+        other => panic!("expected to wait, got {other:?}"),
+    }
+    let mut r = plain();
+    r.host_claims = Some(filled(vec![
+        on_host::<PersistentVolumeClaim>("ready"),
+        on_host::<PersistentVolumeClaim>("web-scratch"),
+    ]));
+    let out = synced(r.decide(&names(), &p, None));
+    let vols = out.spec.unwrap().volumes.unwrap();
+    let claim = |i: usize| {
+        vols[i]
+            .persistent_volume_claim
+            .as_ref()
+            .unwrap()
+            .claim_name
+            .clone()
+    };
+    assert_eq!(claim(0), "ready-x-shop-x-vc");
+    assert_eq!(claim(1), "web-scratch-x-shop-x-vc");
+    assert!(
+        vols[1].ephemeral.is_none(),
+        "the host makes no claim of its own"
+    );
+    // Without claims synced, nothing is waited for (the names still translate).
+    r.host_claims = None;
+    synced(r.decide(&names(), &p, None));
 }

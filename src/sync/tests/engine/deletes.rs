@@ -158,6 +158,7 @@ fn pod_rule() -> PodRule {
             services: filled(vec![]),
             nodes: Arc::new(VirtualNodes::new(client.clone(), client)),
             tokens: Arc::default(),
+            host_claims: None,
         },
         ApiEndpoint {
             host: "10.0.0.1".into(),
