@@ -186,6 +186,9 @@ impl<R: Rule> Engine<R> {
         meta.annotations
             .get_or_insert_default()
             .extend(own.annotations(key, &uid));
+        // Collected with the vcluster (a copy written before it had an owner
+        // gains the reference on this write: its content hash changes).
+        meta.owner_references = self.ctx.owner_references();
         meta.managed_fields = None;
         meta.resource_version = None;
         meta.uid = None;
