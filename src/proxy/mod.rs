@@ -325,6 +325,11 @@ async fn handle(
         }
         Route::Host(t) => shared.target.serve(req, &id, t).await,
         Route::Reject(why) => forward::status(StatusCode::BAD_REQUEST, "BadRequest", &why),
+        Route::NodeProxy(node) => forward::status(
+            StatusCode::FORBIDDEN,
+            "Forbidden",
+            &route::node_proxy_refusal(&node),
+        ),
     }
 }
 
