@@ -284,7 +284,20 @@ pub async fn run(opts: SyncerOptions) -> Result<(), SyncerError> {
     let names = Names::new(opts.name.clone(), opts.host_namespace.clone());
     let ctx = Arc::new(Context::new(names, host.clone(), virt.clone()).with_owner(owner.clone()));
     let engine_opts = engine_options(&opts, &ctx).await;
-    let mut assembly = Assembly::new(ctx, engine_opts, opts.settings.clone(), opts.kinds.names());
+    let mut settings = opts.settings.clone();
+    if opts.front_door.is_some() {
+        // In-pod clients reach the virtual API through the front door.
+        let ca = crate::proxy::tls::serving_ca(
+            &host,
+            &opts.host_namespace,
+            opts.name.as_str(),
+            owner.as_ref(),
+        )
+        .await
+        .map_err(|e| SyncerError::FrontDoor(e.into()))?;
+        settings.front_door_ca = Some(ca.cert_pem().to_owned());
+    }
+    let mut assembly = Assembly::new(ctx, engine_opts, settings, opts.kinds.names());
     for spec in &opts.kinds.0 {
         (spec.register)(&mut assembly);
     }

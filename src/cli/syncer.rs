@@ -189,6 +189,7 @@ pub fn run(args: SyncerArgs) -> anyhow::Result<ExitCode> {
         endpoint_policy: args.endpoints_allowed_cidrs,
         pod_security: args.pod_security_standard,
         resync: Duration::from_secs(args.resync_seconds),
+        front_door_ca: None,
     };
     let opts = SyncerOptions {
         kinds,
