@@ -4,7 +4,7 @@ SHELL := bash
 CARGO ?= cargo
 STATE_DIR ?= .vcluster-dev
 
-.PHONY: dev test kube-bins kube-mod build prereqs fmt-check clippy unit e2e down status clean bench faults node-deps image e2e-realnode e2e-helm-node fuzz fuzz-short fuzz-tools
+.PHONY: dev test kube-bins kube-mod build prereqs fmt-check clippy unit e2e down status clean bench faults node-deps image e2e-realnode e2e-kine e2e-helm-node fuzz fuzz-short fuzz-tools
 
 ## dev: build what is missing, then run the host and virtual control planes (Ctrl-C stops them)
 dev: prereqs kube-bins build
@@ -78,7 +78,14 @@ e2e:
 	$(CARGO) test --locked --test e2e_onboarding
 	$(CARGO) test --locked --test e2e_faults
 	$(CARGO) test --locked --test e2e_frontdoor
+	$(MAKE) e2e-kine
 	$(MAKE) e2e-realnode
+
+## e2e-kine: the syncer's suite again on a host plane whose API server stores in kine + SQLite
+## (as k3s hosts do) instead of etcd; the etcd-compaction test is etcd's own and is skipped
+e2e-kine: kube-bins
+	VCLUSTER_E2E_HOST_DATASTORE=kine $(CARGO) test --locked --test e2e_syncer -- \
+	  --skip watch_expiry_by_etcd_compaction_is_survived
 
 ## fuzz: every cargo-fuzz target for FUZZ_SECONDS each (libFuzzer on stable Rust:
 ## RUSTC_BOOTSTRAP=1, no sanitizer); crashes land in fuzz/artifacts/<target>/

@@ -41,7 +41,13 @@ struct Env {
 
 /// Starts the syncer of `RELEASE` as the chart's pod would run it.
 async fn start_syncer(env: &Env, host_kc: &Path) -> (SyncerProcess, PathBuf) {
-    chart::start_syncer(&env.stack, RELEASE, HOST_NS, host_kc).await
+    // The owner the chart names, as the chart names it.
+    let docs = render(&[]);
+    let owner = args_of(container(find(&docs, "StatefulSet", RELEASE), "syncer"))
+        .into_iter()
+        .find(|a| a.starts_with("--owner-statefulset="))
+        .expect("the chart names the syncer's owner");
+    chart::start_syncer(&env.stack, RELEASE, HOST_NS, host_kc, &[owner]).await
 }
 
 fn helm_bin() -> PathBuf {
@@ -410,6 +416,52 @@ fn the_role_suffices_for_the_syncer(env: &Env) {
             hsvc.spec.unwrap().cluster_ip,
             "ClusterIP parity with the chart's Role"
         );
+        // Every host copy, and the Secrets the front door writes, are owned
+        // by the release's StatefulSet (so `helm uninstall` collects them).
+        let sts_uid = kubectl_ok(
+            &env.stack.host_kubeconfig(),
+            &[
+                "get",
+                "statefulset",
+                RELEASE,
+                "-n",
+                HOST_NS,
+                "-o",
+                "jsonpath={.metadata.uid}",
+            ],
+            None,
+        );
+        let hsecrets = Api::<Secret>::namespaced(h.clone(), HOST_NS);
+        for (what, meta) in [
+            ("the Service copy", hsvc.metadata.clone()),
+            (
+                "the Ingress copy",
+                hing.get(&host_name(&vc, ns, "web")).await.unwrap().metadata,
+            ),
+            (
+                "the Secret copy",
+                hsecrets
+                    .get(&host_name(&vc, ns, "web-tls"))
+                    .await
+                    .unwrap()
+                    .metadata,
+            ),
+            (
+                "the kubeconfig Secret",
+                hsecrets
+                    .get(&format!("vc-{RELEASE}"))
+                    .await
+                    .unwrap()
+                    .metadata,
+            ),
+        ] {
+            let refs = meta.owner_references.unwrap_or_default();
+            assert!(
+                matches!(refs.as_slice(), [r] if r.kind == "StatefulSet" && r.name == RELEASE
+                    && r.uid == sts_uid && r.controller != Some(true) && r.block_owner_deletion != Some(true)),
+                "{what} is not owned by the StatefulSet {sts_uid}: {refs:?}"
+            );
+        }
         // Deleting goes through too.
         Api::<Deployment>::namespaced(v.clone(), ns)
             .delete("web", &Default::default())
@@ -608,24 +660,15 @@ spec:
     });
 }
 
-fn uninstall_and_delete_leave_nothing(env: &Env) {
+fn helm_uninstall_alone_leaves_nothing(env: &Env) {
     let hk = env.stack.host_kubeconfig();
     // The release's pod goes with `helm uninstall`: so does the syncer.
     if let Some((mut s, _)) = env.syncer.lock().unwrap().take() {
         s.kill();
     }
     helm_ok(Some(&hk), &["uninstall", RELEASE, "-n", HOST_NS, "--wait"]);
-    let out = vcluster(&[
-        "delete",
-        RELEASE,
-        "-n",
-        HOST_NS,
-        "--delete-volumes",
-        "--kubeconfig",
-        hk.to_str().unwrap(),
-    ]);
-    let (stdout, stderr) = text(&out);
-    assert!(out.status.success(), "{stdout}{stderr}");
+    // What the syncer wrote (the tenant's copies, the kubeconfig and serving
+    // CA Secrets) goes with the StatefulSet: the host's garbage collector.
     let kinds = "all,configmaps,secrets,serviceaccounts,roles,rolebindings,endpoints,endpointslices,ingresses,persistentvolumeclaims,networkpolicies,resourcequotas,limitranges";
     for label in [
         format!("vcluster.dev/instance={RELEASE}"),
@@ -665,7 +708,7 @@ fn uninstall_and_delete_leave_nothing(env: &Env) {
         None,
     );
     assert!(out.trim().is_empty(), "{out}");
-    // Deleting it again is a clear mistake.
+    // Nothing is left for `vcluster delete`: it says so, in one line.
     let out = vcluster(&[
         "delete",
         RELEASE,
@@ -709,8 +752,8 @@ const ORDERED: &[Test<Env>] = &[
 
 /// Last: removes what the others use.
 const LAST: &[Test<Env>] = &[(
-    "uninstall_and_delete_leave_nothing",
-    uninstall_and_delete_leave_nothing,
+    "helm_uninstall_alone_leaves_nothing",
+    helm_uninstall_alone_leaves_nothing,
 )];
 
 fn main() {

@@ -397,6 +397,42 @@ fn crafted_paths_reach_no_other_host_object(env: &Env) {
     });
 }
 
+fn node_proxy_gets_a_clear_refusal(env: &Env) {
+    let kc = env.kc();
+    running_pod(env, "nodeproxy", "web");
+    let node = kubectl_ok(
+        &kc,
+        &[
+            "-n",
+            "nodeproxy",
+            "get",
+            "pod",
+            "web",
+            "-o",
+            "jsonpath={.spec.nodeName}",
+        ],
+        None,
+    );
+    assert!(!node.is_empty(), "the pod is bound to a virtual node");
+    for path in [
+        format!("/api/v1/nodes/{node}/proxy/stats/summary"),
+        format!("/api/v1/nodes/{node}:10250/proxy/metrics"),
+        format!("/api/v1/nodes/{node}/proxy/"),
+    ] {
+        let err = kubectl_err(&kc, &["get", "--raw", &path]);
+        assert!(
+            err.contains("Forbidden")
+                && err.contains(&format!(
+                    "nodes \"{node}\": the node proxy is not served in a virtual cluster"
+                )),
+            "{path}: {err}"
+        );
+        assert!(!err.contains("no such host"), "{path}: {err}");
+    }
+    // The Node itself still reads.
+    kubectl_ok(&kc, &["get", "node", &node], None);
+}
+
 fn serving_identity_survives_a_restart(env: &Env) {
     let pki = env.stack.dir.path().join("vcluster/pki");
     let port = std::net::TcpListener::bind("127.0.0.1:0")
@@ -724,6 +760,10 @@ const TESTS: &[Test<Env>] = &[
     (
         "crafted_paths_reach_no_other_host_object",
         crafted_paths_reach_no_other_host_object,
+    ),
+    (
+        "node_proxy_gets_a_clear_refusal",
+        node_proxy_gets_a_clear_refusal,
     ),
     (
         "serving_identity_survives_a_restart",

@@ -123,7 +123,7 @@ fn create_installs_and_waits_until_ready(env: &Env) {
     // The syncer as the chart's pod runs it, with the chart's ServiceAccount.
     let syncer = block_on_value(async {
         let kc = chart::service_account_kubeconfig(&env.stack, NAME, NS).await;
-        chart::start_syncer(&env.stack, NAME, NS, &kc).await.0
+        chart::start_syncer(&env.stack, NAME, NS, &kc, &[]).await.0
     });
     *env.syncer.lock().unwrap() = Some(syncer);
     let st = create.wait_exit_within(T, "create to finish");

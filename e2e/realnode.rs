@@ -484,11 +484,11 @@ subjects: [{{kind: ServiceAccount, name: reader, namespace: {ns}}}]
     );
     assert_eq!(greeting, "hello from a configmap");
     // kubectl inside the pod, with the pod's own token, the Service address
-    // the syncer injected, and the pod's namespace file. (The projected
-    // ca.crt is the virtual API's CA, which does not sign the front door's
-    // serving certificate: hence --insecure-skip-tls-verify; see the note.)
+    // the syncer injected, the pod's namespace file and its projected
+    // ca.crt, which verifies the front door it reaches (no TLS shortcuts).
     let list = "kubectl --server=https://$KUBERNETES_SERVICE_HOST:$KUBERNETES_SERVICE_PORT \
-        --token=$(cat /var/run/secrets/kubernetes.io/serviceaccount/token) --insecure-skip-tls-verify \
+        --token=$(cat /var/run/secrets/kubernetes.io/serviceaccount/token) \
+        --certificate-authority=/var/run/secrets/kubernetes.io/serviceaccount/ca.crt \
         -n $(cat /var/run/secrets/kubernetes.io/serviceaccount/namespace) get pods -o name 2>&1";
     let out = tenant_ok(env, &["exec", "-n", ns, "reader", "--", "sh", "-c", list]);
     // Virtual names: the virtual API answered, not the host's.

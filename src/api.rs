@@ -4,7 +4,9 @@
 
 use std::borrow::Cow;
 
-use kube::api::{Api, PostParams};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference;
+use kube::Resource;
+use kube::api::{Api, Patch, PatchParams, PostParams};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
@@ -83,17 +85,46 @@ where
 /// manager, taking over fields another manager holds.
 pub async fn apply<K>(api: &Api<K>, name: &str, obj: &K) -> Result<K, kube::Error>
 where
-    K: kube::Resource<DynamicType = ()> + Clone + DeserializeOwned + Serialize + std::fmt::Debug,
+    K: Resource<DynamicType = ()> + Clone + DeserializeOwned + Serialize + std::fmt::Debug,
 {
     let mut value = serde_json::to_value(obj).map_err(kube::Error::SerdeError)?;
     value["apiVersion"] = K::api_version(&()).into();
     value["kind"] = K::kind(&()).into();
     api.patch(
         name,
-        &kube::api::PatchParams::apply(crate::FIELD_MANAGER).force(),
-        &kube::api::Patch::Apply(&value),
+        &PatchParams::apply(crate::FIELD_MANAGER).force(),
+        &Patch::Apply(&value),
     )
     .await
+}
+
+/// True when `refs` hold `owner` (by uid) or there is no owner to hold.
+pub fn has_owner(refs: Option<&[OwnerReference]>, owner: Option<&OwnerReference>) -> bool {
+    owner.is_none_or(|o| refs.into_iter().flatten().any(|r| r.uid == o.uid))
+}
+
+/// Gives object `name` owner reference `owner` unless it has it already
+/// (`refs`: its current references): a server-side apply of that one field.
+pub async fn adopt<K>(
+    api: &Api<K>,
+    name: &str,
+    refs: Option<&[OwnerReference]>,
+    owner: Option<&OwnerReference>,
+) -> Result<(), kube::Error>
+where
+    K: Resource<DynamicType = ()> + Clone + DeserializeOwned + std::fmt::Debug,
+{
+    let Some(owner) = owner.filter(|_| !has_owner(refs, owner)) else {
+        return Ok(());
+    };
+    let patch = serde_json::json!({
+        "apiVersion": K::api_version(&()),
+        "kind": K::kind(&()),
+        "metadata": {"name": name, "ownerReferences": [owner]},
+    });
+    let params = PatchParams::apply(crate::FIELD_MANAGER).force();
+    api.patch(name, &params, &Patch::Apply(&patch)).await?;
+    Ok(())
 }
 
 #[cfg(test)]

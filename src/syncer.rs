@@ -15,6 +15,9 @@ use http_body_util::Full;
 use hyper::body::Bytes;
 use hyper::{Request, Response, StatusCode};
 use hyper_util::rt::TokioIo;
+use k8s_openapi::api::apps::v1::StatefulSet;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference;
+use kube::Api;
 use kube::config::Kubeconfig;
 use tracing::Instrument as _;
 
@@ -59,6 +62,16 @@ pub enum SyncerError {
     /// The front door failed.
     #[error("front door: {0}")]
     FrontDoor(#[from] crate::proxy::ProxyError),
+    /// The owner named by `--owner-statefulset` does not exist.
+    #[error(
+        "--owner-statefulset {name}: there is no StatefulSet {name} in host namespace {namespace}"
+    )]
+    OwnerMissing {
+        /// The StatefulSet's name.
+        name: String,
+        /// The host namespace.
+        namespace: String,
+    },
     /// The health endpoint could not listen.
     #[error("cannot listen on {addr}: {source}")]
     Listen {
@@ -179,6 +192,39 @@ pub struct SyncerOptions {
     pub front_door: Option<crate::proxy::FrontDoorOptions>,
     /// Init manifests (read and checked) and whether a changed file is applied again.
     pub init: Option<(crate::init::Manifests, bool)>,
+    /// The StatefulSet (in the host namespace) that owns every host object
+    /// the syncer writes; `None`: they have no owner (the dev stack).
+    pub owner_statefulset: Option<String>,
+}
+
+/// The owner reference to StatefulSet `name` in `namespace`: not a
+/// controller reference (the StatefulSet controller would try to release
+/// objects its selector does not match) and not blocking the owner's
+/// deletion (that would need the `statefulsets/finalizers` permission).
+async fn owner_of(
+    host: &kube::Client,
+    namespace: &str,
+    name: &str,
+) -> Result<OwnerReference, SyncerError> {
+    let api: Api<StatefulSet> = Api::namespaced(host.clone(), namespace);
+    let sts = api
+        .get_metadata_opt(name)
+        .await
+        .map_err(ApiError::of(format!(
+            "cannot read the owner StatefulSet {name} in host namespace {namespace}"
+        )))?
+        .ok_or_else(|| SyncerError::OwnerMissing {
+            name: name.to_owned(),
+            namespace: namespace.to_owned(),
+        })?;
+    Ok(OwnerReference {
+        api_version: "apps/v1".into(),
+        kind: "StatefulSet".into(),
+        name: name.to_owned(),
+        uid: sts.metadata.uid.unwrap_or_default(),
+        controller: None,
+        block_owner_deletion: Some(false),
+    })
 }
 
 async fn client_from(path: &Path, which: &'static str) -> Result<kube::Client, SyncerError> {
@@ -234,15 +280,27 @@ async fn engine_options(opts: &SyncerOptions, ctx: &Context) -> EngineOptions {
 /// Runs the syncer until the process ends.
 pub async fn run(opts: SyncerOptions) -> Result<(), SyncerError> {
     let (host, virt) = clients(&opts).await?;
+    let owner = match &opts.owner_statefulset {
+        Some(sts) => Some(owner_of(&host, &opts.host_namespace, sts).await?),
+        None => None,
+    };
     let names = Names::new(opts.name.clone(), opts.host_namespace.clone());
-    let ctx = Arc::new(Context::new(names, host.clone(), virt.clone()));
+    let ctx = Arc::new(Context::new(names, host.clone(), virt.clone()).with_owner(owner.clone()));
     let engine_opts = engine_options(&opts, &ctx).await;
-    let mut assembly = Assembly::new(
-        Arc::clone(&ctx),
-        engine_opts,
-        opts.settings.clone(),
-        opts.kinds.names(),
-    );
+    let mut settings = opts.settings.clone();
+    if opts.front_door.is_some() {
+        // In-pod clients reach the virtual API through the front door.
+        let ca = crate::proxy::tls::serving_ca(
+            &host,
+            &opts.host_namespace,
+            opts.name.as_str(),
+            owner.as_ref(),
+        )
+        .await
+        .map_err(|e| SyncerError::FrontDoor(e.into()))?;
+        settings.front_door_ca = Some(ca.cert_pem().to_owned());
+    }
+    let mut assembly = Assembly::new(Arc::clone(&ctx), engine_opts, settings, opts.kinds.names());
     for spec in &opts.kinds.0 {
         (spec.register)(&mut assembly);
     }
@@ -264,6 +322,7 @@ pub async fn run(opts: SyncerOptions) -> Result<(), SyncerError> {
         namespace: opts.host_namespace.clone(),
         host,
         virt,
+        owner,
     };
     let front_door = crate::proxy::run(target, fd).instrument(tracing::info_span!("front_door"));
     tokio::select! {

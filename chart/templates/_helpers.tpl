@@ -32,6 +32,9 @@ vcluster.dev/component: control-plane
   args:
     - syncer
     - --name={{ include "vcluster.name" . }}
+    # Every host copy is owned by this StatefulSet: `helm uninstall` alone
+    # leaves nothing of the tenant's behind (the host's garbage collector).
+    - --owner-statefulset={{ include "vcluster.name" . }}
     - --sync={{ .Values.syncer.sync }}
     - --virtual-kubeconfig={{ include "vcluster.virtualKubeconfig" . }}
     - --virtual-kubeconfig-wait-seconds=600

@@ -49,14 +49,15 @@ pub async fn service_account_kubeconfig(
     path
 }
 
-/// Starts the syncer of `release` with host credential `host_kc` and its
-/// front door on a free loopback port; returns it with the front door's
-/// kubeconfig (from the `vc-<release>` Secret it writes).
+/// Starts the syncer of `release` with host credential `host_kc`, its
+/// front door on a free loopback port and `extra` flags; returns it with the
+/// front door's kubeconfig (from the `vc-<release>` Secret it writes).
 pub async fn start_syncer(
     stack: &DevStack,
     release: &str,
     namespace: &str,
     host_kc: &Path,
+    extra: &[String],
 ) -> (SyncerProcess, PathBuf) {
     let port = std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()
@@ -64,12 +65,13 @@ pub async fn start_syncer(
         .unwrap()
         .port();
     let pki = stack.dir.path().join("vcluster/pki");
-    let args = [
+    let mut args = vec![
         format!("--client-ca-cert={}", pki.join("ca.crt").display()),
         format!("--client-ca-key={}", pki.join("ca.key").display()),
         format!("--front-door-listen=127.0.0.1:{port}"),
         format!("--kubeconfig-server=https://127.0.0.1:{port}"),
     ];
+    args.extend_from_slice(extra);
     let args: Vec<&str> = args.iter().map(String::as_str).collect();
     let syncer = SyncerProcess::start_as(stack, release, namespace, host_kc, &args);
     let secrets: Api<Secret> = Api::namespaced(client(&stack.host_kubeconfig()).await, namespace);

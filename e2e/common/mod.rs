@@ -54,6 +54,10 @@ impl DevStack {
         let state_dir = dir.path().to_str().unwrap().to_owned();
         let started = Instant::now();
         let mut args = vec!["dev", "up", "--detach", "--state-dir", &state_dir];
+        // `make e2e-kine`: the same tests on a host plane that stores in kine.
+        let store = std::env::var("VCLUSTER_E2E_HOST_DATASTORE").ok();
+        let store_arg = store.as_ref().map(|s| format!("--host-datastore={s}"));
+        args.extend(store_arg.as_deref());
         args.extend_from_slice(extra);
         let out = vcluster(&args);
         let up_time = started.elapsed();
@@ -67,6 +71,13 @@ impl DevStack {
             .unwrap()
             .expect("stack.json after dev up");
         assert!(state.ready);
+        if let Some(store) = &store {
+            let name = format!("host-{store}");
+            assert!(
+                state.processes.iter().any(|p| p.name == name),
+                "VCLUSTER_E2E_HOST_DATASTORE={store}, but no {name} runs"
+            );
+        }
         Self {
             dir,
             state,

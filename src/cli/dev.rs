@@ -56,6 +56,10 @@ struct UpArgs {
     /// Where the real node's images are (default: target/images beside the executable).
     #[arg(long, env = "VCLUSTER_IMAGE_DIR")]
     image_dir: Option<PathBuf>,
+    /// What the host plane's API server stores its objects in: etcd, or kine
+    /// on SQLite (as k3s hosts run; `make kube-bins` builds kine).
+    #[arg(long, default_value = "etcd")]
+    host_datastore: local::Datastore,
     /// Do not run the syncer (only the control planes).
     #[arg(long)]
     no_syncer: bool,
@@ -128,6 +132,7 @@ fn options(up: &UpArgs) -> anyhow::Result<StackOptions> {
         timeout: Duration::from_secs(up.timeout),
         apiserver_args: up.apiserver_args.clone(),
         real_nodes: up.real_nodes,
+        host_datastore: up.host_datastore,
         image_dir: up.image_dir.as_deref().map(absolute).transpose()?,
         syncer: if up.no_syncer {
             None
@@ -265,6 +270,9 @@ fn supervisor_args(up: &UpArgs, opts: &StackOptions) -> Vec<String> {
             .map(|a| format!("--apiserver-arg={a}")),
     );
     args.push(format!("--real-nodes={}", opts.real_nodes));
+    if opts.host_datastore == local::Datastore::Kine {
+        args.push("--host-datastore=kine".into());
+    }
     args.extend(
         opts.image_dir
             .as_ref()

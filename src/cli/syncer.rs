@@ -146,6 +146,11 @@ pub struct SyncerArgs {
     /// Service, https://<name>.<host namespace>.svc:443).
     #[arg(long, env = "VCLUSTER_KUBECONFIG_SERVER")]
     kubeconfig_server: Option<String>,
+    /// The StatefulSet in the host namespace that owns every host object the
+    /// syncer writes (the chart's own), so the host's garbage collector
+    /// removes them when it goes; default: no owner.
+    #[arg(long, env = "VCLUSTER_OWNER_STATEFULSET")]
+    owner_statefulset: Option<String>,
     /// Address of the /healthz and /readyz endpoints.
     #[arg(long, env = "VCLUSTER_HEALTH_LISTEN", default_value = "0.0.0.0:8080")]
     health_listen: SocketAddr,
@@ -205,6 +210,7 @@ pub fn run(args: SyncerArgs) -> anyhow::Result<ExitCode> {
         .map_err(anyhow::Error::msg)?,
         pod_security: args.pod_security_standard,
         resync: Duration::from_secs(args.resync_seconds),
+        front_door_ca: None,
     };
     let init = match args.init_manifests {
         Some(file) => {
@@ -231,6 +237,7 @@ pub fn run(args: SyncerArgs) -> anyhow::Result<ExitCode> {
         stream_lists: args.stream_lists,
         listen: args.health_listen,
         front_door,
+        owner_statefulset: args.owner_statefulset,
     };
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()

@@ -8,7 +8,7 @@ use std::time::Instant;
 use k8s_openapi::api::core::v1::{Node, ServiceAccount};
 use kube::api::Api;
 
-use super::plane::{Plane, Role};
+use super::plane::{Datastore, Plane, Role};
 use super::ports::StackPorts;
 use super::probe::{client_for, health_client};
 use super::{LocalError, Stack, io_err, kwok, state, write_private, write_public};
@@ -103,7 +103,13 @@ impl Stack {
         deadline: Instant,
     ) -> Result<(kube::Client, kube::Client), LocalError> {
         let both = [&planes.host, &planes.virt];
-        self.spawn_per_plane(both, "etcd", Plane::etcd_args, &[])?;
+        let store = self.opts.host_datastore;
+        if store == Datastore::Kine {
+            let dir = planes.host.dir.join("kine");
+            std::fs::create_dir_all(&dir).map_err(io_err(format!("create {}", dir.display())))?;
+        }
+        self.spawn_per_plane([&planes.host], store.binary(), store.args(), &[])?;
+        self.spawn_per_plane([&planes.virt], "etcd", Plane::etcd_args, &[])?;
         let mut apiserver_extra = self.opts.apiserver_args.clone();
         if self.opts.real_nodes > 0 {
             apiserver_extra.extend(self.prepare_real_node(deadline).await?);

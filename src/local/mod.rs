@@ -36,7 +36,7 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 pub(crate) use plane::Plane;
-pub use plane::{Ports, Role, VIRTUAL_DISABLED_CONTROLLERS};
+pub use plane::{Datastore, Ports, Role, VIRTUAL_DISABLED_CONTROLLERS};
 pub use ports::StackPorts;
 pub use probe::{api_ready, http_get, http_ok};
 pub use restart::request_restart;

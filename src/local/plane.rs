@@ -20,6 +20,46 @@ const CERT_VALIDITY: Duration = Duration::from_secs(365 * 86_400);
 /// The host's service CIDR, which the virtual plane shares.
 pub const SERVICE_CIDR: &str = "10.96.0.0/16";
 
+/// What a plane's kube-apiserver keeps its objects in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Datastore {
+    /// etcd (what kubeadm-style clusters run).
+    #[default]
+    Etcd,
+    /// kine on SQLite (what k3s clusters run): the etcd API over SQL.
+    Kine,
+}
+
+impl Datastore {
+    /// The binary that serves it.
+    pub fn binary(self) -> &'static str {
+        match self {
+            Self::Etcd => "etcd",
+            Self::Kine => "kine",
+        }
+    }
+
+    /// Its arguments for `plane`.
+    pub fn args(self) -> fn(&Plane) -> Vec<String> {
+        match self {
+            Self::Etcd => Plane::etcd_args,
+            Self::Kine => Plane::kine_args,
+        }
+    }
+}
+
+impl std::str::FromStr for Datastore {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "etcd" => Ok(Self::Etcd),
+            "kine" => Ok(Self::Kine),
+            _ => Err(format!("unknown datastore {s:?}: use etcd or kine")),
+        }
+    }
+}
+
 /// The controller-manager controllers disabled on the virtual plane: those that
 /// act on real nodes, cloud resources or volume attachment. The same set is
 /// disabled in the k3s configuration.
@@ -247,6 +287,20 @@ impl Plane {
 
     fn path(&self, rel: &str) -> String {
         self.dir.join(rel).display().to_string()
+    }
+
+    /// kine arguments: the etcd API on the plane's etcd client port (plain
+    /// HTTP on loopback), SQLite under the plane's directory, no metrics
+    /// listener (kine's default is every address's :8080).
+    pub fn kine_args(&self) -> Vec<String> {
+        vec![
+            format!("--listen-address=127.0.0.1:{}", self.ports.etcd_client),
+            format!(
+                "--endpoint=sqlite://{}?_journal=WAL&cache=shared&_busy_timeout=30000",
+                self.path("kine/state.db")
+            ),
+            "--metrics-bind-address=0".to_owned(),
+        ]
     }
 
     /// etcd arguments: plain HTTP on loopback, one member, data under the plane's directory.

@@ -33,6 +33,9 @@ pub struct StackOptions {
     pub real_nodes: u32,
     /// Where the node's images are (`make image`; default: [`super::node::default_image_dir`]).
     pub image_dir: Option<PathBuf>,
+    /// What the host plane's API server stores its objects in (the virtual
+    /// plane always runs etcd).
+    pub host_datastore: super::Datastore,
 }
 
 /// How the stack runs the syncer.
@@ -79,6 +82,12 @@ impl Stack {
     /// (for example on Ctrl-C) calls [`Stack::shutdown`].
     pub fn prepare(opts: StackOptions) -> Result<Self, LocalError> {
         check_binaries(&opts.bin_dir)?;
+        if opts.host_datastore == super::Datastore::Kine && !opts.bin_dir.join("kine").is_file() {
+            return Err(LocalError::MissingBinary {
+                name: "kine".into(),
+                dir: opts.bin_dir.clone(),
+            });
+        }
         if opts.real_nodes > 0 {
             let images = opts
                 .image_dir
@@ -152,9 +161,9 @@ impl Stack {
 
     /// Starts `binary` once per plane, named `<plane>-<binary>`, with the
     /// plane's arguments followed by `extra`.
-    pub(super) fn spawn_per_plane(
+    pub(super) fn spawn_per_plane<const N: usize>(
         &mut self,
-        planes: [&Plane; 2],
+        planes: [&Plane; N],
         binary: &str,
         args: fn(&Plane) -> Vec<String>,
         extra: &[String],

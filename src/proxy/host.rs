@@ -10,6 +10,7 @@ use k8s_openapi::api::authorization::v1::{
     ResourceAttributes, SubjectAccessReview, SubjectAccessReviewSpec,
 };
 use k8s_openapi::api::core::v1::Pod;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference;
 use kube::api::{Api, PostParams};
 
 use super::authn::Identity;
@@ -29,6 +30,9 @@ pub struct HostTarget {
     pub host: kube::Client,
     /// The syncer's virtual client.
     pub virt: kube::Client,
+    /// What the Secrets the front door writes on the host are owned by
+    /// (see [`crate::sync::Context::owner`]).
+    pub owner: Option<OwnerReference>,
 }
 
 impl std::fmt::Debug for HostTarget {

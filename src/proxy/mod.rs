@@ -29,7 +29,7 @@ use kube::api::{Api, Patch, PatchParams};
 use tokio_rustls::TlsAcceptor;
 use tracing::Instrument as _;
 
-use crate::api::ApiError;
+use crate::api::{ApiError, has_owner};
 use crate::discovery;
 use crate::pki::{Ca, CertSpec};
 use authn::{Identity, TokenAuthenticator};
@@ -195,7 +195,7 @@ async fn serving_cert(
     opts: &FrontDoorOptions,
 ) -> Result<Arc<tls::ServingCert>, ProxyError> {
     let vc = target.vcluster.as_str();
-    let ca = tls::serving_ca(&target.host, &target.namespace, vc).await?;
+    let ca = tls::serving_ca(&target.host, &target.namespace, vc, target.owner.as_ref()).await?;
     let cluster_ip = Api::<Service>::namespaced(target.host.clone(), &target.namespace)
         .get_opt(vc)
         .await
@@ -325,6 +325,11 @@ async fn handle(
         }
         Route::Host(t) => shared.target.serve(req, &id, t).await,
         Route::Reject(why) => forward::status(StatusCode::BAD_REQUEST, "BadRequest", &why),
+        Route::NodeProxy(node) => forward::status(
+            StatusCode::FORBIDDEN,
+            "Forbidden",
+            &route::node_proxy_refusal(&node),
+        ),
     }
 }
 
@@ -350,6 +355,10 @@ async fn write_kubeconfig_secret(
             .and_then(|b| std::str::from_utf8(&b.0).ok())
             .and_then(|y| kube::config::Kubeconfig::from_yaml(y).ok())
         && crate::kubeconfig::points_at(&kc, server, serving_ca_pem)
+        && has_owner(
+            existing.metadata.owner_references.as_deref(),
+            target.owner.as_ref(),
+        )
     {
         return Ok(());
     }
@@ -373,6 +382,7 @@ async fn write_kubeconfig_secret(
         metadata: kube::api::ObjectMeta {
             name: Some(name.clone()),
             labels: Some(discovery::labels(vc, discovery::COMPONENT_KUBECONFIG)),
+            owner_references: target.owner.clone().map(|o| vec![o]),
             ..Default::default()
         },
         data: Some(

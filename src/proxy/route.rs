@@ -110,6 +110,16 @@ pub enum Route {
     Host(PodSubresource),
     /// Refused with 400 and this message.
     Reject(String),
+    /// `nodes/<name>/proxy`: refused with 403 and a message that says why
+    /// (virtual Nodes have no kubelet of their own to proxy to).
+    NodeProxy(String),
+}
+
+/// The message of [`Route::NodeProxy`] for node `name`.
+pub fn node_proxy_refusal(name: &str) -> String {
+    format!(
+        "nodes \"{name}\": the node proxy is not served in a virtual cluster: a virtual Node stands for a host node whose kubelet the tenant may not reach; use pods/log, pods/exec, pods/attach or pods/portforward, which the front door serves"
+    )
 }
 
 /// Decodes `%XX` escapes; `None` for a malformed escape or non-UTF-8 result.
@@ -169,6 +179,11 @@ pub fn classify(path: &str, query: Option<&str>) -> Route {
     // Whichever of the raw, decoded or normalized path a later layer acts
     // on, look for the subresource shape in the most resolved one.
     let norm = normalized_segments(&decoded);
+    // However it is spelled (`<name>:<port>` too).
+    if let ["api", "v1", "nodes", node, "proxy", ..] = norm.as_slice() {
+        let name = node.split(':').next().unwrap_or(node);
+        return Route::NodeProxy(name.to_owned());
+    }
     let target = match norm.as_slice() {
         ["api", "v1", "namespaces", ns, "pods", name, sub, rest @ ..] => {
             Subresource::parse(sub).map(|sub| (*ns, *name, sub, rest.is_empty()))
@@ -279,6 +294,30 @@ mod tests {
             "/version",
             "/",
             "/api/v1/namespaces/default/pods/p/eviction",
+        ] {
+            assert_eq!(classify(path, None), Route::Virtual, "{path}");
+        }
+    }
+
+    #[test]
+    fn node_proxy_is_refused_however_spelled() {
+        for path in [
+            "/api/v1/nodes/kwok-node-0/proxy",
+            "/api/v1/nodes/kwok-node-0/proxy/stats/summary",
+            "/api/v1/nodes/kwok-node-0:10250/proxy/metrics",
+            "/api/v1/nodes/kwok-node-0/proxy/",
+            "/api/v1/namespaces/../nodes/kwok-node-0/proxy/pods",
+            "//api/v1/nodes/kwok-node-0/./proxy/configz",
+        ] {
+            assert_eq!(
+                classify(path, None),
+                Route::NodeProxy("kwok-node-0".into()),
+                "{path}"
+            );
+        }
+        for path in [
+            "/api/v1/nodes/kwok-node-0",
+            "/api/v1/nodes/kwok-node-0/status",
         ] {
             assert_eq!(classify(path, None), Route::Virtual, "{path}");
         }

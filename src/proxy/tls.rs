@@ -9,13 +9,14 @@ use std::time::{Duration, SystemTime};
 
 use k8s_openapi::ByteString;
 use k8s_openapi::api::core::v1::Secret;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference;
 use kube::api::Api;
 use rustls::server::{ClientHello, ResolvesServerCert, WebPkiClientVerifier};
 use rustls::sign::CertifiedKey;
 use rustls_pki_types::pem::PemObject as _;
 use rustls_pki_types::{CertificateDer, PrivateKeyDer};
 
-use crate::api::{ApiError, Created, create_if_absent};
+use crate::api::{ApiError, Created, adopt, create_if_absent};
 use crate::discovery;
 use crate::pki::{Ca, CertSpec};
 
@@ -55,12 +56,21 @@ fn secret_err(name: &str) -> impl FnOnce(kube::Error) -> TlsError + '_ {
 }
 
 /// Reads the serving CA of vcluster `vc` from its host Secret, creating the
-/// Secret with a new CA when it does not exist yet.
-pub async fn serving_ca(host: &kube::Client, namespace: &str, vc: &str) -> Result<Ca, TlsError> {
+/// Secret with a new CA when it does not exist yet; the Secret is owned by
+/// `owner` (given to an existing one that lacks it).
+pub async fn serving_ca(
+    host: &kube::Client,
+    namespace: &str,
+    vc: &str,
+    owner: Option<&OwnerReference>,
+) -> Result<Ca, TlsError> {
     let name = discovery::serving_ca_secret(vc);
     let api: Api<Secret> = Api::namespaced(host.clone(), namespace);
     for _ in 0..2 {
         if let Some(s) = api.get_opt(&name).await.map_err(secret_err(&name))? {
+            adopt(&api, &name, s.metadata.owner_references.as_deref(), owner)
+                .await
+                .map_err(secret_err(&name))?;
             let data = s.data.unwrap_or_default();
             let get = |k: &str| {
                 data.get(k)
@@ -74,6 +84,7 @@ pub async fn serving_ca(host: &kube::Client, namespace: &str, vc: &str) -> Resul
             metadata: kube::api::ObjectMeta {
                 name: Some(name.clone()),
                 labels: Some(discovery::labels(vc, discovery::COMPONENT_SERVING_CA)),
+                owner_references: owner.map(|o| vec![o.clone()]),
                 ..Default::default()
             },
             type_: Some("kubernetes.io/tls".into()),

@@ -55,6 +55,11 @@ pub struct Settings {
     pub pod_security: Level,
     /// How often the periodic loops look again.
     pub resync: Duration,
+    /// The front door's serving CA (PEM), added to the `ca.crt` of every
+    /// `kube-root-ca.crt` ConfigMap's host copy, so that in-pod clients,
+    /// which reach the virtual API through the front door, can verify it;
+    /// `None` without a front door.
+    pub front_door_ca: Option<String>,
 }
 
 /// One kind the syncer can sync (`--sync` names it).

@@ -52,7 +52,14 @@ pub trait ConfigKind: Object {
     /// Drops the content (never read from the host copy: the content hash
     /// annotation says whether it is current).
     fn slim(&mut self);
+    /// Adds the front door's CA to the host copy of `name`, where pods read
+    /// the CA of their API (the content, not the virtual object).
+    fn trust_front_door(&mut self, _name: &str, _ca: &str) {}
 }
+
+/// The ConfigMap every namespace gets with the API's CA (`ca.crt`), which
+/// service-account volumes project.
+pub const ROOT_CA_CONFIGMAP: &str = "kube-root-ca.crt";
 
 impl ConfigKind for ConfigMap {
     const KIND: &'static str = "ConfigMap";
@@ -69,6 +76,17 @@ impl ConfigKind for ConfigMap {
     fn slim(&mut self) {
         self.data = None;
         self.binary_data = None;
+    }
+    fn trust_front_door(&mut self, name: &str, ca: &str) {
+        if name != ROOT_CA_CONFIGMAP {
+            return;
+        }
+        if let Some(bundle) = self.data.as_mut().and_then(|d| d.get_mut("ca.crt")) {
+            if !bundle.ends_with('\n') {
+                bundle.push('\n');
+            }
+            bundle.push_str(ca);
+        }
     }
     fn content(&self) -> Self {
         ConfigMap {
@@ -123,6 +141,7 @@ pub struct ConfigRule<K> {
     scope: Scope,
     pods: Option<Cache<Pod>>,
     ingresses: Option<Cache<Ingress>>,
+    front_door_ca: Option<String>,
     kind: PhantomData<fn() -> K>,
 }
 
@@ -134,8 +153,16 @@ impl<K> ConfigRule<K> {
             scope,
             pods,
             ingresses,
+            front_door_ca: None,
             kind: PhantomData,
         }
+    }
+
+    /// This rule with the front door's CA added where pods read their API's CA.
+    #[must_use]
+    pub fn trusting(mut self, front_door_ca: Option<String>) -> Self {
+        self.front_door_ca = front_door_ca;
+        self
     }
 }
 
@@ -186,6 +213,9 @@ impl<K: ConfigKind> Rule for ConfigRule<K> {
             return Decision::REMOVE;
         }
         let mut out = v.content();
+        if let Some(ca) = &self.front_door_ca {
+            out.trust_front_door(&name, ca);
+        }
         *out.meta_mut() = ObjectMeta {
             labels: Some(copy_unreserved(v.meta().labels.as_ref())),
             annotations: Some(copy_unreserved(v.meta().annotations.as_ref())),
@@ -226,7 +256,8 @@ fn register<K: ConfigKind>(a: &mut Assembly) {
     let ingresses = (scope == Scope::Referenced && a.selected("ingresses"))
         .then(|| a.cache::<Ingress>(Side::Virtual));
     let (watch_pods, watch_ingresses) = (pods.is_some(), ingresses.is_some());
-    let engine = a.engine(ConfigRule::<K>::new(scope, pods, ingresses));
+    let ca = a.settings().front_door_ca.clone();
+    let engine = a.engine(ConfigRule::<K>::new(scope, pods, ingresses).trusting(ca));
     let keys = |namespace: Option<String>, names: Vec<String>| {
         let namespace = namespace.unwrap_or_default();
         names.into_iter().map(move |name| VirtualKey {

@@ -5,6 +5,7 @@
 
 use std::fmt::Debug;
 
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference;
 use kube::Resource;
 use kube::runtime::events::{Event as KubeEvent, EventType, Recorder, Reporter};
 
@@ -53,12 +54,17 @@ pub struct Context {
     pub virt: kube::Client,
     /// Publishes events on virtual objects.
     pub recorder: Recorder,
+    /// The host object every host copy is owned by (the vcluster's
+    /// StatefulSet), so that the host's garbage collector removes the copies
+    /// when it goes (`helm uninstall`); `None` in the dev stack.
+    pub owner: Option<OwnerReference>,
 }
 
 impl Debug for Context {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Context")
             .field("names", &self.names)
+            .field("owner", &self.owner.as_ref().map(|o| &o.name))
             .finish_non_exhaustive()
     }
 }
@@ -78,7 +84,20 @@ impl Context {
             host,
             virt,
             recorder,
+            owner: None,
         }
+    }
+
+    /// This context with host copies owned by `owner`.
+    #[must_use]
+    pub fn with_owner(mut self, owner: Option<OwnerReference>) -> Self {
+        self.owner = owner;
+        self
+    }
+
+    /// The owner references every host object the syncer writes carries.
+    pub fn owner_references(&self) -> Option<Vec<OwnerReference>> {
+        self.owner.clone().map(|o| vec![o])
     }
 
     /// Ownership markers of this vcluster.

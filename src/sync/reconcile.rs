@@ -186,6 +186,9 @@ impl<R: Rule> Engine<R> {
         meta.annotations
             .get_or_insert_default()
             .extend(own.annotations(key, &uid));
+        // Collected with the vcluster (a copy written before it had an owner
+        // gains the reference on this write: its content hash changes).
+        meta.owner_references = self.ctx.owner_references();
         meta.managed_fields = None;
         meta.resource_version = None;
         meta.uid = None;
@@ -287,7 +290,9 @@ impl<R: Rule> Engine<R> {
     /// The create-only apply carries resourceVersion "1" as a precondition:
     /// an apply that creates ignores it, one that would change an existing
     /// object fails with 409 Conflict, because no object has that version
-    /// (etcd's first write is revision 2). One round trip per new copy
+    /// (etcd's first write is revision 2; on kine's SQL backends the
+    /// revision is the row id, and row 1 is kine's own `compact_rev_key`,
+    /// written before it serves). One round trip per new copy
     /// instead of a GET before the apply, and no window between them.
     async fn apply_host(
         &self,

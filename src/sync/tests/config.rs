@@ -221,3 +221,23 @@ fn pull_secrets_and_secret_keys_are_references() {
     )];
     assert!(removed(&secrets(pods, vec![]).decide(&names(), &s, None)));
 }
+
+#[test]
+fn the_root_ca_copy_also_trusts_the_front_door() {
+    let rule = ConfigRule::<ConfigMap>::new(Scope::All, None, None)
+        .trusting(Some("FRONT DOOR CA\n".into()));
+    let root: ConfigMap = obj(json!({
+        "metadata": {"name": "kube-root-ca.crt", "namespace": "shop"},
+        "data": {"ca.crt": "VIRTUAL CA"}
+    }));
+    let out = synced(rule.decide(&names(), &root, None));
+    assert_eq!(
+        out.data.unwrap()["ca.crt"],
+        "VIRTUAL CA\nFRONT DOOR CA\n",
+        "pods verify the front door they reach"
+    );
+    // Any other ConfigMap is copied as it is.
+    let other = configmap("shop", "settings");
+    let out = synced(rule.decide(&names(), &other, None));
+    assert_eq!(out.data, other.data);
+}

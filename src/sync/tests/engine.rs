@@ -12,6 +12,7 @@ use futures::FutureExt as _;
 use http::{Method, Request, Response};
 use k8s_openapi::api::core::v1::{ConfigMap, Pod};
 use k8s_openapi::api::networking::v1::Ingress;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference;
 use kube::Resource;
 use kube::client::Body;
 use serde_json::{Value, json};
@@ -127,13 +128,24 @@ fn feed<K: Object>(objects: Vec<K>) -> Feed<K> {
 }
 
 fn setup<R: Rule>(rule: R, virt: Vec<R::V>, host: Vec<R::H>) -> Setup<R> {
+    setup_owned(rule, virt, host, None)
+}
+
+/// [`setup`] with host copies owned by `owner`.
+fn setup_owned<R: Rule>(
+    rule: R,
+    virt: Vec<R::V>,
+    host: Vec<R::H>,
+    owner: Option<OwnerReference>,
+) -> Setup<R> {
     let (host_service, host_handle) = tower_test::mock::pair::<Request<Body>, Response<Body>>();
     let (virt_service, virt_handle) = tower_test::mock::pair::<Request<Body>, Response<Body>>();
     let ctx = Context::new(
         names(),
         kube::Client::new(host_service, "default"),
         kube::Client::new(virt_service, "default"),
-    );
+    )
+    .with_owner(owner);
     Setup {
         engine: Engine::new(rule, Arc::new(ctx), feed(virt), feed(host)),
         host: MockApi(host_handle),

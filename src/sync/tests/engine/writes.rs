@@ -247,3 +247,51 @@ async fn a_refusal_without_an_alternative_is_told_to_the_tenant_and_retried() {
         assert_eq!(err.category(), "rejected", "{case}: {err}");
     }
 }
+
+#[tokio::test]
+async fn a_copy_written_without_an_owner_gains_it_on_the_next_write() {
+    // Written by a syncer that had no owner.
+    let Setup {
+        engine, mut host, ..
+    } = setup(all_configmaps(), vec![cm("v")], vec![]);
+    let (_, first) = scenario(
+        reconciling(&engine, &cm_key(), false),
+        host.answer(200, echo(json!({"metadata": {"uid": "h1"}}))),
+    )
+    .await;
+    assert_eq!(first.body["metadata"].get("ownerReferences"), None);
+    let written: ConfigMap = obj(merged(
+        first.body.clone(),
+        json!({"metadata": {"uid": "h1"}}),
+    ));
+    // The chart's syncer: owned by the StatefulSet. Not forced, content unchanged.
+    let owner: OwnerReference = serde_json::from_value(json!({
+        "apiVersion": "apps/v1", "kind": "StatefulSet", "name": "vc", "uid": "s1",
+        "blockOwnerDeletion": false,
+    }))
+    .unwrap();
+    let Setup {
+        engine,
+        mut host,
+        mut virt,
+    } = setup_owned(all_configmaps(), vec![cm("v")], vec![written], Some(owner));
+    let (got, apply) = scenario(
+        reconciling(&engine, &cm_key(), false),
+        host.answer(200, echo(json!({}))),
+    )
+    .await;
+    assert!(matches!(got, Ok(None)), "{got:?}");
+    assert_apply(&apply, HOST_CM, false);
+    assert_ne!(
+        hash(&apply),
+        hash(&first),
+        "the owner is part of the content"
+    );
+    assert_eq!(
+        apply.body["metadata"]["ownerReferences"],
+        json!([{"apiVersion": "apps/v1", "kind": "StatefulSet", "name": "vc", "uid": "s1",
+            "blockOwnerDeletion": false}])
+    );
+    host.assert_quiet();
+    virt.assert_quiet();
+}
