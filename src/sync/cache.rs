@@ -453,7 +453,7 @@ where
 
 /// A watch that keeps `writer`'s cache of compact objects (after clearing
 /// `managedFields` and passing each object through `slim`), relists after
-/// expiry, retries with backoff, calls `on_relist` for each list after the
+/// expiry, retries with a short backoff ([`super::outage::WatchBackoff`]), calls `on_relist` for each list after the
 /// first, and yields each object it sees change (parsed, slimmed).
 pub fn watch<K>(
     api: Api<K>,
@@ -474,7 +474,7 @@ where
 {
     let mut lists = 0u64;
     watcher(api, config)
-        .default_backoff()
+        .backoff(super::outage::WatchBackoff::default())
         .map_ok(move |ev| {
             let ev = ev.modify(|o| {
                 o.managed_fields_mut().clear();

@@ -4,10 +4,12 @@
 //! that talks to the APIs).
 
 use std::fmt::Debug;
+use std::sync::Arc;
 
 use kube::Resource;
 use kube::runtime::events::{Event as KubeEvent, EventType, Recorder, Reporter};
 
+use super::outage::Outage;
 use crate::translate::{Ownership, VclusterName, VirtualKey, host_name};
 
 /// Kubernetes keeps an event's note to 1 KiB.
@@ -53,6 +55,8 @@ pub struct Context {
     pub virt: kube::Client,
     /// Publishes events on virtual objects.
     pub recorder: Recorder,
+    /// Noticed API server outages, and the recoveries that follow.
+    pub outage: Arc<Outage>,
 }
 
 impl Debug for Context {
@@ -78,6 +82,7 @@ impl Context {
             host,
             virt,
             recorder,
+            outage: Arc::default(),
         }
     }
 

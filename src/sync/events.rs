@@ -47,7 +47,7 @@ fn copy_of(
 pub async fn run(ctx: std::sync::Arc<Context>, host_pods: Cache<Pod>, virtual_pods: Cache<Pod>) {
     let api: Api<Event> = Api::namespaced(ctx.host.clone(), &ctx.names.host_namespace);
     let stream = watcher(api, watcher::Config::default())
-        .default_backoff()
+        .backoff(super::outage::WatchBackoff::default())
         .applied_objects();
     futures::pin_mut!(stream);
     while let Some(ev) = stream.next().await {
