@@ -237,34 +237,33 @@ async fn burst(v: Client, ns: String, n: usize) {
         .for_each_concurrent(16, |item| {
             let (v, ns) = (v.clone(), ns.clone());
             async move {
-                let api = || (v.clone(), ns.as_str());
                 match item {
-                    Item::Pod(i) => create_retrying(Api::<Pod>::namespaced(api().0, api().1), json!({
+                    Item::Pod(i) => create_retrying(Api::<Pod>::namespaced(v.clone(), &ns), json!({
                         "metadata": {"name": format!("p-{i}"), "labels": {"app": "burst"}},
                         "spec": {"containers": [{"name": "c", "image": "registry.invalid/burst:1",
                             "envFrom": [{"configMapRef": {"name": "settings"}},
                                         {"secretRef": {"name": format!("s-{}", i / 10)}}]}]},
                     })).await,
-                    Item::Secret(j) => create_retrying(Api::<Secret>::namespaced(api().0, api().1), json!({
+                    Item::Secret(j) => create_retrying(Api::<Secret>::namespaced(v.clone(), &ns), json!({
                         "metadata": {"name": format!("s-{j}")},
                         "stringData": {"token": format!("t-{j}")},
                     })).await,
-                    Item::Service(j) => create_retrying(Api::<Service>::namespaced(api().0, api().1), json!({
+                    Item::Service(j) => create_retrying(Api::<Service>::namespaced(v.clone(), &ns), json!({
                         "metadata": {"name": format!("svc-{j}")},
                         "spec": {"selector": {"app": "burst"}, "ports": [{"port": 80}]},
                     })).await,
                     Item::External(j) => {
-                        create_retrying(Api::<Service>::namespaced(api().0, api().1), json!({
+                        create_retrying(Api::<Service>::namespaced(v.clone(), &ns), json!({
                             "metadata": {"name": format!("ext-{j}")},
                             "spec": {"ports": [{"port": 80}]},
                         })).await;
-                        create_retrying(Api::<Endpoints>::namespaced(api().0, api().1), json!({
+                        create_retrying(Api::<Endpoints>::namespaced(v.clone(), &ns), json!({
                             "metadata": {"name": format!("ext-{j}")},
                             "subsets": [{"addresses": [{"ip": format!("{EXTERNAL_NET}.{}", j % 250 + 1)}],
                                          "ports": [{"port": 80}]}],
                         })).await;
                     }
-                    Item::Ingress(j) => create_retrying(Api::<Ingress>::namespaced(api().0, api().1), json!({
+                    Item::Ingress(j) => create_retrying(Api::<Ingress>::namespaced(v.clone(), &ns), json!({
                         "metadata": {"name": format!("ing-{j}")},
                         "spec": {"rules": [{"host": format!("ing-{j}.{ns}.faults.test"),
                             "http": {"paths": [{"path": "/", "pathType": "Prefix",
@@ -474,6 +473,18 @@ fn report(what: &str, ready: Instant, burst_done: Instant, exact: Instant) {
     ));
 }
 
+/// Waits until the host namespace holds no `K` matching `sel` (of virtual namespace `ns`).
+async fn gone<K>(h: &Client, ns: &str, sel: &str, bound: Duration)
+where
+    K: kube::Resource<Scope = k8s_openapi::NamespaceResourceScope, DynamicType = ()>
+        + Clone
+        + serde::de::DeserializeOwned
+        + std::fmt::Debug,
+{
+    let what = format!("host {}s of namespace {ns} to go", K::kind(&()));
+    none_left_within(&what, &Api::<K>::namespaced(h.clone(), HOST_NS), sel, bound).await;
+}
+
 /// Deletes virtual namespace `ns` and waits until the host holds nothing of it.
 async fn clean(env: &Env, ns: &str) {
     let (v, h) = clients(env).await;
@@ -483,49 +494,12 @@ async fn clean(env: &Env, ns: &str) {
         .unwrap();
     let sel = format!("{OWNER_LABEL}={VC},{NAMESPACE_LABEL}={ns}");
     let bound = env.mode.bound;
-    let what = |kind: &str| format!("host {kind} of namespace {ns} to go");
-    none_left_within(
-        &what("Pods"),
-        &Api::<Pod>::namespaced(h.clone(), HOST_NS),
-        &sel,
-        bound,
-    )
-    .await;
-    none_left_within(
-        &what("ConfigMaps"),
-        &Api::<ConfigMap>::namespaced(h.clone(), HOST_NS),
-        &sel,
-        bound,
-    )
-    .await;
-    none_left_within(
-        &what("Secrets"),
-        &Api::<Secret>::namespaced(h.clone(), HOST_NS),
-        &sel,
-        bound,
-    )
-    .await;
-    none_left_within(
-        &what("Services"),
-        &Api::<Service>::namespaced(h.clone(), HOST_NS),
-        &sel,
-        bound,
-    )
-    .await;
-    none_left_within(
-        &what("Endpoints"),
-        &Api::<Endpoints>::namespaced(h.clone(), HOST_NS),
-        &sel,
-        bound,
-    )
-    .await;
-    none_left_within(
-        &what("Ingresses"),
-        &Api::<Ingress>::namespaced(h, HOST_NS),
-        &sel,
-        bound,
-    )
-    .await;
+    gone::<Pod>(&h, ns, &sel, bound).await;
+    gone::<ConfigMap>(&h, ns, &sel, bound).await;
+    gone::<Secret>(&h, ns, &sel, bound).await;
+    gone::<Service>(&h, ns, &sel, bound).await;
+    gone::<Endpoints>(&h, ns, &sel, bound).await;
+    gone::<Ingress>(&h, ns, &sel, bound).await;
 }
 
 /// A pseudo-random duration in `0..max` (no seedable source needed: the
