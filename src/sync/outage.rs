@@ -132,14 +132,15 @@ impl Outage {
 }
 
 /// Whether `client`'s API server answers `GET /readyz` with 200 within 2 s
-/// (open to every client through `system:public-info-viewer`).
+/// (open to every client through `system:public-info-viewer`). Sent raw: a
+/// "not ready" answer is what is asked, not an error to log.
 async fn ready(client: &kube::Client) -> bool {
-    let Ok(req) = http::Request::get("/readyz").body(Vec::new()) else {
+    let Ok(req) = http::Request::get("/readyz").body(kube::client::Body::from(Vec::new())) else {
         return false;
     };
     matches!(
-        tokio::time::timeout(Duration::from_secs(2), client.request_text(req)).await,
-        Ok(Ok(_))
+        tokio::time::timeout(Duration::from_secs(2), client.send(req)).await,
+        Ok(Ok(resp)) if resp.status().is_success()
     )
 }
 
