@@ -103,7 +103,7 @@ fuzz-short:
 fuzz-tools:
 	@command -v cargo-fuzz >/dev/null || $(CARGO) install cargo-fuzz --locked
 
-## faults: the full fault runs (1,000-pod bursts, five syncer kills, API server restarts, compaction, drift)
+## faults: the full fault runs (1,000-pod bursts of every synced kind, twenty syncer kills, API server restarts, compaction, drift)
 faults: prereqs kube-bins
 	VCLUSTER_FAULTS=full $(CARGO) test --locked --test e2e_faults
 

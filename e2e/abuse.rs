@@ -414,3 +414,54 @@ pub fn foreign_tokens_and_impersonation_are_refused(env: &Env) {
     });
     others_are_served(env);
 }
+
+/// The front door's connection cap in `e2e_frontdoor` (lowered from the
+/// default through `VCLUSTER_FRONT_DOOR_MAX_CONNECTIONS`, which the stack's
+/// syncer inherits; above what the other abuse cases hold at once).
+pub const CONNECTION_CAP: usize = 256;
+
+pub fn connections_over_the_cap_are_closed_at_once(env: &Env) {
+    block_on(async {
+        // The cap's worth of connections that have not started TLS yet
+        // (each holds its slot until the handshake timeout).
+        let mut held = Vec::new();
+        for _ in 0..CONNECTION_CAP {
+            held.push(TcpStream::connect(("127.0.0.1", port(env))).await.unwrap());
+        }
+        // Accepted after them (the listen queue is first come, first
+        // served): closed at once, not after the handshake timeout.
+        let mut over = TcpStream::connect(("127.0.0.1", port(env))).await.unwrap();
+        let started = Instant::now();
+        until_closed(
+            "a connection over the cap",
+            &mut over,
+            HANDSHAKE_TIMEOUT / 2,
+        )
+        .await;
+        let took = started.elapsed();
+        // The held ones stay open meanwhile.
+        let mut buf = [0u8; 1];
+        let first = tokio::time::timeout(Duration::from_millis(200), held[0].read(&mut buf)).await;
+        assert!(first.is_err(), "a held connection was closed: {first:?}");
+        drop(held);
+        // Their slots come back.
+        let (_, cert, key) = admin_material(env);
+        eventually(
+            "the front door to serve again",
+            Duration::from_secs(30),
+            || async {
+                let mut c = tls(env, Some((pem_certs(&cert), pem_key(&key))))
+                    .await
+                    .map_err(|e| format!("{e:?}"))?;
+                let answer = get_on(&mut c).await;
+                if answer.starts_with("HTTP/1.1 200") {
+                    Ok(())
+                } else {
+                    Err(answer)
+                }
+            },
+        )
+        .await;
+        println!("a connection over the cap of {CONNECTION_CAP} was closed after {took:?}");
+    });
+}

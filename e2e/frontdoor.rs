@@ -792,15 +792,22 @@ const ABUSE: &[Test<Env>] = &[
     ),
 ];
 
+/// Run alone, after the abuse cases: it fills the front door to its cap.
+const CAP: &[Test<Env>] = &[(
+    "connections_over_the_cap_are_closed_at_once",
+    abuse::connections_over_the_cap_are_closed_at_once,
+)];
+
 fn main() {
     let args = Arguments::from_args();
-    list_or_check(&args, &[TESTS, ABUSE]);
+    list_or_check(&args, &[TESTS, ABUSE, CAP]);
+    let cap = abuse::CONNECTION_CAP.to_string();
     let env = Arc::new(Env {
-        stack: DevStack::up(&[]),
+        stack: DevStack::up_with_env(&[], &[("VCLUSTER_FRONT_DOOR_MAX_CONNECTIONS", &cap)]),
     });
     // The abuse cases hold connections open for a while: after the others
     // (one of which restarts the front door).
-    let failed = run_groups(&args, &env, &[(TESTS, None), (ABUSE, None)]);
+    let failed = run_groups(&args, &env, &[(TESTS, None), (ABUSE, None), (CAP, Some(1))]);
     if failed > 0 {
         eprintln!("{}", logs(env.stack.dir.path()));
     }

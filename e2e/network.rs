@@ -1306,6 +1306,99 @@ fn service_types_outside_the_policy_stay_off_the_host(env: &Env) {
     });
 }
 
+/// A Service that loses its selector: the Endpoints the host's endpoints
+/// controller derived from its host copy (our labels copied, no source
+/// markers) are taken over by the tenant's own, not reported as a name
+/// collision every 30 s.
+fn a_service_losing_its_selector_gets_the_tenants_endpoints(env: &Env) {
+    block_on(async {
+        let (v, h) = clients_of(env).await;
+        let ns = "unselect";
+        namespace(&v, ns).await;
+        create(
+            &Api::<Pod>::namespaced(v.clone(), ns),
+            json!({"metadata": {"name": "web", "labels": {"app": "web"}},
+                "spec": {"containers": [{"name": "c", "image": "busybox"}]}}),
+        )
+        .await;
+        let pod_ip = pod_ips(&v, ns, "web", 1).await;
+        let vsvc: Api<Service> = Api::namespaced(v.clone(), ns);
+        create(
+            &vsvc,
+            json!({"metadata": {"name": "web"},
+                "spec": {"selector": {"app": "web"}, "ports": [{"port": 80}]}}),
+        )
+        .await;
+        // The host derives Endpoints for the host copy of the Service.
+        until_ips("host-derived Endpoints", &pod_ip, || {
+            host_endpoint_ips(&h, hn(ns, "web"))
+        })
+        .await;
+        vsvc.patch(
+            "web",
+            &PatchParams::default(),
+            &Patch::Merge(json!({"spec": {"selector": null}})),
+        )
+        .await
+        .unwrap();
+        // Now the tenant's to give: it names an address of the allowed range.
+        let veps: Api<Endpoints> = Api::namespaced(v.clone(), ns);
+        let subsets = json!([{"addresses": [{"ip": "192.0.2.40"}], "ports": [{"port": 80}]}]);
+        eventually("the tenant's Endpoints to be written", T, || async {
+            let r = match veps.get_opt("web").await.map_err(|e| e.to_string())? {
+                Some(_) => veps
+                    .patch(
+                        "web",
+                        &PatchParams::default(),
+                        &Patch::Merge(json!({"subsets": subsets})),
+                    )
+                    .await
+                    .map(drop),
+                None => veps
+                    .create(
+                        &PostParams::default(),
+                        &serde_json::from_value(
+                            json!({"metadata": {"name": "web"}, "subsets": subsets}),
+                        )
+                        .unwrap(),
+                    )
+                    .await
+                    .map(drop),
+            };
+            r.map_err(|e| e.to_string())
+        })
+        .await;
+        let want: BTreeSet<String> = ["192.0.2.40".to_owned()].into();
+        until_ips("the tenant's Endpoints on the host", &want, || {
+            host_endpoint_ips(&h, hn(ns, "web"))
+        })
+        .await;
+        let host = Api::<Endpoints>::namespaced(h.clone(), HOST_NS)
+            .get(&hn(ns, "web"))
+            .await
+            .unwrap();
+        assert!(
+            host.metadata
+                .annotations
+                .as_ref()
+                .is_some_and(|a| a.contains_key("vcluster.dev/uid")),
+            "{:?}",
+            host.metadata.annotations
+        );
+        let events: Api<Event> = Api::namespaced(v.clone(), ns);
+        let collisions: Vec<_> = events
+            .list(&ListParams::default())
+            .await
+            .unwrap()
+            .items
+            .into_iter()
+            .filter(|e| e.reason.as_deref() == Some("SyncNameCollision"))
+            .filter_map(|e| e.note)
+            .collect();
+        assert!(collisions.is_empty(), "{collisions:?}");
+    });
+}
+
 const TESTS: &[Test<Env>] = &[
     (
         "cluster_ip_and_node_port_parity",
@@ -1343,6 +1436,10 @@ const TESTS: &[Test<Env>] = &[
     (
         "ingress_hosts_served_elsewhere_are_refused",
         ingress_hosts_served_elsewhere_are_refused,
+    ),
+    (
+        "a_service_losing_its_selector_gets_the_tenants_endpoints",
+        a_service_losing_its_selector_gets_the_tenants_endpoints,
     ),
 ];
 

@@ -21,8 +21,14 @@ pub fn vcluster_bin() -> &'static str {
 
 /// Runs `vcluster` with `args` and returns its output.
 pub fn vcluster(args: &[&str]) -> Output {
+    vcluster_with_env(args, &[])
+}
+
+/// [`vcluster`] with `env` set (what it starts inherits it).
+pub fn vcluster_with_env(args: &[&str], env: &[(&str, &str)]) -> Output {
     Command::new(vcluster_bin())
         .args(args)
+        .envs(env.iter().copied())
         .stdin(Stdio::null())
         .output()
         .expect("run vcluster")
@@ -47,6 +53,11 @@ pub struct DevStack {
 impl DevStack {
     /// `vcluster dev up --detach` in a fresh state directory.
     pub fn up(extra: &[&str]) -> Self {
+        Self::up_with_env(extra, &[])
+    }
+
+    /// [`DevStack::up`] with `env` set for the stack's processes.
+    pub fn up_with_env(extra: &[&str], env: &[(&str, &str)]) -> Self {
         let dir = tempfile::Builder::new()
             .prefix("vcluster-e2e-")
             .tempdir()
@@ -59,7 +70,7 @@ impl DevStack {
         let store_arg = store.as_ref().map(|s| format!("--host-datastore={s}"));
         args.extend(store_arg.as_deref());
         args.extend_from_slice(extra);
-        let out = vcluster(&args);
+        let out = vcluster_with_env(&args, env);
         let up_time = started.elapsed();
         let (stdout, stderr) = text(&out);
         assert!(

@@ -136,6 +136,9 @@ pub struct SyncerArgs {
         default_value = "0.0.0.0:8443"
     )]
     front_door_listen: SocketAddr,
+    /// Connections the front door serves at once; more are closed as they arrive.
+    #[arg(long, env = "VCLUSTER_FRONT_DOOR_MAX_CONNECTIONS", default_value_t = crate::proxy::MAX_CONNECTIONS, value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
+    front_door_max_connections: u32,
     /// An extra name or IP of the front door's serving certificate (repeatable).
     #[arg(long = "tls-san", env = "VCLUSTER_TLS_SANS", value_delimiter = ',')]
     tls_sans: Vec<String>,
@@ -184,6 +187,7 @@ pub fn run(args: SyncerArgs) -> anyhow::Result<ExitCode> {
         .client_ca_cert
         .map(|client_ca_cert| crate::proxy::FrontDoorOptions {
             listen: args.front_door_listen,
+            max_connections: args.front_door_max_connections as usize,
             client_ca_cert,
             client_ca_key: args.client_ca_key,
             tls_sans: args.tls_sans,

@@ -46,9 +46,10 @@ pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long a client may take to send a request's headers; also how long a
 /// kept-alive connection may sit idle between requests.
 pub const HEADER_TIMEOUT: Duration = Duration::from_secs(30);
-/// Connections served at once; more are closed as they arrive (each is
-/// bounded in time by the timeouts above until it sends a request).
-pub const MAX_CONNECTIONS: usize = 4096;
+/// Connections served at once by default (`--front-door-max-connections`);
+/// more are closed as they arrive (each is bounded in time by the timeouts
+/// above until it sends a request).
+pub const MAX_CONNECTIONS: u32 = 4096;
 
 /// Front-door failures at start-up.
 #[derive(Debug, thiserror::Error)]
@@ -101,6 +102,8 @@ pub enum ProxyError {
 pub struct FrontDoorOptions {
     /// Listen address.
     pub listen: SocketAddr,
+    /// Connections served at once ([`MAX_CONNECTIONS`] by default).
+    pub max_connections: usize,
     /// The virtual cluster's client CA certificate (PEM file).
     pub client_ca_cert: PathBuf,
     /// Its key (PEM: PKCS#8, or SEC1 for P-256), to sign the admin kubeconfig's certificate;
@@ -161,7 +164,8 @@ pub async fn run(target: HostTarget, opts: FrontDoorOptions) -> Result<(), Proxy
         target,
     });
     tracing::info!(listen = %opts.listen, "front door serving");
-    let slots = Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS));
+    let max = opts.max_connections;
+    let slots = Arc::new(tokio::sync::Semaphore::new(max));
     loop {
         let (stream, peer) = match listener.accept().await {
             Ok(s) => s,
@@ -172,7 +176,7 @@ pub async fn run(target: HostTarget, opts: FrontDoorOptions) -> Result<(), Proxy
             }
         };
         let Ok(slot) = Arc::clone(&slots).try_acquire_owned() else {
-            tracing::warn!(%peer, max = MAX_CONNECTIONS, "front door at its connection limit; closing a new connection");
+            tracing::warn!(%peer, max, "front door at its connection limit; closing a new connection");
             drop(stream);
             continue;
         };

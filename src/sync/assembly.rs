@@ -308,6 +308,8 @@ impl Assembly {
                 self.tasks.push(("cache", watch));
             }
         }
+        let outage = Arc::clone(&ctx.outage).run(ctx.host.clone(), ctx.virt.clone());
+        self.tasks.push(("outage", Box::pin(outage)));
         for (name, task) in self.tasks {
             tokio::spawn(task.instrument(tracing::info_span!("task", name)));
         }

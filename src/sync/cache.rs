@@ -228,9 +228,11 @@ where
     }
 }
 
-/// A map kept by a watch: replaced whole by each complete list (the old
-/// contents stay visible until then), kept current by the events between
-/// lists, ready once the first list is in. Keys are one small string each.
+/// A map kept by a watch: each object of a list is visible as it arrives
+/// (so is a pod that first appears in a relist, to the hooks its arrival
+/// triggers as well); what a complete list no longer holds goes when it
+/// completes. Kept current by the events between lists, ready once the first
+/// list is in. Keys are one small string each.
 pub struct Listed<V> {
     map: RwLock<HashMap<Box<str>, V>>,
     ready: tokio::sync::watch::Sender<bool>,
@@ -280,7 +282,7 @@ pub struct ListWriter<V> {
     fresh: Option<HashMap<Box<str>, V>>,
 }
 
-impl<V> ListWriter<V> {
+impl<V: Clone> ListWriter<V> {
     /// A writer of `to`.
     pub fn new(to: Arc<Listed<V>>) -> Self {
         Self { to, fresh: None }
@@ -297,9 +299,13 @@ impl<V> ListWriter<V> {
         match ev {
             watcher::Event::Init => self.fresh = Some(HashMap::new()),
             watcher::Event::InitApply(o) => {
+                let (k, v) = (key(o), value(o));
                 if let Some(f) = self.fresh.as_mut() {
-                    f.insert(key(o), value(o));
+                    f.insert(k.clone(), v.clone());
                 }
+                // Visible now: readers that its arrival triggers (hooks of
+                // other kinds) must find it before the list completes.
+                self.to.write().insert(k, v);
             }
             watcher::Event::InitDone => {
                 if let Some(f) = self.fresh.take() {
@@ -453,7 +459,7 @@ where
 
 /// A watch that keeps `writer`'s cache of compact objects (after clearing
 /// `managedFields` and passing each object through `slim`), relists after
-/// expiry, retries with backoff, calls `on_relist` for each list after the
+/// expiry, retries with a short backoff ([`super::outage::WatchBackoff`]), calls `on_relist` for each list after the
 /// first, and yields each object it sees change (parsed, slimmed).
 pub fn watch<K>(
     api: Api<K>,
@@ -474,7 +480,7 @@ where
 {
     let mut lists = 0u64;
     watcher(api, config)
-        .default_backoff()
+        .backoff(super::outage::WatchBackoff::default())
         .map_ok(move |ev| {
             let ev = ev.modify(|o| {
                 o.managed_fields_mut().clear();
@@ -561,6 +567,35 @@ mod tests {
             .map(|l| l.keys().map(String::as_str).collect::<Vec<_>>());
         assert_eq!(owner, Some(vec!["vcluster.dev/owner"]));
         assert_eq!(c.meta().annotations, marked.metadata.annotations);
+    }
+
+    #[test]
+    fn a_relist_shows_new_objects_at_once_and_drops_the_gone_at_its_end() {
+        let (cache, mut writer) = cache::<Pod>();
+        let key = |o: &Pod| key_of_meta(o.meta());
+        let value = |o: &Pod| Arc::new(Cached::new(o));
+        let named = |n: &str| {
+            let mut p = pod();
+            p.metadata.name = Some(n.to_owned());
+            p
+        };
+        writer.apply(&watcher::Event::Init, key, value);
+        writer.apply(&watcher::Event::InitApply(named("old")), key, value);
+        writer.apply(&watcher::Event::InitDone, key, value);
+        // A relist (after 410 Gone) in which "old" is gone and "new" appears.
+        writer.apply(&watcher::Event::Init, key, value);
+        writer.apply(&watcher::Event::InitApply(named("new")), key, value);
+        assert!(
+            cache.contains("new", Some("shop")),
+            "seen before the list completes"
+        );
+        assert!(
+            cache.contains("old", Some("shop")),
+            "kept until the list completes"
+        );
+        writer.apply(&watcher::Event::InitDone, key, value);
+        assert!(cache.contains("new", Some("shop")));
+        assert!(!cache.contains("old", Some("shop")));
     }
 
     #[test]

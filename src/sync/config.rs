@@ -256,8 +256,24 @@ fn register<K: ConfigKind>(a: &mut Assembly) {
     let ingresses = (scope == Scope::Referenced && a.selected("ingresses"))
         .then(|| a.cache::<Ingress>(Side::Virtual));
     let (watch_pods, watch_ingresses) = (pods.is_some(), ingresses.is_some());
+    // Decisions read those caches: the engine starts once they are listed
+    // (else a restart would find nothing referenced and remove every copy).
+    let listed = {
+        let (pods, ingresses) = (pods.clone(), ingresses.clone());
+        async move {
+            for cache in pods.iter() {
+                cache.wait_until_ready().await;
+            }
+            for cache in ingresses.iter() {
+                cache.wait_until_ready().await;
+            }
+        }
+    };
     let ca = a.settings().front_door_ca.clone();
-    let engine = a.engine(ConfigRule::<K>::new(scope, pods, ingresses).trusting(ca));
+    let engine = a.engine_after(
+        ConfigRule::<K>::new(scope, pods, ingresses).trusting(ca),
+        listed,
+    );
     let keys = |namespace: Option<String>, names: Vec<String>| {
         let namespace = namespace.unwrap_or_default();
         names.into_iter().map(move |name| VirtualKey {

@@ -4,11 +4,13 @@
 //! that talks to the APIs).
 
 use std::fmt::Debug;
+use std::sync::Arc;
 
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference;
 use kube::Resource;
 use kube::runtime::events::{Event as KubeEvent, EventType, Recorder, Reporter};
 
+use super::outage::Outage;
 use crate::translate::{Ownership, VclusterName, VirtualKey, host_name};
 
 /// Kubernetes keeps an event's note to 1 KiB.
@@ -58,6 +60,8 @@ pub struct Context {
     /// StatefulSet), so that the host's garbage collector removes the copies
     /// when it goes (`helm uninstall`); `None` in the dev stack.
     pub owner: Option<OwnerReference>,
+    /// Noticed API server outages, and the recoveries that follow.
+    pub outage: Arc<Outage>,
 }
 
 impl Debug for Context {
@@ -85,6 +89,7 @@ impl Context {
             virt,
             recorder,
             owner: None,
+            outage: Arc::default(),
         }
     }
 

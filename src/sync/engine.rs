@@ -187,6 +187,11 @@ impl<R: Rule> Engine<R> {
         );
         tokio::spawn(Arc::clone(&self).report_levels().instrument(span("levels")));
         tokio::spawn(Arc::clone(&self).serve_later().instrument(span("later")));
+        tokio::spawn(
+            Arc::clone(&self)
+                .retry_after_outages()
+                .instrument(span("outage")),
+        );
         let workers: Vec<_> = (0..opts.concurrency.max(1))
             .map(|_| tokio::spawn(Arc::clone(&self).worker().instrument(span("worker"))))
             .collect();
@@ -304,6 +309,9 @@ impl<R: Rule> Engine<R> {
                 }
                 Err(e) => {
                     tracing::warn!(namespace = %key.namespace, name = %key.name, error = %e, "reconcile failed");
+                    if category.is_some_and(super::outage::may_be_outage) {
+                        self.ctx.outage.noticed();
+                    }
                     let delay = self.backoff(&key);
                     self.requeue_after(key, delay);
                 }
@@ -328,6 +336,23 @@ impl<R: Rule> Engine<R> {
             })
             .next()
             .unwrap_or(Duration::from_secs(30))
+    }
+
+    /// Retries every failed key at once, with a fresh backoff, each time
+    /// the API servers answer again after an outage.
+    async fn retry_after_outages(self: Arc<Self>) {
+        let mut recovered = self.ctx.outage.recovered();
+        while recovered.changed().await.is_ok() {
+            let keys: Vec<VirtualKey> = lock(&self.failures).drain().map(|(k, _)| k).collect();
+            if !keys.is_empty() {
+                tracing::info!(
+                    kind = R::KIND,
+                    keys = keys.len(),
+                    "retrying after an outage"
+                );
+                self.enqueue_many(keys);
+            }
+        }
     }
 
     pub(super) fn requeue_after(&self, key: VirtualKey, after: Duration) {

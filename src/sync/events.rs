@@ -71,7 +71,7 @@ fn copy_of(names: &Names, sources: &[Source], host_event: &Event) -> Option<(Vir
 pub async fn run(ctx: std::sync::Arc<Context>, sources: Vec<Source>) {
     let api: Api<Event> = Api::namespaced(ctx.host.clone(), &ctx.names.host_namespace);
     let stream = watcher(api, watcher::Config::default())
-        .default_backoff()
+        .backoff(super::outage::WatchBackoff::default())
         .applied_objects();
     futures::pin_mut!(stream);
     while let Some(ev) = stream.next().await {

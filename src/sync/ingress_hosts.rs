@@ -88,7 +88,7 @@ impl HostIngresses {
         let mut lister = ListWriter::new(Arc::clone(&self.map));
         tokio::spawn(async move {
             let own = Ownership::new(&vc);
-            let stream = watcher(api, config).default_backoff();
+            let stream = watcher(api, config).backoff(super::outage::WatchBackoff::default());
             futures::pin_mut!(stream);
             while let Some(ev) = stream.next().await {
                 let ev = match ev {

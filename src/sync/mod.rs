@@ -9,8 +9,9 @@
 //!   objects this vcluster wrote for a virtual object), into compact caches
 //!   ([`cache`]: metadata parsed, the rest compressed JSON, `managedFields`
 //!   stripped, host copies slimmed by the rule); kube-runtime's watcher
-//!   relists on expiry (410 Gone) and retries with backoff across API server
-//!   restarts;
+//!   relists on expiry (410 Gone) and retries with a short backoff across
+//!   API server restarts ([`outage`]: keys that failed during an outage are
+//!   retried as soon as both API servers answer again);
 //! - queues virtual keys in a [`queue::FairQueue`], fair across virtual
 //!   namespaces, and reconciles them with bounded concurrency ([`Engine`]);
 //! - reconciles level-triggered (`reconcile.rs`): desired = rule(virtual);
@@ -42,6 +43,7 @@ pub mod ingresses;
 pub mod metrics;
 pub mod nodes;
 mod options;
+pub mod outage;
 pub mod pods;
 pub mod queue;
 mod reconcile;

@@ -69,7 +69,7 @@ impl TokenIndex {
         let api: Api<PartialObjectMeta<Secret>> =
             Api::namespaced(ctx.host.clone(), &ctx.names.host_namespace);
         let config = config.labels(&format!("{OWNER_LABEL}={},{TOKEN_FOR_LABEL}", ctx.names.vc));
-        let stream = watcher(api, config).default_backoff();
+        let stream = watcher(api, config).backoff(super::outage::WatchBackoff::default());
         futures::pin_mut!(stream);
         let mut writer = ListWriter::new(Arc::clone(&self.renew_at));
         let due = |m: &PartialObjectMeta<Secret>| {

@@ -73,15 +73,29 @@ impl<R: Rule> Engine<R> {
         let h = self.host.try_get(&host_name, Some(&names.host_namespace))?;
         // Ours means written for this very source: host controllers copy a
         // Service's labels (the owner label among them) onto what they derive.
-        let cached = h.is_some();
-        let h = h.filter(|h| names.ownership().virtual_key(h.meta()).as_ref() == Some(key));
+        let (h, derived) = match h {
+            Some(h) => match names.ownership().virtual_key(h.meta()) {
+                Some(of) if of == *key => (Some(h), None),
+                Some(_) => (None, Some(None)),
+                None => (None, Some(Some(h))),
+            },
+            None => (None, None),
+        };
         let Some(v) = v else {
             return self.source_gone(key, h).await;
         };
         match self.rule.decide(names, &v, h.as_ref()) {
+            // Derived by a host controller from one of our objects under the
+            // same name (the Endpoints the host made for our Service while it
+            // had a selector, left behind when the tenant removed it): ours to
+            // take over. Only a sync adopts it; nothing else deletes it.
+            Decision::Sync(desired) if matches!(derived, Some(Some(_))) => {
+                tracing::info!(host = %host_name, "taking over a host object derived from one of ours");
+                self.sync(key, &v, derived.flatten(), desired, force).await
+            }
             // Owned by us but for another source: should not happen with the
             // name scheme; treat it as a collision all the same.
-            Decision::Sync(_) if cached && h.is_none() => self.collision(&v, &host_name).await,
+            Decision::Sync(_) if derived.is_some() => self.collision(&v, &host_name).await,
             Decision::Sync(desired) => self.sync(key, &v, h, desired, force).await,
             other => self.settle(key, &v, h, other).await,
         }

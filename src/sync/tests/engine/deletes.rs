@@ -432,3 +432,38 @@ async fn a_cached_copy_written_for_another_source_is_a_collision() {
     assert_event(&event, "SyncNameCollision", "cfg-x-shop-x-vc");
     host.assert_quiet();
 }
+
+#[tokio::test]
+async fn a_cached_copy_a_host_controller_derived_from_ours_is_taken_over() {
+    // Our owner label (copied by a host controller from one of our objects)
+    // but no source markers: written over in place, no collision.
+    let mut derived = obj::<ConfigMap>(
+        json!({"metadata": {"name": "cfg-x-shop-x-vc", "namespace": "host-ns", "uid": "h1"}}),
+    );
+    derived.metadata.labels = Some(
+        [
+            ("vcluster.dev/owner", "vc"),
+            ("vcluster.dev/namespace", "shop"),
+        ]
+        .map(|(k, v)| (k.to_owned(), v.to_owned()))
+        .into(),
+    );
+    let Setup {
+        engine,
+        mut host,
+        mut virt,
+    } = setup(all_configmaps(), vec![cm("v")], vec![derived]);
+    let (got, apply) = scenario(
+        reconciling(&engine, &cm_key(), false),
+        host.answer(200, echo(json!({}))),
+    )
+    .await;
+    assert!(matches!(got, Ok(None)), "{got:?}");
+    assert_apply(&apply, HOST_CM, false);
+    assert_eq!(
+        apply.body["metadata"]["annotations"]["vcluster.dev/uid"],
+        "u1"
+    );
+    host.assert_quiet();
+    virt.assert_quiet();
+}
