@@ -58,6 +58,9 @@ pub enum SyncerError {
     /// The front door failed.
     #[error("front door: {0}")]
     FrontDoor(#[from] crate::proxy::ProxyError),
+    /// The DNS server could not start.
+    #[error(transparent)]
+    Dns(#[from] crate::dns::DnsError),
     /// The health endpoint could not listen.
     #[error("cannot listen on {addr}: {source}")]
     Listen {
@@ -176,6 +179,8 @@ pub struct SyncerOptions {
     pub kinds: Kinds,
     /// The front door, when it is served.
     pub front_door: Option<crate::proxy::FrontDoorOptions>,
+    /// The cluster DNS, when it is served.
+    pub dns: Option<crate::dns::DnsOptions>,
 }
 
 async fn client_from(path: &Path, which: &'static str) -> Result<kube::Client, SyncerError> {
@@ -238,21 +243,36 @@ pub async fn run(opts: SyncerOptions) -> Result<(), SyncerError> {
     for spec in &opts.kinds.0 {
         (spec.register)(&mut assembly);
     }
+    let dns = match opts.dns.clone() {
+        Some(d) => Some(crate::dns::register(&mut assembly, d)?),
+        None => None,
+    };
     let running = assembly.finish();
     tracing::info!(vcluster = %opts.name, host_namespace = %opts.host_namespace, listen = %opts.listen, kinds = ?opts.kinds.names(), "syncer started");
     let health = serve_health(opts.listen, running).instrument(tracing::info_span!("health"));
-    let Some(fd) = opts.front_door.clone() else {
-        return health.await;
-    };
-    let target = crate::proxy::host::HostTarget {
-        vcluster: opts.name.clone(),
-        namespace: opts.host_namespace.clone(),
-        host,
-        virt,
-    };
-    let front_door = crate::proxy::run(target, fd).instrument(tracing::info_span!("front_door"));
+    let dns = async move {
+        match dns {
+            Some(serve) => serve.await,
+            None => std::future::pending().await,
+        }
+    }
+    .instrument(tracing::info_span!("dns"));
+    let front_door = async {
+        let Some(fd) = opts.front_door.clone() else {
+            return std::future::pending().await;
+        };
+        let target = crate::proxy::host::HostTarget {
+            vcluster: opts.name.clone(),
+            namespace: opts.host_namespace.clone(),
+            host,
+            virt,
+        };
+        crate::proxy::run(target, fd).await
+    }
+    .instrument(tracing::info_span!("front_door"));
     tokio::select! {
         r = front_door => r.map_err(SyncerError::from),
+        r = dns => r.map_err(SyncerError::from),
         r = health => r,
     }
 }
