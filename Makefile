@@ -73,6 +73,7 @@ e2e:
 	$(CARGO) test --locked --test e2e_smoke
 	$(CARGO) test --locked --test e2e_syncer
 	$(CARGO) test --locked --test e2e_network
+	$(CARGO) test --locked --test e2e_dns
 	$(CARGO) test --locked --test e2e_chart
 	$(CARGO) test --locked --test e2e_faults
 	$(CARGO) test --locked --test e2e_frontdoor

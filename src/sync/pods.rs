@@ -32,8 +32,8 @@ use crate::FIELD_MANAGER;
 use crate::policy::pss::{self, Level};
 use crate::translate::markers::OWNER_LABEL;
 use crate::translate::pod::{
-    ApiEndpoint, TOKEN_KEY, TokenSource, host_pod, references, status_up, token_secret_name,
-    token_source,
+    ApiEndpoint, ClusterDns, TOKEN_KEY, TokenSource, host_pod, references, status_up,
+    token_secret_name, token_source,
 };
 use crate::translate::{VirtualKey, host_name};
 
@@ -97,6 +97,7 @@ pub struct PodRule {
     host_secrets: Cache<Secret>,
     nodes: Arc<VirtualNodes>,
     api: ApiEndpoint,
+    dns: Option<ClusterDns>,
     services: Cache<Service>,
     pod_security: Level,
 }
@@ -120,8 +121,14 @@ pub struct PodSources {
 
 impl PodRule {
     /// A pod rule reading `src`, giving pods `api` as the virtual API's
-    /// address and admitting those that meet `pod_security`.
-    pub fn new(src: PodSources, api: ApiEndpoint, pod_security: Level) -> Self {
+    /// address and `dns` as their resolver, and admitting those that meet
+    /// `pod_security`.
+    pub fn new(
+        src: PodSources,
+        api: ApiEndpoint,
+        dns: Option<ClusterDns>,
+        pod_security: Level,
+    ) -> Self {
         Self {
             tokens: src.tokens,
             issued: std::sync::Mutex::default(),
@@ -129,6 +136,7 @@ impl PodRule {
             host_secrets: src.host_secrets,
             nodes: src.nodes,
             api,
+            dns,
             services: src.services,
             pod_security,
         }
@@ -289,7 +297,7 @@ impl Rule for PodRule {
             return Decision::Wait(format!("{what} is not on the host yet"));
         }
         let services = self.services.objects_in(v.namespace().as_deref());
-        let mut desired = host_pod(&names.vc, v, &self.api, &services);
+        let mut desired = host_pod(&names.vc, v, &self.api, &services, self.dns.as_ref());
         if let (Some(h), Some(spec)) = (h.and_then(|h| h.spec.as_ref()), desired.spec.as_mut()) {
             // Container environments are fixed at creation (as service links
             // are for a kubelet): keep the host pod's.
@@ -467,9 +475,21 @@ fn register(a: &mut Assembly) {
         Arc::clone(&src.tokens).run(Arc::clone(&ctx), config),
     );
     let (opts, settings) = (a.opts(), a.settings().clone());
+    let dns_address = a.shared::<crate::dns::DnsAddress>();
     a.spawn("Pod", async move {
         let api = api_endpoint(&ctx, &settings, &services_ready).await;
-        let rule = PodRule::new(src, api, settings.pod_security);
+        // No host pod before the DNS Service has its address.
+        let dns = match settings.cluster_domain.clone() {
+            Some(domain) => {
+                tracing::info!("pods wait for the address of the DNS Service");
+                Some(ClusterDns {
+                    nameserver: dns_address.wait().await,
+                    domain,
+                })
+            }
+            None => None,
+        };
+        let rule = PodRule::new(src, api, dns, settings.pod_security);
         Engine::new(rule, ctx, virt, host).run(opts).await
     });
 }
