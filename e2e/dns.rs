@@ -208,7 +208,8 @@ fn virtual_cluster_ip(env: &Env, ns: &str, name: &str) -> String {
     ip
 }
 
-fn services_and_external_names(env: &Env) {
+/// Waits until `redis` resolves to its cluster IP; returns the IP.
+fn redis_resolves(env: &Env) -> String {
     let redis = virtual_cluster_ip(env, NS, "redis");
     answered(
         env,
@@ -216,6 +217,11 @@ fn services_and_external_names(env: &Env) {
         RecordType::A,
         &set(&[format!("A {redis}")]),
     );
+    redis
+}
+
+fn services_and_external_names(env: &Env) {
+    let redis = redis_resolves(env);
     // Over TCP too, and case-insensitively.
     let m = ask(env, "REDIS.shop.SVC.cluster.local.", RecordType::A, true);
     assert_eq!(answers(&m), set(&[format!("A {redis}")]));
@@ -308,6 +314,7 @@ fn headless_statefulset_pods(env: &Env) {
 }
 
 fn names_outside_go_upstream_once(env: &Env) {
+    redis_resolves(env);
     for _ in 0..3 {
         let m = ask(env, "www.example.test.", RecordType::A, false);
         assert_eq!(answers(&m), set(&[format!("A {UPSTREAM_IP}")]));

@@ -403,6 +403,17 @@ impl Answer {
             ..Self::default()
         }
     }
+
+    /// The addresses of `addrs` of the family `qtype` asks for, named `qname`.
+    fn addresses(qname: &Name, qtype: RecordType, addrs: impl IntoIterator<Item = IpAddr>) -> Self {
+        Self::of(
+            addrs
+                .into_iter()
+                .filter(|ip| family(qtype, ip))
+                .map(|ip| address(qname, ip))
+                .collect(),
+        )
+    }
 }
 
 impl Zone {
@@ -514,13 +525,7 @@ impl Zone {
         } else {
             svc.ips.clone()
         };
-        Answer::of(
-            addrs
-                .into_iter()
-                .filter(|ip| family(qtype, ip))
-                .map(|ip| address(qname, ip))
-                .collect(),
-        )
+        Answer::addresses(qname, qtype, addrs)
     }
 
     fn cname(
@@ -628,13 +633,7 @@ impl Zone {
         if addrs.is_empty() {
             return Answer::nxdomain();
         }
-        Answer::of(
-            addrs
-                .into_iter()
-                .filter(|ip| family(qtype, ip))
-                .map(|ip| address(qname, ip))
-                .collect(),
-        )
+        Answer::addresses(qname, qtype, addrs)
     }
 
     fn pod(&self, r: &Records, qname: &Name, ns: &str, label: &str, qtype: RecordType) -> Answer {
@@ -649,12 +648,7 @@ impl Zone {
         if !known {
             return Answer::nxdomain();
         }
-        Answer::of(
-            [ip].into_iter()
-                .filter(|ip| family(qtype, ip))
-                .map(|ip| address(qname, ip))
-                .collect(),
-        )
+        Answer::addresses(qname, qtype, [ip])
     }
 
     /// PTR of an address the zone knows; everything else goes upstream.
