@@ -37,6 +37,8 @@ const SERVICE_NAME_LABEL: &str = "kubernetes.io/service-name";
 
 /// Namespace and name.
 type Key = (Box<str>, Box<str>);
+/// Namespace, subdomain and hostname.
+type HostKey = (Box<str>, Box<str>, Box<str>);
 
 fn key(ns: &str, name: &str) -> Key {
     (
@@ -92,7 +94,7 @@ pub struct Records {
     slices_of: HashMap<Key, BTreeSet<Box<str>>>,
     pods: HashMap<Key, PodRec>,
     /// Pod names by (namespace, subdomain, hostname).
-    pods_by_host: HashMap<(Box<str>, Box<str>, Box<str>), BTreeSet<Box<str>>>,
+    pods_by_host: HashMap<HostKey, BTreeSet<Box<str>>>,
     /// Services and pods by address.
     by_ip: HashMap<IpAddr, BTreeSet<Owner>>,
     /// Objects per namespace: a namespace with any is a name that exists.
@@ -115,7 +117,7 @@ fn ips(list: impl IntoIterator<Item = impl AsRef<str>>) -> Vec<IpAddr> {
 fn svc_of(s: &Service) -> Option<Svc> {
     let spec = s.spec.as_ref()?;
     let external = (spec.type_.as_deref() == Some("ExternalName"))
-        .then(|| spec.external_name.as_deref())
+        .then_some(spec.external_name.as_deref())
         .flatten()
         .map(|n| {
             n.trim_end_matches('.')
