@@ -81,18 +81,26 @@ fn kubernetes_service(ip: &str, current: Option<&Service>) -> serde_json::Value 
     })
 }
 
-/// One round: the host Service's address once the virtual Service `p` has it.
-pub async fn ensure(
-    ctx: &Context,
-    host_service: &str,
-    p: &Pinned,
-) -> Result<Option<String>, ApiServiceError> {
+/// Where one round of [`ensure`] left a pinned Service.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Pin {
+    /// The host Service has no cluster IP yet.
+    NoHostAddress,
+    /// The virtual Service has the host Service's address.
+    Placed(String),
+    /// The host Service has this address; the virtual Service not yet (or a
+    /// tenant's Service holds the name).
+    Pending(String),
+}
+
+/// One round: puts the virtual Service `p` at the host Service's address.
+pub async fn ensure(ctx: &Context, host_service: &str, p: &Pinned) -> Result<Pin, ApiServiceError> {
     let Some(ip) = host_ip(ctx, host_service)
         .await
         .map_err(fail("read the vcluster's host Service"))?
     else {
         tracing::debug!(service = host_service, "no such host Service yet");
-        return Ok(None);
+        return Ok(Pin::NoHostAddress);
     };
     let api: Api<Service> = Api::namespaced(ctx.virt.clone(), p.namespace);
     let current = api
@@ -102,7 +110,7 @@ pub async fn ensure(
     if let Some(cur) = &current {
         let spec = cur.spec.as_ref();
         if spec.and_then(|s| s.cluster_ip.as_deref()) == Some(ip.as_str()) {
-            return Ok(Some(ip));
+            return Ok(Pin::Placed(ip));
         }
         if !(p.replaceable)(cur) {
             tracing::warn!(
@@ -110,7 +118,7 @@ pub async fn ensure(
                 name = p.name,
                 "a virtual Service of the tenant's holds the name: left alone"
             );
-            return Ok(None);
+            return Ok(Pin::Pending(ip));
         }
         delete_exact(&api, p.name, cur.metadata.uid.clone(), None)
             .await
@@ -122,27 +130,32 @@ pub async fn ensure(
         .map_err(fail("create a virtual Service the syncer keeps"))?;
     if created == Created::AlreadyExisted {
         // The API server re-created it first: next round.
-        return Ok(None);
+        return Ok(Pin::Pending(ip));
     }
     tracing::info!(namespace = p.namespace, name = p.name, cluster_ip = %ip, "virtual Service points at host Service {host_service}");
-    Ok(Some(ip))
+    Ok(Pin::Placed(ip))
 }
 
 /// Keeps the virtual Service `p` at host Service `host_service`'s address
-/// until the process ends, telling `placed` the address each time it is.
+/// until the process ends, telling `known` the host address each round it
+/// is known (whether or not the virtual Service has it yet).
 pub async fn run_pinned(
     ctx: Arc<Context>,
     host_service: String,
     p: Pinned,
-    placed: impl Fn(&str) + Send,
+    known: impl Fn(&str) + Send,
 ) {
     loop {
         let wait = match ensure(&ctx, &host_service, &p).await {
-            Ok(Some(ip)) => {
-                placed(&ip);
+            Ok(Pin::Placed(ip)) => {
+                known(&ip);
                 Duration::from_secs(30)
             }
-            Ok(None) => Duration::from_secs(2),
+            Ok(Pin::Pending(ip)) => {
+                known(&ip);
+                Duration::from_secs(2)
+            }
+            Ok(Pin::NoHostAddress) => Duration::from_secs(2),
             Err(e) => {
                 tracing::warn!(error = %e, namespace = p.namespace, name = p.name, "cannot point a virtual Service at its host Service");
                 Duration::from_secs(5)
