@@ -424,14 +424,5 @@ fn main() {
     });
     let env = Arc::new(Env { stack, syncer });
     let failed = run_groups(&args, &env, &[(TESTS, None)]);
-    if failed > 0 {
-        eprintln!(
-            "--- syncer log tail\n{}",
-            vcluster::local::process::log_tail(&log, 40)
-        );
-    }
-    drop(env);
-    if failed > 0 {
-        std::process::exit(101);
-    }
+    exit_after(failed, &log, env);
 }

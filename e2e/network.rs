@@ -1401,14 +1401,5 @@ fn main() {
     });
     // The isolated phase restarts the syncer: after every other test, one at a time.
     let failed = run_groups(&args, &env, &[(TESTS, None), (ISOLATED, Some(1))]);
-    if failed > 0 {
-        eprintln!(
-            "--- syncer log tail\n{}",
-            vcluster::local::process::log_tail(&log, 40)
-        );
-    }
-    drop(env);
-    if failed > 0 {
-        std::process::exit(101);
-    }
+    exit_after(failed, &log, env);
 }

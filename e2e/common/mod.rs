@@ -543,6 +543,21 @@ pub fn run_groups<E: Send + Sync + 'static>(
     failed
 }
 
+/// Ends a suite: with failures, prints the tail of the syncer's `log`, then
+/// drops `env` (stopping its stack) and exits non-zero.
+pub fn exit_after<E>(failed: u64, log: &Path, env: E) {
+    if failed > 0 {
+        eprintln!(
+            "--- syncer log tail\n{}",
+            vcluster::local::process::log_tail(log, 40)
+        );
+    }
+    drop(env);
+    if failed > 0 {
+        std::process::exit(101);
+    }
+}
+
 /// Handles `--list` for a suite (before any stack starts) and checks the
 /// upstream binaries are built; exits when there is nothing more to do.
 pub fn list_or_check<E>(args: &libtest_mimic::Arguments, groups: &[&[Test<E>]]) {
