@@ -1,8 +1,9 @@
 //! The virtual cluster's DNS, served by the syncer from the caches it
 //! already holds: no DNS pod, no watch of its own.
 //!
-//! - [`records`]: the index of what DNS needs of the virtual Services,
-//!   EndpointSlices and Pods, and the answer to one question (the
+//! - [`index`]: what DNS needs of the virtual Services, EndpointSlices and
+//!   Pods, kept from the caches' hooks;
+//! - [`records`]: the answer to one question over the index (the
 //!   Kubernetes DNS specification's records);
 //! - [`forward`]: names outside the zone, asked of the upstream resolvers,
 //!   with a bounded cache;
@@ -18,6 +19,7 @@
 //! bound and the three caches listed.
 
 pub mod forward;
+pub mod index;
 pub mod records;
 pub mod server;
 
