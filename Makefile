@@ -74,6 +74,7 @@ e2e:
 	$(CARGO) test --locked --test e2e_syncer
 	$(CARGO) test --locked --test e2e_storage
 	$(CARGO) test --locked --test e2e_network
+	$(CARGO) test --locked --test e2e_dns
 	$(CARGO) test --locked --test e2e_chart
 	$(CARGO) test --locked --test e2e_onboarding
 	$(CARGO) test --locked --test e2e_faults

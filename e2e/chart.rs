@@ -137,6 +137,42 @@ fn helm_lint_passes(_: &Env) {
         syncer.contains(&"--allowed-service-types=ClusterIP,ExternalName".to_owned()),
         "{syncer:?}"
     );
+    // The cluster DNS: on by default, its Service sends 53 to the syncer's 1053.
+    let docs = render(&[]);
+    let dns = find(&docs, "Service", &format!("{RELEASE}-dns"));
+    let ports: Vec<(String, i64, String)> = dns["spec"]["ports"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| {
+            let s = |k: &str| p[k].as_str().unwrap().to_owned();
+            (s("protocol"), p["port"].as_i64().unwrap(), s("targetPort"))
+        })
+        .collect();
+    assert_eq!(
+        ports,
+        [
+            ("UDP".to_owned(), 53, "dns".to_owned()),
+            ("TCP".to_owned(), 53, "dns-tcp".to_owned())
+        ]
+    );
+    let syncer = container(find(&docs, "StatefulSet", RELEASE), "syncer");
+    let args = args_of(syncer);
+    for want in [
+        "--dns=true",
+        "--dns-port=1053",
+        "--cluster-domain=cluster.local",
+    ] {
+        assert!(args.contains(&want.to_owned()), "{want}: {args:?}");
+    }
+    assert!(syncer["ports"].to_string().contains("1053"), "{syncer}");
+    let off = render(&["--set", "dns.enabled=false"]);
+    assert!(
+        !off.iter()
+            .any(|d| d["metadata"]["name"] == format!("{RELEASE}-dns"))
+    );
+    let args = args_of(container(find(&off, "StatefulSet", RELEASE), "syncer"));
+    assert!(args.contains(&"--dns=false".to_owned()), "{args:?}");
 }
 
 fn k3s_configuration_matches_its_source_of_truth(_: &Env) {

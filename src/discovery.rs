@@ -30,6 +30,14 @@ pub const KUBECONFIG_KEY: &str = "config";
 /// The port the control-plane pod serves the front door on.
 pub const FRONT_DOOR_PORT: u16 = 8443;
 
+/// Port of the syncer's DNS server in the vcluster pod.
+pub const DNS_PORT: u16 = 1053;
+
+/// Name of the host Service sending port 53 to the DNS server of vcluster `name`.
+pub fn dns_service(name: &str) -> String {
+    format!("{name}-dns")
+}
+
 /// Name of the admin kubeconfig Secret of vcluster `name`.
 pub fn kubeconfig_secret(name: &str) -> String {
     format!("vc-{name}")

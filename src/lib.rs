@@ -15,6 +15,7 @@
 //!   chart's `k8s` distro);
 //! - [`proxy`]: the front door (TLS, authentication, impersonation, host
 //!   redirects);
+//! - [`dns`]: the virtual cluster's DNS, served from the syncer's caches;
 //! - [`discovery`]: the labels and names that find a vcluster's host objects;
 //! - [`instances`]: vclusters seen from the host (list, connect, delete);
 //! - [`cli`]: the `vcluster` command line.
@@ -24,6 +25,7 @@ pub mod cli;
 pub mod control_plane;
 pub mod create;
 pub mod discovery;
+pub mod dns;
 pub mod init;
 pub mod instances;
 pub mod kubeconfig;

@@ -72,6 +72,9 @@ pub enum SyncerError {
         /// The host namespace.
         namespace: String,
     },
+    /// The DNS server could not start.
+    #[error(transparent)]
+    Dns(#[from] crate::dns::DnsError),
     /// The health endpoint could not listen.
     #[error("cannot listen on {addr}: {source}")]
     Listen {
@@ -195,6 +198,8 @@ pub struct SyncerOptions {
     /// The StatefulSet (in the host namespace) that owns every host object
     /// the syncer writes; `None`: they have no owner (the dev stack).
     pub owner_statefulset: Option<String>,
+    /// The cluster DNS, when it is served.
+    pub dns: Option<crate::dns::DnsOptions>,
 }
 
 /// The owner reference to StatefulSet `name` in `namespace`: not a
@@ -311,22 +316,37 @@ pub async fn run(opts: SyncerOptions) -> Result<(), SyncerError> {
             crate::init::run(ctx, manifests, reapply).instrument(span),
         );
     }
+    let dns = match opts.dns.clone() {
+        Some(d) => Some(crate::dns::register(&mut assembly, d)?),
+        None => None,
+    };
     let running = assembly.finish();
     tracing::info!(vcluster = %opts.name, host_namespace = %opts.host_namespace, listen = %opts.listen, kinds = ?opts.kinds.names(), "syncer started");
     let health = serve_health(opts.listen, running).instrument(tracing::info_span!("health"));
-    let Some(fd) = opts.front_door.clone() else {
-        return health.await;
-    };
-    let target = crate::proxy::host::HostTarget {
-        vcluster: opts.name.clone(),
-        namespace: opts.host_namespace.clone(),
-        host,
-        virt,
-        owner,
-    };
-    let front_door = crate::proxy::run(target, fd).instrument(tracing::info_span!("front_door"));
+    let dns = async move {
+        match dns {
+            Some(serve) => serve.await,
+            None => std::future::pending().await,
+        }
+    }
+    .instrument(tracing::info_span!("dns"));
+    let front_door = async {
+        let Some(fd) = opts.front_door.clone() else {
+            return std::future::pending().await;
+        };
+        let target = crate::proxy::host::HostTarget {
+            vcluster: opts.name.clone(),
+            namespace: opts.host_namespace.clone(),
+            host,
+            virt,
+            owner,
+        };
+        crate::proxy::run(target, fd).await
+    }
+    .instrument(tracing::info_span!("front_door"));
     tokio::select! {
         r = front_door => r.map_err(SyncerError::from),
+        r = dns => r.map_err(SyncerError::from),
         r = health => r,
     }
 }

@@ -72,6 +72,15 @@ vcluster.dev/component: control-plane
     {{- with .Values.storage.allowedClasses }}
     - --allowed-storage-classes={{ join "," . }}
     {{- end }}
+    - --dns={{ .Values.dns.enabled }}
+    {{- if .Values.dns.enabled }}
+    - --dns-port=1053
+    - --cluster-domain={{ .Values.dns.clusterDomain }}
+    - --dns-service={{ include "vcluster.name" . }}-dns
+    {{- with .Values.dns.upstreams }}
+    - --dns-upstream={{ join "," . }}
+    {{- end }}
+    {{- end }}
     {{- range .Values.syncer.extraArgs }}
     - {{ . | quote }}
     {{- end }}
@@ -81,6 +90,12 @@ vcluster.dev/component: control-plane
   ports:
     - {name: https, containerPort: 8443, protocol: TCP}
     - {name: health, containerPort: 8080, protocol: TCP}
+    {{- if .Values.dns.enabled }}
+    - {name: dns, containerPort: 1053, protocol: UDP}
+    - {name: dns-tcp, containerPort: 1053, protocol: TCP}
+    {{- end }}
+  # /readyz: every engine's initial sync and, with dns.enabled, the DNS
+  # listeners bound and the caches they answer from listed.
   readinessProbe:
     httpGet: {path: /readyz, port: health}
     periodSeconds: 5

@@ -70,6 +70,10 @@ impl DevStack {
         let store_arg = store.as_ref().map(|s| format!("--host-datastore={s}"));
         args.extend(store_arg.as_deref());
         args.extend_from_slice(extra);
+        if !extra.iter().any(|a| a.starts_with("--dns-upstream")) {
+            // Nothing leaves the machine: forwarded names go to a closed local port.
+            args.push(NO_UPSTREAM);
+        }
         let out = vcluster_with_env(&args, env);
         let up_time = started.elapsed();
         let (stdout, stderr) = text(&out);
@@ -276,9 +280,15 @@ pub fn http_ok_blocking(port: u16, path: &str) -> bool {
 
 /// A `vcluster syncer` process run the way the pod runs it, against a dev
 /// stack's planes; killed when dropped.
+/// A DNS upstream that answers nothing (a closed local port): forwarded
+/// names get SERVFAIL, and nothing leaves the machine.
+pub const NO_UPSTREAM: &str = "--dns-upstream=127.0.0.1:9";
+
 pub struct SyncerProcess {
     pub child: std::process::Child,
     pub port: u16,
+    /// Its DNS port (UDP and TCP on 127.0.0.1).
+    pub dns_port: u16,
     pub log: PathBuf,
     pub name: String,
     pub host_namespace: String,
@@ -327,11 +337,35 @@ impl SyncerProcess {
             &["create", "namespace", host_namespace],
             None,
         );
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
+        let free = || {
+            std::net::TcpListener::bind("127.0.0.1:0")
+                .unwrap()
+                .local_addr()
+                .unwrap()
+                .port()
+        };
+        let (port, dns_port) = (free(), free());
+        // The DNS Service the chart creates: synced pods wait for its address.
+        let dns_service = serde_json::json!({
+            "apiVersion": "v1", "kind": "Service",
+            "metadata": {"name": format!("{name}-dns"), "namespace": host_namespace},
+            "spec": {"ports": [{"name": "dns", "port": 53, "protocol": "UDP", "targetPort": 1053},
+                               {"name": "dns-tcp", "port": 53, "protocol": "TCP", "targetPort": 1053}]},
+        });
+        let _ = kubectl(
+            &stack.host_kubeconfig(),
+            &["apply", "-f", "-"],
+            Some(&dns_service.to_string()),
+        );
+        let mut dns_args = vec![
+            "--dns-bind-address".to_owned(),
+            "127.0.0.1".to_owned(),
+            "--dns-port".to_owned(),
+            dns_port.to_string(),
+        ];
+        if !extra.iter().any(|a| a.starts_with("--dns")) {
+            dns_args.push(NO_UPSTREAM.to_owned());
+        }
         let log = stack
             .dir
             .path()
@@ -358,6 +392,7 @@ impl SyncerProcess {
                 "--resync-seconds",
                 "30",
             ])
+            .args(&dns_args)
             .args(extra)
             .env("VCLUSTER_LOG", "info,vcluster=debug")
             .stdout(out.try_clone().unwrap())
@@ -367,6 +402,7 @@ impl SyncerProcess {
         Self {
             child,
             port,
+            dns_port,
             log,
             name: name.to_owned(),
             host_namespace: host_namespace.to_owned(),

@@ -69,6 +69,10 @@ struct UpArgs {
     /// The host namespace the vcluster lives in (created if missing).
     #[arg(long, default_value = "vcluster-dev")]
     host_namespace: String,
+    /// Resolvers the syncer's DNS asks for names outside the cluster
+    /// (comma-separated IP or IP:port; default: those of /etc/resolv.conf).
+    #[arg(long, value_delimiter = ',')]
+    dns_upstream: Vec<String>,
     /// Internal: run as the background supervisor of a detached stack.
     #[arg(long, hide = true)]
     supervise: bool,
@@ -142,6 +146,7 @@ fn options(up: &UpArgs) -> anyhow::Result<StackOptions> {
                 exe: std::env::current_exe().context("cannot find the vcluster executable")?,
                 name: up.name.clone(),
                 host_namespace: up.host_namespace.clone(),
+                dns_upstreams: up.dns_upstream.clone(),
             })
         },
     })
@@ -280,6 +285,9 @@ fn supervisor_args(up: &UpArgs, opts: &StackOptions) -> Vec<String> {
     );
     args.push(format!("--name={}", up.name));
     args.push(format!("--host-namespace={}", up.host_namespace));
+    if !up.dns_upstream.is_empty() {
+        args.push(format!("--dns-upstream={}", up.dns_upstream.join(",")));
+    }
     args.extend(
         opts.vcluster_api_port
             .map(|p| format!("--vcluster-api-port={p}")),

@@ -154,6 +154,28 @@ pub struct SyncerArgs {
     /// removes them when it goes; default: no owner.
     #[arg(long, env = "VCLUSTER_OWNER_STATEFULSET")]
     owner_statefulset: Option<String>,
+    /// Serve the virtual cluster's DNS (and point synced pods at it).
+    #[arg(long, env = "VCLUSTER_DNS", default_value_t = true, action = clap::ArgAction::Set)]
+    dns: bool,
+    /// Port of the DNS server (UDP and TCP); the host Service <name>-dns sends 53 here.
+    #[arg(long, env = "VCLUSTER_DNS_PORT", default_value_t = crate::discovery::DNS_PORT)]
+    dns_port: u16,
+    /// Address the DNS server binds.
+    #[arg(long, env = "VCLUSTER_DNS_BIND_ADDRESS", default_value = "0.0.0.0")]
+    dns_bind_address: std::net::IpAddr,
+    /// The virtual cluster's DNS domain.
+    #[arg(long, env = "VCLUSTER_CLUSTER_DOMAIN", default_value = "cluster.local")]
+    cluster_domain: String,
+    /// Resolvers asked for names outside the cluster (comma-separated IP or
+    /// IP:port; default: the nameservers of /etc/resolv.conf).
+    #[arg(long, env = "VCLUSTER_DNS_UPSTREAM", value_delimiter = ',', value_parser = crate::dns::forward::parse_upstream)]
+    dns_upstream: Vec<SocketAddr>,
+    /// Upstream answers the DNS server keeps at most.
+    #[arg(long, env = "VCLUSTER_DNS_CACHE_SIZE", default_value_t = 10_000)]
+    dns_cache_size: usize,
+    /// The host Service sending port 53 to the DNS server (default: <name>-dns).
+    #[arg(long, env = "VCLUSTER_DNS_SERVICE")]
+    dns_service: Option<String>,
     /// Address of the /healthz and /readyz endpoints.
     #[arg(long, env = "VCLUSTER_HEALTH_LISTEN", default_value = "0.0.0.0:8080")]
     health_listen: SocketAddr,
@@ -196,6 +218,20 @@ pub fn run(args: SyncerArgs) -> anyhow::Result<ExitCode> {
                 .kubeconfig_server
                 .unwrap_or_else(|| format!("https://{name}.{host_namespace}.svc:443")),
         });
+    let dns = args.dns.then(|| crate::dns::DnsOptions {
+        listen: SocketAddr::new(args.dns_bind_address, args.dns_port),
+        domain: args.cluster_domain.clone(),
+        upstreams: if args.dns_upstream.is_empty() {
+            crate::dns::system_upstreams()
+        } else {
+            args.dns_upstream.clone()
+        },
+        cache_size: args.dns_cache_size,
+        host_service: args
+            .dns_service
+            .clone()
+            .unwrap_or_else(|| crate::discovery::dns_service(name.as_str())),
+    });
     let kinds =
         syncer::Kinds::parse(&args.sync, args.sync_all_configs).map_err(anyhow::Error::msg)?;
     let settings = Settings {
@@ -215,6 +251,7 @@ pub fn run(args: SyncerArgs) -> anyhow::Result<ExitCode> {
         pod_security: args.pod_security_standard,
         resync: Duration::from_secs(args.resync_seconds),
         front_door_ca: None,
+        cluster_domain: dns.as_ref().map(|d| d.domain.clone()),
     };
     let init = match args.init_manifests {
         Some(file) => {
@@ -242,6 +279,7 @@ pub fn run(args: SyncerArgs) -> anyhow::Result<ExitCode> {
         listen: args.health_listen,
         front_door,
         owner_statefulset: args.owner_statefulset,
+        dns,
     };
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()

@@ -18,6 +18,8 @@ pub struct StackPorts {
     pub syncer_health: u16,
     /// The syncer's front door.
     pub front_door: u16,
+    /// The syncer's DNS server (UDP and TCP).
+    pub dns: u16,
 }
 
 impl StackPorts {
@@ -55,6 +57,7 @@ impl StackPorts {
             kwok: next(None)?,
             syncer_health: next(None)?,
             front_door: next(None)?,
+            dns: next(None)?,
         })
     }
 }
@@ -88,7 +91,7 @@ mod tests {
         };
         plane(&p.host)
             .chain(plane(&p.virt))
-            .chain([p.kwok, p.syncer_health, p.front_door])
+            .chain([p.kwok, p.syncer_health, p.front_door, p.dns])
             .collect()
     }
 

@@ -47,6 +47,8 @@ pub struct SyncerSpec {
     pub name: String,
     /// The host namespace (created if missing).
     pub host_namespace: String,
+    /// The DNS upstreams (`--dns-upstream`; empty: /etc/resolv.conf's).
+    pub dns_upstreams: Vec<String>,
 }
 
 /// A running local stack.

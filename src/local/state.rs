@@ -66,6 +66,9 @@ pub struct StackState {
     /// The syncer's front door, when the stack runs a syncer.
     #[serde(default)]
     pub front_door: Option<FrontDoorRecord>,
+    /// The syncer's DNS port (UDP and TCP on 127.0.0.1), when it runs one.
+    #[serde(default)]
+    pub dns_port: Option<u16>,
     /// Every child process, in start order.
     pub processes: Vec<ProcessRecord>,
 }
@@ -95,6 +98,7 @@ impl StackState {
             kwok_port: None,
             syncer_port: None,
             front_door: None,
+            dns_port: None,
             processes: Vec::new(),
         }
     }
@@ -116,6 +120,7 @@ impl StackState {
         out.extend(self.kwok_port);
         out.extend(self.syncer_port);
         out.extend(self.front_door.as_ref().map(|f| f.port));
+        out.extend(self.dns_port);
         out
     }
 

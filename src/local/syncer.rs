@@ -50,7 +50,7 @@ impl Stack {
                 "create host namespace {}",
                 spec.host_namespace
             )))?;
-        self.create_api_service(spec, host_client).await?;
+        self.create_host_services(spec, host_client).await?;
         let mut args = vec![
             "syncer".to_owned(),
             format!("--name={}", spec.name),
@@ -58,7 +58,12 @@ impl Stack {
             format!("--host-kubeconfig={}", host_kc.display()),
             format!("--virtual-kubeconfig={}", virt_kc.display()),
             format!("--health-listen=127.0.0.1:{port}"),
+            "--dns-bind-address=127.0.0.1".to_owned(),
+            format!("--dns-port={}", ports.dns),
         ];
+        if !spec.dns_upstreams.is_empty() {
+            args.push(format!("--dns-upstream={}", spec.dns_upstreams.join(",")));
+        }
         // The virtual plane's client CA, beside its admin kubeconfig.
         if let Some(pki) = virt_kc.parent().map(|d| d.join("pki")) {
             let front_door = ports.front_door;
@@ -71,6 +76,7 @@ impl Stack {
         }
         self.spawn_program("syncer", &spec.exe, args, &[])?;
         self.state.syncer_port = Some(port);
+        self.state.dns_port = Some(ports.dns);
         self.state.save()?;
         self.wait_for("syncer /readyz", deadline, || async move {
             http_ok(port, "/readyz").await
@@ -78,39 +84,54 @@ impl Stack {
         .await
     }
 
-    /// The vcluster's API Service in the host namespace, as the chart makes
-    /// it (443 -> the syncer's 8443): its cluster IP is what the virtual
-    /// `default/kubernetes` Service shows and synced pods use.
-    async fn create_api_service(
+    /// The vcluster's host Services, as the chart makes them: the API
+    /// Service (443 -> the syncer's 8443), whose cluster IP the virtual
+    /// `default/kubernetes` Service shows and synced pods use, and the DNS
+    /// Service `<name>-dns` (53 -> the syncer's DNS port, UDP and TCP), the
+    /// nameserver of synced pods.
+    async fn create_host_services(
         &self,
         spec: &SyncerSpec,
         host_client: &kube::Client,
     ) -> Result<(), LocalError> {
-        let svc = Service {
-            metadata: meta(&spec.name, Some(discovery::labels(&spec.name, "api"))),
+        let port = |name: &str, port: i32, target: u16, protocol: &str| ServicePort {
+            name: Some(name.to_owned()),
+            port,
+            target_port: Some(IntOrString::Int(target.into())),
+            protocol: Some(protocol.to_owned()),
+            ..ServicePort::default()
+        };
+        let service = |name: String, component: &str, ports: Vec<ServicePort>| Service {
+            metadata: meta(&name, Some(discovery::labels(&spec.name, component))),
             spec: Some(ServiceSpec {
                 selector: Some(discovery::labels(
                     &spec.name,
                     discovery::COMPONENT_CONTROL_PLANE,
                 )),
-                ports: Some(vec![ServicePort {
-                    name: Some("https".to_owned()),
-                    port: 443,
-                    target_port: Some(IntOrString::Int(discovery::FRONT_DOOR_PORT.into())),
-                    protocol: Some("TCP".to_owned()),
-                    ..ServicePort::default()
-                }]),
+                ports: Some(ports),
                 ..ServiceSpec::default()
             }),
             ..Service::default()
         };
+        let dns = discovery::DNS_PORT;
         let api = Api::namespaced(host_client.clone(), &spec.host_namespace);
-        create_if_absent(&api, &svc)
-            .await
-            .map_err(ApiError::of(format!(
-                "create the vcluster Service {}",
-                spec.name
-            )))?;
+        for svc in [
+            service(
+                spec.name.clone(),
+                "api",
+                vec![port("https", 443, discovery::FRONT_DOOR_PORT, "TCP")],
+            ),
+            service(
+                discovery::dns_service(&spec.name),
+                "dns",
+                vec![port("dns", 53, dns, "UDP"), port("dns-tcp", 53, dns, "TCP")],
+            ),
+        ] {
+            let name = svc.metadata.name.clone().unwrap_or_default();
+            create_if_absent(&api, &svc)
+                .await
+                .map_err(ApiError::of(format!("create the vcluster Service {name}")))?;
+        }
         Ok(())
     }
 

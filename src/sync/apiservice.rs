@@ -23,7 +23,7 @@ pub enum ApiServiceError {
     #[error(transparent)]
     Api(#[from] ApiError),
     /// The Service could not be built.
-    #[error("build the kubernetes Service: {0}")]
+    #[error("build a virtual Service: {0}")]
     Build(#[from] serde_json::Error),
 }
 
@@ -42,69 +42,131 @@ pub async fn host_ip(ctx: &Context, name: &str) -> Result<Option<String>, kube::
         .filter(|ip| !ip.is_empty() && ip != "None"))
 }
 
-/// One round: true when the virtual Service now has the host's address.
-pub async fn ensure(ctx: &Context, host_service: &str) -> Result<bool, ApiServiceError> {
-    let Some(ip) = host_ip(ctx, host_service)
-        .await
-        .map_err(fail("read the vcluster's host Service"))?
-    else {
-        tracing::debug!(
-            service = host_service,
-            "no vcluster Service on the host yet"
-        );
-        return Ok(false);
-    };
-    let api: Api<Service> = Api::namespaced(ctx.virt.clone(), "default");
-    let current = api
-        .get_opt("kubernetes")
-        .await
-        .map_err(fail("read the virtual kubernetes Service"))?;
-    let mut target_port = json!(443);
-    if let Some(cur) = &current {
-        let spec = cur.spec.as_ref();
-        if spec.and_then(|s| s.cluster_ip.as_deref()) == Some(ip.as_str()) {
-            return Ok(true);
-        }
-        if let Some(tp) = spec
-            .and_then(|s| s.ports.as_ref())
-            .and_then(|p| p.first())
-            .and_then(|p| p.target_port.as_ref())
-        {
-            target_port = serde_json::to_value(tp).unwrap_or(target_port);
-        }
-        delete_exact(&api, "kubernetes", cur.metadata.uid.clone(), None)
-            .await
-            .map_err(fail("replace the virtual kubernetes Service"))?;
-    }
-    let svc: Service = serde_json::from_value(json!({
+/// A virtual Service the syncer keeps at the cluster IP of a host Service
+/// (`default/kubernetes` at the vcluster's API Service; `kube-system/kube-dns`
+/// at its DNS Service).
+#[derive(Debug, Clone, Copy)]
+pub struct Pinned {
+    /// Its namespace.
+    pub namespace: &'static str,
+    /// Its name.
+    pub name: &'static str,
+    /// The Service at `ip`, given the one there now (whose ports it may keep).
+    pub build: fn(ip: &str, current: Option<&Service>) -> serde_json::Value,
+    /// Whether the Service there now may be replaced.
+    pub replaceable: fn(&Service) -> bool,
+}
+
+/// The virtual `default/kubernetes` Service.
+pub const KUBERNETES: Pinned = Pinned {
+    namespace: "default",
+    name: "kubernetes",
+    build: kubernetes_service,
+    replaceable: |_| true,
+};
+
+fn kubernetes_service(ip: &str, current: Option<&Service>) -> serde_json::Value {
+    let target_port = current
+        .and_then(|c| c.spec.as_ref())
+        .and_then(|s| s.ports.as_ref())
+        .and_then(|p| p.first())
+        .and_then(|p| p.target_port.as_ref())
+        .and_then(|tp| serde_json::to_value(tp).ok())
+        .unwrap_or(json!(443));
+    json!({
         "metadata": {"name": "kubernetes", "namespace": "default",
                      "labels": {"component": "apiserver", "provider": "kubernetes"}},
         "spec": {"type": "ClusterIP", "clusterIP": ip, "clusterIPs": [ip], "sessionAffinity": "None",
                  "ports": [{"name": "https", "port": 443, "protocol": "TCP", "targetPort": target_port}]}
-    }))?;
-    let created = create_if_absent(&api, &svc)
-        .await
-        .map_err(fail("create the virtual kubernetes Service"))?;
-    if created == Created::AlreadyExisted {
-        // The API server re-created it first: next round.
-        return Ok(false);
-    }
-    tracing::info!(cluster_ip = %ip, "virtual kubernetes Service points at the vcluster Service");
-    Ok(true)
+    })
 }
 
-/// Keeps the virtual `kubernetes` Service at host Service `host_service`'s
-/// address until the process ends.
-pub async fn run(ctx: Arc<Context>, host_service: String) {
+/// Where one round of [`ensure`] left a pinned Service.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Pin {
+    /// The host Service has no cluster IP yet.
+    NoHostAddress,
+    /// The virtual Service has the host Service's address.
+    Placed(String),
+    /// The host Service has this address; the virtual Service not yet (or a
+    /// tenant's Service holds the name).
+    Pending(String),
+}
+
+/// One round: puts the virtual Service `p` at the host Service's address.
+pub async fn ensure(ctx: &Context, host_service: &str, p: &Pinned) -> Result<Pin, ApiServiceError> {
+    let Some(ip) = host_ip(ctx, host_service)
+        .await
+        .map_err(fail("read the vcluster's host Service"))?
+    else {
+        tracing::debug!(service = host_service, "no such host Service yet");
+        return Ok(Pin::NoHostAddress);
+    };
+    let api: Api<Service> = Api::namespaced(ctx.virt.clone(), p.namespace);
+    let current = api
+        .get_opt(p.name)
+        .await
+        .map_err(fail("read a virtual Service the syncer keeps"))?;
+    if let Some(cur) = &current {
+        let spec = cur.spec.as_ref();
+        if spec.and_then(|s| s.cluster_ip.as_deref()) == Some(ip.as_str()) {
+            return Ok(Pin::Placed(ip));
+        }
+        if !(p.replaceable)(cur) {
+            tracing::warn!(
+                namespace = p.namespace,
+                name = p.name,
+                "a virtual Service of the tenant's holds the name: left alone"
+            );
+            return Ok(Pin::Pending(ip));
+        }
+        delete_exact(&api, p.name, cur.metadata.uid.clone(), None)
+            .await
+            .map_err(fail("replace a virtual Service the syncer keeps"))?;
+    }
+    let svc: Service = serde_json::from_value((p.build)(&ip, current.as_ref()))?;
+    let created = create_if_absent(&api, &svc)
+        .await
+        .map_err(fail("create a virtual Service the syncer keeps"))?;
+    if created == Created::AlreadyExisted {
+        // The API server re-created it first: next round.
+        return Ok(Pin::Pending(ip));
+    }
+    tracing::info!(namespace = p.namespace, name = p.name, cluster_ip = %ip, "virtual Service points at host Service {host_service}");
+    Ok(Pin::Placed(ip))
+}
+
+/// Keeps the virtual Service `p` at host Service `host_service`'s address
+/// until the process ends, telling `known` the host address each round it
+/// is known (whether or not the virtual Service has it yet).
+pub async fn run_pinned(
+    ctx: Arc<Context>,
+    host_service: String,
+    p: Pinned,
+    known: impl Fn(&str) + Send,
+) {
     loop {
-        let wait = match ensure(&ctx, &host_service).await {
-            Ok(true) => Duration::from_secs(30),
-            Ok(false) => Duration::from_secs(2),
+        let wait = match ensure(&ctx, &host_service, &p).await {
+            Ok(Pin::Placed(ip)) => {
+                known(&ip);
+                Duration::from_secs(30)
+            }
+            Ok(Pin::Pending(ip)) => {
+                known(&ip);
+                Duration::from_secs(2)
+            }
+            Ok(Pin::NoHostAddress) => Duration::from_secs(2),
             Err(e) => {
-                tracing::warn!(error = %e, "cannot point the virtual kubernetes Service at the vcluster");
+                tracing::warn!(error = %e, namespace = p.namespace, name = p.name, "cannot point a virtual Service at its host Service");
                 Duration::from_secs(5)
             }
         };
         tokio::time::sleep(wait).await;
     }
+}
+
+/// Keeps the virtual `kubernetes` Service at host Service `host_service`'s
+/// address until the process ends.
+pub async fn run(ctx: Arc<Context>, host_service: String) {
+    run_pinned(ctx, host_service, KUBERNETES, |_| {}).await;
 }

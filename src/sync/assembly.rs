@@ -60,6 +60,9 @@ pub struct Settings {
     /// which reach the virtual API through the front door, can verify it;
     /// `None` without a front door.
     pub front_door_ca: Option<String>,
+    /// The cluster domain when the syncer serves DNS: synced pods then ask
+    /// it (at the address [`crate::dns::DnsAddress`] publishes).
+    pub cluster_domain: Option<String>,
 }
 
 /// One kind the syncer can sync (`--sync` names it).
@@ -148,6 +151,7 @@ pub struct Assembly {
     slots: HashMap<(Side, TypeId), Box<dyn AnySlot>>,
     tasks: Vec<Task>,
     ready: Vec<(&'static str, Arc<Readiness>)>,
+    shared: HashMap<TypeId, Arc<dyn Any + Send + Sync>>,
 }
 
 impl std::fmt::Debug for Assembly {
@@ -191,7 +195,31 @@ impl Assembly {
             slots: HashMap::new(),
             tasks: Vec::new(),
             ready: Vec::new(),
+            shared: HashMap::new(),
         }
+    }
+
+    /// The one `T` of this assembly: a value one part publishes and others
+    /// wait for (the DNS Service's address, which pods need).
+    pub fn shared<T: Default + Send + Sync + 'static>(&mut self) -> Arc<T> {
+        let any = Arc::clone(
+            self.shared
+                .entry(TypeId::of::<T>())
+                .or_insert_with(|| Arc::new(T::default())),
+        );
+        match any.downcast::<T>() {
+            Ok(t) => t,
+            // The key is T's TypeId, so the value is a T.
+            Err(_) => unreachable!("shared value type matches its key"),
+        }
+    }
+
+    /// A readiness that `/readyz` waits for under `name`, for a part that is
+    /// not an engine.
+    pub fn readiness(&mut self, name: &'static str) -> Arc<Readiness> {
+        let r = Arc::new(Readiness::default());
+        self.ready.push((name, Arc::clone(&r)));
+        r
     }
 
     /// The shared context.

@@ -21,7 +21,8 @@ use super::{Assembly, Context, Decision, KindSpec, Names, Rule, Side, SyncError}
 use crate::policy::endpoints::{EndpointPolicy, warning};
 use crate::policy::service_types::ServiceTypes;
 use crate::translate::service::{
-    derived_slice, host_endpoint_slice, host_endpoints, is_api_service, selector, slice_service,
+    derived_slice, host_endpoint_slice, host_endpoints, is_api_service, is_kept_by_syncer,
+    selector, slice_service,
 };
 use crate::translate::{Refusal, VirtualKey};
 
@@ -42,10 +43,9 @@ impl EndpointSources {
     /// Whether endpoints of Service `name` in `namespace` are the tenant's to give.
     pub fn tenant_managed(&self, namespace: &str, name: &str) -> bool {
         !is_api_service(Some(namespace), name)
-            && self
-                .services
-                .get(name, Some(namespace))
-                .is_some_and(|s| selector(&s).is_none() && self.types.check(&s).is_ok())
+            && self.services.get(name, Some(namespace)).is_some_and(|s| {
+                selector(&s).is_none() && self.types.check(&s).is_ok() && !is_kept_by_syncer(&s)
+            })
     }
 
     async fn warn_refused<K: kube::Resource<DynamicType = ()>>(

@@ -10,7 +10,13 @@
 //! | `vcluster_syncer_objects_owned` | gauge | kind |
 //! | `vcluster_syncer_watch_restarts_total` | counter | kind, side |
 //! | `vcluster_syncer_watch_errors_total` | counter | kind, side |
+//! | `vcluster_syncer_dns_queries_total` | counter | qtype, rcode, source |
+//! | `vcluster_syncer_dns_duration_seconds` | histogram | source |
 //!
+//! DNS queries (see [`crate::dns`]) count by question type, response code
+//! and source: `zone` (answered from the caches), `forward` (asked
+//! upstream), `cache` (an upstream answer from the forwarding cache); the
+//! forwarded share and the cache hits are ratios of those series.
 //! A watch restart is a relist after the first list (after expiry, a 410
 //! Gone, or an API server that went away); watch errors are the failures
 //! the watcher reported before retrying.
@@ -49,6 +55,27 @@ struct SideLabels {
 
 type HistogramFamily = Family<KindLabels, Histogram, fn() -> Histogram>;
 
+/// Labels of DNS queries.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct DnsLabels {
+    qtype: String,
+    rcode: &'static str,
+    source: &'static str,
+}
+
+/// Labels of DNS latencies.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct SourceLabels {
+    source: &'static str,
+}
+
+type DnsHistogramFamily = Family<SourceLabels, Histogram, fn() -> Histogram>;
+
+fn dns_histogram() -> Histogram {
+    // 10 µs .. ~5 s.
+    Histogram::new(exponential_buckets(0.000_01, 2.5, 15))
+}
+
 fn reconcile_histogram() -> Histogram {
     // 1 ms .. ~33 s.
     Histogram::new(exponential_buckets(0.001, 2.0, 16))
@@ -65,6 +92,8 @@ pub struct Metrics {
     owned: Family<KindLabels, Gauge>,
     watch_restarts: Family<SideLabels, Counter>,
     watch_errors: Family<SideLabels, Counter>,
+    dns_queries: Family<DnsLabels, Counter>,
+    dns_duration: DnsHistogramFamily,
 }
 
 impl Default for Metrics {
@@ -77,6 +106,18 @@ impl Default for Metrics {
         let owned = Family::<KindLabels, Gauge>::default();
         let watch_restarts = Family::<SideLabels, Counter>::default();
         let watch_errors = Family::<SideLabels, Counter>::default();
+        let dns_queries = Family::<DnsLabels, Counter>::default();
+        let dns_duration = DnsHistogramFamily::new_with_constructor(dns_histogram);
+        registry.register(
+            "dns_queries",
+            "DNS queries answered, per question type, response code and source (zone, forward, cache)",
+            dns_queries.clone(),
+        );
+        registry.register(
+            "dns_duration_seconds",
+            "Time to answer one DNS query, per source (zone, forward, cache)",
+            dns_duration.clone(),
+        );
         registry.register(
             "reconciles",
             "Reconciles finished, per kind",
@@ -121,6 +162,8 @@ impl Default for Metrics {
             owned,
             watch_restarts,
             watch_errors,
+            dns_queries,
+            dns_duration,
         }
     }
 }
@@ -168,6 +211,27 @@ impl Metrics {
         self.watch_errors
             .get_or_create(&SideLabels { kind, side })
             .inc();
+    }
+
+    /// Counts one DNS query of type `qtype` answered with `rcode` from
+    /// `source` (`zone`, `forward` or `cache`) in `took`.
+    pub fn dns_query(
+        &self,
+        qtype: &str,
+        rcode: &'static str,
+        source: &'static str,
+        took: Duration,
+    ) {
+        self.dns_queries
+            .get_or_create(&DnsLabels {
+                qtype: qtype.to_owned(),
+                rcode,
+                source,
+            })
+            .inc();
+        self.dns_duration
+            .get_or_create(&SourceLabels { source })
+            .observe(took.as_secs_f64());
     }
 
     /// The OpenMetrics text exposition.

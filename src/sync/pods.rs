@@ -33,8 +33,8 @@ use crate::FIELD_MANAGER;
 use crate::policy::pss::{self, Level};
 use crate::translate::markers::OWNER_LABEL;
 use crate::translate::pod::{
-    ApiEndpoint, TOKEN_KEY, TokenSource, host_pod, references, status_up, token_secret_name,
-    token_source,
+    ApiEndpoint, ClusterDns, TOKEN_KEY, TokenSource, host_pod, references, status_up,
+    token_secret_name, token_source,
 };
 use crate::translate::{VirtualKey, host_name};
 
@@ -98,6 +98,7 @@ pub struct PodRule {
     host_secrets: Cache<Secret>,
     nodes: Arc<VirtualNodes>,
     api: ApiEndpoint,
+    dns: Option<ClusterDns>,
     services: Cache<Service>,
     host_claims: Option<Cache<PersistentVolumeClaim>>,
     pod_security: Level,
@@ -124,8 +125,14 @@ pub struct PodSources {
 
 impl PodRule {
     /// A pod rule reading `src`, giving pods `api` as the virtual API's
-    /// address and admitting those that meet `pod_security`.
-    pub fn new(src: PodSources, api: ApiEndpoint, pod_security: Level) -> Self {
+    /// address and `dns` as their resolver, and admitting those that meet
+    /// `pod_security`.
+    pub fn new(
+        src: PodSources,
+        api: ApiEndpoint,
+        dns: Option<ClusterDns>,
+        pod_security: Level,
+    ) -> Self {
         Self {
             tokens: src.tokens,
             issued: std::sync::Mutex::default(),
@@ -133,6 +140,7 @@ impl PodRule {
             host_secrets: src.host_secrets,
             nodes: src.nodes,
             api,
+            dns,
             services: src.services,
             host_claims: src.host_claims,
             pod_security,
@@ -304,7 +312,7 @@ impl Rule for PodRule {
             return Decision::Wait(format!("{what} is not on the host yet"));
         }
         let services = self.services.objects_in(v.namespace().as_deref());
-        let mut desired = host_pod(&names.vc, v, &self.api, &services);
+        let mut desired = host_pod(&names.vc, v, &self.api, &services, self.dns.as_ref());
         if let (Some(h), Some(spec)) = (h.and_then(|h| h.spec.as_ref()), desired.spec.as_mut()) {
             // Container environments are fixed at creation (as service links
             // are for a kubelet): keep the host pod's.
@@ -485,9 +493,21 @@ fn register(a: &mut Assembly) {
         Arc::clone(&src.tokens).run(Arc::clone(&ctx), config),
     );
     let (opts, settings) = (a.opts(), a.settings().clone());
+    let dns_address = a.shared::<crate::dns::DnsAddress>();
     a.spawn("Pod", async move {
         let api = api_endpoint(&ctx, &settings, &services_ready).await;
-        let rule = PodRule::new(src, api, settings.pod_security);
+        // No host pod before the DNS Service has its address.
+        let dns = match settings.cluster_domain.clone() {
+            Some(domain) => {
+                tracing::info!("pods wait for the address of the DNS Service");
+                Some(ClusterDns {
+                    nameserver: dns_address.wait().await,
+                    domain,
+                })
+            }
+            None => None,
+        };
+        let rule = PodRule::new(src, api, dns, settings.pod_security);
         Engine::new(rule, ctx, virt, host).run(opts).await
     });
 }

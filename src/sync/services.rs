@@ -18,7 +18,7 @@ use super::cache::Cache;
 use super::{Assembly, Context, Decision, KindSpec, Names, Rule, Side, SyncError, delete_exact};
 use crate::policy::service_types::ServiceTypes;
 use crate::translate::service::{
-    Parity, allocation_conflict, host_service, is_api_service, parity, status_up,
+    Parity, allocation_conflict, host_service, is_kept_by_syncer, parity, status_up,
     without_allocations,
 };
 
@@ -63,9 +63,7 @@ impl Rule for ServiceRule {
     const KIND: &'static str = "Service";
 
     fn decide(&self, names: &Names, v: &Service, h: Option<&Service>) -> Decision<Service> {
-        if is_api_service(v.namespace().as_deref(), &v.name_any())
-            || v.metadata.deletion_timestamp.is_some()
-        {
+        if is_kept_by_syncer(v) || v.metadata.deletion_timestamp.is_some() {
             return Decision::REMOVE;
         }
         if let Err(r) = self.types.check(v) {

@@ -23,13 +23,18 @@
 //!   from it would belong to no one in the vcluster;
 //! - `priorityClassName`/`priority`/`preemptionPolicy` are dropped: priority
 //!   classes are cluster-scoped host policy that a tenant may not pick.
-//!   `runtimeClassName` passes through unchanged.
+//!   `runtimeClassName` passes through unchanged;
+//! - `ClusterFirst` (without host network) and `ClusterFirstWithHostNet`
+//!   pods ask the vcluster's DNS ([`ClusterDns`]): `dnsPolicy: None` with its
+//!   Service's cluster IP, the searches `<ns>.svc.<domain> svc.<domain>
+//!   <domain>` and `ndots:5`, the pod's own `dnsConfig` merged in as a
+//!   kubelet merges it; `Default` and `None` pods keep theirs.
 
 use std::collections::BTreeSet;
 
 use k8s_openapi::api::core::v1::{
     Container, EnvVar, KeyToPath, ObjectFieldSelector, PersistentVolumeClaimVolumeSource, Pod,
-    PodSpec, PodStatus, SecretProjection, Service, Volume,
+    PodDNSConfig, PodDNSConfigOption, PodSpec, PodStatus, SecretProjection, Service, Volume,
 };
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use serde_json::{Value, json};
@@ -45,6 +50,70 @@ pub struct ApiEndpoint {
     pub host: String,
     /// Port (`KUBERNETES_SERVICE_PORT`).
     pub port: u16,
+}
+
+/// Where synced pods resolve names: the vcluster's DNS.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ClusterDns {
+    /// The cluster IP of its host Service.
+    pub nameserver: String,
+    /// The cluster domain.
+    pub domain: String,
+}
+
+/// Nameservers a pod may have (the API's limit).
+const MAX_NAMESERVERS: usize = 3;
+/// Search domains a pod may have (the API's limit).
+const MAX_SEARCHES: usize = 32;
+
+/// Points a `ClusterFirst` pod of `namespace` at `dns`, as the kubelet
+/// would point it at the cluster's DNS, the pod's `dnsConfig` merged in.
+fn set_dns(spec: &mut PodSpec, namespace: &str, dns: &ClusterDns) {
+    let host_network = spec.host_network == Some(true);
+    let cluster_first = match spec.dns_policy.as_deref().unwrap_or("ClusterFirst") {
+        // On the host network ClusterFirst means Default, for the kubelet too.
+        "ClusterFirst" => !host_network,
+        "ClusterFirstWithHostNet" => true,
+        _ => false,
+    };
+    if !cluster_first {
+        return;
+    }
+    let own = spec.dns_config.take().unwrap_or_default();
+    let d = &dns.domain;
+    let mut nameservers = vec![dns.nameserver.clone()];
+    let mut searches = vec![
+        format!("{namespace}.svc.{d}"),
+        format!("svc.{d}"),
+        d.clone(),
+    ];
+    for n in own.nameservers.into_iter().flatten() {
+        if !nameservers.contains(&n) {
+            nameservers.push(n);
+        }
+    }
+    for s in own.searches.into_iter().flatten() {
+        if !searches.contains(&s) {
+            searches.push(s);
+        }
+    }
+    nameservers.truncate(MAX_NAMESERVERS);
+    searches.truncate(MAX_SEARCHES);
+    let mut options = vec![PodDNSConfigOption {
+        name: Some("ndots".to_owned()),
+        value: Some("5".to_owned()),
+    }];
+    for o in own.options.into_iter().flatten() {
+        // The pod's own value of an option wins.
+        options.retain(|have| have.name != o.name);
+        options.push(o);
+    }
+    spec.dns_policy = Some("None".to_owned());
+    spec.dns_config = Some(PodDNSConfig {
+        nameservers: Some(nameservers),
+        searches: Some(searches),
+        options: Some(options),
+    });
 }
 
 /// The host Secret holding the virtual service-account token of the host
@@ -423,8 +492,15 @@ fn add_service_links(c: &mut Container, links: &[EnvVar]) {
 
 /// The host form of virtual pod `pod` (name, namespace and ownership markers
 /// are added by the sync engine). `services` are the virtual Services of the
-/// pod's namespace, for its service links (when the pod keeps them on).
-pub fn host_pod(vc: &VclusterName, pod: &Pod, api: &ApiEndpoint, services: &[Service]) -> Pod {
+/// pod's namespace, for its service links (when the pod keeps them on);
+/// `dns`, the vcluster's DNS when the syncer serves it.
+pub fn host_pod(
+    vc: &VclusterName,
+    pod: &Pod,
+    api: &ApiEndpoint,
+    services: &[Service],
+    dns: Option<&ClusterDns>,
+) -> Pod {
     let namespace = pod.metadata.namespace.as_deref().unwrap_or("default");
     let name = pod.metadata.name.as_deref().unwrap_or_default();
     let r = Renamer {
@@ -444,6 +520,9 @@ pub fn host_pod(vc: &VclusterName, pod: &Pod, api: &ApiEndpoint, services: &[Ser
     spec.preemption_policy = None;
     if spec.hostname.is_none() && is_dns_label(name) {
         spec.hostname = Some(name.to_owned());
+    }
+    if let Some(dns) = dns {
+        set_dns(&mut spec, namespace, dns);
     }
     for v in spec.volumes.iter_mut().flatten() {
         r.volume(v);

@@ -67,7 +67,7 @@ fn references_cover_every_place_a_pod_names_configs() {
 #[test]
 fn host_pod_is_rewritten_for_the_host() {
     let v = vc();
-    let h = host_pod(&v, &pod(full_spec()), &api(), &[]);
+    let h = host_pod(&v, &pod(full_spec()), &api(), &[], None);
     let j = serde_json::to_value(&h).unwrap();
     let spec = &j["spec"];
     let n = |name: &str| host_name(&v, "team", name);
@@ -137,7 +137,7 @@ fn host_pod_is_rewritten_for_the_host() {
 fn api_endpoint_is_injected_unless_set_and_token_source_is_read() {
     let v = vc();
     let mut p = pod(full_spec());
-    let h = serde_json::to_value(host_pod(&v, &p, &api(), &[])).unwrap();
+    let h = serde_json::to_value(host_pod(&v, &p, &api(), &[], None)).unwrap();
     for c in ["containers", "initContainers"] {
         let env = h["spec"][c][0]["env"].as_array().unwrap();
         let get = |k: &str| {
@@ -162,7 +162,7 @@ fn api_endpoint_is_injected_unless_set_and_token_source_is_read() {
             value: Some("mine".into()),
             value_from: None,
         });
-    let h = serde_json::to_value(host_pod(&v, &p, &api(), &[])).unwrap();
+    let h = serde_json::to_value(host_pod(&v, &p, &api(), &[], None)).unwrap();
     let env = h["spec"]["containers"][0]["env"].as_array().unwrap();
     let hosts: Vec<_> = env
         .iter()
@@ -232,7 +232,7 @@ fn service_links_match_what_a_kubelet_injects() {
     let mut p = pod(json!({"containers": [{"name": "a", "image": "b",
         "env": [{"name": "REDIS_PRIMARY_SERVICE_PORT", "value": "1"}]}]}));
     p.metadata.namespace = Some("default".into());
-    let h = host_pod(&vc(), &p, &api(), &svcs);
+    let h = host_pod(&vc(), &p, &api(), &svcs, None);
     let env = h.spec.unwrap().containers[0].env.clone().unwrap();
     assert_eq!(env[0].name, "REDIS_PRIMARY_SERVICE_HOST");
     let ports: Vec<_> = env
@@ -243,7 +243,7 @@ fn service_links_match_what_a_kubelet_injects() {
     assert_eq!(ports[0].value.as_deref(), Some("1"));
     // A pod that turns service links off gets none.
     p.spec.as_mut().unwrap().enable_service_links = Some(false);
-    let h = host_pod(&vc(), &p, &api(), &svcs);
+    let h = host_pod(&vc(), &p, &api(), &svcs, None);
     let env = h.spec.unwrap().containers[0].env.clone().unwrap();
     assert!(!env.iter().any(|e| e.name == "REDIS_PRIMARY_SERVICE_HOST"));
     assert_eq!(
@@ -274,4 +274,68 @@ fn status_comes_up_only_when_it_differs() {
     let mut v2 = v.clone();
     v2.status = h.status.clone();
     assert_eq!(status_up(&v2, &h), None);
+}
+
+fn cluster_dns() -> ClusterDns {
+    ClusterDns {
+        nameserver: "10.96.0.53".into(),
+        domain: "cluster.local".into(),
+    }
+}
+
+fn dns_of(spec: Value) -> Value {
+    let h = host_pod(&vc(), &pod(spec), &api(), &[], Some(&cluster_dns()));
+    let s = serde_json::to_value(h.spec.unwrap()).unwrap();
+    json!({"dnsPolicy": s["dnsPolicy"], "dnsConfig": s["dnsConfig"]})
+}
+
+#[test]
+fn cluster_first_pods_ask_the_vcluster_dns() {
+    let base = json!({"containers": [{"name": "c", "image": "busybox"}]});
+    let ours = json!({
+        "dnsPolicy": "None",
+        "dnsConfig": {
+            "nameservers": ["10.96.0.53"],
+            "searches": ["team.svc.cluster.local", "svc.cluster.local", "cluster.local"],
+            "options": [{"name": "ndots", "value": "5"}],
+        },
+    });
+    // No policy is ClusterFirst; ClusterFirstWithHostNet too.
+    assert_eq!(dns_of(base.clone()), ours);
+    let with = |extra: Value| dns_of(crate::sync::tests::merged(base.clone(), extra));
+    assert_eq!(with(json!({"dnsPolicy": "ClusterFirst"})), ours);
+    assert_eq!(
+        with(json!({"dnsPolicy": "ClusterFirstWithHostNet", "hostNetwork": true})),
+        ours
+    );
+    // The tenant's own dnsConfig is merged in: its nameservers and searches
+    // after ours, its options over ours.
+    assert_eq!(
+        with(json!({"dnsConfig": {
+            "nameservers": ["1.1.1.1", "10.96.0.53", "8.8.8.8", "9.9.9.9"],
+            "searches": ["corp.example", "svc.cluster.local"],
+            "options": [{"name": "ndots", "value": "2"}, {"name": "edns0"}],
+        }})),
+        json!({
+            "dnsPolicy": "None",
+            "dnsConfig": {
+                "nameservers": ["10.96.0.53", "1.1.1.1", "8.8.8.8"],
+                "searches": ["team.svc.cluster.local", "svc.cluster.local", "cluster.local", "corp.example"],
+                "options": [{"name": "ndots", "value": "2"}, {"name": "edns0"}],
+            },
+        })
+    );
+    // Default, None, and ClusterFirst on the host network keep theirs.
+    let own = json!({"nameservers": ["1.1.1.1"]});
+    for (policy, host_network) in [("Default", false), ("None", false), ("ClusterFirst", true)] {
+        let spec = json!({"dnsPolicy": policy, "hostNetwork": host_network, "dnsConfig": own});
+        assert_eq!(
+            with(spec),
+            json!({"dnsPolicy": policy, "dnsConfig": own}),
+            "{policy}"
+        );
+    }
+    // Without the syncer's DNS, pods are left as they are.
+    let h = host_pod(&vc(), &pod(base), &api(), &[], None);
+    assert_eq!(h.spec.unwrap().dns_policy, None);
 }

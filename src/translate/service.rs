@@ -44,6 +44,23 @@ pub fn is_api_service(namespace: Option<&str>, name: &str) -> bool {
     namespace == Some("default") && name == "kubernetes"
 }
 
+/// True for a virtual Service the syncer keeps itself: `default/kubernetes`,
+/// and the `kube-system/kube-dns` it labels [`crate::dns::DNS_SERVICE_LABEL`]
+/// (at the address of the vcluster's DNS Service on the host). They, and
+/// their endpoints, are never synced down.
+pub fn is_kept_by_syncer(svc: &Service) -> bool {
+    let m = &svc.metadata;
+    is_api_service(
+        m.namespace.as_deref(),
+        m.name.as_deref().unwrap_or_default(),
+    ) || (m.namespace.as_deref() == Some("kube-system")
+        && m.name.as_deref() == Some("kube-dns")
+        && m.labels
+            .iter()
+            .flatten()
+            .any(|(k, _)| k == crate::dns::DNS_SERVICE_LABEL))
+}
+
 /// A Service's selector, or `None` when it has none (selector-less).
 pub fn selector(svc: &Service) -> Option<&BTreeMap<String, String>> {
     svc.spec

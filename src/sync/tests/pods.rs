@@ -28,6 +28,7 @@ fn rule(
             host: "10.0.0.1".into(),
             port: 443,
         },
+        None,
         level,
     )
 }

@@ -164,6 +164,7 @@ fn pod_rule() -> PodRule {
             host: "10.0.0.1".into(),
             port: 443,
         },
+        None,
         Level::Baseline,
     )
 }
