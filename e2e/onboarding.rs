@@ -431,6 +431,21 @@ fn log_count(s: &SyncerProcess, what: &str) -> usize {
         .count()
 }
 
+/// Starts the init syncer on `file`, waits until it has logged its `nth`
+/// skip (the log file is shared by its runs), sees the tenant's change kept,
+/// and stops it.
+fn restart_and_see_it_skipped(env: &Env, file: &std::path::Path, nth: usize) {
+    let restarted = start_init_syncer(env, file, &[]);
+    eventually_sync(&format!("skip {nth} logged"), T, || {
+        if log_count(&restarted, "init manifests not applied") >= nth {
+            Ok(())
+        } else {
+            Err("not yet".to_owned())
+        }
+    });
+    assert_eq!(settings_mode(env), "tenant");
+}
+
 fn init_manifests_are_applied_once(env: &Env) {
     let dir = tempfile::tempdir().unwrap();
     let file = dir.path().join("baseline.yaml");
@@ -574,28 +589,10 @@ fn init_manifests_are_applied_once(env: &Env) {
         ],
     );
     drop(syncer);
-    let restarted = start_init_syncer(env, &file, &[]);
-    eventually_sync("the skip logged", T, || {
-        if log_count(&restarted, "init manifests not applied") >= 1 {
-            Ok(())
-        } else {
-            Err("not yet".to_owned())
-        }
-    });
-    assert_eq!(settings_mode(env), "tenant");
-    drop(restarted);
+    restart_and_see_it_skipped(env, &file, 1);
     // A changed file is applied again only with --init-reapply.
     std::fs::write(&file, baseline("second")).unwrap();
-    let restarted = start_init_syncer(env, &file, &[]);
-    eventually_sync("the second skip logged", T, || {
-        if log_count(&restarted, "init manifests not applied") >= 2 {
-            Ok(())
-        } else {
-            Err("not yet".to_owned())
-        }
-    });
-    assert_eq!(settings_mode(env), "tenant");
-    drop(restarted);
+    restart_and_see_it_skipped(env, &file, 2);
     let _reapplied = start_init_syncer(env, &file, &["--init-reapply"]);
     eventually_sync("the changed file applied", T, || {
         let m = settings_mode(env);

@@ -108,7 +108,7 @@ mod tests {
         let mut dedup = free.clone();
         dedup.sort_unstable();
         dedup.dedup();
-        assert_eq!(dedup.len(), 12, "{free:?}");
+        assert_eq!(dedup.len(), 13, "{free:?}");
     }
 
     #[test]
