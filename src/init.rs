@@ -116,8 +116,7 @@ pub fn parse(path: &str, yaml: &str) -> Result<Manifests, InitError> {
         let obj: DynamicObject = serde_json::from_value(v).map_err(|e| err(e.to_string()))?;
         objects.push(obj);
     }
-    let digest = ring::digest::digest(&ring::digest::SHA256, yaml.as_bytes());
-    let digest = digest.as_ref().iter().map(|b| format!("{b:02x}")).collect();
+    let digest = crate::translate::sha256_hex(yaml.as_bytes(), 32);
     Ok(Manifests { objects, digest })
 }
 

@@ -293,18 +293,23 @@ pub async fn run(opts: SyncerOptions) -> Result<(), SyncerError> {
     let ctx = Arc::new(Context::new(names, host.clone(), virt.clone()).with_owner(owner.clone()));
     let engine_opts = engine_options(&opts, &ctx).await;
     let mut settings = opts.settings.clone();
-    if opts.front_door.is_some() {
-        // In-pod clients reach the virtual API through the front door.
-        let ca = crate::proxy::tls::serving_ca(
-            &host,
-            &opts.host_namespace,
-            opts.name.as_str(),
-            owner.as_ref(),
-        )
-        .await
-        .map_err(|e| SyncerError::FrontDoor(e.into()))?;
-        settings.front_door_ca = Some(ca.cert_pem().to_owned());
-    }
+    // The front door's serving CA, read (or made) once: the front door signs
+    // with it, and in-pod clients, which reach the virtual API through the
+    // front door, trust it.
+    let serving_ca = match &opts.front_door {
+        Some(_) => Some(
+            crate::proxy::tls::serving_ca(
+                &host,
+                &opts.host_namespace,
+                opts.name.as_str(),
+                owner.as_ref(),
+            )
+            .await
+            .map_err(|e| SyncerError::FrontDoor(e.into()))?,
+        ),
+        None => None,
+    };
+    settings.front_door_ca = serving_ca.as_ref().map(|ca| ca.cert_pem().to_owned());
     let mut assembly = Assembly::new(Arc::clone(&ctx), engine_opts, settings, opts.kinds.names());
     for spec in &opts.kinds.0 {
         (spec.register)(&mut assembly);
@@ -331,7 +336,7 @@ pub async fn run(opts: SyncerOptions) -> Result<(), SyncerError> {
     }
     .instrument(tracing::info_span!("dns"));
     let front_door = async {
-        let Some(fd) = opts.front_door.clone() else {
+        let (Some(fd), Some(ca)) = (opts.front_door.clone(), serving_ca) else {
             return std::future::pending().await;
         };
         let target = crate::proxy::host::HostTarget {
@@ -341,7 +346,7 @@ pub async fn run(opts: SyncerOptions) -> Result<(), SyncerError> {
             virt,
             owner,
         };
-        crate::proxy::run(target, fd).await
+        crate::proxy::run(target, fd, ca).await
     }
     .instrument(tracing::info_span!("front_door"));
     tokio::select! {

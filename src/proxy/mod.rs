@@ -129,10 +129,16 @@ struct Shared {
     tokens: TokenAuthenticator,
 }
 
-/// Sets up TLS and the `vc-<name>` Secret, then serves until the process ends.
-pub async fn run(target: HostTarget, opts: FrontDoorOptions) -> Result<(), ProxyError> {
+/// Sets up TLS (serving certificates signed by `serving_ca`, the CA of
+/// [`tls::serving_ca`]) and the `vc-<name>` Secret, then serves until the
+/// process ends.
+pub async fn run(
+    target: HostTarget,
+    opts: FrontDoorOptions,
+    serving_ca: Ca,
+) -> Result<(), ProxyError> {
     let client_ca_pem = read(&opts.client_ca_cert)?;
-    let serving = serving_cert(&target, &opts).await?;
+    let serving = serving_cert(&target, &opts, serving_ca).await?;
     let config = tls::server_config(Arc::clone(&serving), &client_ca_pem)?;
     if let Some(key_path) = &opts.client_ca_key {
         let client_ca = Ca::from_pem(&client_ca_pem, &read(key_path)?).map_err(|source| {
@@ -192,14 +198,14 @@ pub async fn run(target: HostTarget, opts: FrontDoorOptions) -> Result<(), Proxy
     }
 }
 
-/// The serving certificate, from the serving CA in its host Secret, for the
-/// vcluster's names and its Service's cluster IP.
+/// The serving certificate, from the serving CA, for the vcluster's names and
+/// its Service's cluster IP.
 async fn serving_cert(
     target: &HostTarget,
     opts: &FrontDoorOptions,
+    ca: Ca,
 ) -> Result<Arc<tls::ServingCert>, ProxyError> {
     let vc = target.vcluster.as_str();
-    let ca = tls::serving_ca(&target.host, &target.namespace, vc, target.owner.as_ref()).await?;
     let cluster_ip = Api::<Service>::namespaced(target.host.clone(), &target.namespace)
         .get_opt(vc)
         .await

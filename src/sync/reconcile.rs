@@ -35,8 +35,7 @@ fn stamp(value: &mut serde_json::Value, hash: &str) {
 }
 
 fn hash_of(value: &serde_json::Value) -> String {
-    let d = ring::digest::digest(&ring::digest::SHA256, value.to_string().as_bytes());
-    d.as_ref()[..8].iter().map(|b| format!("{b:02x}")).collect()
+    crate::translate::sha256_hex(value.to_string().as_bytes(), 8)
 }
 
 fn to_json<R: Rule>(obj: &R::H) -> Result<serde_json::Value, SyncError> {

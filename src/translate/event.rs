@@ -34,11 +34,7 @@ pub fn translate_text(text: &str, t: &Target<'_>) -> String {
 /// the host event's count grows.
 pub fn virtual_event(host: &Event, t: &Target<'_>) -> Event {
     let host_uid = host.metadata.uid.as_deref().unwrap_or_default();
-    let digest = ring::digest::digest(&ring::digest::SHA256, host_uid.as_bytes());
-    let suffix: String = digest.as_ref()[..8]
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect();
+    let suffix = super::sha256_hex(host_uid.as_bytes(), 8);
     Event {
         metadata: ObjectMeta {
             name: Some(format!("{}.{suffix}", t.key.name)),

@@ -17,7 +17,7 @@ pub mod pod;
 pub mod service;
 
 pub use markers::{Ownership, VirtualKey};
-pub use names::{VclusterName, host_name};
+pub use names::{VclusterName, host_name, sha256_hex};
 
 /// Why a virtual object is not synced: the reason and message of the Warning
 /// event the tenant sees on it.

@@ -106,15 +106,22 @@ pub fn host_name(vc: &VclusterName, namespace: &str, name: &str) -> String {
     hashed(vc, namespace, name)
 }
 
-fn hashed(vc: &VclusterName, namespace: &str, name: &str) -> String {
-    let digest = ring::digest::digest(
-        &ring::digest::SHA256,
-        format!("{vc}\0{namespace}\0{name}").as_bytes(),
-    );
-    let hex: String = digest.as_ref()[..HASH_HEX / 2]
+/// The first `bytes` bytes of the SHA-256 of `data`, in lower-case hex.
+pub fn sha256_hex(data: &[u8], bytes: usize) -> String {
+    let digest = ring::digest::digest(&ring::digest::SHA256, data);
+    digest
+        .as_ref()
         .iter()
+        .take(bytes)
         .map(|b| format!("{b:02x}"))
-        .collect();
+        .collect()
+}
+
+fn hashed(vc: &VclusterName, namespace: &str, name: &str) -> String {
+    let hex = sha256_hex(
+        format!("{vc}\0{namespace}\0{name}").as_bytes(),
+        HASH_HEX / 2,
+    );
     // Room left for the prefix: total - "-" - hash - "-x-" - vc.
     let budget = MAX_LABEL - 1 - HASH_HEX - 3 - vc.as_str().len();
     let prefix = readable_prefix(&format!("{name}-{namespace}"), budget);
