@@ -4,7 +4,7 @@ SHELL := bash
 CARGO ?= cargo
 STATE_DIR ?= .vcluster-dev
 
-.PHONY: dev test kube-bins kube-mod build prereqs fmt-check clippy unit e2e down status clean bench faults node-deps image e2e-realnode e2e-kine e2e-helm-node fuzz fuzz-short fuzz-tools
+.PHONY: dev test kube-bins kube-mod build prereqs fmt-check clippy unit e2e down status clean bench faults node-deps image e2e-realnode e2e-kine e2e-helm-node fuzz fuzz-short fuzz-tools bench-dns
 
 ## dev: build what is missing, then run the host and virtual control planes (Ctrl-C stops them)
 dev: prereqs kube-bins build
@@ -113,6 +113,14 @@ N ?= 1000,5000,10000
 bench: prereqs kube-bins
 	$(CARGO) build --locked --release --bin vcluster --example bench
 	./target/release/examples/bench --sizes $(N)
+
+## bench-dns: the syncer's cluster DNS against CoreDNS's kubernetes plugin (CoreDNS built from its
+## pinned module by bench/coredns.sh), DNS_N Services; writes bench/results/dns.md
+DNS_N ?= 1000,10000
+bench-dns: prereqs kube-bins
+	bench/coredns.sh
+	$(CARGO) build --locked --release --bin vcluster --example bench
+	./target/release/examples/bench --dns --coredns "$$(bench/coredns.sh --print-path)" --sizes $(DNS_N)
 
 down:
 	./target/debug/vcluster dev down --state-dir $(STATE_DIR)

@@ -15,6 +15,7 @@
 //! observed by watch, no image pulls (KWOK nodes).
 #![allow(clippy::print_stdout)]
 
+mod dns;
 mod report;
 
 use std::collections::HashMap;
@@ -46,6 +47,8 @@ struct Args {
     out: PathBuf,
     vcluster: PathBuf,
     benchmarks_md: Option<PathBuf>,
+    /// `--dns`: the DNS section instead of pod start-up (sizes are Services).
+    dns: Option<dns::DnsArgs>,
 }
 
 fn parse_args() -> anyhow::Result<Args> {
@@ -57,6 +60,12 @@ fn parse_args() -> anyhow::Result<Args> {
         out: root.join("bench/results"),
         vcluster: root.join("target/release/vcluster"),
         benchmarks_md: Some(root.join("BENCHMARKS.md")),
+        dns: None,
+    };
+    let dns_args = || dns::DnsArgs {
+        coredns: PathBuf::new(),
+        seconds: 10,
+        rate: 2000,
     };
     let mut it = std::env::args().skip(1);
     while let Some(flag) = it.next() {
@@ -74,8 +83,19 @@ fn parse_args() -> anyhow::Result<Args> {
             "--out" => a.out = val()?.into(),
             "--vcluster" => a.vcluster = val()?.into(),
             "--no-benchmarks-md" => a.benchmarks_md = None,
+            "--dns" => {
+                a.dns.get_or_insert_with(dns_args);
+            }
+            "--coredns" => a.dns.get_or_insert_with(dns_args).coredns = val()?.into(),
+            "--dns-seconds" => {
+                a.dns.get_or_insert_with(dns_args).seconds =
+                    val()?.parse().context("--dns-seconds")?;
+            }
+            "--dns-rate" => {
+                a.dns.get_or_insert_with(dns_args).rate = val()?.parse().context("--dns-rate")?;
+            }
             other => bail!(
-                "unknown argument {other:?} (known: --sizes, --namespaces, --concurrency, --out, --vcluster, --no-benchmarks-md)"
+                "unknown argument {other:?} (known: --sizes, --namespaces, --concurrency, --out, --vcluster, --no-benchmarks-md, --dns, --coredns, --dns-seconds, --dns-rate)"
             ),
         }
     }
@@ -96,7 +116,10 @@ fn main() -> anyhow::Result<()> {
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?;
-    rt.block_on(run(args))
+    match &args.dns {
+        Some(d) => rt.block_on(dns::run(&args, d)),
+        None => rt.block_on(run(args)),
+    }
 }
 
 fn loadavg() -> String {
@@ -330,7 +353,12 @@ struct Syncer {
 }
 
 impl Syncer {
+    /// The syncer without the cluster DNS (the pod start-up figures).
     fn start(stack: &Stack, exe: &Path, log: &str) -> anyhow::Result<Self> {
+        Self::start_with(stack, exe, log, &["--dns=false".to_owned()])
+    }
+
+    fn start_with(stack: &Stack, exe: &Path, log: &str, extra: &[String]) -> anyhow::Result<Self> {
         let port = std::net::TcpListener::bind("127.0.0.1:0")?
             .local_addr()?
             .port();
@@ -346,8 +374,7 @@ impl Syncer {
             .arg("--virtual-kubeconfig")
             .arg(&stack.state.vcluster.kubeconfig)
             .arg(format!("--health-listen=127.0.0.1:{port}"))
-            // Pod start-up figures without the cluster DNS (its own bench is to come).
-            .arg("--dns=false")
+            .args(extra)
             .stdin(Stdio::null())
             .stdout(log.try_clone()?)
             .stderr(log)
