@@ -10,8 +10,9 @@
 //!   forwarded to an upstream (a stand-in on loopback that the bench runs,
 //!   answering every A question at once, so the figure is the servers' own).
 //!
-//! For each size S it starts a dev stack with S Services (and 10 headless
-//! ones of one KWOK pod each) in 10 namespaces, then for each server:
+//! For each size S it starts a dev stack with S Services and S KWOK pods
+//! (and 10 headless Services of one pod each) in 10 namespaces, then for
+//! each server:
 //! queries/s at saturation (64 clients, each with one query in flight) and
 //! p50/p99 latency at a fixed open-loop rate, and the RSS of each process.
 //! The syncer's added RSS is its RSS with DNS on minus a second syncer's with
@@ -413,8 +414,34 @@ pub struct DnsArgs {
     pub rate: u64,
 }
 
+/// Waits until `want` virtual pods have an address (their host copies run).
+async fn wait_pod_ips(virt: &Client, want: usize, timeout: Duration) -> anyhow::Result<()> {
+    let pods: Api<Pod> = Api::all(virt.clone());
+    let deadline = Instant::now() + timeout;
+    loop {
+        let list = pods
+            .list(&kube::api::ListParams::default().labels("bench=1"))
+            .await?;
+        let ready = list
+            .items
+            .iter()
+            .filter(|p| p.status.as_ref().and_then(|s| s.pod_ip.as_ref()).is_some())
+            .count();
+        if ready >= want {
+            return Ok(());
+        }
+        if Instant::now() > deadline {
+            bail!("{ready} of {want} pods have an address after {timeout:?}");
+        }
+        tokio::time::sleep(Duration::from_secs(2)).await;
+    }
+}
+
 async fn one_size(args: &Args, dns: &DnsArgs, services: usize) -> anyhow::Result<DnsSize> {
-    let stack = Stack::up(&args.vcluster, 2)?;
+    // As many pods as Services (the syncer's caches hold both), on enough
+    // KWOK nodes.
+    let nodes = u32::try_from(services.div_ceil(super::PODS_PER_NODE) + 1)?;
+    let stack = Stack::up(&args.vcluster, nodes)?;
     let host = client(&stack.state.host.kubeconfig).await?;
     let virt = client(&stack.state.vcluster.kubeconfig).await?;
     let ns: Namespace = serde_json::from_value(json!({"metadata": {"name": HOST_NS}}))?;
@@ -434,8 +461,10 @@ async fn one_size(args: &Args, dns: &DnsArgs, services: usize) -> anyhow::Result
     let names = namespaces(&virt, "dns", NAMESPACES).await?;
     let started = Instant::now();
     objects(&virt, &names, services, args.concurrency).await?;
+    super::create_pods(&virt, &names, services, args.concurrency).await?;
+    wait_pod_ips(&virt, services, Duration::from_secs(600)).await?;
     println!(
-        "bench-dns: {services} Services created in {:.1}s",
+        "bench-dns: {services} Services and {services} running pods in {:.1}s",
         started.elapsed().as_secs_f64()
     );
     let last = format!(
@@ -486,7 +515,7 @@ async fn one_size(args: &Args, dns: &DnsArgs, services: usize) -> anyhow::Result
 
 fn markdown(sizes: &[DnsSize], dns: &DnsArgs, run: &str) -> String {
     let mut md = format!(
-        "# DNS: the syncer against CoreDNS\n\nRun {run}; `make bench-dns`. Query mix: Service A, headless A, SRV, three NXDOMAIN search-path expansions and the forwarded name (a loopback upstream stand-in). Saturation: {CLIENTS} clients, one question in flight each, {} s. Fixed load: {} q/s open-loop for {} s.\n\n| Services | server | answers/s at saturation | p50 ms | p99 ms | lost | wrong | RSS MiB |\n|---:|---|---:|---:|---:|---:|---:|---:|\n",
+        "# DNS: the syncer against CoreDNS\n\nRun {run}; `make bench-dns`. Each size: that many Services and as many running KWOK pods. Query mix: Service A, headless A, SRV, three NXDOMAIN search-path expansions and the forwarded name (a loopback upstream stand-in). Saturation: {CLIENTS} clients, one question in flight each, {} s. Fixed load: {} q/s open-loop for {} s.\n\n| Services | server | answers/s at saturation | p50 ms | p99 ms | lost | wrong | RSS MiB |\n|---:|---|---:|---:|---:|---:|---:|---:|\n",
         dns.seconds, dns.rate, dns.seconds
     );
     for s in sizes {
@@ -504,7 +533,7 @@ fn markdown(sizes: &[DnsSize], dns: &DnsArgs, run: &str) -> String {
             );
         }
     }
-    md += "\nThe syncer's RSS with DNS on, against a syncer with `--dns=false` holding the same objects:\n\n| Services | DNS off MiB | added by DNS MiB |\n|---:|---:|---:|\n";
+    md += "\nThe syncer's RSS with DNS on (after the load), against a syncer with `--dns=false` holding the same objects (after its start):\n\n| Services | DNS off MiB | added by DNS MiB |\n|---:|---:|---:|\n";
     for s in sizes {
         md += &format!(
             "| {} | {:.1} | {:.1} |\n",
@@ -553,7 +582,11 @@ mod tests {
         assert_eq!(codes, [Ok, Ok, Ok, Nx, Nx, Nx, Ok]);
         let names: Vec<String> = qs[3..7]
             .iter()
-            .map(|q| Message::from_vec(&q.wire).unwrap().queries[0].name().to_ascii())
+            .map(|q| {
+                Message::from_vec(&q.wire).unwrap().queries[0]
+                    .name()
+                    .to_ascii()
+            })
             .collect();
         assert_eq!(
             names,
