@@ -203,7 +203,7 @@ fn node_is_real_and_ready(env: &Env) {
 
 /// A busybox HTTP Deployment behind a Service; a client pod fetches it by
 /// cluster IP (kube-proxy's rules in the node's namespace), through `kubectl
-/// exec` via the front door.
+/// exec` via the front door, and resolves its name through the cluster DNS.
 fn http_service_answers_by_cluster_ip(env: &Env) {
     let ns = "web";
     namespace(env, ns);
@@ -288,6 +288,26 @@ fn http_service_answers_by_cluster_ip(env: &Env) {
         pods.split_whitespace().any(|p| p == server),
         "{server} not in {pods}"
     );
+    // The pod's resolver (its nameserver is the vcluster's DNS Service)
+    // answers the Service's name with its cluster IP: the query crosses
+    // kube-proxy to the syncer's DNS and the answer comes back to the pod.
+    let name = format!("web.{ns}.svc.cluster.local");
+    let answer = eventually_sync("the Service's name to resolve in the pod", T, || {
+        let out = kubectl(
+            &env.tenant(),
+            &[
+                "exec", "-n", ns, "client", "--", "timeout", "10", "nslookup", &name,
+            ],
+            None,
+        );
+        let (stdout, stderr) = text(&out);
+        if out.status.success() && stdout.contains(&format!("Address: {ip}")) {
+            Ok(stdout)
+        } else {
+            Err(format!("{stdout}{stderr}"))
+        }
+    });
+    assert!(answer.contains(&name), "{answer}");
 }
 
 /// `kubectl logs`, `exec` (with and without stdin), `attach` and
@@ -671,6 +691,10 @@ const TESTS: &[Test<Env>] = &[
         "logs_exec_attach_port_forward",
         logs_exec_attach_port_forward,
     ),
+    (
+        "names_resolve_through_the_cluster_dns",
+        names_resolve_through_the_cluster_dns,
+    ),
     ("crash_restarts_are_visible", crash_restarts_are_visible),
     (
         "configmap_and_virtual_token_work_inside_the_pod",
@@ -682,6 +706,119 @@ const TESTS: &[Test<Env>] = &[
         privileged_pod_never_reaches_the_node,
     ),
 ];
+
+/// Inside a real pod, names resolve through the vcluster's DNS: the host
+/// copy's `/etc/resolv.conf` names the DNS Service (the virtual kube-dns's
+/// IP) with the tenant's search path; a headless Service answers with its
+/// pod, a StatefulSet pod by `db-0.db`, and a short name of another
+/// namespace is expanded by the pod's own resolver (search path, ndots:5).
+fn names_resolve_through_the_cluster_dns(env: &Env) {
+    let (ns, client_ns) = ("dnsdb", "dnsclient");
+    namespace(env, ns);
+    namespace(env, client_ns);
+    apply(
+        env,
+        &json!({"apiVersion": "v1", "kind": "Service",
+            "metadata": {"name": "db", "namespace": ns},
+            "spec": {"clusterIP": "None", "selector": {"app": "db"},
+                "ports": [{"name": "http", "port": 8080}]}})
+        .to_string(),
+    );
+    apply(
+        env,
+        &json!({"apiVersion": "apps/v1", "kind": "StatefulSet",
+            "metadata": {"name": "db", "namespace": ns},
+            "spec": {"replicas": 1, "serviceName": "db",
+                "selector": {"matchLabels": {"app": "db"}},
+                "template": {"metadata": {"labels": {"app": "db"}},
+                    "spec": {"terminationGracePeriodSeconds": 1, "containers": [{
+                        "name": "httpd", "image": BUSYBOX, "imagePullPolicy": "Never",
+                        "command": ["sh", "-c", "mkdir -p /www && hostname > /www/index.html && exec httpd -f -p 8080 -h /www"],
+                        "ports": [{"containerPort": 8080}],
+                        "readinessProbe": {"tcpSocket": {"port": 8080}, "periodSeconds": 1}}]}}}})
+        .to_string(),
+    );
+    busybox_pod(env, client_ns, "resolver", "exec sleep 3600");
+    eventually_sync("pod db-0 to exist", T, || {
+        let out = kubectl(&env.tenant(), &["get", "-n", ns, "pod", "db-0"], None);
+        if out.status.success() {
+            Ok(())
+        } else {
+            Err(text(&out).1)
+        }
+    });
+    wait_ready(env, ns, "db-0");
+    wait_ready(env, client_ns, "resolver");
+    let dns_ip = tenant_ok(
+        env,
+        &[
+            "get",
+            "-n",
+            "kube-system",
+            "svc",
+            "kube-dns",
+            "-o",
+            "jsonpath={.spec.clusterIP}",
+        ],
+    );
+    let db_ip = tenant_ok(
+        env,
+        &[
+            "get",
+            "-n",
+            ns,
+            "pod",
+            "db-0",
+            "-o",
+            "jsonpath={.status.podIP}",
+        ],
+    );
+    let exec = |args: &[&str]| {
+        let mut all = vec!["exec", "-n", client_ns, "resolver", "--", "timeout", "10"];
+        all.extend_from_slice(args);
+        let out = kubectl(&env.tenant(), &all, None);
+        let (stdout, stderr) = text(&out);
+        if out.status.success() {
+            Ok(stdout)
+        } else {
+            Err(format!("{stdout}{stderr}"))
+        }
+    };
+    let resolv = exec(&["cat", "/etc/resolv.conf"]).unwrap();
+    assert!(resolv.contains(&format!("nameserver {dns_ip}")), "{resolv}");
+    assert!(
+        resolv.contains(&format!(
+            "search {client_ns}.svc.cluster.local svc.cluster.local cluster.local"
+        )),
+        "{resolv}"
+    );
+    assert!(resolv.contains("ndots:5"), "{resolv}");
+    for name in [
+        format!("db.{ns}.svc.cluster.local"),
+        format!("db-0.db.{ns}.svc.cluster.local"),
+    ] {
+        eventually_sync(&format!("{name} -> {db_ip} in the pod"), T, || {
+            let out = exec(&["nslookup", &name])?;
+            if out.contains(&format!("Address: {db_ip}")) {
+                Ok(())
+            } else {
+                Err(out)
+            }
+        });
+    }
+    // The libc resolver of the pod expands `db-0.db.dnsdb` through the
+    // search path and fetches from the StatefulSet pod by name.
+    let url = format!("http://db-0.db.{ns}:8080/");
+    let body = eventually_sync("wget by a short name across namespaces", T, || {
+        let out = exec(&["wget", "-qO-", &url])?;
+        if out.trim() == "db-0" {
+            Ok(out)
+        } else {
+            Err(out)
+        }
+    });
+    assert_eq!(body.trim(), "db-0");
+}
 
 fn image_dir() -> String {
     std::env::var("VCLUSTER_IMAGE_DIR")

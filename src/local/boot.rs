@@ -61,6 +61,16 @@ impl Stack {
                 .await?;
             self.open_front_door(&spec, &host_client, ports.front_door, deadline)
                 .await?;
+            if self.opts.real_nodes > 0 {
+                self.open_dns_relays(
+                    &host_client,
+                    &spec.host_namespace,
+                    &spec.name,
+                    ports.dns,
+                    deadline,
+                )
+                .await?;
+            }
         }
         self.state.ready = true;
         self.state.ready_after_ms = Some(elapsed_ms(started));

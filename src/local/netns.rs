@@ -71,6 +71,20 @@ impl NetNs {
             .map_err(super::io_err(format!("register listener {addr}")))
     }
 
+    /// A UDP socket bound to `addr` inside the namespace.
+    pub fn bind_udp(&self, addr: SocketAddr) -> Result<tokio::net::UdpSocket, LocalError> {
+        let s = self
+            .run_inside(move || {
+                let s = std::net::UdpSocket::bind(addr)?;
+                s.set_nonblocking(true)?;
+                Ok(s)
+            })
+            .map_err(super::io_err(format!(
+                "bind UDP {addr} in the node namespace"
+            )))?;
+        tokio::net::UdpSocket::from_std(s).map_err(super::io_err(format!("register UDP {addr}")))
+    }
+
     /// A connection to `addr` made inside the namespace.
     pub async fn dial(&self, addr: SocketAddr) -> std::io::Result<tokio::net::TcpStream> {
         let me = self.clone();
@@ -98,6 +112,40 @@ pub fn relay_to_loopback(listener: tokio::net::TcpListener, port: u16) -> JoinHa
             tokio::spawn(async move {
                 if let Ok(mut out) = tokio::net::TcpStream::connect(("127.0.0.1", port)).await {
                     let _ = tokio::io::copy_bidirectional(&mut inbound, &mut out).await;
+                }
+            });
+        }
+    })
+}
+
+/// Forwards every datagram received on `socket` to 127.0.0.1:`port` on the
+/// machine, one exchange per datagram (DNS: one query, one answer), and sends
+/// the answer back from `socket`, so it leaves from the address the query
+/// was sent to. An answer that does not come within five seconds is dropped,
+/// as a lost datagram would be.
+pub fn relay_udp_to_loopback(socket: tokio::net::UdpSocket, port: u16) -> JoinHandle<()> {
+    let socket = Arc::new(socket);
+    tokio::spawn(async move {
+        let mut buf = vec![0u8; 65_535];
+        loop {
+            let Ok((n, from)) = socket.recv_from(&mut buf).await else {
+                continue;
+            };
+            let query = buf[..n].to_vec();
+            let socket = Arc::clone(&socket);
+            tokio::spawn(async move {
+                let exchange = async {
+                    let out = tokio::net::UdpSocket::bind(("127.0.0.1", 0)).await?;
+                    out.connect(("127.0.0.1", port)).await?;
+                    out.send(&query).await?;
+                    let mut answer = vec![0u8; 65_535];
+                    let n = out.recv(&mut answer).await?;
+                    answer.truncate(n);
+                    Ok::<_, std::io::Error>(answer)
+                };
+                if let Ok(Ok(answer)) = tokio::time::timeout(Duration::from_secs(5), exchange).await
+                {
+                    let _ = socket.send_to(&answer, from).await;
                 }
             });
         }

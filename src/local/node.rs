@@ -21,8 +21,9 @@
 //!   own, whose stand-in pod is on a KWOK node) answer at a relay.
 //! - **Reaching each other.** The supervisor opens listeners inside the
 //!   namespace (see [`super::netns`]): `API_IP:6443` → the host API server,
-//!   `*:8443` → the front door. The API servers reach the kubelet through
-//!   their egress proxy.
+//!   `*:8443` → the front door, and `:1053` (UDP on the stand-in pod's
+//!   address, TCP on all) → the syncer's DNS, the nameserver of the node's
+//!   pods. The API servers reach the kubelet through their egress proxy.
 //! - **Teardown** ([`teardown`]) kills every process in the node's
 //!   namespaces and cgroups (shims and containers are not children of the
 //!   stack) and removes the cgroups; nothing else exists outside the state
@@ -33,7 +34,8 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Instant;
 
-use k8s_openapi::api::core::v1::Node;
+use futures::FutureExt as _;
+use k8s_openapi::api::core::v1::{Node, Pod};
 use kube::api::{Api, Patch, PatchParams};
 use serde_json::json;
 
@@ -372,6 +374,56 @@ impl Stack {
             node.tasks.push(netns::relay_to_loopback(fd, port));
         }
         Ok(Some(node.holder))
+    }
+
+    /// The cluster DNS for the node's pods. Their nameserver, the
+    /// `<name>-dns` Service, leads (through kube-proxy) to the stand-in
+    /// pod's address on [`crate::discovery::DNS_PORT`]; relays inside the
+    /// namespace forward to the syncer's DNS on loopback (`dns_port`). The
+    /// UDP relay is bound to that address itself, so an answer leaves from
+    /// the address its query was translated to and conntrack maps it back to
+    /// the Service's IP (from a wildcard socket it would leave from the
+    /// bridge's address, and resolvers drop it).
+    pub(super) async fn open_dns_relays(
+        &mut self,
+        host_client: &kube::Client,
+        host_namespace: &str,
+        name: &str,
+        dns_port: u16,
+        deadline: Instant,
+    ) -> Result<(), LocalError> {
+        if self.node.is_none() {
+            return Ok(());
+        }
+        let pods: Api<Pod> = Api::namespaced(host_client.clone(), host_namespace);
+        let stand_in = format!("{name}-0");
+        let ip_of = |pods: Api<Pod>, stand_in: String| async move {
+            pods.get_opt(&stand_in)
+                .await
+                .ok()
+                .flatten()
+                .and_then(|p| p.status?.pod_ip)
+                .and_then(|ip| ip.parse::<std::net::IpAddr>().ok())
+        };
+        self.wait_for(&format!("an address for pod {stand_in}"), deadline, || {
+            ip_of(pods.clone(), stand_in.clone()).map(|ip| ip.is_some())
+        })
+        .await?;
+        let ip = ip_of(pods, stand_in)
+            .await
+            .ok_or_else(|| node_err("the stand-in pod lost its address"))?;
+        let Some(node) = self.node.as_mut() else {
+            return Ok(());
+        };
+        let port = crate::discovery::DNS_PORT;
+        let udp = node.ns.bind_udp(std::net::SocketAddr::new(ip, port))?;
+        let tcp = node
+            .ns
+            .listen(std::net::SocketAddr::new([0, 0, 0, 0].into(), port))?;
+        node.tasks.push(netns::relay_udp_to_loopback(udp, dns_port));
+        node.tasks.push(netns::relay_to_loopback(tcp, dns_port));
+        tracing::info!(%ip, port, "DNS relays in the node namespace");
+        Ok(())
     }
 
     /// The node's certificates and its components' configuration files.
