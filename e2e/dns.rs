@@ -320,15 +320,7 @@ fn names_outside_go_upstream_once(env: &Env) {
         assert_eq!(answers(&m), set(&[format!("A {UPSTREAM_IP}")]));
         assert!(!m.metadata.authoritative);
     }
-    let metrics = {
-        use std::io::{Read as _, Write as _};
-        let mut s = std::net::TcpStream::connect((Ipv4Addr::LOCALHOST, env.syncer.port)).unwrap();
-        s.write_all(b"GET /metrics HTTP/1.0\r\nHost: syncer\r\n\r\n")
-            .unwrap();
-        let mut out = String::new();
-        s.read_to_string(&mut out).unwrap();
-        out
-    };
+    let metrics = syncer_metrics(env.syncer.port);
     for want in [
         "vcluster_syncer_dns_queries_total{qtype=\"A\",rcode=\"NOERROR\",source=\"cache\"}",
         "vcluster_syncer_dns_queries_total{qtype=\"A\",rcode=\"NOERROR\",source=\"zone\"}",

@@ -278,6 +278,17 @@ pub fn http_ok_blocking(port: u16, path: &str) -> bool {
     buf[..n].starts_with(b"HTTP/1.1 200") || buf[..n].starts_with(b"HTTP/1.0 200")
 }
 
+/// The body of `GET /metrics` on a syncer's health port 127.0.0.1:`port`.
+pub fn syncer_metrics(port: u16) -> String {
+    use std::io::{Read as _, Write as _};
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+    s.write_all(b"GET /metrics HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n")
+        .unwrap();
+    let mut out = String::new();
+    s.read_to_string(&mut out).unwrap();
+    out.split_once("\r\n\r\n").unwrap().1.to_owned()
+}
+
 /// A `vcluster syncer` process run the way the pod runs it, against a dev
 /// stack's planes; killed when dropped.
 /// A DNS upstream that answers nothing (a closed local port): forwarded
