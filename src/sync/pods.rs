@@ -50,19 +50,27 @@ pub const TOKEN_FOR_LABEL: &str = "vcluster.dev/token-for";
 /// a virtual object.
 #[derive(Debug, Default)]
 pub struct TokenIndex {
-    renew_at: Arc<Listed<i64>>,
+    /// By Secret name: when it is due, and the uid of the host pod that owns it.
+    renew_at: Arc<Listed<(i64, String)>>,
 }
 
 impl TokenIndex {
     /// When the token Secret `name` is due (`None`: there is none), once the
-    /// first list is in.
-    async fn due(&self, name: &str) -> Option<i64> {
+    /// first list is in; with `owner`, only if that host pod owns it (one
+    /// left by an earlier host pod of the same name, deleted while the
+    /// vcluster slept or re-created by a StatefulSet, goes with that pod's
+    /// garbage collection and must be written again).
+    async fn due(&self, name: &str, owner: Option<&str>) -> Option<i64> {
         self.renew_at.wait_until_ready().await;
-        self.renew_at.read().get(name).copied()
+        let index = self.renew_at.read();
+        let (at, of) = index.get(name)?;
+        owner.is_none_or(|o| o == of).then_some(*at)
     }
 
-    fn record(&self, name: &str, renew_at: i64) {
-        self.renew_at.write().insert(name.into(), renew_at);
+    fn record(&self, name: &str, renew_at: i64, owner: &str) {
+        self.renew_at
+            .write()
+            .insert(name.into(), (renew_at, owner.to_owned()));
     }
 
     /// Follows this vcluster's token Secrets until the process ends.
@@ -74,10 +82,17 @@ impl TokenIndex {
         futures::pin_mut!(stream);
         let mut writer = ListWriter::new(Arc::clone(&self.renew_at));
         let due = |m: &PartialObjectMeta<Secret>| {
-            m.annotations()
+            let at = m
+                .annotations()
                 .get(RENEW_AT_ANNOTATION)
                 .and_then(|t| t.parse::<i64>().ok())
-                .unwrap_or(0)
+                .unwrap_or(0);
+            let owner = m
+                .owner_references()
+                .first()
+                .map(|o| o.uid.clone())
+                .unwrap_or_default();
+            (at, owner)
         };
         while let Some(ev) = stream.next().await {
             match ev {
@@ -166,7 +181,13 @@ impl PodRule {
         let host_pod_name = h.name_any();
         let secret_name = token_secret_name(&host_pod_name);
         let now = unix_now();
-        if let Some(at) = self.tokens.due(&secret_name).await.filter(|at| *at > now) {
+        let owner = h.uid().unwrap_or_default();
+        if let Some(at) = self
+            .tokens
+            .due(&secret_name, Some(&owner))
+            .await
+            .filter(|at| *at > now)
+        {
             return Ok(Some(Duration::from_secs(
                 u64::try_from(at - now).unwrap_or(1),
             )));
@@ -199,7 +220,7 @@ impl PodRule {
             .await
             .map_err(err_for("write the service-account token of", "Pod", v))?;
         // Known at once: the pod's next reconcile may come before the watch says so.
-        self.tokens.record(&secret_name, renew);
+        self.tokens.record(&secret_name, renew, &owner);
         Ok(Some(Duration::from_secs(
             u64::try_from(renew - now).unwrap_or(60),
         )))
@@ -373,7 +394,7 @@ impl Rule for PodRule {
         if stashed
             || self
                 .tokens
-                .due(&secret_name)
+                .due(&secret_name, None)
                 .await
                 .is_some_and(|at| at > now)
         {

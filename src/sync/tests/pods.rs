@@ -372,3 +372,19 @@ async fn claims_are_renamed_and_waited_for() {
     r.host_claims = None;
     synced(r.decide(&names(), &p, None));
 }
+
+#[tokio::test]
+async fn a_token_secret_left_by_an_earlier_host_pod_of_the_name_is_not_current() {
+    let index = TokenIndex::default();
+    let mut w = ListWriter::new(Arc::clone(&index.renew_at));
+    let key = |_: &Secret| -> Box<str> { "".into() };
+    let value = |_: &Secret| (0, String::new());
+    w.apply(&watcher::Event::Init, key, value);
+    w.apply(&watcher::Event::InitDone, key, value);
+    index.record("web-x-shop-x-vc.sa-token", 2_000, "h1");
+    let due = |owner| index.due("web-x-shop-x-vc.sa-token", owner);
+    assert_eq!(due(Some("h1")).await, Some(2_000));
+    // The host pod was deleted (the vcluster slept) and created again.
+    assert_eq!(due(Some("h2")).await, None);
+    assert_eq!(due(None).await, Some(2_000));
+}
