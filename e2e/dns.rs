@@ -392,21 +392,7 @@ fn main() {
     let args = Arguments::from_args();
     list_or_check(&args, &[TESTS]);
     let stack = DevStack::up(&["--no-syncer", "--nodes", "2"]);
-    let hk = stack.host_kubeconfig();
-    kubectl_ok(&hk, &["create", "namespace", HOST_NS], None);
-    kubectl_ok(
-        &hk,
-        &[
-            "create",
-            "service",
-            "clusterip",
-            VC,
-            "-n",
-            HOST_NS,
-            "--tcp=443:8443",
-        ],
-        None,
-    );
+    host_namespace_with_api_service(&stack, VC, HOST_NS);
     let upstream = format!("--dns-upstream=127.0.0.1:{}", start_upstream().port());
     let syncer = SyncerProcess::start_with(&stack, VC, HOST_NS, &[&upstream]);
     let log = syncer.log.clone();

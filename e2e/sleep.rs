@@ -154,24 +154,14 @@ fn ready(p: &Pod) -> Option<&k8s_openapi::api::core::v1::PodCondition> {
 /// `client`; returns them by name.
 async fn virtual_ready(client: &kube::Client, ns: &str, n: usize) -> BTreeMap<String, Pod> {
     let api: Api<Pod> = Api::namespaced(client.clone(), ns);
-    eventually(&format!("{n} ready pods in {ns}"), T, || async {
-        let pods = api
-            .list(&ListParams::default())
-            .await
-            .map_err(|e| e.to_string())?;
-        let ok: BTreeMap<String, Pod> = pods
-            .items
-            .into_iter()
-            .filter(|p| phase(p) == "Running" && ready(p).is_some_and(|c| c.status == "True"))
-            .map(|p| (p.metadata.name.clone().unwrap(), p))
-            .collect();
-        if ok.len() == n {
-            Ok(ok)
-        } else {
-            Err(format!("{} of {n}", ok.len()))
-        }
+    let what = format!("{n} ready pods in {ns}");
+    exactly(&what, &api, &ListParams::default(), n, T, |p| {
+        phase(p) == "Running" && ready(p).is_some_and(|c| c.status == "True")
     })
     .await
+    .into_iter()
+    .map(|p| (p.metadata.name.clone().unwrap(), p))
+    .collect()
 }
 
 /// Waits until `n` host pods of this vcluster are Running.
@@ -453,21 +443,7 @@ fn main() {
     let args = Arguments::from_args();
     list_or_check(&args, &[TESTS]);
     let stack = DevStack::up(&["--no-syncer", "--nodes", "2"]);
-    let hk = stack.host_kubeconfig();
-    kubectl_ok(&hk, &["create", "namespace", HOST_NS], None);
-    kubectl_ok(
-        &hk,
-        &[
-            "create",
-            "service",
-            "clusterip",
-            VC,
-            "-n",
-            HOST_NS,
-            "--tcp=443:8443",
-        ],
-        None,
-    );
+    host_namespace_with_api_service(&stack, VC, HOST_NS);
     let pki = stack.dir.path().join("vcluster").join("pki");
     assert!(pki.join("ca.key").exists(), "the virtual plane's client CA");
     let front_port = std::net::TcpListener::bind("127.0.0.1:0")
