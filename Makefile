@@ -79,6 +79,7 @@ e2e:
 	$(CARGO) test --locked --test e2e_onboarding
 	$(CARGO) test --locked --test e2e_faults
 	$(CARGO) test --locked --test e2e_frontdoor
+	$(CARGO) test --locked --test e2e_sleep
 	$(MAKE) e2e-kine
 	$(MAKE) e2e-realnode
 

@@ -175,6 +175,35 @@ fn helm_lint_passes(_: &Env) {
     assert!(args.contains(&"--dns=false".to_owned()), "{args:?}");
 }
 
+fn sleep_values_become_syncer_flags(_: &Env) {
+    let sleep_args = |extra: &[&str]| -> Vec<String> {
+        let docs = render(extra);
+        args_of(container(find(&docs, "StatefulSet", RELEASE), "syncer"))
+            .into_iter()
+            .filter(|a| a.starts_with("--sleep"))
+            .collect()
+    };
+    assert_eq!(sleep_args(&[]), Vec::<String>::new(), "off by default");
+    assert_eq!(
+        sleep_args(&[
+            "--set",
+            "sleep.afterInactivity=30m",
+            "--set",
+            "sleep.countServiceAccounts=true",
+            "--set",
+            "sleep.ignoreUserAgents={argocd/*,flux}",
+            "--set",
+            "sleep.ignoreGroups={bots}",
+        ]),
+        [
+            "--sleep-after=30m",
+            "--sleep-count-service-accounts",
+            "--sleep-ignore-user-agents=argocd/*,flux",
+            "--sleep-ignore-groups=bots",
+        ]
+    );
+}
+
 fn k3s_configuration_matches_its_source_of_truth(_: &Env) {
     let docs = render(&[]);
     let cm = find(&docs, "ConfigMap", &format!("vc-{RELEASE}-k3s"));
@@ -759,6 +788,10 @@ fn helm_uninstall_alone_leaves_nothing(env: &Env) {
 
 const TESTS: &[Test<Env>] = &[
     ("helm_lint_passes", helm_lint_passes),
+    (
+        "sleep_values_become_syncer_flags",
+        sleep_values_become_syncer_flags,
+    ),
     (
         "k3s_configuration_matches_its_source_of_truth",
         k3s_configuration_matches_its_source_of_truth,

@@ -320,15 +320,7 @@ fn names_outside_go_upstream_once(env: &Env) {
         assert_eq!(answers(&m), set(&[format!("A {UPSTREAM_IP}")]));
         assert!(!m.metadata.authoritative);
     }
-    let metrics = {
-        use std::io::{Read as _, Write as _};
-        let mut s = std::net::TcpStream::connect((Ipv4Addr::LOCALHOST, env.syncer.port)).unwrap();
-        s.write_all(b"GET /metrics HTTP/1.0\r\nHost: syncer\r\n\r\n")
-            .unwrap();
-        let mut out = String::new();
-        s.read_to_string(&mut out).unwrap();
-        out
-    };
+    let metrics = syncer_metrics(env.syncer.port);
     for want in [
         "vcluster_syncer_dns_queries_total{qtype=\"A\",rcode=\"NOERROR\",source=\"cache\"}",
         "vcluster_syncer_dns_queries_total{qtype=\"A\",rcode=\"NOERROR\",source=\"zone\"}",
@@ -400,21 +392,7 @@ fn main() {
     let args = Arguments::from_args();
     list_or_check(&args, &[TESTS]);
     let stack = DevStack::up(&["--no-syncer", "--nodes", "2"]);
-    let hk = stack.host_kubeconfig();
-    kubectl_ok(&hk, &["create", "namespace", HOST_NS], None);
-    kubectl_ok(
-        &hk,
-        &[
-            "create",
-            "service",
-            "clusterip",
-            VC,
-            "-n",
-            HOST_NS,
-            "--tcp=443:8443",
-        ],
-        None,
-    );
+    host_namespace_with_api_service(&stack, VC, HOST_NS);
     let upstream = format!("--dns-upstream=127.0.0.1:{}", start_upstream().port());
     let syncer = SyncerProcess::start_with(&stack, VC, HOST_NS, &[&upstream]);
     let log = syncer.log.clone();

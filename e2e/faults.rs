@@ -96,14 +96,7 @@ impl Env {
 
     /// The syncer's /metrics text.
     fn metrics(&self) -> String {
-        use std::io::{Read as _, Write as _};
-        let port = self.syncer.lock().unwrap().as_ref().unwrap().port;
-        let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
-        s.write_all(b"GET /metrics HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n")
-            .unwrap();
-        let mut out = String::new();
-        s.read_to_string(&mut out).unwrap();
-        out.split_once("\r\n\r\n").unwrap().1.to_owned()
+        syncer_metrics(self.syncer.lock().unwrap().as_ref().unwrap().port)
     }
 }
 

@@ -1460,23 +1460,8 @@ fn main() {
     list_or_check(&args, &[TESTS, ISOLATED]);
     let stack = DevStack::up(&["--no-syncer", "--nodes", "2"]);
     let hk = stack.host_kubeconfig();
-    for ns in [HOST_NS, OTHER_NS] {
-        kubectl_ok(&hk, &["create", "namespace", ns], None);
-    }
-    // The vcluster's API Service on the host, as the chart makes it.
-    kubectl_ok(
-        &hk,
-        &[
-            "create",
-            "service",
-            "clusterip",
-            VC,
-            "-n",
-            HOST_NS,
-            "--tcp=443:8443",
-        ],
-        None,
-    );
+    host_namespace_with_api_service(&stack, VC, HOST_NS);
+    kubectl_ok(&hk, &["create", "namespace", OTHER_NS], None);
     // cert-manager's CRDs on the host (its controllers are stood in for).
     let crds = "../shared/testdata/crds/cert-manager";
     kubectl_ok(&hk, &["apply", "--server-side", "-f", crds], None);

@@ -7,7 +7,7 @@ use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::Path;
 
-use k8s_openapi::api::core::v1::{Pod, Secret};
+use k8s_openapi::api::core::v1::{Pod, Secret, Service};
 use kube::api::{Api, ApiResource, DeleteParams, DynamicObject, GroupVersionKind, ListParams};
 use kube::config::Kubeconfig;
 use tracing::Instrument as _;
@@ -77,6 +77,8 @@ pub struct Instance {
     pub state: String,
     /// Whether its kubeconfig Secret exists.
     pub kubeconfig: bool,
+    /// Its sleep state, from its API Service (`None`: no Service readable).
+    pub sleep: Option<crate::sleep::Recorded>,
 }
 
 fn pod_ready(p: &Pod) -> bool {
@@ -140,6 +142,7 @@ pub async fn list(
                     name: key.1,
                     state: "NoPod".to_owned(),
                     kubeconfig: true,
+                    sleep: None,
                 },
             );
         }
@@ -151,6 +154,7 @@ pub async fn list(
                 name: key.1,
                 state: String::new(),
                 kubeconfig: false,
+                sleep: None,
             });
             // A Running pod wins over others of the same vcluster.
             let st = pod_state(p);
@@ -159,7 +163,47 @@ pub async fn list(
             }
         }
     }
-    Ok(found.into_values().collect())
+    let mut out: Vec<Instance> = found.into_values().collect();
+    for i in &mut out {
+        let services: Api<Service> = Api::namespaced(host.clone(), &i.namespace);
+        // Best effort: a user who may not read Services still gets the list.
+        if let Ok(Some(svc)) = services.get_opt(&i.name).await {
+            i.sleep = Some(crate::sleep::Recorded::of(&svc));
+        }
+    }
+    Ok(out)
+}
+
+/// Puts vcluster `name` to sleep at once (`asleep`), or wakes it, by the
+/// annotations on its API Service that its syncer follows.
+pub async fn set_sleep(
+    host: &kube::Client,
+    name: &str,
+    namespace: &str,
+    asleep: bool,
+) -> Result<(), InstanceError> {
+    let services: Api<Service> = Api::namespaced(host.clone(), namespace);
+    let what = format!("change Service {name} in namespace {namespace}");
+    if services
+        .get_opt(name)
+        .await
+        .map_err(kube_err(what.clone()))?
+        .is_none()
+    {
+        return Err(InstanceError::NotFound {
+            name: name.to_owned(),
+            namespace: namespace.to_owned(),
+        });
+    }
+    let now = k8s_openapi::jiff::Timestamp::now().as_second();
+    let pairs = if asleep {
+        crate::sleep::sleep_now(now)
+    } else {
+        crate::sleep::wake_now(now)
+    };
+    crate::sleep::write_state(&services, name, &pairs)
+        .await
+        .map_err(kube_err(what))
 }
 
 /// The admin kubeconfig of vcluster `name` from its `vc-<name>` Secret.

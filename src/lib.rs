@@ -16,6 +16,8 @@
 //! - [`proxy`]: the front door (TLS, authentication, impersonation, host
 //!   redirects);
 //! - [`dns`]: the virtual cluster's DNS, served from the syncer's caches;
+//! - [`sleep`]: sleep mode (activity from the front door, the state on the
+//!   host Service, the pods held while asleep);
 //! - [`discovery`]: the labels and names that find a vcluster's host objects;
 //! - [`instances`]: vclusters seen from the host (list, connect, delete);
 //! - [`cli`]: the `vcluster` command line.
@@ -33,6 +35,7 @@ pub mod local;
 pub mod pki;
 pub mod policy;
 pub mod proxy;
+pub mod sleep;
 pub mod sync;
 pub mod syncer;
 pub mod translate;

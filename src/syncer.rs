@@ -200,6 +200,8 @@ pub struct SyncerOptions {
     pub owner_statefulset: Option<String>,
     /// The cluster DNS, when it is served.
     pub dns: Option<crate::dns::DnsOptions>,
+    /// Sleep mode.
+    pub sleep: crate::sleep::SleepOptions,
 }
 
 /// The owner reference to StatefulSet `name` in `namespace`: not a
@@ -318,9 +320,15 @@ pub async fn run(opts: SyncerOptions) -> Result<(), SyncerError> {
         let span = tracing::info_span!("init_manifests");
         assembly.spawn(
             "init-manifests",
-            crate::init::run(ctx, manifests, reapply).instrument(span),
+            crate::init::run(Arc::clone(&ctx), manifests, reapply).instrument(span),
         );
     }
+    let sleep = assembly.shared::<crate::sleep::Sleep>();
+    assembly.spawn(
+        "sleep",
+        crate::sleep::run(Arc::clone(&sleep), Arc::clone(&ctx), opts.sleep.clone())
+            .instrument(tracing::info_span!("sleep")),
+    );
     let dns = match opts.dns.clone() {
         Some(d) => Some(crate::dns::register(&mut assembly, d)?),
         None => None,
@@ -346,7 +354,11 @@ pub async fn run(opts: SyncerOptions) -> Result<(), SyncerError> {
             virt,
             owner,
         };
-        crate::proxy::run(target, fd, ca).await
+        let activity = crate::proxy::Tracking {
+            sleep,
+            policy: opts.sleep.policy.clone(),
+        };
+        crate::proxy::run(target, fd, ca, activity).await
     }
     .instrument(tracing::info_span!("front_door"));
     tokio::select! {

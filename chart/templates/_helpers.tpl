@@ -72,6 +72,18 @@ vcluster.dev/component: control-plane
     {{- with .Values.storage.allowedClasses }}
     - --allowed-storage-classes={{ join "," . }}
     {{- end }}
+    {{- with .Values.sleep.afterInactivity }}
+    - --sleep-after={{ . }}
+    {{- end }}
+    {{- if .Values.sleep.countServiceAccounts }}
+    - --sleep-count-service-accounts
+    {{- end }}
+    {{- with .Values.sleep.ignoreUserAgents }}
+    - --sleep-ignore-user-agents={{ join "," . }}
+    {{- end }}
+    {{- with .Values.sleep.ignoreGroups }}
+    - --sleep-ignore-groups={{ join "," . }}
+    {{- end }}
     - --dns={{ .Values.dns.enabled }}
     {{- if .Values.dns.enabled }}
     - --dns-port=1053

@@ -278,6 +278,37 @@ pub fn http_ok_blocking(port: u16, path: &str) -> bool {
     buf[..n].starts_with(b"HTTP/1.1 200") || buf[..n].starts_with(b"HTTP/1.0 200")
 }
 
+/// Creates host namespace `ns` and in it the API Service of vcluster `vc`
+/// (443 -> the syncer's 8443), as the chart makes them.
+pub fn host_namespace_with_api_service(stack: &DevStack, vc: &str, ns: &str) {
+    let hk = stack.host_kubeconfig();
+    kubectl_ok(&hk, &["create", "namespace", ns], None);
+    kubectl_ok(
+        &hk,
+        &[
+            "create",
+            "service",
+            "clusterip",
+            vc,
+            "-n",
+            ns,
+            "--tcp=443:8443",
+        ],
+        None,
+    );
+}
+
+/// The body of `GET /metrics` on a syncer's health port 127.0.0.1:`port`.
+pub fn syncer_metrics(port: u16) -> String {
+    use std::io::{Read as _, Write as _};
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+    s.write_all(b"GET /metrics HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n")
+        .unwrap();
+    let mut out = String::new();
+    s.read_to_string(&mut out).unwrap();
+    out.split_once("\r\n\r\n").unwrap().1.to_owned()
+}
+
 /// A `vcluster syncer` process run the way the pod runs it, against a dev
 /// stack's planes; killed when dropped.
 /// A DNS upstream that answers nothing (a closed local port): forwarded
@@ -735,19 +766,36 @@ pub async fn running(
     n: usize,
     timeout: Duration,
 ) -> Vec<k8s_openapi::api::core::v1::Pod> {
-    eventually(&format!("{n} running pods app={app}"), timeout, || async {
-        let l = pods
-            .list(&kube::api::ListParams::default().labels(&format!("app={app}")))
-            .await
-            .map_err(|e| e.to_string())?;
-        let ok: Vec<_> = l
-            .items
-            .into_iter()
-            .filter(|p| p.metadata.deletion_timestamp.is_none())
-            .filter(|p| phase(p) == "Running")
-            .filter(|p| p.status.as_ref().and_then(|s| s.pod_ip.as_ref()).is_some())
-            .filter(|p| p.spec.as_ref().and_then(|s| s.node_name.as_ref()).is_some())
-            .collect();
+    let lp = kube::api::ListParams::default().labels(&format!("app={app}"));
+    exactly(
+        &format!("{n} running pods app={app}"),
+        pods,
+        &lp,
+        n,
+        timeout,
+        |p| {
+            p.metadata.deletion_timestamp.is_none()
+                && phase(p) == "Running"
+                && p.status.as_ref().and_then(|s| s.pod_ip.as_ref()).is_some()
+                && p.spec.as_ref().and_then(|s| s.node_name.as_ref()).is_some()
+        },
+    )
+    .await
+}
+
+/// The pods of `pods` listed with `lp` once exactly `n` of them pass `keep`,
+/// within `timeout` (`what` names the wait).
+pub async fn exactly(
+    what: &str,
+    pods: &kube::Api<k8s_openapi::api::core::v1::Pod>,
+    lp: &kube::api::ListParams,
+    n: usize,
+    timeout: Duration,
+    keep: impl Fn(&k8s_openapi::api::core::v1::Pod) -> bool,
+) -> Vec<k8s_openapi::api::core::v1::Pod> {
+    eventually(what, timeout, || async {
+        let l = pods.list(lp).await.map_err(|e| e.to_string())?;
+        let ok: Vec<_> = l.items.into_iter().filter(|p| keep(p)).collect();
         if ok.len() == n {
             Ok(ok)
         } else {

@@ -355,19 +355,74 @@ pub fn list(args: ListArgs) -> anyhow::Result<ExitCode> {
         let mut out = std::io::stdout().lock();
         writeln!(
             out,
-            "{:<24} {:<24} {:<12} KUBECONFIG",
-            "NAME", "NAMESPACE", "STATE"
+            "{:<24} {:<24} {:<12} {:<9} {:<21} {:<21} KUBECONFIG",
+            "NAME", "NAMESPACE", "STATE", "SLEEP", "IDLE SINCE", "SLEEPS AT"
         )?;
         for i in &found {
+            let (sleep, idle, at) = sleep_columns(i.sleep.as_ref());
             writeln!(
                 out,
-                "{:<24} {:<24} {:<12} {}",
+                "{:<24} {:<24} {:<12} {:<9} {:<21} {:<21} {}",
                 i.name,
                 i.namespace,
                 i.state,
+                sleep,
+                idle,
+                at,
                 if i.kubeconfig { "yes" } else { "no" }
             )?;
         }
+        Ok(ExitCode::SUCCESS)
+    })
+}
+
+/// `vcluster list`'s sleep columns: Awake/Sleeping, idle since (the last
+/// counted request) and when it will sleep (`-`: not by itself).
+fn sleep_columns(r: Option<&crate::sleep::Recorded>) -> (&'static str, String, String) {
+    let time = |s: i64| {
+        k8s_openapi::jiff::Timestamp::from_second(s)
+            .map_or_else(|_| "-".to_owned(), |t| t.to_string())
+    };
+    let Some(r) = r else {
+        return ("-", "-".to_owned(), "-".to_owned());
+    };
+    let idle = r.last_activity.map_or_else(|| "-".to_owned(), time);
+    if r.sleeping_since.is_some() {
+        return ("Sleeping", idle, "-".to_owned());
+    }
+    let at = match (r.last_activity, r.sleep_after) {
+        (Some(last), Some(after)) => time(last + after),
+        _ => "-".to_owned(),
+    };
+    ("Awake", idle, at)
+}
+
+#[derive(Debug, Args)]
+pub struct SleepArgs {
+    /// The vcluster's name.
+    name: String,
+    /// Its host namespace (default: the kubeconfig context's namespace).
+    #[arg(short, long)]
+    namespace: Option<String>,
+    #[command(flatten)]
+    host: HostArgs,
+}
+
+/// `vcluster sleep` (`asleep`) and `vcluster wake`.
+pub fn set_sleep(args: SleepArgs, asleep: bool) -> anyhow::Result<ExitCode> {
+    runtime()?.block_on(async move {
+        let (host, _, ns) = target(&args.name, &args.host, args.namespace.as_deref()).await?;
+        instances::set_sleep(&host, &args.name, &ns, asleep).await?;
+        let what = if asleep {
+            "sleeps: its pods leave the host"
+        } else {
+            "wakes: its pods come back as the host schedules them"
+        };
+        writeln!(
+            std::io::stdout().lock(),
+            "vcluster {} in namespace {ns} {what}",
+            args.name
+        )?;
         Ok(ExitCode::SUCCESS)
     })
 }

@@ -39,6 +39,10 @@ enum Command {
     List(instances::ListArgs),
     /// Delete a vcluster and everything it owns in its host namespace.
     Delete(instances::DeleteArgs),
+    /// Put a vcluster to sleep now: its pods leave the host until it wakes.
+    Sleep(instances::SleepArgs),
+    /// Wake a sleeping vcluster: its pods come back on the host.
+    Wake(instances::SleepArgs),
 }
 
 /// Logs go to stderr; `VCLUSTER_LOG` takes an env-filter directive. By default
@@ -90,6 +94,8 @@ pub fn main() -> ExitCode {
         Command::Disconnect(args) => instances::disconnect(args),
         Command::List(args) => instances::list(args),
         Command::Delete(args) => instances::delete(args),
+        Command::Sleep(args) => instances::set_sleep(args, true),
+        Command::Wake(args) => instances::set_sleep(args, false),
     };
     match result {
         Ok(code) => code,

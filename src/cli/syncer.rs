@@ -183,10 +183,50 @@ pub struct SyncerArgs {
     /// at its first start; the record is ConfigMap kube-system/vcluster-init.
     #[arg(long, env = "VCLUSTER_INIT_MANIFESTS")]
     init_manifests: Option<PathBuf>,
+    /// Sleep after this long without a request from a person through the
+    /// front door (`90s`, `30m`, `2h`, `1h30m`): the tenant's pods leave the
+    /// host until the next request. Default: off (`vcluster sleep` still works).
+    #[arg(long, env = "VCLUSTER_SLEEP_AFTER", value_parser = parse_duration)]
+    sleep_after: Option<Duration>,
+    /// Count requests of the virtual cluster's service accounts as activity.
+    #[arg(long, env = "VCLUSTER_SLEEP_COUNT_SERVICE_ACCOUNTS")]
+    sleep_count_service_accounts: bool,
+    /// User agents whose requests are not activity (`argocd/*` matches by prefix).
+    #[arg(long, env = "VCLUSTER_SLEEP_IGNORE_USER_AGENTS", value_delimiter = ',')]
+    sleep_ignore_user_agents: Vec<String>,
+    /// Groups whose members' requests are not activity.
+    #[arg(long, env = "VCLUSTER_SLEEP_IGNORE_GROUPS", value_delimiter = ',')]
+    sleep_ignore_groups: Vec<String>,
     /// Apply the init manifests again when the file has changed since they
     /// were applied (default: once, whatever the tenant changed since).
     #[arg(long, env = "VCLUSTER_INIT_REAPPLY", requires = "init_manifests")]
     init_reapply: bool,
+}
+
+/// A duration such as `90s`, `30m`, `2h` or `1h30m` (at least one second).
+fn parse_duration(s: &str) -> Result<Duration, String> {
+    let bad = || format!("invalid duration {s:?}: use a number with s, m or h (90s, 30m, 1h30m)");
+    let mut total = 0u64;
+    let mut digits = String::new();
+    for c in s.trim().chars() {
+        if c.is_ascii_digit() {
+            digits.push(c);
+            continue;
+        }
+        let unit = match c {
+            's' => 1,
+            'm' => 60,
+            'h' => 3600,
+            _ => return Err(bad()),
+        };
+        let n: u64 = digits.parse().map_err(|_| bad())?;
+        total = total.saturating_add(n.saturating_mul(unit));
+        digits.clear();
+    }
+    if !digits.is_empty() || total == 0 {
+        return Err(bad());
+    }
+    Ok(Duration::from_secs(total))
 }
 
 pub fn run(args: SyncerArgs) -> anyhow::Result<ExitCode> {
@@ -263,7 +303,17 @@ pub fn run(args: SyncerArgs) -> anyhow::Result<ExitCode> {
         }
         None => None,
     };
+    let sleep = crate::sleep::SleepOptions {
+        after: args.sleep_after,
+        policy: crate::sleep::ActivityPolicy {
+            count_service_accounts: args.sleep_count_service_accounts,
+            ignored_user_agents: nonempty(args.sleep_ignore_user_agents),
+            ignored_groups: nonempty(args.sleep_ignore_groups),
+        },
+        service: settings.api_service.clone(),
+    };
     let opts = SyncerOptions {
+        sleep,
         init,
         kinds,
         settings,
@@ -291,4 +341,29 @@ pub fn run(args: SyncerArgs) -> anyhow::Result<ExitCode> {
             _ = tokio::signal::ctrl_c() => Ok(ExitCode::SUCCESS),
         }
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::parse_duration;
+    use std::time::Duration;
+
+    #[test]
+    fn durations_read_as_people_write_them() {
+        for (text, secs) in [("90s", 90), ("30m", 1800), ("2h", 7200), ("1h30m", 5400)] {
+            assert_eq!(
+                parse_duration(text),
+                Ok(Duration::from_secs(secs)),
+                "{text}"
+            );
+        }
+        for bad in ["", "30", "0s", "5d", "m", "1.5h"] {
+            assert!(
+                parse_duration(bad)
+                    .unwrap_err()
+                    .contains("invalid duration"),
+                "{bad}"
+            );
+        }
+    }
 }

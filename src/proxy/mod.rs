@@ -127,6 +127,35 @@ fn read(path: &PathBuf) -> Result<String, ProxyError> {
 struct Shared {
     target: HostTarget,
     tokens: TokenAuthenticator,
+    activity: Tracking,
+}
+
+/// What the front door tells sleep mode: a person's requests
+/// ([`crate::sleep::activity`]) are recorded as activity, and wake the
+/// cluster when it sleeps (without waiting for it).
+#[derive(Debug)]
+pub struct Tracking {
+    /// The shared sleep state.
+    pub sleep: Arc<crate::sleep::Sleep>,
+    /// What counts.
+    pub policy: crate::sleep::ActivityPolicy,
+}
+
+impl Tracking {
+    /// Classifies one authenticated request and records it if it counts.
+    pub fn record(&self, id: &Identity, req: &Request<Incoming>) {
+        let uri = req.uri();
+        if self
+            .policy
+            .classify(id, uri.path(), uri.query(), req.headers())
+            == crate::sleep::Verdict::Counts
+        {
+            let now = SystemTime::now()
+                .duration_since(SystemTime::UNIX_EPOCH)
+                .map_or(0, |d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX));
+            self.sleep.activity.touch(now);
+        }
+    }
 }
 
 /// Sets up TLS (serving certificates signed by `serving_ca`, the CA of
@@ -136,6 +165,7 @@ pub async fn run(
     target: HostTarget,
     opts: FrontDoorOptions,
     serving_ca: Ca,
+    activity: Tracking,
 ) -> Result<(), ProxyError> {
     let client_ca_pem = read(&opts.client_ca_cert)?;
     let serving = serving_cert(&target, &opts, serving_ca).await?;
@@ -168,6 +198,7 @@ pub async fn run(
     let shared = Arc::new(Shared {
         tokens: TokenAuthenticator::new(target.virt.clone()),
         target,
+        activity,
     });
     tracing::info!(listen = %opts.listen, "front door serving");
     let max = opts.max_connections;
@@ -313,6 +344,7 @@ async fn handle(
         Ok(None) => return forward::unauthorized(),
         Err(resp) => return resp,
     };
+    shared.activity.record(&id, &req);
     let path = req.uri().path().to_owned();
     let query = req.uri().query().map(str::to_owned);
     match route::classify(&path, query.as_deref()) {

@@ -12,6 +12,11 @@
 //! | `vcluster_syncer_watch_errors_total` | counter | kind, side |
 //! | `vcluster_syncer_dns_queries_total` | counter | qtype, rcode, source |
 //! | `vcluster_syncer_dns_duration_seconds` | histogram | source |
+//! | `vcluster_syncer_sleeping` | gauge (1 while asleep) | |
+//! | `vcluster_syncer_last_activity_timestamp_seconds` | gauge (the last counted front-door request, Unix seconds) | |
+//! | `vcluster_syncer_sleeps_total` | counter | |
+//! | `vcluster_syncer_wakes_total` | counter | trigger (`request`, `command`) |
+//! | `vcluster_syncer_wake_duration_seconds` | histogram | |
 //!
 //! DNS queries (see [`crate::dns`]) count by question type, response code
 //! and source: `zone` (answered from the caches), `forward` (asked
@@ -69,6 +74,12 @@ struct SourceLabels {
     source: &'static str,
 }
 
+/// Labels of wakes.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct TriggerLabels {
+    trigger: &'static str,
+}
+
 type DnsHistogramFamily = Family<SourceLabels, Histogram, fn() -> Histogram>;
 
 fn dns_histogram() -> Histogram {
@@ -94,6 +105,11 @@ pub struct Metrics {
     watch_errors: Family<SideLabels, Counter>,
     dns_queries: Family<DnsLabels, Counter>,
     dns_duration: DnsHistogramFamily,
+    sleeping: Gauge,
+    last_activity: Gauge,
+    sleeps: Counter,
+    wakes: Family<TriggerLabels, Counter>,
+    wake_duration: Histogram,
 }
 
 impl Default for Metrics {
@@ -117,6 +133,37 @@ impl Default for Metrics {
             "dns_duration_seconds",
             "Time to answer one DNS query, per source (zone, forward, cache)",
             dns_duration.clone(),
+        );
+        let sleeping = Gauge::default();
+        let sleeps = Counter::default();
+        let last_activity = Gauge::default();
+        registry.register(
+            "last_activity_timestamp_seconds",
+            "The last front-door request that counted as activity (Unix seconds)",
+            last_activity.clone(),
+        );
+        let wakes = Family::<TriggerLabels, Counter>::default();
+        // 100 ms .. ~14 min.
+        let wake_duration = Histogram::new(exponential_buckets(0.1, 2.0, 14));
+        registry.register(
+            "sleeping",
+            "1 while the virtual cluster sleeps (its pods stopped on the host)",
+            sleeping.clone(),
+        );
+        registry.register(
+            "sleeps",
+            "Times the virtual cluster fell asleep",
+            sleeps.clone(),
+        );
+        registry.register(
+            "wakes",
+            "Times the virtual cluster woke, per trigger (request, command)",
+            wakes.clone(),
+        );
+        registry.register(
+            "wake_duration_seconds",
+            "From a wake to every slept pod showing its host pod's status again",
+            wake_duration.clone(),
         );
         registry.register(
             "reconciles",
@@ -164,6 +211,11 @@ impl Default for Metrics {
             watch_errors,
             dns_queries,
             dns_duration,
+            sleeping,
+            last_activity,
+            sleeps,
+            wakes,
+            wake_duration,
         }
     }
 }
@@ -232,6 +284,31 @@ impl Metrics {
         self.dns_duration
             .get_or_create(&SourceLabels { source })
             .observe(took.as_secs_f64());
+    }
+
+    /// Sets the sleeping gauge.
+    pub fn sleeping(&self, asleep: bool) {
+        self.sleeping.set(i64::from(asleep));
+    }
+
+    /// Sets the time of the last counted request.
+    pub fn active_at(&self, unix_seconds: i64) {
+        self.last_activity.set(unix_seconds);
+    }
+
+    /// Counts a fall into sleep.
+    pub fn slept(&self) {
+        self.sleeps.inc();
+    }
+
+    /// Counts a wake by `trigger`.
+    pub fn woke(&self, trigger: &'static str) {
+        self.wakes.get_or_create(&TriggerLabels { trigger }).inc();
+    }
+
+    /// Records how long a wake took.
+    pub fn woken(&self, took: Duration) {
+        self.wake_duration.observe(took.as_secs_f64());
     }
 
     /// The OpenMetrics text exposition.

@@ -95,6 +95,10 @@ pub enum Decision<H> {
     Reject(&'static str, String),
     /// Not yet: something it needs is missing; try again shortly.
     Wait(String),
+    /// The object stays virtual for now (the vcluster sleeps): the virtual
+    /// status gets this merge patch first, if any, then an owned host copy
+    /// is deleted. Nothing else of the virtual object changes.
+    Hold(Option<serde_json::Value>),
 }
 
 impl<H> Decision<H> {

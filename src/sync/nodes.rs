@@ -96,7 +96,7 @@ fn node_status(
     })
 }
 
-/// The host nodes this vcluster's host pods run on.
+/// The nodes the pods of `pods` are bound to (host pods: the host nodes they run on).
 fn needed_nodes(host_pods: &Cache<Pod>) -> HashSet<String> {
     #[derive(serde::Deserialize)]
     struct Bound {
@@ -215,13 +215,17 @@ impl VirtualNodes {
             .map_err(|e| api_err("renew lease of virtual", name, e))
     }
 
-    /// Every `period`: renews the Nodes that host pods still need and deletes
-    /// the others. `host_pods` is the pod engine's host cache.
-    pub async fn maintain(&self, host_pods: Cache<Pod>, period: Duration) {
+    /// Every `period`: renews the Nodes that host or virtual pods still need
+    /// and deletes the others (`host_pods`, `virt_pods`: the pod engine's caches).
+    pub async fn maintain(&self, host_pods: Cache<Pod>, virt_pods: Cache<Pod>, period: Duration) {
         let mut tick = tokio::time::interval(period);
         loop {
             tick.tick().await;
-            let needed = needed_nodes(&host_pods);
+            // Also the nodes virtual pods are bound to: a pod whose host copy
+            // sleeps, or was created again on another host node, must not lose
+            // its node (the virtual pod garbage collector would delete it).
+            let mut needed = needed_nodes(&host_pods);
+            needed.extend(needed_nodes(&virt_pods));
             let nodes: Api<Node> = Api::all(self.virt.clone());
             let existing = match nodes
                 .list(&ListParams::default().labels(&format!("{FAKE_NODE_LABEL}=true")))

@@ -31,6 +31,7 @@ use super::nodes::VirtualNodes;
 use super::{Assembly, Context, Decision, Engine, KindSpec, Names, Rule, Side, SyncError, err_for};
 use crate::FIELD_MANAGER;
 use crate::policy::pss::{self, Level};
+use crate::sleep::{Sleep, sleeping_status, slept};
 use crate::translate::markers::OWNER_LABEL;
 use crate::translate::pod::{
     ApiEndpoint, ClusterDns, TOKEN_KEY, TokenSource, host_pod, references, status_up,
@@ -49,19 +50,27 @@ pub const TOKEN_FOR_LABEL: &str = "vcluster.dev/token-for";
 /// a virtual object.
 #[derive(Debug, Default)]
 pub struct TokenIndex {
-    renew_at: Arc<Listed<i64>>,
+    /// By Secret name: when it is due, and the uid of the host pod that owns it.
+    renew_at: Arc<Listed<(i64, String)>>,
 }
 
 impl TokenIndex {
     /// When the token Secret `name` is due (`None`: there is none), once the
-    /// first list is in.
-    async fn due(&self, name: &str) -> Option<i64> {
+    /// first list is in; with `owner`, only if that host pod owns it (one
+    /// left by an earlier host pod of the same name, deleted while the
+    /// vcluster slept or re-created by a StatefulSet, goes with that pod's
+    /// garbage collection and must be written again).
+    async fn due(&self, name: &str, owner: Option<&str>) -> Option<i64> {
         self.renew_at.wait_until_ready().await;
-        self.renew_at.read().get(name).copied()
+        let index = self.renew_at.read();
+        let (at, of) = index.get(name)?;
+        owner.is_none_or(|o| o == of).then_some(*at)
     }
 
-    fn record(&self, name: &str, renew_at: i64) {
-        self.renew_at.write().insert(name.into(), renew_at);
+    fn record(&self, name: &str, renew_at: i64, owner: &str) {
+        self.renew_at
+            .write()
+            .insert(name.into(), (renew_at, owner.to_owned()));
     }
 
     /// Follows this vcluster's token Secrets until the process ends.
@@ -73,10 +82,17 @@ impl TokenIndex {
         futures::pin_mut!(stream);
         let mut writer = ListWriter::new(Arc::clone(&self.renew_at));
         let due = |m: &PartialObjectMeta<Secret>| {
-            m.annotations()
+            let at = m
+                .annotations()
                 .get(RENEW_AT_ANNOTATION)
                 .and_then(|t| t.parse::<i64>().ok())
-                .unwrap_or(0)
+                .unwrap_or(0);
+            let owner = m
+                .owner_references()
+                .first()
+                .map(|o| o.uid.clone())
+                .unwrap_or_default();
+            (at, owner)
         };
         while let Some(ev) = stream.next().await {
             match ev {
@@ -102,6 +118,7 @@ pub struct PodRule {
     services: Cache<Service>,
     host_claims: Option<Cache<PersistentVolumeClaim>>,
     pod_security: Level,
+    sleep: Arc<Sleep>,
 }
 
 /// What the pod rule reads besides the pod: the host caches of the
@@ -121,6 +138,8 @@ pub struct PodSources {
     pub tokens: Arc<TokenIndex>,
     /// Host copies of claims, when claims are synced.
     pub host_claims: Option<Cache<PersistentVolumeClaim>>,
+    /// Whether the vcluster sleeps (pods are then held).
+    pub sleep: Arc<Sleep>,
 }
 
 impl PodRule {
@@ -144,6 +163,7 @@ impl PodRule {
             services: src.services,
             host_claims: src.host_claims,
             pod_security,
+            sleep: src.sleep,
         }
     }
 
@@ -161,7 +181,13 @@ impl PodRule {
         let host_pod_name = h.name_any();
         let secret_name = token_secret_name(&host_pod_name);
         let now = unix_now();
-        if let Some(at) = self.tokens.due(&secret_name).await.filter(|at| *at > now) {
+        let owner = h.uid().unwrap_or_default();
+        if let Some(at) = self
+            .tokens
+            .due(&secret_name, Some(&owner))
+            .await
+            .filter(|at| *at > now)
+        {
             return Ok(Some(Duration::from_secs(
                 u64::try_from(at - now).unwrap_or(1),
             )));
@@ -194,7 +220,7 @@ impl PodRule {
             .await
             .map_err(err_for("write the service-account token of", "Pod", v))?;
         // Known at once: the pod's next reconcile may come before the watch says so.
-        self.tokens.record(&secret_name, renew);
+        self.tokens.record(&secret_name, renew, &owner);
         Ok(Some(Duration::from_secs(
             u64::try_from(renew - now).unwrap_or(60),
         )))
@@ -286,16 +312,29 @@ impl Rule for PodRule {
             };
         }
         let phase = v.status.as_ref().and_then(|s| s.phase.as_deref());
-        if h.is_none() && matches!(phase, Some("Succeeded" | "Failed")) {
+        let finished = matches!(phase, Some("Succeeded" | "Failed"));
+        if h.is_none() && finished {
             // Finished: the virtual pod keeps its final status (Job history).
             return Decision::REMOVE;
         }
+        if self.sleep.asleep() && !self.sleep.exempt(v) {
+            // Held while the vcluster sleeps: marked (a finished pod keeps
+            // its final status), then its host copy goes.
+            return Decision::Hold(if finished { None } else { sleeping_status(v) });
+        }
+        let slept = slept(v);
+        if slept && h.is_some_and(|h| h.metadata.deletion_timestamp.is_some()) {
+            // Awake again before the host copy put to sleep is gone: created
+            // anew once it is, and the mark stays until then.
+            return Decision::Wait("its host copy put to sleep is still terminating".into());
+        }
         let bound = v.spec.as_ref().and_then(|s| s.node_name.as_ref()).is_some();
-        if bound && h.is_none() {
+        if bound && h.is_none() && !slept {
             // It ran on the host and its host pod is gone.
             return Decision::DeleteVirtual;
         }
-        if h.is_none() {
+        // A pod that ran before it slept was admitted then.
+        if h.is_none() && !(bound && slept) {
             // Checked at creation, as admission would: a pod already running
             // on the host is not ended by a later change of level.
             let violations = pss::check(v, self.pod_security);
@@ -355,7 +394,7 @@ impl Rule for PodRule {
         if stashed
             || self
                 .tokens
-                .due(&secret_name)
+                .due(&secret_name, None)
                 .await
                 .is_some_and(|at| at > now)
         {
@@ -479,13 +518,20 @@ fn register(a: &mut Assembly) {
         host_claims: a
             .selected(super::claims::KIND.name)
             .then(|| a.cache(Side::Host)),
+        sleep: a.shared::<Sleep>(),
     };
     // Pods created once the Services are known get every Service's links.
     let services_ready = a.ready_of::<Service>(Side::Virtual);
     let (virt, host) = a.feeds::<PodRule>();
-    let (nodes, host_pods) = (Arc::clone(&src.nodes), host.cache.clone());
+    let (nodes, host_pods, virt_pods) = (
+        Arc::clone(&src.nodes),
+        host.cache.clone(),
+        virt.cache.clone(),
+    );
     a.spawn("virtual-nodes", async move {
-        nodes.maintain(host_pods, Duration::from_secs(10)).await
+        nodes
+            .maintain(host_pods, virt_pods, Duration::from_secs(10))
+            .await
     });
     let config = a.opts().watcher_config(Side::Host);
     a.spawn(
@@ -507,9 +553,38 @@ fn register(a: &mut Assembly) {
             }
             None => None,
         };
+        // No host pod before the sleep state is known: a syncer restarted
+        // while asleep must not create them first.
+        let sleep = Arc::clone(&src.sleep);
+        sleep.known().await;
         let rule = PodRule::new(src, api, dns, settings.pod_security);
-        Engine::new(rule, ctx, virt, host).run(opts).await
+        let engine = Engine::new(rule, ctx, virt, host);
+        tokio::spawn(follow_sleep(sleep, Arc::clone(&engine)));
+        engine.run(opts).await
     });
+}
+
+/// Re-queues every pod when the sleep state changes, and after a wake
+/// records how long it took until every slept pod shows its host pod again.
+async fn follow_sleep(sleep: Arc<Sleep>, engine: Arc<Engine<PodRule>>) {
+    let mut changes = sleep.subscribe();
+    loop {
+        tokio::select! {
+            r = changes.changed() => {
+                if r.is_err() {
+                    return;
+                }
+                engine.enqueue_all_virtual();
+            }
+            () = tokio::time::sleep(Duration::from_millis(250)), if sleep.waking_since().is_some() => {
+                if crate::sleep::still_asleep(&engine.virtual_store()) == 0
+                    && let Some(took) = sleep.woken()
+                {
+                    tracing::info!(seconds = took.as_secs_f64(), "every slept pod is back on the host");
+                }
+            }
+        }
+    }
 }
 
 /// Where synced pods reach the virtual API: the configured host, else the

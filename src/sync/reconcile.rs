@@ -153,6 +153,17 @@ impl<R: Rule> Engine<R> {
                 tracing::debug!(why, "waiting");
                 Ok(Some(Duration::from_secs(1)))
             }
+            Decision::Hold(status) => {
+                // The mark first: a restart after the delete still knows why
+                // the host copy is gone.
+                if let Some(patch) = status {
+                    self.patch_virtual_status(key, &patch).await?;
+                }
+                if let Some(h) = h {
+                    self.delete_host(&h, &key_text, None).await?;
+                }
+                Ok(None)
+            }
         }
     }
 
@@ -228,12 +239,22 @@ impl<R: Rule> Engine<R> {
         };
         let again = self.rule.after_sync(&self.ctx, v, host_now).await?;
         if let Some(patch) = self.rule.status_up(v, host_now) {
-            self.virt_api(&key.namespace)
-                .patch_status(&key.name, &PatchParams::default(), &Patch::Merge(&patch))
-                .await
-                .map_err(|e| api_err("update status of", R::KIND, &key.to_string(), e))?;
+            self.patch_virtual_status(key, &patch).await?;
         }
         Ok(again)
+    }
+
+    /// A merge patch of the virtual object's status subresource.
+    async fn patch_virtual_status(
+        &self,
+        key: &VirtualKey,
+        patch: &serde_json::Value,
+    ) -> Result<(), SyncError> {
+        self.virt_api(&key.namespace)
+            .patch_status(&key.name, &PatchParams::default(), &Patch::Merge(patch))
+            .await
+            .map(drop)
+            .map_err(|e| api_err("update status of", R::KIND, &key.to_string(), e))
     }
 
     /// Applies the host copy, or the rule's alternative when the host

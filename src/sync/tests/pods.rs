@@ -22,6 +22,7 @@ fn rule(
             services: filled(services),
             nodes: Arc::new(VirtualNodes::new(client.clone(), client)),
             tokens: Arc::default(),
+            sleep: Arc::default(),
             host_claims: Some(filled(vec![on_host::<PersistentVolumeClaim>("ready")])),
         },
         ApiEndpoint {
@@ -122,6 +123,81 @@ async fn a_bound_pod_whose_host_copy_is_gone_is_ended() {
     let got = r.decide(&names(), &bound, None);
     assert!(matches!(got, Decision::DeleteVirtual), "{got:?}");
     synced(r.decide(&names(), &bound, Some(&host_copy(json!([])))));
+}
+
+fn asleep_rule() -> PodRule {
+    let r = plain();
+    r.sleep.set_asleep(true);
+    r
+}
+
+/// `p` as it is once marked asleep.
+fn marked(p: &Pod) -> Pod {
+    let patch = sleeping_status(p).unwrap();
+    obj(merged(serde_json::to_value(p).unwrap(), patch))
+}
+
+#[tokio::test]
+async fn while_asleep_pods_are_held_unless_labelled_to_stay_awake() {
+    let r = asleep_rule();
+    let bound = pod(json!({"spec": {"nodeName": "n1"}, "status": {"phase": "Running"}}));
+    match r.decide(&names(), &bound, Some(&host_copy(json!([])))) {
+        Decision::Hold(Some(patch)) => assert!(patch.to_string().contains("VClusterSleeping")),
+        other => panic!("{other:?}"),
+    }
+    // Already marked: the host copy goes, nothing more is written up.
+    let slept = marked(&bound);
+    assert!(matches!(
+        r.decide(&names(), &slept, None),
+        Decision::Hold(None)
+    ));
+    // A new pod (a Deployment's replacement) is not created either.
+    let fresh = pod(json!({}));
+    assert!(matches!(
+        r.decide(&names(), &fresh, None),
+        Decision::Hold(Some(_))
+    ));
+    // A finished pod keeps its final status.
+    let done = pod(json!({"status": {"phase": "Succeeded"}}));
+    assert!(matches!(
+        r.decide(&names(), &done, Some(&host_copy(json!([])))),
+        Decision::Hold(None)
+    ));
+    // A deleted one is still deleted.
+    assert!(matches!(
+        r.decide(&names(), &pod(deleting()), None),
+        Decision::DeleteVirtual
+    ));
+    let awake = pod(json!({"metadata": {"labels": {crate::sleep::STAY_AWAKE_LABEL: "true"}}}));
+    synced(r.decide(&names(), &awake, None));
+}
+
+#[tokio::test]
+async fn on_wake_a_slept_pod_is_created_again_not_ended() {
+    let r = plain();
+    let bound = pod(json!({"spec": {"nodeName": "n1"}, "status": {"phase": "Running"}}));
+    let slept = marked(&bound);
+    synced(r.decide(&names(), &slept, None));
+    // Its host copy is still going: created anew once it is gone.
+    let going: Pod = obj(merged(
+        serde_json::to_value(host_copy(json!([]))).unwrap(),
+        deleting(),
+    ));
+    assert!(matches!(
+        r.decide(&names(), &slept, Some(&going)),
+        Decision::Wait(_)
+    ));
+    // Unmarked, the same pod without a host copy ended on the host.
+    assert!(matches!(
+        r.decide(&names(), &bound, None),
+        Decision::DeleteVirtual
+    ));
+    // It was admitted before it slept: not checked again.
+    let privileged = marked(&pod(
+        json!({"spec": {"nodeName": "n1", "containers": [{"name": "app",
+        "image": "nginx", "securityContext": {"privileged": true}}]}}),
+    ));
+    synced(r.decide(&names(), &privileged, None));
 }
 
 #[tokio::test]
@@ -295,4 +371,20 @@ async fn claims_are_renamed_and_waited_for() {
     // Without claims synced, nothing is waited for (the names still translate).
     r.host_claims = None;
     synced(r.decide(&names(), &p, None));
+}
+
+#[tokio::test]
+async fn a_token_secret_left_by_an_earlier_host_pod_of_the_name_is_not_current() {
+    let index = TokenIndex::default();
+    let mut w = ListWriter::new(Arc::clone(&index.renew_at));
+    let key = |_: &Secret| -> Box<str> { "".into() };
+    let value = |_: &Secret| (0, String::new());
+    w.apply(&watcher::Event::Init, key, value);
+    w.apply(&watcher::Event::InitDone, key, value);
+    index.record("web-x-shop-x-vc.sa-token", 2_000, "h1");
+    let due = |owner| index.due("web-x-shop-x-vc.sa-token", owner);
+    assert_eq!(due(Some("h1")).await, Some(2_000));
+    // The host pod was deleted (the vcluster slept) and created again.
+    assert_eq!(due(Some("h2")).await, None);
+    assert_eq!(due(None).await, Some(2_000));
 }

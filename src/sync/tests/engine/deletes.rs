@@ -150,6 +150,10 @@ async fn the_host_status_comes_up_onto_the_virtual_status() {
 }
 
 fn pod_rule() -> PodRule {
+    pod_rule_with(Arc::default())
+}
+
+fn pod_rule_with(sleep: Arc<crate::sleep::Sleep>) -> PodRule {
     let client = idle_client();
     PodRule::new(
         PodSources {
@@ -158,6 +162,7 @@ fn pod_rule() -> PodRule {
             services: filled(vec![]),
             nodes: Arc::new(VirtualNodes::new(client.clone(), client)),
             tokens: Arc::default(),
+            sleep,
             host_claims: None,
         },
         ApiEndpoint {
@@ -465,6 +470,73 @@ async fn a_cached_copy_a_host_controller_derived_from_ours_is_taken_over() {
         apply.body["metadata"]["annotations"]["vcluster.dev/uid"],
         "u1"
     );
+    host.assert_quiet();
+    virt.assert_quiet();
+}
+
+#[tokio::test]
+async fn a_pod_held_while_asleep_is_marked_first_then_its_host_copy_deleted() {
+    let k = key("shop", "web");
+    let running: Pod = obj(merged(
+        serde_json::to_value(pod(json!({"nodeName": "n1"}))).unwrap(),
+        json!({"status": {"phase": "Running", "conditions": [{"type": "Ready", "status": "True"}]}}),
+    ));
+    let copy: Pod = owned(
+        obj(
+            json!({"metadata": {"name": "web-x-shop-x-vc", "namespace": "host-ns", "uid": "h1"},
+            "spec": {"nodeName": "n1", "containers": [{"name": "app"}]}}),
+        ),
+        &k,
+    );
+    let sleep = Arc::new(crate::sleep::Sleep::default());
+    sleep.set_asleep(true);
+    let Setup {
+        engine,
+        mut host,
+        mut virt,
+    } = setup(
+        pod_rule_with(sleep),
+        vec![running.clone()],
+        vec![copy.clone()],
+    );
+    let (got, (mark, delete)) = scenario(reconciling(&engine, &k, false), async {
+        let mark = virt
+            .answer(200, |_| serde_json::to_value(&running).unwrap())
+            .await;
+        let delete = host
+            .answer(200, |_| serde_json::to_value(&copy).unwrap())
+            .await;
+        (mark, delete)
+    })
+    .await;
+    assert!(matches!(got, Ok(None)), "{got:?}");
+    assert_eq!(
+        (mark.method, mark.path.as_str(), mark.content_type.as_str()),
+        (
+            Method::PATCH,
+            "/api/v1/namespaces/shop/pods/web/status",
+            "application/merge-patch+json"
+        )
+    );
+    let conditions = mark.body["status"]["conditions"].as_array().unwrap();
+    assert!(
+        conditions
+            .iter()
+            .any(|c| c["type"] == crate::sleep::SLEEPING_CONDITION)
+    );
+    assert!(
+        conditions
+            .iter()
+            .any(|c| c["type"] == "Ready" && c["status"] == "False")
+    );
+    assert_eq!(
+        (delete.method, delete.path.as_str()),
+        (
+            Method::DELETE,
+            "/api/v1/namespaces/host-ns/pods/web-x-shop-x-vc"
+        )
+    );
+    assert_eq!(delete.body["preconditions"]["uid"], "h1");
     host.assert_quiet();
     virt.assert_quiet();
 }

@@ -1,0 +1,500 @@
+//! End-to-end tests of sleep mode (KWOK lane): a syncer with `--sleep-after`
+//! and its front door; the tenant works through the front door (what counts
+//! as activity), the tests watch through the direct admin credential and
+//! the host (what does not). Idle past the threshold, the host holds none of
+//! the tenant's pods while every virtual object stays as written; an
+//! ignored user agent and the opt-out header do not wake it; a `kubectl get`
+//! does, and the same pods come back Running; `vcluster sleep|wake|list`;
+//! a syncer killed with SIGKILL while asleep and while waking converges.
+//! `VCLUSTER_E2E_WAKE_PODS=N` sets the size of the wake-latency run (100).
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::print_stdout
+)]
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use common::*;
+use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::core::v1::{ConfigMap, Pod, Service};
+use kube::api::{Api, ListParams};
+use libtest_mimic::Arguments;
+use serde_json::json;
+use vcluster::sleep::{SLEEPING_CONDITION, SLEEPING_REASON, STAY_AWAKE_LABEL};
+
+const VC: &str = "sleepy";
+const HOST_NS: &str = "team-sleepy";
+const NS: &str = "shop";
+/// A namespace labelled to stay awake.
+const OPS: &str = "ops";
+const SLEEP_AFTER: Duration = Duration::from_secs(20);
+const T: Duration = Duration::from_secs(120);
+const IGNORED_AGENT: &str = "sleepy-bot/1.0";
+
+struct Env {
+    synced: SyncedEnv,
+    /// The tenant's kubeconfig: through the front door (its requests count).
+    front_kc: PathBuf,
+}
+
+/// Clients of one test's runtime (a client's worker lives on the runtime
+/// that made it).
+struct Clients {
+    /// The tenant through the front door (its requests count).
+    front: kube::Client,
+    /// The virtual API directly (the syncer's credential: never counted).
+    virt: kube::Client,
+    host: kube::Client,
+}
+
+impl Env {
+    async fn clients(&self) -> Clients {
+        let (virt, host) = clients(&self.synced.stack).await;
+        Clients {
+            front: client(&self.front_kc).await,
+            virt,
+            host,
+        }
+    }
+
+    fn metrics(&self) -> String {
+        syncer_metrics(self.synced.syncer.lock().unwrap().as_ref().unwrap().port)
+    }
+
+    fn metric(&self, name: &str) -> f64 {
+        self.metrics()
+            .lines()
+            .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
+            .unwrap_or_else(|| panic!("no metric {name}"))
+    }
+
+    fn host_kc(&self) -> String {
+        self.synced
+            .stack
+            .host_kubeconfig()
+            .to_str()
+            .unwrap()
+            .to_owned()
+    }
+
+    /// `vcluster ARGS... -n HOST_NS --kubeconfig HOST`; must succeed; stdout.
+    fn vcluster_ok(&self, args: &[&str]) -> String {
+        let host = self.host_kc();
+        let mut a = args.to_vec();
+        a.extend(["-n", HOST_NS, "--kubeconfig", &host]);
+        let out = vcluster(&a);
+        let (stdout, stderr) = text(&out);
+        assert!(out.status.success(), "vcluster {args:?}: {stderr}");
+        stdout
+    }
+
+    /// The SLEEP column of `vcluster list`.
+    fn listed_state(&self) -> String {
+        let out = self.vcluster_ok(&["list"]);
+        let row = out
+            .lines()
+            .find(|l| l.starts_with(VC))
+            .unwrap_or_else(|| panic!("{out}"));
+        row.split_whitespace().nth(3).unwrap().to_owned()
+    }
+}
+
+/// Host pods of this vcluster (not terminating), by name.
+async fn host_pods(c: &Clients) -> Vec<Pod> {
+    let api: Api<Pod> = Api::namespaced(c.host.clone(), HOST_NS);
+    let lp = ListParams::default().labels(&format!("vcluster.dev/owner={VC}"));
+    api.list(&lp)
+        .await
+        .unwrap()
+        .items
+        .into_iter()
+        .filter(|p| p.metadata.deletion_timestamp.is_none())
+        .collect()
+}
+
+/// Waits until the host holds none of the tenant's pods but the one that
+/// stays awake (terminating ones included: they are gone).
+async fn host_asleep(c: &Clients, timeout: Duration) {
+    let api: Api<Pod> = Api::namespaced(c.host.clone(), HOST_NS);
+    let lp = ListParams::default().labels(&format!("vcluster.dev/owner={VC}"));
+    eventually("only the awake pod on the host", timeout, || async {
+        let names: Vec<String> = api
+            .list(&lp)
+            .await
+            .map_err(|e| e.to_string())?
+            .items
+            .iter()
+            .filter_map(|p| p.metadata.name.clone())
+            .collect();
+        if names.len() == 1 && names[0].starts_with("keeper-x-ops") {
+            Ok(())
+        } else {
+            Err(format!("{names:?}"))
+        }
+    })
+    .await;
+}
+
+fn ready(p: &Pod) -> Option<&k8s_openapi::api::core::v1::PodCondition> {
+    p.status
+        .as_ref()?
+        .conditions
+        .as_ref()?
+        .iter()
+        .find(|c| c.type_ == "Ready")
+}
+
+/// Waits until `n` virtual pods of `ns` are Running and Ready, asking with
+/// `client`; returns them by name.
+async fn virtual_ready(client: &kube::Client, ns: &str, n: usize) -> BTreeMap<String, Pod> {
+    let api: Api<Pod> = Api::namespaced(client.clone(), ns);
+    let what = format!("{n} ready pods in {ns}");
+    exactly(&what, &api, &ListParams::default(), n, T, |p| {
+        phase(p) == "Running" && ready(p).is_some_and(|c| c.status == "True")
+    })
+    .await
+    .into_iter()
+    .map(|p| (p.metadata.name.clone().unwrap(), p))
+    .collect()
+}
+
+/// Waits until `n` host pods of this vcluster are Running.
+async fn host_running(c: &Clients, n: usize) {
+    eventually(&format!("{n} running host pods"), T, || async {
+        let running = host_pods(c)
+            .await
+            .iter()
+            .filter(|p| phase(p) == "Running")
+            .count();
+        if running == n {
+            Ok(())
+        } else {
+            Err(format!("{running} of {n}"))
+        }
+    })
+    .await;
+}
+
+/// What must not change while asleep: each pod's uid and spec.
+fn identities(pods: &BTreeMap<String, Pod>) -> BTreeMap<String, (String, String)> {
+    pods.iter()
+        .map(|(n, p)| {
+            let spec = p.spec.clone().unwrap();
+            (
+                n.clone(),
+                (
+                    p.metadata.uid.clone().unwrap(),
+                    serde_json::to_string(&spec).unwrap(),
+                ),
+            )
+        })
+        .collect()
+}
+
+async fn virtual_pods(client: &kube::Client, ns: &str) -> BTreeMap<String, Pod> {
+    let api: Api<Pod> = Api::namespaced(client.clone(), ns);
+    api.list(&ListParams::default())
+        .await
+        .unwrap()
+        .items
+        .into_iter()
+        .map(|p| (p.metadata.name.clone().unwrap(), p))
+        .collect()
+}
+
+fn idle_past_the_threshold_frees_the_host_and_leaves_the_virtual_objects_alone(env: &Env) {
+    block_on(async {
+        let c = env.clients().await;
+        let before = virtual_ready(&c.virt, NS, 4).await;
+        let deploy: Api<Deployment> = Api::namespaced(c.virt.clone(), NS);
+        let d0 = deploy.get("web").await.unwrap();
+        // Nothing counts from here on: the cluster falls asleep by itself.
+        host_asleep(&c, SLEEP_AFTER + T).await;
+        let after = virtual_pods(&c.virt, NS).await;
+        assert_eq!(
+            identities(&after),
+            identities(&before),
+            "virtual pods unchanged"
+        );
+        for (name, p) in &after {
+            let r = ready(p).unwrap();
+            assert_eq!(
+                (r.status.as_str(), r.reason.as_deref()),
+                ("False", Some(SLEEPING_REASON)),
+                "{name}"
+            );
+            let conds = p.status.as_ref().unwrap().conditions.as_ref().unwrap();
+            assert!(
+                conds.iter().any(|c| c.type_ == SLEEPING_CONDITION),
+                "{name}"
+            );
+        }
+        let d1 = deploy.get("web").await.unwrap();
+        assert_eq!(d1.spec.as_ref().unwrap().replicas, Some(3));
+        assert_eq!(
+            d1.metadata.generation, d0.metadata.generation,
+            "no replica edits"
+        );
+        // What does not run stays on the host.
+        let cms: Api<ConfigMap> = Api::namespaced(c.host.clone(), HOST_NS);
+        let svcs: Api<Service> = Api::namespaced(c.host.clone(), HOST_NS);
+        let host_name = |n: &str| env.synced.host_name(NS, n);
+        assert!(cms.get_opt(&host_name("settings")).await.unwrap().is_some());
+        assert!(svcs.get_opt(&host_name("web")).await.unwrap().is_some());
+        // The pod of the namespace labelled to stay awake still runs.
+        let keeper = virtual_ready(&c.virt, OPS, 1).await;
+        assert!(keeper.contains_key("keeper"));
+        event_with_reason(&c.virt, "default", "Sleeping").await;
+        assert_eq!(env.metric("vcluster_syncer_sleeping"), 1.0);
+        assert_eq!(env.listed_state(), "Sleeping");
+    });
+}
+
+fn an_ignored_user_agent_or_the_opt_out_header_does_not_wake_it(env: &Env) {
+    block_on(async {
+        let c = env.clients().await;
+        let last = env.metric("vcluster_syncer_last_activity_timestamp_seconds");
+        for (header, value) in [
+            ("user-agent", IGNORED_AGENT),
+            ("x-vcluster-no-activity", "true"),
+        ] {
+            let req = http::Request::get(format!("/api/v1/namespaces/{NS}/pods"))
+                .header(header, value)
+                .body(Vec::new())
+                .unwrap();
+            let body = c.front.request_text(req).await.unwrap();
+            assert!(body.contains("\"PodList\""), "{body}");
+        }
+        // Classified as the request is served: nothing was recorded.
+        assert_eq!(
+            env.metric("vcluster_syncer_last_activity_timestamp_seconds"),
+            last
+        );
+        assert_eq!(env.metric("vcluster_syncer_sleeping"), 1.0);
+        assert_eq!(host_pods(&c).await.len(), 1);
+    });
+}
+
+fn a_kubectl_get_wakes_it_and_the_same_pods_come_back_running(env: &Env) {
+    block_on(async {
+        let c = env.clients().await;
+        let before = virtual_pods(&c.virt, NS).await;
+        let started = Instant::now();
+        let out = kubectl_ok(&env.front_kc, &["get", "pods", "-n", NS], None);
+        let answered = started.elapsed();
+        assert!(out.contains("web-"), "{out}");
+        // Polled through the front door, as a person waiting would.
+        let back = virtual_ready(&c.front, NS, 4).await;
+        host_running(&c, 5).await;
+        println!(
+            "wake: kubectl answered in {:.2} s; 4 pods Running and Ready again {:.2} s after it was sent",
+            answered.as_secs_f64(),
+            started.elapsed().as_secs_f64()
+        );
+        let uids = |m: &BTreeMap<String, Pod>| -> Vec<(String, String)> {
+            m.iter()
+                .map(|(n, p)| (n.clone(), p.metadata.uid.clone().unwrap()))
+                .collect()
+        };
+        assert_eq!(
+            uids(&back),
+            uids(&before),
+            "the same virtual pods, not new ones"
+        );
+        event_with_reason(&c.virt, "default", "Awake").await;
+        assert_eq!(env.metric("vcluster_syncer_sleeping"), 0.0);
+        assert!(
+            env.metrics()
+                .contains("vcluster_syncer_wakes_total{trigger=\"request\"} 1")
+        );
+        assert_eq!(env.listed_state(), "Awake");
+    });
+}
+
+fn a_syncer_killed_while_asleep_or_waking_converges(env: &Env) {
+    block_on(async {
+        let c = env.clients().await;
+        let out = env.vcluster_ok(&["sleep", VC]);
+        assert!(out.contains("sleeps"), "{out}");
+        host_asleep(&c, T).await;
+        env.synced.kill_syncer();
+        env.synced.restart_syncer();
+        // Ready means every pod was reconciled once: none came back.
+        assert_eq!(host_pods(&c).await.len(), 1);
+        assert_eq!(virtual_pods(&c.virt, NS).await.len(), 4);
+        assert_eq!(env.listed_state(), "Sleeping");
+        env.vcluster_ok(&["wake", VC]);
+        // Killed as the wake begins.
+        env.synced.kill_syncer();
+        env.synced.restart_syncer();
+        virtual_ready(&c.front, NS, 4).await;
+        host_running(&c, 5).await;
+        assert_eq!(env.listed_state(), "Awake");
+    });
+}
+
+fn wake_latency_of_many_pods(env: &Env) {
+    let n: usize = std::env::var("VCLUSTER_E2E_WAKE_PODS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(100);
+    block_on(async {
+        let c = env.clients().await;
+        let replicas = n.to_string();
+        kubectl_ok(
+            &env.front_kc,
+            &[
+                "scale",
+                "deployment",
+                "web",
+                "-n",
+                NS,
+                "--replicas",
+                &replicas,
+            ],
+            None,
+        );
+        virtual_ready(&c.front, NS, n + 1).await;
+        env.vcluster_ok(&["sleep", VC]);
+        host_asleep(&c, T).await;
+        let started = Instant::now();
+        kubectl_ok(&env.front_kc, &["get", "pods", "-n", NS], None);
+        host_running(&c, n + 2).await;
+        let host_back = started.elapsed();
+        virtual_ready(&c.front, NS, n + 1).await;
+        println!(
+            "wake latency, {} pods: first request -> every host pod Running {:.2} s, every virtual pod Ready {:.2} s",
+            n + 1,
+            host_back.as_secs_f64(),
+            started.elapsed().as_secs_f64()
+        );
+    });
+}
+
+const TESTS: &[Test<Env>] = &[
+    (
+        "idle_past_the_threshold_frees_the_host_and_leaves_the_virtual_objects_alone",
+        idle_past_the_threshold_frees_the_host_and_leaves_the_virtual_objects_alone,
+    ),
+    (
+        "an_ignored_user_agent_or_the_opt_out_header_does_not_wake_it",
+        an_ignored_user_agent_or_the_opt_out_header_does_not_wake_it,
+    ),
+    (
+        "a_kubectl_get_wakes_it_and_the_same_pods_come_back_running",
+        a_kubectl_get_wakes_it_and_the_same_pods_come_back_running,
+    ),
+    (
+        "a_syncer_killed_while_asleep_or_waking_converges",
+        a_syncer_killed_while_asleep_or_waking_converges,
+    ),
+    ("wake_latency_of_many_pods", wake_latency_of_many_pods),
+];
+
+/// The tenant's workloads, created through the front door.
+async fn workloads(front: &kube::Client) {
+    namespace(front, NS).await;
+    create(
+        &Api::<k8s_openapi::api::core::v1::Namespace>::all(front.clone()),
+        json!({"metadata": {"name": OPS, "labels": {STAY_AWAKE_LABEL: "true"}}}),
+    )
+    .await;
+    create(
+        &Api::<ConfigMap>::namespaced(front.clone(), NS),
+        json!({"metadata": {"name": "settings"}, "data": {"mode": "calm"}}),
+    )
+    .await;
+    let container = json!({"name": "app", "image": "nginx",
+        "volumeMounts": [{"name": "settings", "mountPath": "/etc/settings"}]});
+    let spec = json!({"containers": [container],
+        "volumes": [{"name": "settings", "configMap": {"name": "settings"}}]});
+    create(
+        &Api::<Deployment>::namespaced(front.clone(), NS),
+        json!({"metadata": {"name": "web"}, "spec": {"replicas": 3,
+            "selector": {"matchLabels": {"app": "web"}},
+            "template": {"metadata": {"labels": {"app": "web"}}, "spec": spec}}}),
+    )
+    .await;
+    create(
+        &Api::<Service>::namespaced(front.clone(), NS),
+        json!({"metadata": {"name": "web"}, "spec": {"selector": {"app": "web"},
+            "ports": [{"port": 80}]}}),
+    )
+    .await;
+    create(
+        &Api::<Pod>::namespaced(front.clone(), NS),
+        json!({"metadata": {"name": "solo"}, "spec": {"containers": [{"name": "app", "image": "nginx"}]}}),
+    )
+    .await;
+    create(
+        &Api::<Pod>::namespaced(front.clone(), OPS),
+        json!({"metadata": {"name": "keeper"}, "spec": {"containers": [{"name": "app", "image": "nginx"}]}}),
+    )
+    .await;
+}
+
+fn main() {
+    let args = Arguments::from_args();
+    list_or_check(&args, &[TESTS]);
+    let stack = DevStack::up(&["--no-syncer", "--nodes", "2"]);
+    host_namespace_with_api_service(&stack, VC, HOST_NS);
+    let pki = stack.dir.path().join("vcluster").join("pki");
+    assert!(pki.join("ca.key").exists(), "the virtual plane's client CA");
+    let front_port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let syncer_args: Vec<String> = vec![
+        format!("--sleep-after={}s", SLEEP_AFTER.as_secs()),
+        "--sleep-ignore-user-agents=sleepy-bot/*".to_owned(),
+        format!("--client-ca-cert={}", pki.join("ca.crt").display()),
+        format!("--client-ca-key={}", pki.join("ca.key").display()),
+        format!("--front-door-listen=127.0.0.1:{front_port}"),
+        format!("--kubeconfig-server=https://127.0.0.1:{front_port}"),
+    ];
+    // The suite's one syncer configuration, for its restarts too.
+    let syncer_args: &'static [&'static str] = Box::leak(
+        syncer_args
+            .into_iter()
+            .map(|s| &*Box::leak(s.into_boxed_str()))
+            .collect::<Vec<&'static str>>()
+            .into_boxed_slice(),
+    );
+    let syncer = SyncerProcess::start_with(&stack, VC, HOST_NS, syncer_args);
+    let log = syncer.log.clone();
+    let front_kc = stack.dir.path().join("front-door.kubeconfig");
+    block_on(async {
+        let (_, host) = clients(&stack).await;
+        let secrets: Api<k8s_openapi::api::core::v1::Secret> =
+            Api::namespaced(host.clone(), HOST_NS);
+        let secret = present(
+            "the vc-<name> Secret",
+            &secrets,
+            &vcluster::discovery::kubeconfig_secret(VC),
+        )
+        .await;
+        let kc = &secret.data.unwrap()[vcluster::discovery::KUBECONFIG_KEY].0;
+        std::fs::write(&front_kc, kc).unwrap();
+        workloads(&client(&front_kc).await).await;
+    });
+    let env = Env {
+        synced: SyncedEnv {
+            stack,
+            syncer: std::sync::Mutex::new(Some(syncer)),
+            vc: VC,
+            host_namespace: HOST_NS,
+            syncer_args,
+        },
+        front_kc,
+    };
+    let env = std::sync::Arc::new(env);
+    let failed = run_groups(&args, &env, &[(TESTS, Some(1))]);
+    finish(env, failed, Some(log));
+}
