@@ -289,14 +289,19 @@ impl<R: Rule> Engine<R> {
 
     async fn worker(self: Arc<Self>) {
         loop {
+            // Admitted before taking a key: while an API server is coming
+            // back, keys wait in the queue, where changes merge into them.
+            let admitted = self.ctx.outage.admit().await;
             let next = lock(&self.queue).pop();
             let Some(key) = next else {
+                drop(admitted);
                 self.wake.notified().await;
                 continue;
             };
             let force = lock(&self.force).remove(&key);
             let started = std::time::Instant::now();
             let result = self.reconcile(&key, force).await;
+            drop(admitted);
             let category = result.as_ref().err().map(super::SyncError::category);
             metrics::global().reconciled(R::KIND, started.elapsed(), category);
             lock(&self.queue).done(&key);

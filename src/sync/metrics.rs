@@ -10,6 +10,7 @@
 //! | `vcluster_syncer_objects_owned` | gauge | kind |
 //! | `vcluster_syncer_watch_restarts_total` | counter | kind, side |
 //! | `vcluster_syncer_watch_errors_total` | counter | kind, side |
+//! | `vcluster_syncer_admission_limit` | gauge | — |
 //! | `vcluster_syncer_dns_queries_total` | counter | qtype, rcode, source |
 //! | `vcluster_syncer_dns_duration_seconds` | histogram | source |
 //!
@@ -19,7 +20,9 @@
 //! forwarded share and the cache hits are ratios of those series.
 //! A watch restart is a relist after the first list (after expiry, a 410
 //! Gone, or an API server that went away); watch errors are the failures
-//! the watcher reported before retrying.
+//! the watcher reported before retrying. The admission limit is how many
+//! reconciles may run at once across every kind after an API server outage
+//! (see [`super::outage`]): 0 while an API server is down, -1 when unbounded.
 
 use std::collections::BTreeMap;
 use std::sync::LazyLock;
@@ -94,6 +97,7 @@ pub struct Metrics {
     watch_errors: Family<SideLabels, Counter>,
     dns_queries: Family<DnsLabels, Counter>,
     dns_duration: DnsHistogramFamily,
+    admission: Gauge,
 }
 
 impl Default for Metrics {
@@ -108,6 +112,13 @@ impl Default for Metrics {
         let watch_errors = Family::<SideLabels, Counter>::default();
         let dns_queries = Family::<DnsLabels, Counter>::default();
         let dns_duration = DnsHistogramFamily::new_with_constructor(dns_histogram);
+        let admission = Gauge::default();
+        admission.set(-1);
+        registry.register(
+            "admission_limit",
+            "Reconciles admitted at once across every kind after an API server outage (0: paused, -1: unbounded)",
+            admission.clone(),
+        );
         registry.register(
             "dns_queries",
             "DNS queries answered, per question type, response code and source (zone, forward, cache)",
@@ -164,6 +175,7 @@ impl Default for Metrics {
             watch_errors,
             dns_queries,
             dns_duration,
+            admission,
         }
     }
 }
@@ -197,6 +209,12 @@ impl Metrics {
         self.owned
             .get_or_create(&l)
             .set(i64::try_from(owned).unwrap_or(i64::MAX));
+    }
+
+    /// Sets the admission limit (`None`: unbounded).
+    pub fn admission_limit(&self, limit: Option<usize>) {
+        self.admission
+            .set(limit.map_or(-1, |l| i64::try_from(l).unwrap_or(i64::MAX)));
     }
 
     /// Counts a relist of a watch (after its first list).
