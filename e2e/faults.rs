@@ -11,7 +11,8 @@
 //! host held exactly the desired state.
 //!
 //! `make test` runs the reduced mode (40-pod bursts, two kills); `make faults`
-//! sets `VCLUSTER_FAULTS=full` (1,000-pod bursts, twenty kills).
+//! sets `VCLUSTER_FAULTS=full` (1,000-pod bursts, twenty kills;
+//! `VCLUSTER_FAULTS_KILLS=N` for fewer).
 #![allow(
     clippy::unwrap_used,
     clippy::expect_used,
@@ -53,7 +54,11 @@ impl Mode {
         if std::env::var("VCLUSTER_FAULTS").as_deref() == Ok("full") {
             Self {
                 burst: 1000,
-                kills: 20,
+                // A partial run may ask for fewer kills.
+                kills: std::env::var("VCLUSTER_FAULTS_KILLS")
+                    .ok()
+                    .and_then(|k| k.parse().ok())
+                    .unwrap_or(20),
                 bound: Duration::from_secs(300),
             }
         } else {
@@ -148,9 +153,11 @@ async fn prepare(v: &Client, ns: &str) {
 }
 
 /// How many objects of each kind a burst of `pods` pods brings: a Secret
-/// for every ten pods (their `envFrom`), a Service with a selector for every
-/// ten, and for every twenty a selector-less Service with Endpoints the
-/// tenant writes and an Ingress.
+/// for every ten pods (their `envFrom`), a Service for every ten selecting
+/// those ten (not all: a hundred Services each selecting a thousand pods
+/// would make the host's endpoint controllers rewrite a hundred 1,000-address
+/// Endpoints and their slices on every pod change), and for every twenty a
+/// selector-less Service with Endpoints the tenant writes and an Ingress.
 #[derive(Clone, Copy, Debug)]
 struct Shape {
     pods: usize,
@@ -232,8 +239,15 @@ async fn burst(v: Client, ns: String, n: usize) {
             async move {
                 match item {
                     Item::Pod(i) => create_retrying(Api::<Pod>::namespaced(v.clone(), &ns), json!({
-                        "metadata": {"name": format!("p-{i}"), "labels": {"app": "burst"}},
-                        "spec": {"containers": [{"name": "c", "image": "registry.invalid/burst:1",
+                        "metadata": {"name": format!("p-{i}"),
+                            "labels": {"app": "burst", "group": format!("g-{}", i / 10)}},
+                        // No service links: with them each host pod carries seven
+                        // variables per Service created before it (up to 150 here;
+                        // a host pod with 65 weighed 16.6 KB), so the thousand host
+                        // pods weighed tens of MB and each list of them outlasted the
+                        // host API's one-minute request timeout on 2 cores.
+                        "spec": {"enableServiceLinks": false,
+                            "containers": [{"name": "c", "image": "registry.invalid/burst:1",
                             "envFrom": [{"configMapRef": {"name": "settings"}},
                                         {"secretRef": {"name": format!("s-{}", i / 10)}}]}]},
                     })).await,
@@ -243,7 +257,7 @@ async fn burst(v: Client, ns: String, n: usize) {
                     })).await,
                     Item::Service(j) => create_retrying(Api::<Service>::namespaced(v.clone(), &ns), json!({
                         "metadata": {"name": format!("svc-{j}")},
-                        "spec": {"selector": {"app": "burst"}, "ports": [{"port": 80}]},
+                        "spec": {"selector": {"group": format!("g-{j}")}, "ports": [{"port": 80}]},
                     })).await,
                     Item::External(j) => {
                         create_retrying(Api::<Service>::namespaced(v.clone(), &ns), json!({
@@ -426,7 +440,13 @@ async fn converged(env: &Env, ns: &str, n: usize) -> Instant {
         &format!("host to hold exactly the desired state of {ns}"),
         env.mode.bound,
         || async {
-            match differences(&v, &h, ns, n).await {
+            let diff = differences(&v, &h, ns, n).await;
+            if !matches!(&diff, Ok(d) if d.is_empty()) {
+                // Each look lists thousands of objects: half a second apart
+                // (with `eventually`'s pause), so the look is not the load.
+                tokio::time::sleep(Duration::from_millis(300)).await;
+            }
+            match diff {
                 Ok(d) if d.is_empty() => Ok(()),
                 Ok(d) => Err(format!(
                     "{} differences, first: {:?}",
@@ -495,6 +515,99 @@ async fn clean(env: &Env, ns: &str) {
     gone::<Ingress>(&h, ns, &sel, bound).await;
 }
 
+/// Tears a fault's namespace down when the fault fails (panics) before its
+/// own [`clean`]: the virtual namespace and every host copy of it are
+/// deleted directly, not through the syncer (which may be what failed), and
+/// a syncer is started again if the fault left none running. So the faults
+/// after a failed one start from a clean host instead of failing in turn.
+struct Teardown<'a> {
+    env: &'a Env,
+    ns: String,
+}
+
+impl<'a> Teardown<'a> {
+    fn new(env: &'a Env, ns: &str) -> Self {
+        Self {
+            env,
+            ns: ns.to_owned(),
+        }
+    }
+}
+
+impl Drop for Teardown<'_> {
+    fn drop(&mut self) {
+        if !std::thread::panicking() {
+            return;
+        }
+        log(&format!("{}: failed; tearing its burst down", self.ns));
+        // A thread of its own: this may run inside the failed fault's runtime.
+        std::thread::scope(|s| {
+            let done = s
+                .spawn(|| {
+                    if self.env.syncer.lock().unwrap().is_none() {
+                        self.env.start_syncer();
+                    }
+                    runtime().block_on(tear_down(self.env, &self.ns));
+                })
+                .join();
+            if done.is_err() {
+                log(&format!("{}: teardown failed", self.ns));
+            }
+        });
+    }
+}
+
+/// How many objects of `api` match `sel`, after deleting them (pods at once).
+async fn delete_all<K>(api: Api<K>, sel: &str) -> Result<usize, String>
+where
+    K: kube::Resource + Clone + serde::de::DeserializeOwned + std::fmt::Debug,
+{
+    let lp = ListParams::default().labels(sel);
+    let left = api.list(&lp).await.map_err(|e| e.to_string())?.items.len();
+    if left > 0 {
+        let dp = DeleteParams {
+            grace_period_seconds: Some(0),
+            ..DeleteParams::background()
+        };
+        api.delete_collection(&dp, &lp)
+            .await
+            .map_err(|e| e.to_string())?;
+    }
+    Ok(left)
+}
+
+/// Deletes virtual namespace `ns` and its host copies directly, until
+/// neither is left (see [`Teardown`]).
+async fn tear_down(env: &Env, ns: &str) {
+    let (v, h) = clients(env).await;
+    let sel = format!("{OWNER_LABEL}={VC},{NAMESPACE_LABEL}={ns}");
+    eventually(
+        &format!("the leftovers of {ns} to go"),
+        env.mode.bound,
+        || async {
+            let nss = Api::<Namespace>::all(v.clone());
+            let _ = nss.delete(ns, &DeleteParams::default()).await;
+            // No kubelet ends the virtual pods: the syncer does, if it can.
+            let mut left = delete_all(Api::<Pod>::namespaced(v.clone(), ns), "").await?;
+            left += delete_all(Api::<Pod>::namespaced(h.clone(), HOST_NS), &sel).await?;
+            left += delete_all(Api::<ConfigMap>::namespaced(h.clone(), HOST_NS), &sel).await?;
+            left += delete_all(Api::<Secret>::namespaced(h.clone(), HOST_NS), &sel).await?;
+            left += delete_all(Api::<Service>::namespaced(h.clone(), HOST_NS), &sel).await?;
+            left += delete_all(Api::<Endpoints>::namespaced(h.clone(), HOST_NS), &sel).await?;
+            left += delete_all(Api::<Ingress>::namespaced(h.clone(), HOST_NS), &sel).await?;
+            let ns_left = nss.get_opt(ns).await.map_err(|e| e.to_string())?.is_some();
+            if left == 0 && !ns_left {
+                Ok(())
+            } else {
+                tokio::time::sleep(Duration::from_secs(1)).await;
+                Err(format!("{left} objects left, namespace left: {ns_left}"))
+            }
+        },
+    )
+    .await;
+    log(&format!("{ns}: torn down"));
+}
+
 /// A pseudo-random duration in `0..max` (no seedable source needed: the
 /// moment is what should vary between runs).
 fn random_delay(max: Duration) -> Duration {
@@ -524,6 +637,7 @@ fn syncer_killed_during_burst(env: &Env) {
     runtime().block_on(async {
         for round in 0..env.mode.kills {
             let ns = format!("kill-{round}");
+            let _teardown = Teardown::new(env, &ns);
             let (v, _) = clients(env).await;
             prepare(&v, &ns).await;
             let creating = tokio::spawn(burst(v.clone(), ns.clone(), env.mode.burst));
@@ -547,6 +661,7 @@ fn syncer_killed_during_burst(env: &Env) {
 }
 
 fn restart_mid_burst(env: &Env, component: &str, ns: &str) {
+    let _teardown = Teardown::new(env, ns);
     runtime().block_on(async {
         let (v, _) = clients(env).await;
         prepare(&v, ns).await;
@@ -597,6 +712,7 @@ fn watches_expired_by_compaction_mid_burst(env: &Env) {
         );
         let (v, h) = clients(env).await;
         let ns = "compaction";
+        let _teardown = Teardown::new(env, ns);
         prepare(&v, ns).await;
         let creating = tokio::spawn(burst(v.clone(), ns.to_owned(), env.mode.burst));
         // Writes nobody watches, then compaction: every revision the syncer
@@ -653,6 +769,7 @@ fn drift_on_owned_host_objects_is_reverted(env: &Env) {
     runtime().block_on(async {
         let (v, h) = clients(env).await;
         let ns = "drift";
+        let _teardown = Teardown::new(env, ns);
         prepare(&v, ns).await;
         burst(v.clone(), ns.to_owned(), 3).await;
         converged(env, ns, 3).await;
@@ -700,6 +817,7 @@ fn deleted_owned_host_objects_follow_the_rules(env: &Env) {
     runtime().block_on(async {
         let (v, h) = clients(env).await;
         let ns = "deleted";
+        let _teardown = Teardown::new(env, ns);
         prepare(&v, ns).await;
         burst(v.clone(), ns.to_owned(), 3).await;
         converged(env, ns, 3).await;

@@ -262,8 +262,8 @@ impl<R: Rule> Engine<R> {
     }
 
     async fn resync(self: Arc<Self>, every: Duration) {
-        let mut tick = tokio::time::interval(every);
-        tick.tick().await;
+        let first = tokio::time::Instant::now() + resync_phase(R::KIND, every);
+        let mut tick = tokio::time::interval_at(first, every);
         loop {
             tick.tick().await;
             self.enqueue_all(true);
@@ -289,14 +289,19 @@ impl<R: Rule> Engine<R> {
 
     async fn worker(self: Arc<Self>) {
         loop {
+            // Admitted before taking a key: while an API server is coming
+            // back, keys wait in the queue, where changes merge into them.
+            let admitted = self.ctx.outage.admit().await;
             let next = lock(&self.queue).pop();
             let Some(key) = next else {
+                drop(admitted);
                 self.wake.notified().await;
                 continue;
             };
             let force = lock(&self.force).remove(&key);
             let started = std::time::Instant::now();
             let result = self.reconcile(&key, force).await;
+            drop(admitted);
             let category = result.as_ref().err().map(super::SyncError::category);
             metrics::global().reconciled(R::KIND, started.elapsed(), category);
             lock(&self.queue).done(&key);
@@ -384,6 +389,15 @@ impl<R: Rule> Engine<R> {
     }
 }
 
+/// When `kind`'s first resync falls: between half a period and a whole one
+/// after the start, at a point its name fixes, so the kinds' forced writes
+/// of every object do not all land on the host API at the same moment.
+fn resync_phase(kind: &str, every: Duration) -> Duration {
+    let hex = crate::translate::sha256_hex(kind.as_bytes(), 2);
+    let spread = u16::from_str_radix(&hex, 16).unwrap_or(0);
+    every / 2 + (every / 2).mul_f64(f64::from(spread) / 65_536.0)
+}
+
 #[cfg(test)]
 impl<R: Rule> Engine<R> {
     /// Starts the timer for keys asked for later and `workers` workers, on
@@ -393,5 +407,32 @@ impl<R: Rule> Engine<R> {
         for _ in 0..workers {
             tokio::spawn(Arc::clone(self).worker());
         }
+    }
+}
+
+#[cfg(test)]
+mod phase_tests {
+    use super::*;
+
+    #[test]
+    fn resyncs_of_the_kinds_are_spread_over_the_period() {
+        let every = Duration::from_secs(300);
+        let kinds = [
+            "Pod",
+            "ConfigMap",
+            "Secret",
+            "Service",
+            "Endpoints",
+            "EndpointSlice",
+            "Ingress",
+        ];
+        let phases: Vec<Duration> = kinds.iter().map(|k| resync_phase(k, every)).collect();
+        assert!(
+            phases.iter().all(|p| *p >= every / 2 && *p < every),
+            "{phases:?}"
+        );
+        let distinct: HashSet<u128> = phases.iter().map(|p| p.as_millis() / 1000).collect();
+        assert!(distinct.len() >= kinds.len() - 1, "{phases:?}");
+        assert_eq!(resync_phase("Pod", every), phases[0], "fixed by the name");
     }
 }

@@ -10,6 +10,7 @@
 //! | `vcluster_syncer_objects_owned` | gauge | kind |
 //! | `vcluster_syncer_watch_restarts_total` | counter | kind, side |
 //! | `vcluster_syncer_watch_errors_total` | counter | kind, side |
+//! | `vcluster_syncer_admission_limit` | gauge | — |
 //! | `vcluster_syncer_dns_queries_total` | counter | qtype, rcode, source |
 //! | `vcluster_syncer_dns_duration_seconds` | histogram | source |
 //! | `vcluster_syncer_sleeping` | gauge (1 while asleep) | |
@@ -24,7 +25,9 @@
 //! forwarded share and the cache hits are ratios of those series.
 //! A watch restart is a relist after the first list (after expiry, a 410
 //! Gone, or an API server that went away); watch errors are the failures
-//! the watcher reported before retrying.
+//! the watcher reported before retrying. The admission limit is how many
+//! reconciles may run at once across every kind after an API server outage
+//! (see [`super::outage`]): 0 while an API server is down, -1 when unbounded.
 
 use std::collections::BTreeMap;
 use std::sync::LazyLock;
@@ -110,6 +113,7 @@ pub struct Metrics {
     sleeps: Counter,
     wakes: Family<TriggerLabels, Counter>,
     wake_duration: Histogram,
+    admission: Gauge,
 }
 
 impl Default for Metrics {
@@ -124,6 +128,13 @@ impl Default for Metrics {
         let watch_errors = Family::<SideLabels, Counter>::default();
         let dns_queries = Family::<DnsLabels, Counter>::default();
         let dns_duration = DnsHistogramFamily::new_with_constructor(dns_histogram);
+        let admission = Gauge::default();
+        admission.set(-1);
+        registry.register(
+            "admission_limit",
+            "Reconciles admitted at once across every kind after an API server outage (0: paused, -1: unbounded)",
+            admission.clone(),
+        );
         registry.register(
             "dns_queries",
             "DNS queries answered, per question type, response code and source (zone, forward, cache)",
@@ -216,6 +227,7 @@ impl Default for Metrics {
             sleeps,
             wakes,
             wake_duration,
+            admission,
         }
     }
 }
@@ -249,6 +261,12 @@ impl Metrics {
         self.owned
             .get_or_create(&l)
             .set(i64::try_from(owned).unwrap_or(i64::MAX));
+    }
+
+    /// Sets the admission limit (`None`: unbounded).
+    pub fn admission_limit(&self, limit: Option<usize>) {
+        self.admission
+            .set(limit.map_or(-1, |l| i64::try_from(l).unwrap_or(i64::MAX)));
     }
 
     /// Counts a relist of a watch (after its first list).

@@ -11,13 +11,23 @@
 //! answer (a webhook that keeps answering 500, say) changes nothing: such
 //! keys keep their backoff.
 //!
+//! An API server that is coming back must not be knocked over again by the
+//! syncer's backlog, so reconciles pass an [`Admission`] shared by every
+//! engine: it closes while an API server is known to be down (the syncer
+//! then sends nothing but the `/readyz` probe and its watches' attempts),
+//! opens again at [`RAMP_START`] reconciles at a time when both answer, and
+//! doubles every [`RAMP_STEP`] without a failure that may mean an outage
+//! (a refused connection, a timeout, 5xx, 429) until the engines' own
+//! concurrency is the only bound; such a failure while it ramps halves it
+//! (slow start, as TCP does after a loss).
+//!
 //! The watches are the other half: their backoff is capped at
 //! [`WATCH_BACKOFF_MAX`] (kube-runtime's default grows to 30 s and more with
 //! jitter), so every cache is current again within about two seconds of the
 //! API answering.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
 use backon::BackoffBuilder as _;
@@ -29,6 +39,16 @@ pub const WATCH_BACKOFF_MAX: Duration = Duration::from_secs(1);
 
 /// How often `/readyz` is asked during an outage.
 const PROBE_EVERY: Duration = Duration::from_millis(250);
+
+/// Reconciles admitted at once when both API servers answer again.
+pub const RAMP_START: usize = 4;
+
+/// How often the admission limit doubles (or halves) while it ramps up.
+pub const RAMP_STEP: Duration = Duration::from_millis(500);
+
+/// Past this limit admission stops counting: the engines' own concurrency
+/// bounds them again.
+pub const RAMP_END: usize = 256;
 
 /// A watch's backoff: 250 ms doubling to [`WATCH_BACKOFF_MAX`], with jitter,
 /// started afresh by the next event (kube-runtime's `StreamBackoff` resets
@@ -72,12 +92,98 @@ pub fn may_be_outage(category: &str) -> bool {
     matches!(category, "transport" | "api" | "throttled")
 }
 
+/// How many reconciles may run at once, across every engine (see the
+/// module docs): `None` is unbounded, `Some(0)` closed.
+#[derive(Debug, Default)]
+pub struct Admission {
+    gate: std::sync::Mutex<Gate>,
+    changed: Notify,
+}
+
+#[derive(Debug, Default)]
+struct Gate {
+    limit: Option<usize>,
+    running: usize,
+}
+
+/// One admitted reconcile; its place is given back when dropped.
+#[derive(Debug)]
+pub struct Admitted<'a>(&'a Admission);
+
+impl Drop for Admitted<'_> {
+    fn drop(&mut self) {
+        let mut g = super::lock(&self.0.gate);
+        g.running = g.running.saturating_sub(1);
+        drop(g);
+        self.0.changed.notify_one();
+    }
+}
+
+impl Admission {
+    /// Waits until one more reconcile may run.
+    pub async fn admit(&self) -> Admitted<'_> {
+        loop {
+            // Registered before the look, so no change is missed.
+            let changed = self.changed.notified();
+            {
+                let mut g = super::lock(&self.gate);
+                if g.limit.is_none_or(|l| g.running < l) {
+                    g.running += 1;
+                    return Admitted(self);
+                }
+            }
+            changed.await;
+        }
+    }
+
+    /// The limit now (`None`: unbounded).
+    pub fn limit(&self) -> Option<usize> {
+        super::lock(&self.gate).limit
+    }
+
+    fn set(&self, limit: Option<usize>) {
+        super::lock(&self.gate).limit = limit;
+        super::metrics::global().admission_limit(limit);
+        self.changed.notify_waiters();
+    }
+
+    /// Admits nothing more until [`Admission::reopen`].
+    pub fn close(&self) {
+        self.set(Some(0));
+    }
+
+    /// Admits [`RAMP_START`] at a time.
+    pub fn reopen(&self) {
+        self.set(Some(RAMP_START));
+    }
+
+    /// One step of the ramp: doubled after a step without failures (unbounded
+    /// past [`RAMP_END`]), halved after one with failures. Returns whether
+    /// a limit remains.
+    pub fn step(&self, failed: bool) -> bool {
+        let Some(l) = self.limit() else {
+            return false;
+        };
+        let next = if failed {
+            Some((l / 2).max(1))
+        } else if l * 2 > RAMP_END {
+            None
+        } else {
+            Some((l * 2).max(1))
+        };
+        self.set(next);
+        next.is_some()
+    }
+}
+
 /// The outage watch shared by every engine (see the module docs).
 #[derive(Debug)]
 pub struct Outage {
     noticed: Notify,
     probing: AtomicBool,
+    failures: AtomicU64,
     recovered: watch::Sender<u64>,
+    admission: Admission,
 }
 
 impl Default for Outage {
@@ -85,7 +191,9 @@ impl Default for Outage {
         Self {
             noticed: Notify::new(),
             probing: AtomicBool::new(false),
+            failures: AtomicU64::new(0),
             recovered: watch::channel(0).0,
+            admission: Admission::default(),
         }
     }
 }
@@ -93,9 +201,20 @@ impl Default for Outage {
 impl Outage {
     /// A reconcile failed in a way an unreachable API server explains.
     pub fn noticed(&self) {
+        self.failures.fetch_add(1, Ordering::Relaxed);
         if !self.probing.load(Ordering::Relaxed) {
             self.noticed.notify_one();
         }
+    }
+
+    /// Waits until one more reconcile may run (see [`Admission`]).
+    pub async fn admit(&self) -> Admitted<'_> {
+        self.admission.admit().await
+    }
+
+    /// The admission of reconciles.
+    pub fn admission(&self) -> &Admission {
+        &self.admission
     }
 
     /// Changes each time both API servers answer again after one was down.
@@ -104,28 +223,68 @@ impl Outage {
     }
 
     /// Runs until the process ends: after each notice, probes both API
-    /// servers until both answer `/readyz`, and reports a recovery if one
-    /// of them did not at first.
+    /// servers until both answer `/readyz` (admitting no reconcile while one
+    /// does not), reports a recovery if one of them did not at first, and
+    /// ramps the admission up again.
     pub async fn run(self: Arc<Self>, host: kube::Client, virt: kube::Client) {
+        let both_ready = || async {
+            let (h, v) = futures::join!(ready(&host), ready(&virt));
+            (h, v)
+        };
         loop {
             self.noticed.notified().await;
             self.probing.store(true, Ordering::Relaxed);
             let mut was_down = false;
             loop {
-                let (h, v) = futures::join!(ready(&host), ready(&virt));
+                let (h, v) = both_ready().await;
                 if h && v {
                     break;
                 }
                 if !was_down {
-                    tracing::info!(host = h, r#virtual = v, "an API server is not ready");
+                    tracing::info!(
+                        host = h,
+                        r#virtual = v,
+                        "an API server is not ready: reconciles paused"
+                    );
+                    self.admission.close();
                 }
                 was_down = true;
                 tokio::time::sleep(PROBE_EVERY).await;
             }
             self.probing.store(false, Ordering::Relaxed);
             if was_down {
-                tracing::info!("both API servers ready again: retrying failed keys now");
+                tracing::info!(
+                    admitted = RAMP_START,
+                    "both API servers ready again: retrying failed keys now"
+                );
+                self.admission.reopen();
                 self.recovered.send_modify(|n| *n += 1);
+            }
+            self.ramp(|| async {
+                let (h, v) = both_ready().await;
+                h && v
+            })
+            .await;
+        }
+    }
+
+    /// Steps the admission limit up every [`RAMP_STEP`] until it is
+    /// unbounded; a step with outage-like failures halves it, or ends the
+    /// ramp if an API server is down again (the next probe closes it).
+    async fn ramp<F, Fut>(&self, ready: F)
+    where
+        F: Fn() -> Fut,
+        Fut: Future<Output = bool>,
+    {
+        while self.admission.limit().is_some() {
+            let before = self.failures.load(Ordering::Relaxed);
+            tokio::time::sleep(RAMP_STEP).await;
+            let failed = self.failures.load(Ordering::Relaxed) != before;
+            if failed && !ready().await {
+                return;
+            }
+            if !self.admission.step(failed) {
+                tracing::info!("reconciles admitted without a limit again");
             }
         }
     }
@@ -160,6 +319,96 @@ mod tests {
         assert!(first[0] < Duration::from_millis(600), "{first:?}");
         b.reset();
         assert!(b.next().unwrap() < Duration::from_millis(600));
+    }
+
+    /// Whether a reconcile would be admitted within a moment.
+    async fn admits(a: &Admission) -> Option<Admitted<'_>> {
+        tokio::time::timeout(Duration::from_millis(50), a.admit())
+            .await
+            .ok()
+    }
+
+    #[tokio::test]
+    async fn admission_closes_during_an_outage_and_reopens_slowly() {
+        let a = Admission::default();
+        // Unbounded at first.
+        let many: Vec<_> = futures::future::join_all((0..100).map(|_| a.admit())).await;
+        drop(many);
+        a.close();
+        assert!(admits(&a).await.is_none(), "admitted while closed");
+        // A waiting reconcile goes as soon as the gate opens again.
+        let waiting = tokio::spawn({
+            let a = Arc::new(Admission::default());
+            a.close();
+            let b = Arc::clone(&a);
+            tokio::spawn(async move {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+                b.reopen();
+            });
+            async move {
+                let _admitted = a.admit().await;
+            }
+        });
+        tokio::time::timeout(Duration::from_secs(1), waiting)
+            .await
+            .expect("the waiting reconcile was not admitted on reopen")
+            .unwrap();
+        a.reopen();
+        let mut first = Vec::new();
+        for _ in 0..RAMP_START {
+            first.push(admits(&a).await.expect("admitted up to the start limit"));
+        }
+        assert!(admits(&a).await.is_none(), "admitted past {RAMP_START}");
+        first.pop();
+        assert!(
+            admits(&a).await.is_some(),
+            "a finished reconcile frees its place"
+        );
+    }
+
+    #[test]
+    fn admission_doubles_halves_and_ends_unbounded() {
+        let a = Admission::default();
+        assert!(!a.step(false), "an unbounded admission has nothing to ramp");
+        a.reopen();
+        assert!(a.step(false));
+        assert_eq!(a.limit(), Some(2 * RAMP_START));
+        assert!(a.step(true));
+        assert_eq!(a.limit(), Some(RAMP_START));
+        while a.step(false) {}
+        assert_eq!(a.limit(), None);
+        a.close();
+        assert!(a.step(true));
+        assert_eq!(a.limit(), Some(1), "never below one once open");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_ramp_halts_when_an_api_server_is_down_again() {
+        let o = Outage::default();
+        o.admission.reopen();
+        // Healthy: unbounded within a few steps.
+        let started = tokio::time::Instant::now();
+        o.ramp(|| async { true }).await;
+        assert_eq!(o.admission.limit(), None);
+        assert!(
+            started.elapsed() <= RAMP_STEP * 8,
+            "{:?}",
+            started.elapsed()
+        );
+        // Failures while the API server is away again: the ramp stops and
+        // leaves the limit where it was (the next probe closes it).
+        o.admission.reopen();
+        let failing = async {
+            loop {
+                o.noticed();
+                tokio::time::sleep(RAMP_STEP / 4).await;
+            }
+        };
+        tokio::select! {
+            () = o.ramp(|| async { false }) => {}
+            () = failing => unreachable!(),
+        }
+        assert_eq!(o.admission.limit(), Some(RAMP_START));
     }
 
     #[test]

@@ -540,3 +540,24 @@ async fn a_pod_held_while_asleep_is_marked_first_then_its_host_copy_deleted() {
     host.assert_quiet();
     virt.assert_quiet();
 }
+
+#[tokio::test(start_paused = true)]
+async fn no_reconcile_runs_while_an_api_server_is_down() {
+    let Setup {
+        engine, mut host, ..
+    } = setup(all_configmaps(), vec![cm("v")], vec![]);
+    // What the outage probe does when /readyz fails.
+    engine.ctx.outage.admission().close();
+    engine.start_without_watches(2);
+    engine.enqueue(cm_key());
+    tokio::time::advance(Duration::from_secs(60)).await;
+    settle().await;
+    host.assert_quiet();
+    assert_eq!(engine.queue_depth(), 1, "the key waits in the queue");
+    // Both servers answer again: the key goes at once.
+    engine.ctx.outage.admission().reopen();
+    let call = tokio::time::timeout(Duration::from_secs(1), host.answer(200, echo(json!({}))))
+        .await
+        .expect("no write after the admission reopened");
+    assert_apply(&call, HOST_CM, true);
+}
