@@ -13,6 +13,7 @@ use kube::config::Kubeconfig;
 use vcluster::local::StackState;
 
 pub mod chart;
+pub mod shared;
 
 /// The `vcluster` binary cargo built for this test.
 pub fn vcluster_bin() -> &'static str {
