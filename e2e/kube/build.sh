@@ -51,6 +51,15 @@ build_wrapped() {
   echo "$version" > "$out/$name.version"
   echo "built $name $version in $(( $(date +%s) - t0 ))s wall, $(( $(cpu_seconds) - c0 )) CPU-s"
 }
+# In the scratch wrapper $scratch: module $1 becomes a copy of the version the wrapper resolves,
+# in ./$2, with e2e/kube/traefik/overlay/$4 written to $3 in it.
+patched() {
+  local src
+  src=$(cd "$scratch" && go list -m -f '{{.Dir}}' "$1")
+  cp -r "$src" "$scratch/$2"; chmod -R u+w "$scratch/$2"
+  cp "$here/traefik/overlay/$4" "$scratch/$2/$3"
+  (cd "$scratch" && go mod edit -replace "$1=./$2")
+}
 # CPU seconds used so far by this script's finished children (user + system).
 cpu_seconds() { awk '{ print int(($16 + $17) / 100) }' /proc/$$/stat; }
 
@@ -77,17 +86,17 @@ if [ "${1:-}" = "--shared" ]; then
     rm -rf "$crds"; mv "$crds.partial" "$crds"
   fi
   if wants traefik && stale traefik "$TRAEFIK_VERSION"; then
-    # lego's generated list of DNS-01 providers imports SDK modules the proxy does not serve:
-    # build from a scratch copy of the wrapper in which lego is a copy of the pinned module
-    # with that one file replaced by a list of none (traefik/overlay).
+    # Two modules traefik builds with are not served whole by the proxy: lego's generated list
+    # of DNS-01 providers imports SDK modules it does not serve, and traefik's fork of
+    # go-http-auth is missing (the original stands in, lacking one method). Build from a scratch
+    # copy of the wrapper in which each is a copy of the pinned module with one file of
+    # e2e/kube/traefik/overlay put in (no DNS-01 providers; the missing method).
     echo "building traefik $TRAEFIK_VERSION"
     scratch="$cache_root/$pins/traefik-src"
     rm -rf "$scratch"; mkdir -p "$scratch"
     cp -r "$here/traefik/go.mod" "$here/traefik/go.sum" "$here/traefik/ext" "$scratch/"
-    lego=$(cd "$scratch" && go list -m -f '{{.Dir}}' github.com/go-acme/lego/v5)
-    cp -r "$lego" "$scratch/lego"; chmod -R u+w "$scratch/lego"
-    cp "$here/traefik/overlay/lego_dns_providers.go" "$scratch/lego/providers/dns/zz_gen_dns_providers.go"
-    (cd "$scratch" && go mod edit -replace github.com/go-acme/lego/v5=./lego)
+    patched github.com/go-acme/lego/v5 lego providers/dns/zz_gen_dns_providers.go lego_dns_providers.go
+    patched github.com/abbot/go-http-auth go-http-auth stale.go go_http_auth_stale.go
     build_wrapped traefik "$TRAEFIK_VERSION" github.com/traefik/traefik/v3 \
       github.com/traefik/traefik/v3/cmd/traefik "$scratch" \
       -ldflags "-s -w -X github.com/traefik/traefik/v3/pkg/version.Version=$TRAEFIK_VERSION"
