@@ -90,13 +90,14 @@ if [ "${1:-}" = "--shared" ]; then
     # of DNS-01 providers imports SDK modules it does not serve, and traefik's fork of
     # go-http-auth is missing (the original stands in, lacking one method). Build from a scratch
     # copy of the wrapper in which each is a copy of the pinned module with one file of
-    # e2e/kube/traefik/overlay put in (no DNS-01 providers; the missing method).
+    # e2e/kube/traefik/overlay put in (no DNS-01 providers; the missing method; named .go.in
+    # there, outside the wrapper module's packages).
     echo "building traefik $TRAEFIK_VERSION"
     scratch="$cache_root/$pins/traefik-src"
     rm -rf "$scratch"; mkdir -p "$scratch"
     cp -r "$here/traefik/go.mod" "$here/traefik/go.sum" "$here/traefik/ext" "$scratch/"
-    patched github.com/go-acme/lego/v5 lego providers/dns/zz_gen_dns_providers.go lego_dns_providers.go
-    patched github.com/abbot/go-http-auth go-http-auth stale.go go_http_auth_stale.go
+    patched github.com/go-acme/lego/v5 lego providers/dns/zz_gen_dns_providers.go lego_dns_providers.go.in
+    patched github.com/abbot/go-http-auth go-http-auth stale.go go_http_auth_stale.go.in
     build_wrapped traefik "$TRAEFIK_VERSION" github.com/traefik/traefik/v3 \
       github.com/traefik/traefik/v3/cmd/traefik "$scratch" \
       -ldflags "-s -w -X github.com/traefik/traefik/v3/pkg/version.Version=$TRAEFIK_VERSION"

@@ -6,7 +6,7 @@ module vcluster.local/e2e/traefik
 
 go 1.26.0
 
-require github.com/go-acme/lego/v5 v5.4.1
+require github.com/go-acme/lego/v5 v5.4.1 // indirect
 
 require (
 	cloud.google.com/go/auth v0.23.2 // indirect
