@@ -649,24 +649,28 @@ fn denied_ingresses_get_warning_events(env: &Env) {
 /// The host Secret's `tls.crt` as mirrored up under the tenant's name, once
 /// it passes `ok`.
 async fn mirrored_cert(vsec: &Api<Secret>, name: &str, ok: impl Fn(&[u8]) -> bool) -> Secret {
-    eventually(&format!("the certificate mirrored up as {name}"), CERT_T, || async {
-        let s = vsec
-            .get_opt(name)
-            .await
-            .map_err(|e| e.to_string())?
-            .ok_or("no mirror yet")?;
-        let crt = s
-            .data
-            .as_ref()
-            .and_then(|d| d.get("tls.crt"))
-            .map(|b| b.0.clone())
-            .unwrap_or_default();
-        if !crt.is_empty() && ok(&crt) {
-            Ok(s)
-        } else {
-            Err(format!("tls.crt of {} bytes", crt.len()))
-        }
-    })
+    eventually(
+        &format!("the certificate mirrored up as {name}"),
+        CERT_T,
+        || async {
+            let s = vsec
+                .get_opt(name)
+                .await
+                .map_err(|e| e.to_string())?
+                .ok_or("no mirror yet")?;
+            let crt = s
+                .data
+                .as_ref()
+                .and_then(|d| d.get("tls.crt"))
+                .map(|b| b.0.clone())
+                .unwrap_or_default();
+            if !crt.is_empty() && ok(&crt) {
+                Ok(s)
+            } else {
+                Err(format!("tls.crt of {} bytes", crt.len()))
+            }
+        },
+    )
     .await
 }
 
@@ -726,18 +730,36 @@ fn cert_manager_certificate_is_mirrored_up(env: &Env) {
         let first = mirrored_cert(&vsec, "app-tls", |_| true).await;
         let crt = data(&first, "tls.crt");
         assert_eq!(dns_sans(&crt), hosts, "SANs are exactly the ingress hosts");
-        assert!(signed_by(&crt, ca.as_bytes()), "the certificate chains to the CA");
-        assert_eq!(data(&first, "ca.crt"), ca.as_bytes(), "ca.crt is the issuer's CA");
+        assert!(
+            signed_by(&crt, ca.as_bytes()),
+            "the certificate chains to the CA"
+        );
+        assert_eq!(
+            data(&first, "ca.crt"),
+            ca.as_bytes(),
+            "ca.crt is the issuer's CA"
+        );
         assert!(!data(&first, "tls.key").is_empty());
         assert_eq!(first.type_.as_deref(), Some("kubernetes.io/tls"));
-        assert_eq!(first.metadata.labels.as_ref().unwrap()["vcluster.dev/mirror"], "true");
+        assert_eq!(
+            first.metadata.labels.as_ref().unwrap()["vcluster.dev/mirror"],
+            "true"
+        );
         assert_eq!(
             first.metadata.annotations.as_ref().unwrap()["vcluster.dev/mirror-of"],
             format!("{HOST_NS}/{}", hn(ns, "app-tls"))
         );
         let out = kubectl_ok(
             &env.stack.vcluster_kubeconfig(),
-            &["get", "secret", "app-tls", "-n", ns, "-o", "jsonpath={.data.tls\\.crt}"],
+            &[
+                "get",
+                "secret",
+                "app-tls",
+                "-n",
+                ns,
+                "-o",
+                "jsonpath={.data.tls\\.crt}",
+            ],
             None,
         );
         assert!(!out.is_empty());

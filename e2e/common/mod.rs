@@ -333,6 +333,20 @@ impl SyncerProcess {
         host_kubeconfig: &Path,
         extra: &[&str],
     ) -> Self {
+        let virt = stack.vcluster_kubeconfig();
+        Self::spawn_between(stack, &virt, name, host_namespace, host_kubeconfig, extra)
+    }
+
+    /// A syncer for `stack`'s host and the virtual API of `virtual_kubeconfig`
+    /// (another stack's virtual plane: a second vcluster on the same host).
+    pub fn spawn_between(
+        stack: &DevStack,
+        virtual_kubeconfig: &Path,
+        name: &str,
+        host_namespace: &str,
+        host_kubeconfig: &Path,
+        extra: &[&str],
+    ) -> Self {
         let _ = kubectl(
             &stack.host_kubeconfig(),
             &["create", "namespace", host_namespace],
@@ -387,7 +401,7 @@ impl SyncerProcess {
                 "--host-kubeconfig",
                 host_kubeconfig.to_str().unwrap(),
                 "--virtual-kubeconfig",
-                stack.vcluster_kubeconfig().to_str().unwrap(),
+                virtual_kubeconfig.to_str().unwrap(),
                 "--health-listen",
                 &format!("127.0.0.1:{port}"),
                 "--resync-seconds",

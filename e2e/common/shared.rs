@@ -110,7 +110,12 @@ pub fn start_cert_manager(stack: &DevStack) -> HostService {
 }
 
 /// cluster-scoped cert-manager objects of `kind` (`plural`).
-pub fn cert_manager_api(c: &kube::Client, ns: Option<&str>, kind: &str, plural: &str) -> Api<DynamicObject> {
+pub fn cert_manager_api(
+    c: &kube::Client,
+    ns: Option<&str>,
+    kind: &str,
+    plural: &str,
+) -> Api<DynamicObject> {
     let gvk = GroupVersionKind::gvk("cert-manager.io", "v1", kind);
     let ar = ApiResource::from_gvk_with_plural(&gvk, plural);
     match ns {
@@ -141,7 +146,10 @@ pub async fn ca_cluster_issuer(h: &kube::Client, name: &str) -> String {
         "spec": {"ca": {"secretName": format!("{name}-ca")}}
     }))
     .unwrap();
-    issuers.create(&PostParams::default(), &issuer).await.unwrap();
+    issuers
+        .create(&PostParams::default(), &issuer)
+        .await
+        .unwrap();
     eventually(
         "the ClusterIssuer to be Ready",
         Duration::from_secs(60),
@@ -197,4 +205,85 @@ pub fn signed_by(cert_pem: &[u8], ca_pem: &[u8]) -> bool {
 pub fn serial(cert_pem: &[u8]) -> String {
     let (_, pem) = x509_parser::pem::parse_x509_pem(cert_pem).unwrap();
     pem.parse_x509().unwrap().raw_serial_as_string()
+}
+
+/// The real node's network namespace: `/proc/<holder>/ns/net` of `stack`.
+pub fn node_netns(stack: &DevStack) -> String {
+    let holder = stack
+        .state
+        .processes
+        .iter()
+        .find(|p| p.name == "node-namespaces")
+        .expect("a real node (--real-nodes 1)")
+        .pid;
+    format!("/proc/{holder}/ns/net")
+}
+
+/// Where traefik serves HTTPS, inside the node's namespace (the node's address).
+pub const TRAEFIK_HTTPS: &str = "10.246.0.2:443";
+/// Its API (the routing table), inside the node's namespace.
+pub const TRAEFIK_API: &str = "10.246.0.2:9000";
+
+/// traefik with its Kubernetes Ingress provider watching `stack`'s host
+/// plane, in the real node's network namespace (so it reaches pod IPs): it
+/// reaches the host API through the node's relay, as the kubelet does.
+pub fn start_traefik(stack: &DevStack) -> HostService {
+    use vcluster::local::node::{API_IP, API_PORT};
+    let mut kc = kube::config::Kubeconfig::read_from(stack.host_kubeconfig()).unwrap();
+    for c in &mut kc.clusters {
+        let cluster = c.cluster.as_mut().unwrap();
+        cluster.server = Some(format!("https://{API_IP}:{API_PORT}"));
+        // The API server's certificate names `kubernetes`, not the relay.
+        cluster.tls_server_name = Some("kubernetes".to_owned());
+    }
+    let kc_path = stack.dir.path().join("traefik.kubeconfig");
+    std::fs::write(&kc_path, serde_yaml::to_string(&kc).unwrap()).unwrap();
+    let log = stack.dir.path().join("logs").join("traefik.log");
+    let traefik = shared_bin("traefik");
+    let args: Vec<String> = [
+        &format!("--net={}", node_netns(stack)),
+        "--",
+        traefik.to_str().unwrap(),
+        "--global.checknewversion=false",
+        "--global.sendanonymoususage=false",
+        "--log.level=INFO",
+        "--log.nocolor=true",
+        &format!("--entrypoints.websecure.address={TRAEFIK_HTTPS}"),
+        "--entrypoints.websecure.http.tls=true",
+        &format!("--entrypoints.traefik.address={TRAEFIK_API}"),
+        "--api.insecure=true",
+        "--api.dashboard=false",
+        "--providers.kubernetesingress=true",
+    ]
+    .iter()
+    .map(|s| (*s).to_owned())
+    .collect();
+    let env = [("KUBECONFIG", kc_path.to_str().unwrap().to_owned())];
+    let p = spawn(
+        "traefik",
+        Path::new("nsenter"),
+        &args,
+        &env,
+        &log,
+        Tie::ToParent,
+    )
+    .unwrap();
+    HostService(p)
+}
+
+/// `curl` run in the node's network namespace with `args`; its output, or
+/// stderr as the error.
+pub fn curl_in_node(stack: &DevStack, args: &[&str]) -> Result<String, String> {
+    let out = std::process::Command::new("nsenter")
+        .arg(format!("--net={}", node_netns(stack)))
+        .args(["--", "curl", "-sS", "--max-time", "5"])
+        .args(args)
+        .output()
+        .unwrap();
+    let (stdout, stderr) = super::text(&out);
+    if out.status.success() {
+        Ok(stdout)
+    } else {
+        Err(format!("{stdout}{stderr}"))
+    }
 }
