@@ -402,19 +402,7 @@ fn main() {
     let stack = DevStack::up(&["--no-syncer", "--nodes", "2"]);
     let hk = stack.host_kubeconfig();
     kubectl_ok(&hk, &["create", "namespace", HOST_NS], None);
-    kubectl_ok(
-        &hk,
-        &[
-            "create",
-            "service",
-            "clusterip",
-            VC,
-            "-n",
-            HOST_NS,
-            "--tcp=443:8443",
-        ],
-        None,
-    );
+    api_service(&hk, VC, HOST_NS);
     let upstream = format!("--dns-upstream=127.0.0.1:{}", start_upstream().port());
     let syncer = SyncerProcess::start_with(&stack, VC, HOST_NS, &[&upstream]);
     let log = syncer.log.clone();

@@ -1474,20 +1474,7 @@ fn main() {
     for ns in [HOST_NS, OTHER_NS] {
         kubectl_ok(&hk, &["create", "namespace", ns], None);
     }
-    // The vcluster's API Service on the host, as the chart makes it.
-    kubectl_ok(
-        &hk,
-        &[
-            "create",
-            "service",
-            "clusterip",
-            VC,
-            "-n",
-            HOST_NS,
-            "--tcp=443:8443",
-        ],
-        None,
-    );
+    api_service(&hk, VC, HOST_NS);
     // The host's cert-manager, real: its CRDs and controllers (make shared-bins).
     let cert_manager = start_cert_manager(&stack);
     let syncer = SyncerProcess::start_with(&stack, VC, HOST_NS, SYNCER_ARGS);

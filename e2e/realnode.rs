@@ -728,19 +728,7 @@ fn shared_ingress_controller_serves_each_vcluster(env: &Env) {
     // plane, synced into host namespace team-b by a syncer of its own.
     let other = DevStack::up(&["--no-syncer", "--nodes", "1"]);
     let _ = kubectl(&hk, &["create", "namespace", "team-b"], None);
-    kubectl_ok(
-        &hk,
-        &[
-            "create",
-            "service",
-            "clusterip",
-            "team-b",
-            "-n",
-            "team-b",
-            "--tcp=443:8443",
-        ],
-        None,
-    );
+    api_service(&hk, "team-b", "team-b");
     let _syncer_b = SyncerProcess::spawn_between(
         &env.stack,
         &other.vcluster_kubeconfig(),

@@ -178,6 +178,23 @@ pub fn kubectl_ok(kubeconfig: &Path, args: &[&str], stdin: Option<&str>) -> Stri
     stdout
 }
 
+/// The vcluster's API Service on the host (443 → the front door), as the chart makes it.
+pub fn api_service(host_kubeconfig: &Path, vc: &str, host_namespace: &str) {
+    kubectl_ok(
+        host_kubeconfig,
+        &[
+            "create",
+            "service",
+            "clusterip",
+            vc,
+            "-n",
+            host_namespace,
+            "--tcp=443:8443",
+        ],
+        None,
+    );
+}
+
 /// Polls `check` until it yields a value or `timeout` passes (then panics
 /// naming `what` and the last observation).
 pub async fn eventually<T, F, Fut>(what: &str, timeout: Duration, mut check: F) -> T
