@@ -4,7 +4,7 @@ SHELL := bash
 CARGO ?= cargo
 STATE_DIR ?= .vcluster-dev
 
-.PHONY: dev test kube-bins kube-mod build prereqs fmt-check clippy unit e2e down status clean bench faults node-deps image e2e-realnode e2e-kine e2e-helm-node fuzz fuzz-short fuzz-tools bench-dns
+.PHONY: dev test kube-bins shared-bins kube-mod build prereqs fmt-check clippy unit e2e down status clean bench faults node-deps image e2e-realnode e2e-kine e2e-helm-node fuzz fuzz-short fuzz-tools bench-dns
 
 ## dev: build what is missing, then run the host and virtual control planes (Ctrl-C stops them)
 dev: prereqs kube-bins build
@@ -21,6 +21,12 @@ prereqs:
 ## kube-bins: build the pinned upstream binaries into ~/.cache/vcluster/<pins>/bin (once)
 kube-bins:
 	e2e/kube/build.sh
+
+## shared-bins: the host's shared services some e2e suites run against (e2e_network: cert-manager;
+## the real-node lane: cert-manager and traefik), built on their own from pinned modules
+## (e2e/kube/build.sh --shared), so `make dev` and the other suites never wait for them
+shared-bins: kube-bins
+	e2e/kube/build.sh --shared
 
 ## node-deps: the Debian packages a real node needs (containerd, runc, CNI plugins, iptables/nftables,
 ## busybox-static for the test image; gcc and libc6-dev for the static pause and vcluster
@@ -41,7 +47,7 @@ image: kube-bins
 
 ## e2e-realnode: tenant workloads on a real node (kubelet, containerd, kube-proxy in a network
 ## namespace of the stack's own); root, the node's packages and images
-e2e-realnode: kube-bins
+e2e-realnode: kube-bins shared-bins
 	@$(MAKE) -s node-deps
 	image/build.sh pause busybox toolbox
 	$(CARGO) test --locked --test e2e_realnode
@@ -73,6 +79,7 @@ e2e:
 	$(CARGO) test --locked --test e2e_smoke
 	$(CARGO) test --locked --test e2e_syncer
 	$(CARGO) test --locked --test e2e_storage
+	e2e/kube/build.sh --shared cert-manager
 	$(CARGO) test --locked --test e2e_network
 	$(CARGO) test --locked --test e2e_dns
 	$(CARGO) test --locked --test e2e_chart

@@ -3,12 +3,10 @@
 //! One dev stack and one `vcluster syncer` are shared; each test works in
 //! its own virtual namespaces.
 //!
-//! cert-manager itself does not run here: the test
-//! `cert_manager_certificate_is_mirrored_up` stands in for the host's
-//! cert-manager, doing on the host exactly what its ingress-shim and issuer do
-//! for an annotated ingress (a Certificate named after the TLS secret, owned
-//! by the ingress, then the issued `kubernetes.io/tls` Secret with
-//! cert-manager's annotations). The syncer's side is real.
+//! The host runs a real cert-manager (its controllers, built by `make
+//! shared-bins`, and the pinned release's CRDs): `cert_manager_certificate_is_mirrored_up`
+//! has its ingress-shim and CA issuer certify a tenant ingress, and the syncer
+//! mirror the certificate and its renewals up.
 #![allow(
     clippy::unwrap_used,
     clippy::expect_used,
@@ -23,19 +21,21 @@ use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
+use common::shared::*;
 use common::*;
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::{Endpoints, Pod, Secret, Service};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use k8s_openapi::api::events::v1::Event;
 use k8s_openapi::api::networking::v1::Ingress;
-use kube::api::{Api, DeleteParams, DynamicObject, ListParams, Patch, PatchParams, PostParams};
-use kube::core::{ApiResource, GroupVersionKind};
+use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams};
 use libtest_mimic::Arguments;
 use serde_json::json;
 use vcluster::translate::{VclusterName, host_name};
 
 const T: Duration = Duration::from_secs(60);
+/// Issuing and renewing through cert-manager (a renewal comes about 30 s in).
+const CERT_T: Duration = Duration::from_secs(150);
 const VC: &str = "net";
 const HOST_NS: &str = "team-net";
 /// Another tenant's host namespace, holding foreign objects.
@@ -45,6 +45,8 @@ struct Env {
     stack: DevStack,
     /// The syncer, and whether it runs with the isolated Service types.
     syncer: std::sync::Mutex<(SyncerProcess, bool)>,
+    /// The host's cert-manager.
+    cert_manager: HostService,
 }
 
 /// Syncer flags every phase shares: ingress hosts kept to the vcluster's
@@ -644,110 +646,107 @@ fn denied_ingresses_get_warning_events(env: &Env) {
     });
 }
 
-fn dynamic(
-    c: &kube::Client,
-    ns: &str,
-    group: &str,
-    version: &str,
-    kind: &str,
-    plural: &str,
-) -> Api<DynamicObject> {
-    let ar =
-        ApiResource::from_gvk_with_plural(&GroupVersionKind::gvk(group, version, kind), plural);
-    Api::namespaced_with(c.clone(), ns, &ar)
+/// The host Secret's `tls.crt` as mirrored up under the tenant's name, once
+/// it passes `ok`.
+async fn mirrored_cert(vsec: &Api<Secret>, name: &str, ok: impl Fn(&[u8]) -> bool) -> Secret {
+    eventually(
+        &format!("the certificate mirrored up as {name}"),
+        CERT_T,
+        || async {
+            let s = vsec
+                .get_opt(name)
+                .await
+                .map_err(|e| e.to_string())?
+                .ok_or("no mirror yet")?;
+            let crt = s
+                .data
+                .as_ref()
+                .and_then(|d| d.get("tls.crt"))
+                .map(|b| b.0.clone())
+                .unwrap_or_default();
+            if !crt.is_empty() && ok(&crt) {
+                Ok(s)
+            } else {
+                Err(format!("tls.crt of {} bytes", crt.len()))
+            }
+        },
+    )
+    .await
 }
 
-/// What cert-manager's ingress-shim and issuer do on the host for an
-/// annotated ingress: a Certificate for each TLS entry, then the Secret.
-async fn stand_in_for_cert_manager(h: &kube::Client, host_ingress: &Ingress) -> Vec<u8> {
-    let certs = dynamic(
-        h,
-        HOST_NS,
-        "cert-manager.io",
-        "v1",
-        "Certificate",
-        "certificates",
-    );
-    let ann = host_ingress
-        .metadata
-        .annotations
-        .clone()
-        .unwrap_or_default();
-    let issuer = ann.get("cert-manager.io/cluster-issuer").cloned().unwrap();
-    let tls = host_ingress.spec.as_ref().unwrap().tls.clone().unwrap();
-    let entry = &tls[0];
-    let secret_name = entry.secret_name.clone().unwrap();
-    let hosts = entry.hosts.clone().unwrap();
-    let cert: DynamicObject = serde_json::from_value(json!({
-        "apiVersion": "cert-manager.io/v1", "kind": "Certificate",
-        "metadata": {"name": secret_name, "ownerReferences": [{
-            "apiVersion": "networking.k8s.io/v1", "kind": "Ingress", "controller": true, "blockOwnerDeletion": true,
-            "name": host_ingress.metadata.name, "uid": host_ingress.metadata.uid}]},
-        "spec": {"secretName": secret_name, "dnsNames": hosts, "usages": ["digital signature", "key encipherment"],
-                 "issuerRef": {"name": issuer, "kind": "ClusterIssuer", "group": "cert-manager.io"}}
-    }))
-    .unwrap();
-    certs.create(&PostParams::default(), &cert).await.unwrap();
-    let key = rcgen::KeyPair::generate().unwrap();
-    let params = rcgen::CertificateParams::new(hosts.clone()).unwrap();
-    let crt = params.self_signed(&key).unwrap();
-    let pem = crt.pem().into_bytes();
-    let secret: Secret = serde_json::from_value(json!({
-        "metadata": {"name": secret_name, "annotations": {
-            "cert-manager.io/certificate-name": secret_name,
-            "cert-manager.io/issuer-name": issuer,
-            "cert-manager.io/issuer-kind": "ClusterIssuer",
-            "cert-manager.io/issuer-group": "cert-manager.io",
-            "cert-manager.io/alt-names": hosts.join(","),
-            "cert-manager.io/common-name": ""},
-          "labels": {"controller.cert-manager.io/fao": "true"}},
-        "type": "kubernetes.io/tls",
-        "stringData": {"tls.crt": String::from_utf8(pem.clone()).unwrap(), "tls.key": key.serialize_pem(), "ca.crt": ""}
-    }))
-    .unwrap();
-    Api::<Secret>::namespaced(h.clone(), HOST_NS)
-        .create(&PostParams::default(), &secret)
-        .await
-        .unwrap();
-    pem
+fn data(s: &Secret, key: &str) -> Vec<u8> {
+    s.data.as_ref().unwrap()[key].0.clone()
 }
 
+/// A real cert-manager on the host (ingress-shim, the certificate
+/// controllers, a CA ClusterIssuer) issues the certificate the tenant's
+/// ingress asks for; the syncer mirrors it up, and its renewals too.
 fn cert_manager_certificate_is_mirrored_up(env: &Env) {
     block_on(async {
         let (v, h) = clients_of(env).await;
+        let ca = ca_cluster_issuer(&h, "tenant-ca").await;
         let ns = "certs";
         namespace(&v, ns).await;
         let ing: Api<Ingress> = Api::namespaced(v.clone(), ns);
+        // A TLS host outside the vcluster's names: refused, so no host
+        // ingress exists for cert-manager to make a Certificate from.
         create(
             &ing,
-            json!({"metadata": {"name": "app", "annotations": {"cert-manager.io/cluster-issuer": "letsencrypt"}},
-                "spec": {"tls": [{"hosts": ["app.net.apps.example.com"], "secretName": "app-tls"}],
-                    "rules": [{"host": "app.net.apps.example.com", "http": {"paths": [
+            json!({"metadata": {"name": "stray", "annotations": {"cert-manager.io/cluster-issuer": "tenant-ca"}},
+                "spec": {"tls": [{"hosts": ["shop.someone-else.example.com"], "secretName": "stray-tls"}],
+                    "rules": [{"host": "stray.net.apps.example.com", "http": {"paths": [
                         {"path": "/", "pathType": "Prefix", "backend": {"service": {"name": "app", "port": {"number": 80}}}}]}}]}}),
         )
         .await;
-        let hing = exists(
-            &Api::<Ingress>::namespaced(h.clone(), HOST_NS),
-            &hn(ns, "app"),
+        let hosts = ["app.net.apps.example.com", "www.net.apps.example.com"];
+        // Two-minute certificates renewed 90 s before they end: a renewal
+        // about 30 s after each issue.
+        create(
+            &ing,
+            json!({"metadata": {"name": "app", "annotations": {
+                    "cert-manager.io/cluster-issuer": "tenant-ca",
+                    "cert-manager.io/duration": "2m", "cert-manager.io/renew-before": "90s"}},
+                "spec": {"tls": [{"hosts": hosts, "secretName": "app-tls"}],
+                    "rules": hosts.iter().map(|h| json!({"host": h, "http": {"paths": [
+                        {"path": "/", "pathType": "Prefix", "backend": {"service": {"name": "app", "port": {"number": 80}}}}]}})).collect::<Vec<_>>()}}),
         )
         .await;
-        assert_eq!(
-            hing.metadata.annotations.as_ref().unwrap()["cert-manager.io/cluster-issuer"],
-            "letsencrypt",
-            "the tenant names a host ClusterIssuer through the usual annotation"
-        );
-        let pem = stand_in_for_cert_manager(&h, &hing).await;
+        let note = warning(&v, ns, "stray", "IngressHostDenied").await;
+        assert!(note.contains("shop.someone-else.example.com"), "{note}");
 
+        // cert-manager's own ingress-shim made the Certificate on the host.
+        let certs = cert_manager_api(&h, Some(HOST_NS), "Certificate", "certificates");
+        let cert = exists(&certs, &hn(ns, "app-tls")).await;
+        let mut names: Vec<String> =
+            serde_json::from_value(cert.data["spec"]["dnsNames"].clone()).unwrap();
+        names.sort();
+        assert_eq!(names, hosts, "the Certificate asks for the ingress hosts");
+        assert_eq!(cert.data["spec"]["secretName"], hn(ns, "app-tls"));
+        assert_eq!(cert.data["spec"]["issuerRef"]["name"], "tenant-ca");
+        assert_eq!(cert.data["spec"]["issuerRef"]["kind"], "ClusterIssuer");
+
+        // Its controller issued the Secret; it comes up under the tenant's name.
         let vsec: Api<Secret> = Api::namespaced(v.clone(), ns);
-        let mirror = exists(&vsec, "app-tls").await;
-        assert_eq!(mirror.type_.as_deref(), Some("kubernetes.io/tls"));
-        assert_eq!(mirror.data.as_ref().unwrap()["tls.crt"].0, pem);
+        let first = mirrored_cert(&vsec, "app-tls", |_| true).await;
+        let crt = data(&first, "tls.crt");
+        assert_eq!(dns_sans(&crt), hosts, "SANs are exactly the ingress hosts");
+        assert!(
+            signed_by(&crt, ca.as_bytes()),
+            "the certificate chains to the CA"
+        );
         assert_eq!(
-            mirror.metadata.labels.as_ref().unwrap()["vcluster.dev/mirror"],
+            data(&first, "ca.crt"),
+            ca.as_bytes(),
+            "ca.crt is the issuer's CA"
+        );
+        assert!(!data(&first, "tls.key").is_empty());
+        assert_eq!(first.type_.as_deref(), Some("kubernetes.io/tls"));
+        assert_eq!(
+            first.metadata.labels.as_ref().unwrap()["vcluster.dev/mirror"],
             "true"
         );
         assert_eq!(
-            mirror.metadata.annotations.as_ref().unwrap()["vcluster.dev/mirror-of"],
+            first.metadata.annotations.as_ref().unwrap()["vcluster.dev/mirror-of"],
             format!("{HOST_NS}/{}", hn(ns, "app-tls"))
         );
         let out = kubectl_ok(
@@ -770,15 +769,15 @@ fn cert_manager_certificate_is_mirrored_up(env: &Env) {
         vsec.patch("app-tls", &PatchParams::default(), &Patch::Merge(&tamper))
             .await
             .unwrap();
-        eventually("the mirror to be restored", T, || async {
-            let s = vsec.get("app-tls").await.map_err(|e| e.to_string())?;
-            if s.data.unwrap()["tls.crt"].0 == pem {
-                Ok(())
-            } else {
-                Err("still tampered".into())
-            }
-        })
-        .await;
+        mirrored_cert(&vsec, "app-tls", |c| c != b"tampered").await;
+
+        // cert-manager renews the short-lived certificate; the renewal is mirrored.
+        let serial1 = serial(&crt);
+        let renewed = mirrored_cert(&vsec, "app-tls", |c| serial(c) != serial1).await;
+        let crt2 = data(&renewed, "tls.crt");
+        assert_eq!(dns_sans(&crt2), hosts);
+        assert!(signed_by(&crt2, ca.as_bytes()));
+
         // The mirror never goes back down: the host Secret stays cert-manager's.
         let hs = Api::<Secret>::namespaced(h.clone(), HOST_NS)
             .get(&hn(ns, "app-tls"))
@@ -790,6 +789,18 @@ fn cert_manager_certificate_is_mirrored_up(env: &Env) {
                 .unwrap_or_default()
                 .contains_key("vcluster.dev/owner")
         );
+        // The refused ingress never reached the host, so no Certificate names
+        // its host (after the renewal: cert-manager had every chance).
+        let hing: Api<Ingress> = Api::namespaced(h.clone(), HOST_NS);
+        assert!(hing.get_opt(&hn(ns, "stray")).await.unwrap().is_none());
+        for c in certs.list(&ListParams::default()).await.unwrap() {
+            let names = c.data["spec"]["dnsNames"].to_string();
+            assert!(
+                !names.contains("someone-else"),
+                "a Certificate for a foreign host: {}",
+                c.data
+            );
+        }
 
         // The ingress goes: so does the mirror.
         ing.delete("app", &DeleteParams::default()).await.unwrap();
@@ -1460,28 +1471,24 @@ fn main() {
     list_or_check(&args, &[TESTS, ISOLATED]);
     let stack = DevStack::up(&["--no-syncer", "--nodes", "2"]);
     let hk = stack.host_kubeconfig();
-    host_namespace_with_api_service(&stack, VC, HOST_NS);
-    kubectl_ok(&hk, &["create", "namespace", OTHER_NS], None);
-    // cert-manager's CRDs on the host (its controllers are stood in for).
-    let crds = "../shared/testdata/crds/cert-manager";
-    kubectl_ok(&hk, &["apply", "--server-side", "-f", crds], None);
-    kubectl_ok(
-        &hk,
-        &[
-            "wait",
-            "--for=condition=Established",
-            "crd/certificates.cert-manager.io",
-            "--timeout=60s",
-        ],
-        None,
-    );
+    for ns in [HOST_NS, OTHER_NS] {
+        kubectl_ok(&hk, &["create", "namespace", ns], None);
+    }
+    api_service(&hk, VC, HOST_NS);
+    // The host's cert-manager, real: its CRDs and controllers (make shared-bins).
+    let cert_manager = start_cert_manager(&stack);
     let syncer = SyncerProcess::start_with(&stack, VC, HOST_NS, SYNCER_ARGS);
     let log = syncer.log.clone();
     let env = Arc::new(Env {
         stack,
         syncer: std::sync::Mutex::new((syncer, false)),
+        cert_manager,
     });
     // The isolated phase restarts the syncer: after every other test, one at a time.
     let failed = run_groups(&args, &env, &[(TESTS, None), (ISOLATED, Some(1))]);
+    println!(
+        "cert-manager controller: RSS {} after the suite",
+        env.cert_manager.rss()
+    );
     finish(env, failed, Some(log));
 }

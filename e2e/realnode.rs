@@ -18,6 +18,7 @@ use std::process::{Command, Stdio};
 use std::sync::Arc;
 use std::time::Duration;
 
+use common::shared::*;
 use common::*;
 use k8s_openapi::api::core::v1::{Node, Pod};
 use k8s_openapi::api::events::v1::Event;
@@ -677,12 +678,212 @@ fn data_on_a_claim_outlives_its_pod(env: &Env) {
     tenant_ok(env, &["delete", "pvc", "notes", "-n", ns, "--wait=true"]);
 }
 
+/// A tenant web server behind a Service and a cert-manager ingress for
+/// `host` in virtual namespace `ns`, applied with `kubeconfig`; its body
+/// starts with `who`.
+fn shop(kubeconfig: &std::path::Path, ns: &str, host: &str, who: &str) {
+    let _ = kubectl(kubeconfig, &["create", "namespace", ns], None);
+    let objects = [
+        json!({"apiVersion": "apps/v1", "kind": "Deployment",
+            "metadata": {"name": "web", "namespace": ns},
+            "spec": {"replicas": 1, "selector": {"matchLabels": {"app": "web"}},
+                "template": {"metadata": {"labels": {"app": "web"}},
+                    "spec": {"terminationGracePeriodSeconds": 1, "containers": [{
+                        "name": "httpd", "image": BUSYBOX, "imagePullPolicy": "Never",
+                        "command": ["sh", "-c", format!("mkdir -p /www && echo \"{who} $(hostname)\" > /www/index.html && exec httpd -f -p 8080 -h /www")],
+                        "ports": [{"containerPort": 8080}],
+                        "readinessProbe": {"tcpSocket": {"port": 8080}, "periodSeconds": 1}}]}}}}),
+        json!({"apiVersion": "v1", "kind": "Service",
+            "metadata": {"name": "web", "namespace": ns},
+            "spec": {"selector": {"app": "web"}, "ports": [{"port": 80, "targetPort": 8080}]}}),
+        json!({"apiVersion": "networking.k8s.io/v1", "kind": "Ingress",
+            "metadata": {"name": "shop", "namespace": ns,
+                "annotations": {"cert-manager.io/cluster-issuer": "shared-ca"}},
+            "spec": {"tls": [{"hosts": [host], "secretName": "shop-tls"}],
+                "rules": [{"host": host, "http": {"paths": [{"path": "/", "pathType": "Prefix",
+                    "backend": {"service": {"name": "web", "port": {"number": 80}}}}]}}]}}),
+    ];
+    for o in objects {
+        kubectl_ok(kubeconfig, &["apply", "-f", "-"], Some(&o.to_string()));
+    }
+}
+
+/// GETs `https://<host>/` from the node's namespace, resolved to traefik,
+/// verifying the certificate against `ca` (a file).
+fn https_get(env: &Env, host: &str, ca: &std::path::Path) -> Result<String, String> {
+    let resolve = format!("{host}:443:{}", TRAEFIK_HTTPS.split(':').next().unwrap());
+    curl_in_node(
+        &env.stack,
+        &[
+            "--cacert",
+            ca.to_str().unwrap(),
+            "--resolve",
+            &resolve,
+            &format!("https://{host}/"),
+        ],
+    )
+}
+
+/// The host's shared ingress controller (traefik, in the node's namespace)
+/// and cert-manager serve two vclusters: each tenant's host is answered over
+/// HTTPS with its cert-manager certificate by its own pod only; a host
+/// another vcluster serves, or an ingress with a denied annotation, never
+/// reaches traefik's routing table.
+fn shared_ingress_controller_serves_each_vcluster(env: &Env) {
+    let hk = env.stack.host_kubeconfig();
+    let cert_manager = start_cert_manager(&env.stack);
+    let ca = {
+        let mut ca = String::new();
+        block_on(async {
+            let h = client(&hk).await;
+            ca = ca_cluster_issuer(&h, "shared-ca").await;
+        });
+        ca
+    };
+    let ca_file = env.stack.dir.path().join("shared-ca.crt");
+    std::fs::write(&ca_file, &ca).unwrap();
+    let traefik = start_traefik(&env.stack);
+
+    // A second vcluster on the same host and node: another stack's virtual
+    // plane, synced into host namespace team-b by a syncer of its own.
+    let other = DevStack::up(&["--no-syncer", "--nodes", "1"]);
+    let _ = kubectl(&hk, &["create", "namespace", "team-b"], None);
+    api_service(&hk, "team-b", "team-b");
+    let _syncer_b = SyncerProcess::spawn_between(
+        &env.stack,
+        &other.vcluster_kubeconfig(),
+        "team-b",
+        "team-b",
+        &hk,
+        &[],
+    )
+    .wait_ready(T);
+
+    let (a_host, b_host) = ("shop.team-a.example.com", "shop.team-b.example.com");
+    let tenants = [
+        (env.tenant(), a_host, "team-a"),
+        (other.vcluster_kubeconfig(), b_host, "team-b"),
+    ];
+    for (kc, host, who) in &tenants {
+        shop(kc, "shop", host, who);
+    }
+    for (kc, host, who) in &tenants {
+        let body = eventually_sync(
+            &format!("https://{host}/ through traefik"),
+            Duration::from_secs(180),
+            || https_get(env, host, &ca_file),
+        );
+        let (tenant, pod) = body.trim().split_once(' ').unwrap();
+        assert_eq!(
+            tenant, *who,
+            "{host} answered by the wrong vcluster: {body}"
+        );
+        let pods = kubectl_ok(
+            kc,
+            &[
+                "get",
+                "-n",
+                "shop",
+                "pods",
+                "-l",
+                "app=web",
+                "-o",
+                "jsonpath={.items[*].metadata.name}",
+            ],
+            None,
+        );
+        assert!(
+            pods.split_whitespace().any(|p| p == pod),
+            "{pod} is not {who}'s pod"
+        );
+    }
+    // Each tenant's certificate came from the shared CA and is mirrored up.
+    for (kc, _, _) in &tenants {
+        let crt = kubectl_ok(
+            kc,
+            &[
+                "get",
+                "secret",
+                "-n",
+                "shop",
+                "shop-tls",
+                "-o",
+                "jsonpath={.data.tls\\.crt}",
+            ],
+            None,
+        );
+        assert!(!crt.is_empty(), "no mirrored certificate");
+    }
+
+    // team-a tries team-b's host, and an ingress with a snippet annotation.
+    let grab = json!({"apiVersion": "networking.k8s.io/v1", "kind": "Ingress",
+        "metadata": {"name": "grab", "namespace": "shop"},
+        "spec": {"rules": [{"host": b_host, "http": {"paths": [{"path": "/", "pathType": "Prefix",
+            "backend": {"service": {"name": "web", "port": {"number": 80}}}}]}}]}});
+    let snippet = json!({"apiVersion": "networking.k8s.io/v1", "kind": "Ingress",
+        "metadata": {"name": "snippet", "namespace": "shop",
+            "annotations": {"nginx.ingress.kubernetes.io/server-snippet": "return 200;"}},
+        "spec": {"rules": [{"host": "evil.team-a.example.com", "http": {"paths": [{"path": "/", "pathType": "Prefix",
+            "backend": {"service": {"name": "web", "port": {"number": 80}}}}]}}]}});
+    apply(env, &grab.to_string());
+    apply(env, &snippet.to_string());
+    block_on(async {
+        let v = client(&env.tenant()).await;
+        event_with_reason(&v, "shop", "IngressHostConflict").await;
+        event_with_reason(&v, "shop", "IngressAnnotationDenied").await;
+    });
+    // What traefik routes: b_host only to team-b's Service, no evil host.
+    let routers = curl_in_node(
+        &env.stack,
+        &[&format!("http://{TRAEFIK_API}/api/http/routers")],
+    )
+    .unwrap();
+    let routers: Vec<serde_json::Value> = serde_json::from_str(&routers).unwrap();
+    let mut b_routes = 0;
+    for r in &routers {
+        let rule = r["rule"].as_str().unwrap_or_default();
+        let service = r["service"].as_str().unwrap_or_default();
+        assert!(
+            !rule.contains("evil."),
+            "a denied ingress reached traefik: {r}"
+        );
+        if rule.contains(b_host) {
+            b_routes += 1;
+            assert!(
+                service.starts_with("team-b-"),
+                "{b_host} routed to {service}"
+            );
+        }
+    }
+    assert!(b_routes > 0, "no route for {b_host}: {routers:?}");
+    assert_eq!(
+        https_get(env, b_host, &ca_file)
+            .unwrap()
+            .split_whitespace()
+            .next(),
+        Some("team-b")
+    );
+
+    println!(
+        "cert-manager controller: RSS {}; traefik: RSS {}",
+        cert_manager.rss(),
+        traefik.rss()
+    );
+    for (kc, _, _) in &tenants {
+        let _ = kubectl(kc, &["delete", "namespace", "shop", "--wait=false"], None);
+    }
+}
+
 const TESTS: &[Test<Env>] = &[
     (
         "data_on_a_claim_outlives_its_pod",
         data_on_a_claim_outlives_its_pod,
     ),
     ("node_is_real_and_ready", node_is_real_and_ready),
+    (
+        "shared_ingress_controller_serves_each_vcluster",
+        shared_ingress_controller_serves_each_vcluster,
+    ),
     (
         "http_service_answers_by_cluster_ip",
         http_service_answers_by_cluster_ip,

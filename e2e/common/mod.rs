@@ -13,6 +13,7 @@ use kube::config::Kubeconfig;
 use vcluster::local::StackState;
 
 pub mod chart;
+pub mod shared;
 
 /// The `vcluster` binary cargo built for this test.
 pub fn vcluster_bin() -> &'static str {
@@ -177,6 +178,23 @@ pub fn kubectl_ok(kubeconfig: &Path, args: &[&str], stdin: Option<&str>) -> Stri
     stdout
 }
 
+/// The vcluster's API Service on the host (443 → the front door), as the chart makes it.
+pub fn api_service(host_kubeconfig: &Path, vc: &str, host_namespace: &str) {
+    kubectl_ok(
+        host_kubeconfig,
+        &[
+            "create",
+            "service",
+            "clusterip",
+            vc,
+            "-n",
+            host_namespace,
+            "--tcp=443:8443",
+        ],
+        None,
+    );
+}
+
 /// Polls `check` until it yields a value or `timeout` passes (then panics
 /// naming `what` and the last observation).
 pub async fn eventually<T, F, Fut>(what: &str, timeout: Duration, mut check: F) -> T
@@ -283,19 +301,7 @@ pub fn http_ok_blocking(port: u16, path: &str) -> bool {
 pub fn host_namespace_with_api_service(stack: &DevStack, vc: &str, ns: &str) {
     let hk = stack.host_kubeconfig();
     kubectl_ok(&hk, &["create", "namespace", ns], None);
-    kubectl_ok(
-        &hk,
-        &[
-            "create",
-            "service",
-            "clusterip",
-            vc,
-            "-n",
-            ns,
-            "--tcp=443:8443",
-        ],
-        None,
-    );
+    api_service(&hk, vc, ns);
 }
 
 /// The body of `GET /metrics` on a syncer's health port 127.0.0.1:`port`.
@@ -363,6 +369,20 @@ impl SyncerProcess {
         host_kubeconfig: &Path,
         extra: &[&str],
     ) -> Self {
+        let virt = stack.vcluster_kubeconfig();
+        Self::spawn_between(stack, &virt, name, host_namespace, host_kubeconfig, extra)
+    }
+
+    /// A syncer for `stack`'s host and the virtual API of `virtual_kubeconfig`
+    /// (another stack's virtual plane: a second vcluster on the same host).
+    pub fn spawn_between(
+        stack: &DevStack,
+        virtual_kubeconfig: &Path,
+        name: &str,
+        host_namespace: &str,
+        host_kubeconfig: &Path,
+        extra: &[&str],
+    ) -> Self {
         let _ = kubectl(
             &stack.host_kubeconfig(),
             &["create", "namespace", host_namespace],
@@ -417,7 +437,7 @@ impl SyncerProcess {
                 "--host-kubeconfig",
                 host_kubeconfig.to_str().unwrap(),
                 "--virtual-kubeconfig",
-                stack.vcluster_kubeconfig().to_str().unwrap(),
+                virtual_kubeconfig.to_str().unwrap(),
                 "--health-listen",
                 &format!("127.0.0.1:{port}"),
                 "--resync-seconds",

@@ -5,6 +5,11 @@
 # Each group is built only when one of its binaries is missing, so a cache made
 # before a group was added gains it without rebuilding the rest.
 # Nothing is downloaded except Go modules through the module proxy.
+#
+# `build.sh --shared [cert-manager] [traefik]` (default both) builds instead the host's shared services the e2e suites run against
+# (cert-manager's controllers with its CRDs, traefik): each from a wrapper module of its own
+# (e2e/kube/cert-manager, e2e/kube/traefik), each recorded by version beside it like kine, so
+# neither enters the cache key nor rebuilds anything else.
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
 # shellcheck source=/dev/null
@@ -19,15 +24,92 @@ node_bins=(kubelet kube-proxy)
 if [ "${1:-}" = "--print-dir" ]; then echo "$out"; exit 0; fi
 
 missing() { local b; for b in "$@"; do [ -x "$out/$b" ] || return 0; done; return 1; }
-# kine is not in the directory's key: its version is recorded beside it.
-kine_missing() { [ -x "$out/kine" ] && [ "$(cat "$out/kine.version" 2>/dev/null)" = "$KINE_VERSION" ] && return 1; return 0; }
-if ! missing "${plane_bins[@]}" "${node_bins[@]}" && ! kine_missing; then echo "upstream binaries present in $out"; exit 0; fi
-
-"$here/gen-gomod.sh" check
+# Binaries not in the directory's key (kine, the shared services): each one's version is
+# recorded beside it in <name>.version.
+stale() { [ -x "$out/$1" ] && [ "$(cat "$out/$1.version" 2>/dev/null)" = "$2" ] && return 1; return 0; }
+kine_missing() { stale kine "$KINE_VERSION"; }
 
 export GOFLAGS="-buildvcs=false -trimpath"
 export GOTOOLCHAIN=local  # never download a Go toolchain
 export CGO_ENABLED=0
+
+# Builds one shared service's binary from its wrapper module into $out (written under a
+# temporary name, then moved, so an interrupted build leaves nothing half-made).
+# usage: build_wrapped NAME VERSION MODULE PACKAGE DIR [go build flags...]
+build_wrapped() {
+  local name=$1 version=$2 module=$3 pkg=$4 dir=$5; shift 5
+  local pinned
+  pinned=$(cd "$dir" && go list -m -f '{{.Version}}' "$module")
+  [ "$pinned" = "$version" ] || {
+    echo "build.sh: $dir/go.mod requires $module $pinned, versions.env says $version (cd $dir && go get $module@$version && go mod tidy)" >&2
+    exit 1
+  }
+  local t0 c0
+  t0=$(date +%s); c0=$(cpu_seconds)
+  (cd "$dir" && go build "$@" -o "$out/.$name.partial" "$pkg")
+  mv "$out/.$name.partial" "$out/$name"
+  echo "$version" > "$out/$name.version"
+  echo "built $name $version in $(( $(date +%s) - t0 ))s wall, $(( $(cpu_seconds) - c0 )) CPU-s"
+}
+# In the scratch wrapper $scratch: module $1 becomes a copy of the version the wrapper resolves,
+# in ./$2, with e2e/kube/traefik/overlay/$4 written to $3 in it.
+patched() {
+  local src
+  src=$(cd "$scratch" && go list -m -f '{{.Dir}}' "$1")
+  cp -r "$src" "$scratch/$2"; chmod -R u+w "$scratch/$2"
+  cp "$here/traefik/overlay/$4" "$scratch/$2/$3"
+  (cd "$scratch" && go mod edit -replace "$1=./$2")
+}
+# CPU seconds used so far by this script's finished children (user + system).
+cpu_seconds() { awk '{ print int(($16 + $17) / 100) }' /proc/$$/stat; }
+
+if [ "${1:-}" = "--shared" ]; then
+  [ -d "$out" ] || { echo "build.sh --shared: $out missing: run \`make kube-bins\` first" >&2; exit 1; }
+  shift
+  groups=" ${*:-cert-manager traefik} "
+  for g in $groups; do
+    case "$g" in cert-manager|traefik) ;; *) echo "build.sh --shared: unknown group $g (cert-manager, traefik)" >&2; exit 2 ;; esac
+  done
+  wants() { [[ "$groups" == *" $1 "* ]]; }
+  if wants cert-manager && stale cert-manager-controller "$CERT_MANAGER_VERSION"; then
+    echo "building cert-manager's controllers $CERT_MANAGER_VERSION"
+    build_wrapped cert-manager-controller "$CERT_MANAGER_VERSION" github.com/cert-manager/cert-manager \
+      . "$here/cert-manager" -ldflags "-s -w -X github.com/cert-manager/cert-manager/pkg/util.AppVersion=$CERT_MANAGER_VERSION"
+  fi
+  # The CRDs of the same release, as its module ships them.
+  crds="$out/cert-manager-crds"
+  if wants cert-manager && [ "$(cat "$crds/version" 2>/dev/null)" != "$CERT_MANAGER_VERSION" ]; then
+    src=$(cd "$here/cert-manager" && go list -m -f '{{.Dir}}' github.com/cert-manager/cert-manager)
+    rm -rf "$crds.partial"; mkdir -p "$crds.partial"
+    cp "$src"/deploy/crds/*.yaml "$crds.partial/"
+    echo "$CERT_MANAGER_VERSION" > "$crds.partial/version"
+    rm -rf "$crds"; mv "$crds.partial" "$crds"
+  fi
+  if wants traefik && stale traefik "$TRAEFIK_VERSION"; then
+    # Two modules traefik builds with are not served whole by the proxy: lego's generated list
+    # of DNS-01 providers imports SDK modules it does not serve, and traefik's fork of
+    # go-http-auth is missing (the original stands in, lacking one method). Build from a scratch
+    # copy of the wrapper in which each is a copy of the pinned module with one file of
+    # e2e/kube/traefik/overlay put in (no DNS-01 providers; the missing method; named .go.in
+    # there, outside the wrapper module's packages).
+    echo "building traefik $TRAEFIK_VERSION"
+    scratch="$cache_root/$pins/traefik-src"
+    rm -rf "$scratch"; mkdir -p "$scratch"
+    cp -r "$here/traefik/go.mod" "$here/traefik/go.sum" "$here/traefik/ext" "$scratch/"
+    patched github.com/go-acme/lego/v5 lego providers/dns/zz_gen_dns_providers.go lego_dns_providers.go.in
+    patched github.com/abbot/go-http-auth go-http-auth stale.go go_http_auth_stale.go.in
+    build_wrapped traefik "$TRAEFIK_VERSION" github.com/traefik/traefik/v3 \
+      github.com/traefik/traefik/v3/cmd/traefik "$scratch" \
+      -ldflags "-s -w -X github.com/traefik/traefik/v3/pkg/version.Version=$TRAEFIK_VERSION"
+    rm -rf "$scratch"
+  fi
+  echo "shared services (${*:-cert-manager traefik}) present in $out"
+  exit 0
+fi
+
+if ! missing "${plane_bins[@]}" "${node_bins[@]}" && ! kine_missing; then echo "upstream binaries present in $out"; exit 0; fi
+
+"$here/gen-gomod.sh" check
 stage="$cache_root/$pins/bin.partial"
 rm -rf "$stage"; mkdir -p "$stage"
 # Keep what is already built; only the missing groups are built below.
