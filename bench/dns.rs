@@ -28,7 +28,7 @@ use futures::{StreamExt as _, TryStreamExt as _};
 use hickory_proto::op::{Message, Query, ResponseCode};
 use hickory_proto::rr::rdata::A;
 use hickory_proto::rr::{Name, RData, Record, RecordType};
-use k8s_openapi::api::core::v1::{Namespace, Pod, Service};
+use k8s_openapi::api::core::v1::{Pod, Service};
 use kube::Client;
 use kube::api::{Api, PostParams};
 use serde::Serialize;
@@ -36,7 +36,7 @@ use serde_json::json;
 use tokio::net::UdpSocket;
 
 use super::report::percentile;
-use super::{Args, HOST_NS, Stack, Syncer, VC, client, namespaces};
+use super::{Args, HOST_NS, Syncer, VC, namespaces};
 
 /// Namespaces the Services are spread over.
 const NAMESPACES: usize = 10;
@@ -389,8 +389,9 @@ async fn measure(
     let (qps, errors) = saturate(port, Arc::clone(qs), dns.seconds).await?;
     println!("bench-dns: {server}: {qps:.0} answers/s at saturation ({errors} lost or wrong)");
     let (p50, p99, lost, wrong) = fixed_rate(port, Arc::clone(qs), dns.rate, dns.seconds).await?;
+    let rss = rss_mib(pid);
     println!(
-        "bench-dns: {server}: at {} q/s p50 {p50:.3} ms, p99 {p99:.3} ms ({lost} lost, {wrong} wrong)",
+        "bench-dns: {server}: at {} q/s p50 {p50:.3} ms, p99 {p99:.3} ms ({lost} lost, {wrong} wrong); RSS {rss:.1} MiB",
         dns.rate
     );
     Ok(ServerResult {
@@ -402,7 +403,7 @@ async fn measure(
         p99_ms: p99,
         lost,
         wrong,
-        rss_mib: rss_mib(pid),
+        rss_mib: rss,
     })
 }
 
@@ -441,13 +442,7 @@ async fn one_size(args: &Args, dns: &DnsArgs, services: usize) -> anyhow::Result
     // As many pods as Services (the syncer's caches hold both), on enough
     // KWOK nodes.
     let nodes = u32::try_from(services.div_ceil(super::PODS_PER_NODE) + 1)?;
-    let stack = Stack::up(&args.vcluster, nodes)?;
-    let host = client(&stack.state.host.kubeconfig).await?;
-    let virt = client(&stack.state.vcluster.kubeconfig).await?;
-    let ns: Namespace = serde_json::from_value(json!({"metadata": {"name": HOST_NS}}))?;
-    Api::<Namespace>::all(host.clone())
-        .create(&PostParams::default(), &ns)
-        .await?;
+    let (stack, host, virt) = super::stack_with_clients(&args.vcluster, nodes).await?;
     dns_service(&host).await?;
     let up = upstream().await?;
     let port = free_port()?;
@@ -505,6 +500,7 @@ async fn one_size(args: &Args, dns: &DnsArgs, services: usize) -> anyhow::Result
     plain.wait_ready(Duration::from_secs(300)).await?;
     tokio::time::sleep(Duration::from_secs(5)).await;
     let off = plain.mem_mib("VmRSS:");
+    println!("bench-dns: a syncer with --dns=false holding the same objects: RSS {off:.1} MiB");
     Ok(DnsSize {
         services,
         syncer_added_rss_mib: ours.rss_mib - off,

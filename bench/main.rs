@@ -435,6 +435,18 @@ async fn client(kubeconfig: &Path) -> anyhow::Result<Client> {
     Ok(vcluster::kubeconfig::client(kc).await?)
 }
 
+/// A stack with the vcluster's host namespace made, and clients of both planes.
+async fn stack_with_clients(exe: &Path, nodes: u32) -> anyhow::Result<(Stack, Client, Client)> {
+    let stack = Stack::up(exe, nodes)?;
+    let host = client(&stack.state.host.kubeconfig).await?;
+    let virt = client(&stack.state.vcluster.kubeconfig).await?;
+    let ns: Namespace = serde_json::from_value(json!({"metadata": {"name": HOST_NS}}))?;
+    Api::<Namespace>::all(host.clone())
+        .create(&PostParams::default(), &ns)
+        .await?;
+    Ok((stack, host, virt))
+}
+
 /// Creates namespaces `prefix-0..m` and waits for their default ServiceAccount.
 async fn namespaces(c: &Client, prefix: &str, m: usize) -> anyhow::Result<Vec<String>> {
     let names: Vec<String> = (0..m).map(|i| format!("{prefix}-{i}")).collect();
@@ -757,17 +769,11 @@ fn path_result(
 
 async fn one_size(args: &Args, n: usize) -> anyhow::Result<SizeResult> {
     let nodes = u32::try_from((2 * n).div_ceil(PODS_PER_NODE) + 1)?;
-    let stack = Stack::up(&args.vcluster, nodes)?;
+    let (stack, host, virt) = stack_with_clients(&args.vcluster, nodes).await?;
     println!(
         "bench: stack up with {nodes} KWOK nodes in {}",
         stack.dir.path().display()
     );
-    let host = client(&stack.state.host.kubeconfig).await?;
-    let virt = client(&stack.state.vcluster.kubeconfig).await?;
-    let ns: Namespace = serde_json::from_value(json!({"metadata": {"name": HOST_NS}}))?;
-    Api::<Namespace>::all(host.clone())
-        .create(&PostParams::default(), &ns)
-        .await?;
 
     let started = Instant::now();
     let mut syncer = Syncer::start(&stack, &args.vcluster, "syncer.log")?;
