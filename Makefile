@@ -32,7 +32,7 @@ shared-bins: kube-bins
 ## busybox-static for the test image; gcc and libc6-dev for the static pause and vcluster
 ## binaries); run as root. CI calls it before the tests.
 NODE_DEPS := containerd runc containernetworking-plugins iptables nftables conntrack busybox-static iproute2 \
-  util-linux gcc libc6-dev file ca-certificates
+  util-linux gcc libc6-dev file ca-certificates curl
 node-deps:
 	@if dpkg-query -W -f='$${Status}\n' $(NODE_DEPS) 2>/dev/null | grep -vq 'install ok installed' || \
 	    [ "$$(dpkg-query -W -f='$${Status}\n' $(NODE_DEPS) 2>/dev/null | wc -l)" != "$(words $(NODE_DEPS))" ]; then \

@@ -272,11 +272,11 @@ pub fn start_traefik(stack: &DevStack) -> HostService {
 }
 
 /// `curl` run in the node's network namespace with `args`; its output, or
-/// stderr as the error.
+/// stderr (and the body, for an HTTP error status) as the error.
 pub fn curl_in_node(stack: &DevStack, args: &[&str]) -> Result<String, String> {
     let out = std::process::Command::new("nsenter")
         .arg(format!("--net={}", node_netns(stack)))
-        .args(["--", "curl", "-sS", "--max-time", "5"])
+        .args(["--", "curl", "-sS", "--fail-with-body", "--max-time", "5"])
         .args(args)
         .output()
         .unwrap();
