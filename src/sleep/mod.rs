@@ -418,7 +418,6 @@ async fn look(
         )
         .await?;
     }
-    update_exempt(sleep, ctx).await;
     let last = sleep.activity.last();
     let was = sleep.asleep();
     let asleep = match decide(&recorded, last, now, opts.after) {
@@ -446,6 +445,11 @@ async fn look(
             false
         }
     };
+    // Exemptions matter only while asleep: read them then (before the pods
+    // are held on falling asleep), not on every look of an awake cluster.
+    if asleep {
+        update_exempt(sleep, ctx).await;
+    }
     if first {
         sleep.set_asleep(asleep);
         crate::sync::metrics::global().sleeping(asleep);
