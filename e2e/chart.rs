@@ -204,6 +204,53 @@ fn sleep_values_become_syncer_flags(_: &Env) {
     );
 }
 
+/// Tenant Certificates: off by default; on, the syncer syncs them for the
+/// named ClusterIssuers, its Role writes host Certificates and its
+/// ClusterRole reads only the Certificate definition.
+fn certificate_values_become_syncer_flags_and_rules(_: &Env) {
+    let rendered = |extra: &[&str]| {
+        let docs = render(extra);
+        let args: Vec<String> = args_of(container(find(&docs, "StatefulSet", RELEASE), "syncer"))
+            .into_iter()
+            .filter(|a| a.starts_with("--sync=") || a.starts_with("--certificate"))
+            .collect();
+        let rules = |kind: &str, name: &str| find(&docs, kind, name)["rules"].to_string();
+        let cluster = format!("vc-{RELEASE}-{HOST_NS}");
+        (
+            args,
+            rules("Role", &format!("vc-{RELEASE}")),
+            rules("ClusterRole", &cluster),
+        )
+    };
+    let (args, role, cluster) = rendered(&[]);
+    assert!(
+        !args[0].contains("certificates"),
+        "off by default: {args:?}"
+    );
+    assert_eq!(args.len(), 1, "{args:?}");
+    assert!(!role.contains("cert-manager.io") && !cluster.contains("customresourcedefinitions"));
+    let (args, role, cluster) = rendered(&[
+        "--set",
+        "certManager.certificates.enabled=true",
+        "--set",
+        "certManager.certificates.clusterIssuers={shared-ca,team-ca}",
+    ]);
+    assert!(
+        args[0].ends_with(",persistentvolumeclaims,certificates"),
+        "{args:?}"
+    );
+    assert_eq!(args[1], "--certificate-cluster-issuers=shared-ca,team-ca");
+    assert!(
+        role.contains("cert-manager.io") && role.contains("certificates"),
+        "{role}"
+    );
+    assert!(
+        cluster.contains("certificates.cert-manager.io")
+            && cluster.contains("customresourcedefinitions"),
+        "{cluster}"
+    );
+}
+
 fn k3s_configuration_matches_its_source_of_truth(_: &Env) {
     let docs = render(&[]);
     let cm = find(&docs, "ConfigMap", &format!("vc-{RELEASE}-k3s"));
@@ -285,6 +332,10 @@ fn bad_values_are_refused_with_a_reason(_: &Env) {
         (
             "isolation.serviceTypes={ClusterIP,Ingress}",
             "\"Ingress\" is not a Service type",
+        ),
+        (
+            "certManager.certificates.enabled=true",
+            "certManager.certificates.clusterIssuers: name the host ClusterIssuers",
         ),
     ] {
         let out = helm(
@@ -791,6 +842,10 @@ const TESTS: &[Test<Env>] = &[
     (
         "sleep_values_become_syncer_flags",
         sleep_values_become_syncer_flags,
+    ),
+    (
+        "certificate_values_become_syncer_flags_and_rules",
+        certificate_values_become_syncer_flags_and_rules,
     ),
     (
         "k3s_configuration_matches_its_source_of_truth",

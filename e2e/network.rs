@@ -6,7 +6,9 @@
 //! The host runs a real cert-manager (its controllers, built by `make
 //! shared-bins`, and the pinned release's CRDs): `cert_manager_certificate_is_mirrored_up`
 //! has its ingress-shim and CA issuer certify a tenant ingress, and the syncer
-//! mirror the certificate and its renewals up.
+//! mirror the certificate and its renewals up;
+//! `tenant_certificates_are_issued_by_allowed_host_issuers` has it issue a
+//! Certificate the tenant wrote itself (`--sync ...,certificates`).
 #![allow(
     clippy::unwrap_used,
     clippy::expect_used,
@@ -28,6 +30,8 @@ use k8s_openapi::api::core::v1::{Endpoints, Pod, Secret, Service};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use k8s_openapi::api::events::v1::Event;
 use k8s_openapi::api::networking::v1::Ingress;
+use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
+use kube::ResourceExt as _;
 use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams};
 use libtest_mimic::Arguments;
 use serde_json::json;
@@ -49,10 +53,15 @@ struct Env {
     cert_manager: HostService,
 }
 
-/// Syncer flags every phase shares: ingress hosts kept to the vcluster's
+/// Syncer flags every phase shares: every kind and tenant Certificates
+/// (issued by the host's ClusterIssuer `cert-ca` only); ingress hosts kept to the vcluster's
 /// names; tenant endpoints may also name the documentation range and the
 /// /12 around the host's service range (which stays refused all the same).
 const SYNCER_ARGS: &[&str] = &[
+    "--sync",
+    "pods,configmaps,secrets,events,services,endpoints,ingresses,persistentvolumeclaims,certificates",
+    "--certificate-cluster-issuers",
+    "cert-ca",
     "--ingress-allowed-hosts",
     "*.{name}.apps.example.com",
     "--endpoints-allowed-cidrs",
@@ -814,6 +823,161 @@ fn cert_manager_certificate_is_mirrored_up(env: &Env) {
     });
 }
 
+/// A tenant's own Certificate (applied with kubectl) naming the host
+/// ClusterIssuer the vcluster may use is issued by the host's real
+/// cert-manager; its status and Secret come up. One naming another
+/// ClusterIssuer, a foreign host or a CA is refused with a Warning; one
+/// naming the tenant's own Issuer stays inside.
+fn tenant_certificates_are_issued_by_allowed_host_issuers(env: &Env) {
+    block_on(async {
+        let (v, h) = clients_of(env).await;
+        let ca = ca_cluster_issuer(&h, "cert-ca").await;
+        let ns = "tenant-certs";
+        namespace(&v, ns).await;
+        // The syncer gave the virtual API the kind, from the host's definition.
+        let crds: Api<CustomResourceDefinition> = Api::all(v.clone());
+        let crd = exists(&crds, "certificates.cert-manager.io").await;
+        assert_eq!(crd.labels()["vcluster.dev/mirror"], "true");
+        let hosts = ["api.net.apps.example.com", "grpc.net.apps.example.com"];
+        let manifest = format!(
+            "apiVersion: cert-manager.io/v1\nkind: Certificate\nmetadata:\n  name: api\n\
+             spec:\n  secretName: api-tls\n  dnsNames: [{}]\n\
+             \x20 issuerRef: {{name: cert-ca, kind: ClusterIssuer, group: cert-manager.io}}\n",
+            hosts.join(", ")
+        );
+        let vk = env.stack.vcluster_kubeconfig();
+        kubectl_ok(&vk, &["apply", "-n", ns, "-f", "-"], Some(&manifest));
+        let vcerts = cert_manager_api(&v, Some(ns), "Certificate", "certificates");
+        let refused = [
+            (
+                "internal",
+                json!({"name": "tenant-ca", "kind": "ClusterIssuer"}),
+                json!({}),
+                "CertificateIssuerDenied",
+                "tenant-ca",
+            ),
+            (
+                "foreign",
+                json!({"name": "cert-ca", "kind": "ClusterIssuer"}),
+                json!({"dnsNames": ["shop.someone-else.example.com"]}),
+                "CertificateHostDenied",
+                "shop.someone-else.example.com",
+            ),
+            (
+                "signer",
+                json!({"name": "cert-ca", "kind": "ClusterIssuer"}),
+                json!({"isCA": true}),
+                "CertificateFieldDenied",
+                "isCA",
+            ),
+            ("own", json!({"name": "mine"}), json!({}), "", ""),
+        ];
+        for (name, issuer, extra, _, _) in &refused {
+            let mut spec = json!({"secretName": format!("{name}-tls"), "dnsNames": ["x.net.apps.example.com"], "issuerRef": issuer});
+            for (k, val) in extra.as_object().unwrap() {
+                spec[k] = val.clone();
+            }
+            create(
+                &vcerts,
+                json!({"apiVersion": "cert-manager.io/v1", "kind": "Certificate",
+                "metadata": {"name": name}, "spec": spec}),
+            )
+            .await;
+        }
+
+        // On the host: the translated Certificate, issued by the real cert-manager.
+        let hcerts = cert_manager_api(&h, Some(HOST_NS), "Certificate", "certificates");
+        let hc = exists(&hcerts, &hn(ns, "api")).await;
+        assert_eq!(hc.data["spec"]["secretName"], hn(ns, "api-tls"));
+        assert_eq!(hc.data["spec"]["issuerRef"]["name"], "cert-ca");
+        let vsec: Api<Secret> = Api::namespaced(v.clone(), ns);
+        let mirror = mirrored_cert(&vsec, "api-tls", |_| true).await;
+        let crt = data(&mirror, "tls.crt");
+        assert_eq!(
+            dns_sans(&crt),
+            hosts,
+            "SANs are exactly the Certificate's names"
+        );
+        assert!(signed_by(&crt, ca.as_bytes()), "it chains to the host CA");
+        // Its status comes up: Ready, without the host's Secret names.
+        let status = eventually("the virtual Certificate to be Ready", CERT_T, || async {
+            let c = vcerts.get("api").await.map_err(|e| e.to_string())?;
+            let ready = c.data["status"]["conditions"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .any(|c| c["type"] == "Ready" && c["status"] == "True");
+            if ready {
+                Ok(c.data["status"].clone())
+            } else {
+                Err(c.data["status"].to_string())
+            }
+        })
+        .await;
+        assert!(status.get("notAfter").is_some(), "{status}");
+        assert!(status.get("nextPrivateKeySecretName").is_none(), "{status}");
+        let ready = kubectl_ok(
+            &vk,
+            &[
+                "get",
+                "certificate",
+                "api",
+                "-n",
+                ns,
+                "-o",
+                "jsonpath={.status.conditions[?(@.type==\"Ready\")].status}",
+            ],
+            None,
+        );
+        assert_eq!(ready.trim(), "True");
+
+        // The refused ones get a Warning naming why, and nothing on the host.
+        for (name, _, _, reason, names_it) in &refused {
+            if reason.is_empty() {
+                continue;
+            }
+            let note = warning(&v, ns, name, reason).await;
+            assert!(note.contains(names_it), "{name}: {note}");
+        }
+        for (name, ..) in &refused {
+            assert!(
+                hcerts.get_opt(&hn(ns, name)).await.unwrap().is_none(),
+                "{name} reached the host"
+            );
+        }
+        // The one naming the tenant's own Issuer stays inside, without a word.
+        let events: Api<Event> = Api::namespaced(v.clone(), ns);
+        let about_own = events
+            .list(&ListParams::default())
+            .await
+            .unwrap()
+            .items
+            .into_iter()
+            .filter(|e| e.regarding.as_ref().and_then(|r| r.name.as_deref()) == Some("own"))
+            .count();
+        assert_eq!(about_own, 0, "no event about the tenant's own Certificate");
+
+        // Deleted in the vcluster: gone from the host, the mirror removed.
+        kubectl_ok(&vk, &["delete", "certificate", "api", "-n", ns], None);
+        eventually("the host Certificate and the mirror to go", T, || async {
+            let host = hcerts
+                .get_opt(&hn(ns, "api"))
+                .await
+                .map_err(|e| e.to_string())?;
+            let mirror = vsec.get_opt("api-tls").await.map_err(|e| e.to_string())?;
+            match (host, mirror) {
+                (None, None) => Ok(()),
+                (host, mirror) => Err(format!(
+                    "host {}, mirror {}",
+                    host.is_some(),
+                    mirror.is_some()
+                )),
+            }
+        })
+        .await;
+    });
+}
+
 fn virtual_kubernetes_service_points_at_the_vcluster(env: &Env) {
     block_on(async {
         let (v, h) = clients_of(env).await;
@@ -1434,6 +1598,10 @@ const TESTS: &[Test<Env>] = &[
     (
         "cert_manager_certificate_is_mirrored_up",
         cert_manager_certificate_is_mirrored_up,
+    ),
+    (
+        "tenant_certificates_are_issued_by_allowed_host_issuers",
+        tenant_certificates_are_issued_by_allowed_host_issuers,
     ),
     (
         "virtual_kubernetes_service_points_at_the_vcluster",

@@ -24,8 +24,8 @@ use tracing::Instrument as _;
 use crate::api::ApiError;
 use crate::sync::assembly::Running;
 use crate::sync::{
-    Assembly, Context, EngineOptions, KindSpec, Names, Settings, Side, claims, config, endpoints,
-    events, ingresses, pods, services, streams_lists,
+    Assembly, Context, EngineOptions, KindSpec, Names, Settings, Side, certificates, claims,
+    config, endpoints, events, ingresses, pods, services, streams_lists,
 };
 use crate::translate::VclusterName;
 
@@ -40,7 +40,11 @@ pub const KINDS: &[KindSpec] = &[
     endpoints::KIND,
     ingresses::KIND,
     claims::KIND,
+    certificates::KIND,
 ];
+
+/// Kinds in [`KINDS`] that sync only when `--sync` names them.
+pub const OPT_IN: &[&str] = &["certificates"];
 
 /// Failures that stop the syncer from starting.
 #[derive(Debug, thiserror::Error)]
@@ -98,13 +102,14 @@ impl PartialEq for Kinds {
 impl Eq for Kinds {}
 
 impl Kinds {
-    /// The default `--sync` list: every kind (checked against [`KINDS`] by a test).
+    /// The default `--sync` list: every kind but the [`OPT_IN`] ones
+    /// (checked against [`KINDS`] by a test).
     pub const DEFAULT_LIST: &'static str =
         "pods,configmaps,secrets,events,services,endpoints,ingresses,persistentvolumeclaims";
 
-    /// Every kind.
+    /// Every kind synced by default.
     pub fn all() -> Self {
-        Self(KINDS.iter().collect())
+        Self(KINDS.iter().filter(|k| !OPT_IN.contains(&k.name)).collect())
     }
 
     /// Parses a comma-separated list (`pods,configmaps,secrets,events`) and
@@ -114,8 +119,9 @@ impl Kinds {
         for item in list.split(',').map(str::trim).filter(|s| !s.is_empty()) {
             let Some(spec) = KINDS.iter().find(|k| k.name == item) else {
                 return Err(format!(
-                    "unknown kind {item:?} in --sync (known: {})",
-                    Self::DEFAULT_LIST.replace(',', ", ")
+                    "unknown kind {item:?} in --sync (known: {}, {})",
+                    Self::DEFAULT_LIST.replace(',', ", "),
+                    OPT_IN.join(", ")
                 ));
             };
             if !picked.iter().any(|k| k.name == spec.name) {
@@ -457,9 +463,21 @@ mod tests {
     }
 
     #[test]
-    fn the_default_list_is_every_registered_kind() {
-        let names: Vec<_> = KINDS.iter().map(|k| k.name).collect();
+    fn the_default_list_is_every_registered_kind_but_the_opt_in_ones() {
+        let names: Vec<_> = KINDS
+            .iter()
+            .map(|k| k.name)
+            .filter(|n| !OPT_IN.contains(n))
+            .collect();
         assert_eq!(Kinds::DEFAULT_LIST, names.join(","));
+        let with = format!("{},certificates", Kinds::DEFAULT_LIST);
+        let kinds = Kinds::parse(&with, false).unwrap();
+        assert!(kinds.has("certificates") && !Kinds::all().has("certificates"));
+        let err = Kinds::parse("certificate", false).unwrap_err();
+        assert!(
+            err.contains("certificates"),
+            "the opt-in kinds are named: {err}"
+        );
     }
 
     #[test]

@@ -35,7 +35,10 @@ vcluster.dev/component: control-plane
     # Every host copy is owned by this StatefulSet: `helm uninstall` alone
     # leaves nothing of the tenant's behind (the host's garbage collector).
     - --owner-statefulset={{ include "vcluster.name" . }}
-    - --sync={{ .Values.syncer.sync }}
+    - --sync={{ .Values.syncer.sync }}{{ if .Values.certManager.certificates.enabled }},certificates{{ end }}
+    {{- if .Values.certManager.certificates.enabled }}
+    - --certificate-cluster-issuers={{ join "," .Values.certManager.certificates.clusterIssuers }}
+    {{- end }}
     - --virtual-kubeconfig={{ include "vcluster.virtualKubeconfig" . }}
     - --virtual-kubeconfig-wait-seconds=600
     - --client-ca-cert={{ include "vcluster.clientCA" . }}.crt

@@ -55,7 +55,9 @@ pub struct SyncerArgs {
     #[arg(long, env = "VCLUSTER_STREAM_LISTS", default_value_t = true, action = clap::ArgAction::Set)]
     stream_lists: bool,
     /// Which kinds sync: a comma-separated subset of
-    /// pods,configmaps,secrets,events,services,endpoints,ingresses,persistentvolumeclaims.
+    /// pods,configmaps,secrets,events,services,endpoints,ingresses,persistentvolumeclaims
+    /// (the default), and certificates (opt-in: tenant cert-manager
+    /// Certificates issued by the host's cert-manager).
     #[arg(
         long = "sync",
         env = "VCLUSTER_SYNC",
@@ -82,6 +84,14 @@ pub struct SyncerArgs {
     /// `{name}` stands for the vcluster's name). Default: any host.
     #[arg(long, env = "VCLUSTER_INGRESS_ALLOWED_HOSTS", value_delimiter = ',')]
     ingress_allowed_hosts: Vec<String>,
+    /// The host ClusterIssuers tenants' cert-manager Certificates may name
+    /// (comma-separated; needed by `--sync ...,certificates`).
+    #[arg(
+        long,
+        env = "VCLUSTER_CERTIFICATE_CLUSTER_ISSUERS",
+        value_delimiter = ','
+    )]
+    certificate_cluster_issuers: Vec<String>,
     /// Refuse an ingress whose host (or TLS host) an ingress outside this
     /// vcluster already serves, first come first served. Needs list/watch
     /// of ingresses cluster-wide; without that read it is off (a warning
@@ -274,12 +284,19 @@ pub fn run(args: SyncerArgs) -> anyhow::Result<ExitCode> {
     });
     let kinds =
         syncer::Kinds::parse(&args.sync, args.sync_all_configs).map_err(anyhow::Error::msg)?;
+    let certificate_cluster_issuers = nonempty(args.certificate_cluster_issuers);
+    if kinds.has("certificates") && certificate_cluster_issuers.is_empty() {
+        anyhow::bail!(
+            "--sync certificates needs --certificate-cluster-issuers: the host ClusterIssuers tenants' Certificates may name"
+        );
+    }
     let settings = Settings {
         sync_all_configs: args.sync_all_configs,
         api_host: args.api_service_host,
         api_port: args.api_service_port,
         api_service: args.api_service.unwrap_or_else(|| name.to_string()),
         ingress_policy,
+        certificate_cluster_issuers,
         ingress_host_ownership: args.ingress_host_ownership,
         service_types: args.allowed_service_types,
         endpoint_policy: args.endpoints_allowed_cidrs,

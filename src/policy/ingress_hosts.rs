@@ -157,8 +157,9 @@ fn shown(h: &str) -> &str {
     if h.is_empty() { "(any host)" } else { h }
 }
 
-/// The Warning for refused overlaps (`None` when there are none).
-pub fn refusal(refused: &[Overlap]) -> Option<Refusal> {
+/// The Warning for refused overlaps of a tenant's `what` (`ingress`,
+/// `certificate`; `None` when there are none).
+pub fn refusal(refused: &[Overlap], what: &str) -> Option<Refusal> {
     if refused.is_empty() {
         return None;
     }
@@ -179,7 +180,7 @@ pub fn refusal(refused: &[Overlap]) -> Option<Refusal> {
     Some(Refusal::new(
         REASON,
         format!(
-            "{} on the host by an ingress outside this virtual cluster (first come, first served); the ingress is not synced",
+            "{} on the host by an ingress outside this virtual cluster (first come, first served); the {what} is not synced",
             each.join("; ")
         ),
     ))
@@ -250,7 +251,7 @@ mod tests {
         let v = decide(&wanted, None, &[foreign("2026-01-01T00:00:00Z")]);
         assert_eq!(v.refused.len(), 1);
         assert_eq!(v.refused[0].theirs, "*.shop.example.com");
-        let r = refusal(&v.refused).unwrap();
+        let r = refusal(&v.refused, "ingress").unwrap();
         assert_eq!(r.reason, REASON);
         assert!(
             r.message
@@ -294,7 +295,7 @@ mod tests {
             &[foreign("2026-02-01T00:00:00Z")],
         );
         assert_eq!(v.refused.len(), 1);
-        assert_eq!(refusal(&[]), None);
+        assert_eq!(refusal(&[], "ingress"), None);
     }
 
     use proptest::prelude::*;

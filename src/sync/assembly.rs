@@ -42,6 +42,9 @@ pub struct Settings {
     pub api_service: String,
     /// What ingresses may do.
     pub ingress_policy: IngressPolicy,
+    /// The host ClusterIssuers tenants' Certificates may name
+    /// (`--sync certificates`).
+    pub certificate_cluster_issuers: Vec<String>,
     /// Refuse ingress hosts that ingresses outside this vcluster already
     /// serve (needs cluster-wide ingress reads; off without them).
     pub ingress_host_ownership: bool,

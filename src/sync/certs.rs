@@ -1,10 +1,12 @@
 //! cert-manager sharing. An ingress annotated for cert-manager goes down
 //! with its TLS Secret name translated; the host's cert-manager (its
-//! ingress-shim) issues the certificate into that host Secret. This loop
-//! mirrors such Secrets up into the ingress's virtual namespace under the
-//! tenant's `secretName`, marked as a mirror ([`MIRROR_LABEL`]): the tenant
-//! sees its certificate; edits are reverted; mirrors never go down again and
-//! are removed when the ingress or the host Secret goes.
+//! ingress-shim) issues the certificate into that host Secret. So does a
+//! tenant's own Certificate with `--sync certificates`
+//! ([`super::certificates`]). This loop mirrors such Secrets up into the
+//! virtual namespace of the ingress or Certificate under the tenant's
+//! `secretName`, marked as a mirror ([`MIRROR_LABEL`]): the tenant sees its
+//! certificate; edits are reverted; mirrors never go down again and are
+//! removed when the ingress, the Certificate or the host Secret goes.
 //!
 //! Only a host Secret that carries cert-manager's certificate annotation and
 //! is not the syncer's own copy of a tenant Secret is mirrored, and only under
@@ -13,6 +15,7 @@
 
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use futures::StreamExt as _;
@@ -27,8 +30,9 @@ use tracing::Instrument as _;
 
 use super::cache::{self, Cache};
 use super::feed::Readiness;
-use super::{Context, EngineOptions, Names, delete_exact};
+use super::{Assembly, Context, EngineOptions, Names, Side, delete_exact};
 use crate::FIELD_MANAGER;
+use crate::translate::certificate::{self, Certificate};
 use crate::translate::ingress::{tls_secrets, wants_cert_manager};
 use crate::translate::{VirtualKey, host_name};
 
@@ -45,13 +49,16 @@ pub fn is_mirror(s: &impl kube::Resource) -> bool {
     s.labels().get(MIRROR_LABEL).is_some_and(|v| v == "true")
 }
 
+/// A virtual cache and the host cache of the copies of its objects.
+pub type Pair<K> = (Cache<K>, Cache<K>);
+
 /// The caches the mirror reads.
 #[derive(Clone)]
 pub struct Sources {
-    /// Virtual ingresses.
-    pub ingresses: Cache<Ingress>,
-    /// This vcluster's host ingresses.
-    pub host_ingresses: Cache<Ingress>,
+    /// Virtual ingresses and their host copies, when ingresses sync.
+    pub ingresses: Option<Pair<Ingress>>,
+    /// Virtual Certificates and their host copies, when Certificates sync.
+    pub certificates: Option<Pair<Certificate>>,
     /// Virtual Secrets.
     pub secrets: Cache<Secret>,
     /// The engines owning those caches: their initial syncs.
@@ -64,15 +71,52 @@ impl std::fmt::Debug for Sources {
     }
 }
 
+/// Set once the mirror is declared: ingresses and Certificates share it.
+#[derive(Debug, Default)]
+struct Declared(AtomicBool);
+
+/// Declares the mirror (once, whichever of the kinds that need it asks
+/// first), reading the caches of every selected kind that asks for
+/// certificates.
+pub fn register(a: &mut Assembly) {
+    if a.shared::<Declared>().0.swap(true, Ordering::AcqRel) {
+        return;
+    }
+    let mut ready = vec![a.ready_of::<Secret>(Side::Virtual)];
+    let ingresses = a.selected("ingresses").then(|| {
+        ready.push(a.ready_of::<Ingress>(Side::Virtual));
+        (a.cache(Side::Virtual), a.cache(Side::Host))
+    });
+    let certificates = a.selected("certificates").then(|| {
+        ready.push(a.ready_of::<Certificate>(Side::Virtual));
+        (a.cache(Side::Virtual), a.cache(Side::Host))
+    });
+    let sources = Sources {
+        ingresses,
+        certificates,
+        secrets: a.cache::<Secret>(Side::Virtual),
+        ready,
+    };
+    let (ctx, opts) = (a.ctx(), a.opts());
+    a.spawn("cert-mirrors", run(ctx, sources, opts));
+}
+
+/// What asks for a mirror: the object a conflict's Warning goes to.
+#[derive(Debug, Clone)]
+enum Asker {
+    Ingress(Ingress),
+    Certificate(Certificate),
+}
+
 /// Runs the mirror until the process ends.
-pub async fn run(ctx: Arc<Context>, src: Sources, opts: EngineOptions) {
+async fn run(ctx: Arc<Context>, src: Sources, opts: EngineOptions) {
     let (tls, writer) = cache::cache::<Secret>();
     let api: Api<Secret> = Api::namespaced(ctx.host.clone(), &ctx.names.host_namespace);
     let changed = Arc::new(Notify::new());
     let notify = Arc::clone(&changed);
     let watch = cache::watch(
         api,
-        opts.watcher_config(super::Side::Host)
+        opts.watcher_config(Side::Host)
             .fields(&format!("type={TLS_TYPE}")),
         writer,
         |_| {},
@@ -96,44 +140,77 @@ pub async fn run(ctx: Arc<Context>, src: Sources, opts: EngineOptions) {
     }
 }
 
-/// The mirrors there should be: for each cert-manager ingress synced to
-/// the host, each TLS Secret cert-manager has issued for its host copy,
-/// keyed by where the tenant expects it, with the ingress that asks for it.
+/// The mirrors there should be: for each cert-manager ingress and each
+/// Certificate synced to the host, each TLS Secret cert-manager has issued
+/// for its host copy, keyed by where the tenant expects it, with what asks
+/// for it.
 fn desired(
     names: &Names,
     src: &Sources,
     tls: &Cache<Secret>,
-) -> HashMap<VirtualKey, (Secret, Ingress)> {
+) -> HashMap<VirtualKey, (Secret, Asker)> {
     let own = names.ownership();
     let mut desired = HashMap::new();
-    for ing in src.ingresses.objects_in(None) {
-        if !wants_cert_manager(&ing) || ing.metadata.deletion_timestamp.is_some() {
+    // The host Secret cert-manager issued as `host` for a copy synced to the
+    // host, unless it is one of the syncer's own copies.
+    let issued = |host: &str| {
+        tls.get(host, Some(&names.host_namespace)).filter(|hs| {
+            !own.owns(hs.meta()) && hs.annotations().contains_key(CERTIFICATE_NAME_ANNOTATION)
+        })
+    };
+    for ing in src.ingresses.iter().flat_map(|(v, h)| synced(names, v, h)) {
+        if !wants_cert_manager(&ing) {
             continue;
         }
         let ns = ing.namespace().unwrap_or_default();
-        let host_ing = host_name(&names.vc, &ns, &ing.name_any());
-        if !src
-            .host_ingresses
-            .contains(&host_ing, Some(&names.host_namespace))
-        {
-            continue;
-        }
         for name in tls_secrets(&ing) {
-            let host = host_name(&names.vc, &ns, &name);
-            let Some(hs) = tls.get(&host, Some(&names.host_namespace)) else {
-                continue;
-            };
-            if own.owns(hs.meta()) || !hs.annotations().contains_key(CERTIFICATE_NAME_ANNOTATION) {
-                continue;
+            if let Some(hs) = issued(&host_name(&names.vc, &ns, &name)) {
+                let key = VirtualKey {
+                    namespace: ns.clone(),
+                    name,
+                };
+                desired.insert(key, (hs, Asker::Ingress(ing.clone())));
             }
-            let key = VirtualKey {
-                namespace: ns.clone(),
-                name,
-            };
-            desired.insert(key, (hs, ing.clone()));
         }
     }
+    for c in src
+        .certificates
+        .iter()
+        .flat_map(|(v, h)| synced(names, v, h))
+    {
+        let ns = c.namespace().unwrap_or_default();
+        let host_c = host_name(&names.vc, &ns, &c.name_any());
+        let Some(name) = certificate::secret_name(&c).map(str::to_owned) else {
+            continue;
+        };
+        // Only the Secret cert-manager issued for this very Certificate.
+        let Some(hs) = issued(&host_name(&names.vc, &ns, &name))
+            .filter(|hs| hs.annotations().get(CERTIFICATE_NAME_ANNOTATION) == Some(&host_c))
+        else {
+            continue;
+        };
+        let key = VirtualKey {
+            namespace: ns,
+            name,
+        };
+        desired.insert(key, (hs, Asker::Certificate(c)));
+    }
     desired
+}
+
+/// The live virtual objects of `virt` whose host copies are in `host`.
+fn synced<K: super::Object>(names: &Names, virt: &Cache<K>, host: &Cache<K>) -> Vec<K> {
+    virt.objects_in(None)
+        .into_iter()
+        .filter(|v| v.meta().deletion_timestamp.is_none())
+        .filter(|v| {
+            let ns = v.namespace().unwrap_or_default();
+            host.contains(
+                &host_name(&names.vc, &ns, &v.name_any()),
+                Some(&names.host_namespace),
+            )
+        })
+        .collect()
 }
 
 /// What to do for one wanted mirror, given the virtual Secret of that name.
@@ -158,7 +235,7 @@ fn step(current: Option<&Secret>, host: &Secret) -> Step {
 /// Mirrors no ingress wants any more, with their uids.
 fn stale(
     src: &Sources,
-    desired: &HashMap<VirtualKey, (Secret, Ingress)>,
+    desired: &HashMap<VirtualKey, (Secret, Asker)>,
 ) -> Vec<(VirtualKey, Option<String>)> {
     src.secrets
         .entries()
@@ -177,7 +254,7 @@ fn stale(
 
 async fn pass(ctx: &Context, src: &Sources, tls: &Cache<Secret>, warned: &mut HashSet<VirtualKey>) {
     let desired = desired(&ctx.names, src, tls);
-    for (key, (hs, ing)) in &desired {
+    for (key, (hs, asker)) in &desired {
         match step(
             src.secrets.get(&key.name, Some(&key.namespace)).as_ref(),
             hs,
@@ -189,8 +266,11 @@ async fn pass(ctx: &Context, src: &Sources, tls: &Cache<Secret>, warned: &mut Ha
                     "secret {} already exists and is not a mirror of the host certificate; it is left alone",
                     key.name
                 );
-                ctx.event(ing, EventType::Warning, "TLSSecretConflict", note)
-                    .await;
+                let reason = "TLSSecretConflict";
+                match asker {
+                    Asker::Ingress(i) => ctx.event(i, EventType::Warning, reason, note).await,
+                    Asker::Certificate(c) => ctx.event(c, EventType::Warning, reason, note).await,
+                }
             }
             Step::Write => {
                 warned.remove(key);
@@ -283,8 +363,8 @@ mod tests {
 
     fn sources(ingresses: Vec<Ingress>, host: Vec<Ingress>, secrets: Vec<Secret>) -> Sources {
         Sources {
-            ingresses: filled(ingresses),
-            host_ingresses: filled(host),
+            ingresses: Some((filled(ingresses), filled(host))),
+            certificates: None,
             secrets: filled(secrets),
             ready: Vec::new(),
         }
@@ -318,6 +398,49 @@ mod tests {
             ["shop/web-tls"],
             "cert-manager only, host copy synced, issued only"
         );
+    }
+
+    fn certificate(name: &str, secret: &str, namespace: &str) -> Certificate {
+        serde_json::from_value(json!({
+            "metadata": {"name": name, "namespace": namespace},
+            "spec": {"secretName": secret},
+        }))
+        .unwrap()
+    }
+
+    #[test]
+    fn only_the_secret_issued_for_a_synced_certificate_is_wanted() {
+        let for_cert = |secret: &str, cert: &str| {
+            let mut s = issued(secret, "Y2VydA==", true);
+            s.metadata.annotations =
+                Some([(CERTIFICATE_NAME_ANNOTATION.to_owned(), cert.to_owned())].into());
+            s
+        };
+        let tls = filled([
+            for_cert("api-tls-x-shop-x-vc", "api-x-shop-x-vc"),
+            // Issued for another Certificate that names the same Secret.
+            for_cert("other-tls-x-shop-x-vc", "someone-else"),
+            for_cert("late-tls-x-shop-x-vc", "late-x-shop-x-vc"),
+        ]);
+        let src = Sources {
+            ingresses: None,
+            certificates: Some((
+                filled([
+                    certificate("api", "api-tls", "shop"),
+                    certificate("other", "other-tls", "shop"),
+                    certificate("late", "late-tls", "shop"),
+                ]),
+                filled([
+                    certificate("api-x-shop-x-vc", "x", "host-ns"),
+                    certificate("other-x-shop-x-vc", "x", "host-ns"),
+                ]),
+            )),
+            secrets: filled(Vec::<Secret>::new()),
+            ready: Vec::new(),
+        };
+        let got = desired(&names(), &src, &tls);
+        let keys: Vec<_> = got.keys().map(ToString::to_string).collect();
+        assert_eq!(keys, ["shop/api-tls"], "issued for it, and synced");
     }
 
     #[test]

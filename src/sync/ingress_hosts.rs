@@ -19,8 +19,8 @@ use kube::runtime::WatchStreamExt as _;
 use kube::runtime::watcher;
 
 use super::cache::{ListWriter, Listed};
-use crate::policy::ingress_hosts::{Claim, claimed_hosts};
-use crate::translate::{Ownership, VclusterName};
+use crate::policy::ingress_hosts::{Claim, claimed_hosts, decide, refusal};
+use crate::translate::{Ownership, Refusal, VclusterName};
 
 #[derive(Debug, Clone)]
 struct Entry {
@@ -33,6 +33,7 @@ struct Entry {
 pub struct HostIngresses {
     on: AtomicBool,
     map: Arc<Listed<Entry>>,
+    settled: super::feed::Readiness,
 }
 
 impl HostIngresses {
@@ -52,6 +53,39 @@ impl HostIngresses {
         )
     }
 
+    /// The refusal of tenant object `v` (a `what`: `ingress`, `certificate`)
+    /// for the names `claimed` gives it, given its host copy `h` (the names
+    /// that serves and when it was created decide who came first); `None`
+    /// when it may have them or the policy is off. Logs what it finds.
+    pub fn check<K: kube::Resource>(
+        &self,
+        what: &str,
+        v: &K,
+        h: Option<&K>,
+        claimed: impl Fn(&K) -> Vec<String>,
+    ) -> Option<Refusal> {
+        let foreign = self.foreign()?;
+        let served = h.map(&claimed);
+        let ours = h
+            .zip(served.as_deref())
+            .map(|(h, served)| (served, h.meta().creation_timestamp.as_ref()));
+        let verdict = decide(&claimed(v), ours, &foreign);
+        let key = format!("{}/{}", v.namespace().unwrap_or_default(), v.name_any());
+        for o in &verdict.kept {
+            tracing::warn!(what, object = %key, host = %o.host, other = %o.who, other_host = %o.theirs, "a later ingress outside this vcluster claims a host this vcluster serves; it keeps it (the host admin should resolve the other)");
+        }
+        for o in &verdict.refused {
+            tracing::info!(what, object = %key, host = %o.host, other = %o.who, other_host = %o.theirs, "refused: the host is already served by an ingress outside this vcluster");
+        }
+        refusal(&verdict.refused, what)
+    }
+
+    /// Waits until [`HostIngresses::start`] has returned: the policy is on
+    /// with the first list in, or known to be off.
+    pub async fn settled(&self) {
+        self.settled.wait().await;
+    }
+
     /// Finds out whether host ingresses can be read cluster-wide; if so,
     /// watches them and returns once the first list is in (`on_change` runs
     /// after each later change of a foreign ingress). Returns at once when
@@ -64,6 +98,8 @@ impl HostIngresses {
         config: watcher::Config,
         on_change: impl Fn() + Send + Sync + 'static,
     ) {
+        // Settled on every way out.
+        let _settled = SetOnDrop(&self.settled);
         let api: Api<Ingress> = Api::all(host);
         let mut tries = 0;
         loop {
@@ -127,6 +163,15 @@ impl HostIngresses {
         });
         self.map.wait_until_ready().await;
         tracing::info!("ingress host ownership is on (host ingresses are read cluster-wide)");
+    }
+}
+
+/// Sets a readiness when dropped.
+struct SetOnDrop<'a>(&'a super::feed::Readiness);
+
+impl Drop for SetOnDrop<'_> {
+    fn drop(&mut self) {
+        self.0.set();
     }
 }
 

@@ -8,13 +8,10 @@
 use std::sync::Arc;
 
 use k8s_openapi::api::networking::v1::Ingress;
-use kube::ResourceExt as _;
-
-use k8s_openapi::api::core::v1::Secret;
 
 use super::ingress_hosts::HostIngresses;
 use super::{Assembly, Decision, Engine, KindSpec, Names, Rule, Side};
-use crate::policy::ingress_hosts::{claimed_hosts, decide, refusal};
+use crate::policy::ingress_hosts::claimed_hosts;
 use crate::translate::ingress::{IngressPolicy, host_ingress, status_up};
 
 /// The Ingress rule.
@@ -44,21 +41,8 @@ impl Rule for IngressRule {
             Ok(i) => i,
             Err(r) => return Decision::Reject(r.reason, r.message),
         };
-        if let Some(foreign) = self.hosts.foreign() {
-            let served = h.map(claimed_hosts);
-            let ours = h
-                .zip(served.as_deref())
-                .map(|(h, served)| (served, h.metadata.creation_timestamp.as_ref()));
-            let verdict = decide(&claimed_hosts(v), ours, &foreign);
-            for o in &verdict.kept {
-                tracing::warn!(namespace = %v.namespace().unwrap_or_default(), name = %v.name_any(), host = %o.host, other = %o.who, other_host = %o.theirs, "a later ingress outside this vcluster claims a host this vcluster serves; it keeps it (the host admin should resolve the other)");
-            }
-            for o in &verdict.refused {
-                tracing::info!(namespace = %v.namespace().unwrap_or_default(), name = %v.name_any(), host = %o.host, other = %o.who, other_host = %o.theirs, "ingress refused: the host is already served by an ingress outside this vcluster");
-            }
-            if let Some(r) = refusal(&verdict.refused) {
-                return Decision::Reject(r.reason, r.message);
-            }
+        if let Some(r) = self.hosts.check("ingress", v, h, claimed_hosts) {
+            return Decision::Reject(r.reason, r.message);
         }
         Decision::Sync(host)
     }
@@ -78,7 +62,7 @@ pub const KIND: KindSpec = KindSpec {
 };
 
 fn register(a: &mut Assembly) {
-    let hosts = Arc::new(HostIngresses::default());
+    let hosts = a.shared::<HostIngresses>();
     let rule = IngressRule::new(a.settings().ingress_policy.clone(), Arc::clone(&hosts));
     let (virt, host) = a.feeds::<IngressRule>();
     let engine = Engine::new(rule, a.ctx(), virt, host);
@@ -98,17 +82,7 @@ fn register(a: &mut Assembly) {
         }
         run.run(opts).await
     });
-    let sources = super::certs::Sources {
-        ingresses: engine.virtual_store(),
-        host_ingresses: engine.host_store(),
-        secrets: a.cache::<Secret>(Side::Virtual),
-        ready: vec![
-            a.ready_of::<Ingress>(Side::Virtual),
-            a.ready_of::<Secret>(Side::Virtual),
-        ],
-    };
-    let (ctx, opts) = (a.ctx(), a.opts());
-    a.spawn("cert-mirrors", super::certs::run(ctx, sources, opts));
+    super::certs::register(a);
 }
 
 #[cfg(test)]

@@ -28,6 +28,7 @@ pub mod addresses;
 pub mod apiservice;
 pub mod assembly;
 pub mod cache;
+pub mod certificates;
 pub mod certs;
 pub mod cidr;
 pub mod claims;
@@ -135,6 +136,7 @@ objects!(
     k8s_openapi::api::discovery::v1::EndpointSlice,
     k8s_openapi::api::networking::v1::Ingress,
     k8s_openapi::api::core::v1::PersistentVolumeClaim,
+    crate::translate::certificate::Certificate,
 );
 
 /// The rules of one kind.

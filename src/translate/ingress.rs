@@ -71,7 +71,8 @@ impl IngressPolicy {
             .map(String::as_str)
     }
 
-    fn host_allowed(&self, host: &str) -> bool {
+    /// True when `host` matches an allowed pattern (or there are none).
+    pub fn host_allowed(&self, host: &str) -> bool {
         let host = host.to_ascii_lowercase();
         self.allowed_hosts.is_empty()
             || self
@@ -84,6 +85,15 @@ impl IngressPolicy {
                         .is_some_and(|rest| !rest.is_empty()),
                     None => *p == host,
                 })
+    }
+
+    /// The allowed patterns, for messages (`any host` without patterns).
+    pub fn allowed_hosts(&self) -> String {
+        if self.allowed_hosts.is_empty() {
+            "any host".to_owned()
+        } else {
+            self.allowed_hosts.join(", ")
+        }
     }
 
     /// Checks an ingress against the policy.

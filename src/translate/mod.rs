@@ -5,9 +5,10 @@
 //!   hashed when that is not a valid, unambiguous DNS label);
 //! - [`markers`]: the labels and annotations that mark a host object as owned
 //!   by a vcluster and name its virtual source;
-//! - [`pod`], [`service`], [`ingress`], [`claim`], [`event`]: the host form of each kind
+//! - [`pod`], [`service`], [`ingress`], [`claim`], [`event`], [`certificate`]: the host form of each kind
 //!   and the status that comes back up (the ingress policy lives in [`ingress`]).
 
+pub mod certificate;
 pub mod claim;
 pub mod event;
 pub mod ingress;
