@@ -80,6 +80,20 @@ impl HostIngresses {
         refusal(&verdict.refused, what)
     }
 
+    /// A view with the policy on and these foreign claims (tests).
+    #[cfg(test)]
+    pub(crate) fn serving(claims: Vec<Claim>) -> Self {
+        let hosts = Self::default();
+        hosts.on.store(true, Ordering::Release);
+        let mut map = hosts.map.write();
+        for claim in claims {
+            let entry = Entry { ours: false, claim };
+            map.insert(entry.claim.who.clone().into(), entry);
+        }
+        drop(map);
+        hosts
+    }
+
     /// Waits until [`HostIngresses::start`] has returned: the policy is on
     /// with the first list in, or known to be off.
     pub async fn settled(&self) {

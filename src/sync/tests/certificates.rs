@@ -69,6 +69,27 @@ fn refusals_carry_their_reason() {
 }
 
 #[test]
+fn a_name_another_teams_ingress_serves_is_refused() {
+    let foreign = crate::policy::ingress_hosts::Claim {
+        who: "team-b/shop".into(),
+        hosts: vec!["*.vc.example.com".into()],
+        created: None,
+    };
+    let mut r = rule();
+    r.hosts = Arc::new(HostIngresses::serving(vec![foreign]));
+    match r.decide(&names(), &cert(shared(), "api.vc.example.com"), None) {
+        Decision::Reject(reason, message) => {
+            assert_eq!(reason, "IngressHostConflict");
+            assert!(
+                message.contains("the certificate is not synced"),
+                "{message}"
+            );
+        }
+        other => panic!("expected a rejection, got {other:?}"),
+    }
+}
+
+#[test]
 fn the_virtual_definition_is_the_hosts_without_its_conversion_webhook() {
     let host: CustomResourceDefinition = obj(json!({
         "metadata": {"name": CRD_NAME, "resourceVersion": "7", "labels": {"app": "cert-manager"}},
