@@ -5,7 +5,8 @@
 //! the tenant's pods while every virtual object stays as written; an
 //! ignored user agent and the opt-out header do not wake it; a `kubectl get`
 //! does, and the same pods come back Running; `vcluster sleep|wake|list`;
-//! a syncer killed with SIGKILL while asleep and while waking converges.
+//! a syncer killed with SIGKILL while asleep and while waking converges; a
+//! tenant ingress points at the waking page while asleep, and a visit wakes it.
 //! `VCLUSTER_E2E_WAKE_PODS=N` sets the size of the wake-latency run (100).
 #![allow(
     clippy::unwrap_used,
@@ -23,6 +24,7 @@ use std::time::{Duration, Instant};
 use common::*;
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::{ConfigMap, Pod, Service};
+use k8s_openapi::api::networking::v1::Ingress;
 use kube::api::{Api, ListParams};
 use libtest_mimic::Arguments;
 use serde_json::json;
@@ -41,6 +43,8 @@ struct Env {
     synced: SyncedEnv,
     /// The tenant's kubeconfig: through the front door (its requests count).
     front_kc: PathBuf,
+    /// The syncer's waking page, on 127.0.0.1.
+    wake_port: u16,
 }
 
 /// Clients of one test's runtime (a client's worker lives on the runtime
@@ -339,6 +343,94 @@ fn a_syncer_killed_while_asleep_or_waking_converges(env: &Env) {
     });
 }
 
+/// The status line, headers (lower-cased names) and body of a plain
+/// `GET path` to 127.0.0.1:`port`, as an ingress controller would send it.
+fn http_get(port: u16, path: &str) -> (String, BTreeMap<String, String>, String) {
+    use std::io::{Read as _, Write as _};
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+    let req = format!("GET {path} HTTP/1.1\r\nHost: shop.example.com\r\nConnection: close\r\n\r\n");
+    s.write_all(req.as_bytes()).unwrap();
+    let mut out = String::new();
+    s.read_to_string(&mut out).unwrap();
+    let (head, body) = out.split_once("\r\n\r\n").unwrap();
+    let mut lines = head.lines();
+    let status = lines.next().unwrap().to_owned();
+    let headers = lines
+        .filter_map(|l| l.split_once(": "))
+        .map(|(k, v)| (k.to_ascii_lowercase(), v.to_owned()))
+        .collect();
+    (status, headers, body.to_owned())
+}
+
+/// While asleep the tenant's host ingress points at the syncer's waking
+/// page; a visit gets `503` with `Retry-After` and wakes the cluster; the
+/// backends come back.
+fn an_ingress_visit_while_asleep_gets_the_waking_page_and_wakes_it(env: &Env) {
+    block_on(async {
+        let c = env.clients().await;
+        let hing: Api<Ingress> = Api::namespaced(c.host.clone(), HOST_NS);
+        let vc = vcluster::translate::VclusterName::new(VC).unwrap();
+        let name = vcluster::translate::host_name(&vc, NS, "web");
+        let web = (vcluster::translate::host_name(&vc, NS, "web"), Some(80));
+        let page = (VC.to_owned(), Some(i32::from(env.wake_port)));
+        let backend_is = |want: (String, Option<i32>)| {
+            let (hing, name) = (hing.clone(), name.clone());
+            async move {
+                eventually(
+                    &format!("the host ingress backend to be {want:?}"),
+                    T,
+                    || async {
+                        let i = hing.get(&name).await.map_err(|e| e.to_string())?;
+                        let spec = i.spec.clone().unwrap_or_default();
+                        let tls = spec.tls.clone();
+                        let got: Vec<_> = spec
+                            .rules
+                            .into_iter()
+                            .flatten()
+                            .flat_map(|r| r.http.map(|h| h.paths).unwrap_or_default())
+                            .filter_map(|p| p.backend.service)
+                            .map(|s| (s.name, s.port.and_then(|p| p.number)))
+                            .collect();
+                        if !got.is_empty() && got.iter().all(|g| *g == want) {
+                            Ok(tls)
+                        } else {
+                            Err(format!("{got:?}"))
+                        }
+                    },
+                )
+                .await
+            }
+        };
+        let tls_awake = backend_is(web.clone()).await;
+        env.vcluster_ok(&["sleep", VC]);
+        host_asleep(&c, T).await;
+        let tls_asleep = backend_is(page).await;
+        assert_eq!(tls_asleep, tls_awake, "hosts and TLS stay as they are");
+        let wakes = |m: &str| {
+            m.lines()
+                .find_map(|l| l.strip_prefix("vcluster_syncer_wakes_total{trigger=\"request\"} "))
+                .and_then(|v| v.parse::<f64>().ok())
+                .unwrap_or(0.0)
+        };
+        let before = wakes(&env.metrics());
+        let (status, headers, body) = http_get(env.wake_port, "/cart?item=1");
+        assert!(status.contains(" 503 "), "{status}");
+        assert_eq!(headers.get("retry-after").map(String::as_str), Some("5"));
+        assert_eq!(
+            headers.get("cache-control").map(String::as_str),
+            Some("no-store")
+        );
+        assert!(body.contains("Waking up"), "{body}");
+        // The visit woke it: the pods come back (watched without counting),
+        // and so do the backends.
+        host_running(&c, 5).await;
+        backend_is(web).await;
+        virtual_ready(&c.virt, NS, 4).await;
+        assert_eq!(wakes(&env.metrics()), before + 1.0, "woken by a request");
+        assert_eq!(env.listed_state(), "Awake");
+    });
+}
+
 fn wake_latency_of_many_pods(env: &Env) {
     let n: usize = std::env::var("VCLUSTER_E2E_WAKE_PODS")
         .ok()
@@ -394,6 +486,10 @@ const TESTS: &[Test<Env>] = &[
         "a_syncer_killed_while_asleep_or_waking_converges",
         a_syncer_killed_while_asleep_or_waking_converges,
     ),
+    (
+        "an_ingress_visit_while_asleep_gets_the_waking_page_and_wakes_it",
+        an_ingress_visit_while_asleep_gets_the_waking_page_and_wakes_it,
+    ),
     ("wake_latency_of_many_pods", wake_latency_of_many_pods),
 ];
 
@@ -428,6 +524,14 @@ async fn workloads(front: &kube::Client) {
     )
     .await;
     create(
+        &Api::<Ingress>::namespaced(front.clone(), NS),
+        json!({"metadata": {"name": "web"}, "spec": {
+            "tls": [{"hosts": ["shop.example.com"], "secretName": "shop-tls"}],
+            "rules": [{"host": "shop.example.com", "http": {"paths": [{"path": "/", "pathType": "Prefix",
+                "backend": {"service": {"name": "web", "port": {"number": 80}}}}]}}]}}),
+    )
+    .await;
+    create(
         &Api::<Pod>::namespaced(front.clone(), NS),
         json!({"metadata": {"name": "solo"}, "spec": {"containers": [{"name": "app", "image": "nginx"}]}}),
     )
@@ -451,7 +555,13 @@ fn main() {
         .local_addr()
         .unwrap()
         .port();
+    let wake_port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
     let syncer_args: Vec<String> = vec![
+        format!("--sleep-wake-listen=127.0.0.1:{wake_port}"),
         format!("--sleep-after={}s", SLEEP_AFTER.as_secs()),
         "--sleep-ignore-user-agents=sleepy-bot/*".to_owned(),
         format!("--client-ca-cert={}", pki.join("ca.crt").display()),
@@ -493,6 +603,7 @@ fn main() {
             syncer_args,
         },
         front_kc,
+        wake_port,
     };
     let env = std::sync::Arc::new(env);
     let failed = run_groups(&args, &env, &[(TESTS, Some(1))]);

@@ -342,6 +342,16 @@ pub async fn run(opts: SyncerOptions) -> Result<(), SyncerError> {
     let running = assembly.finish();
     tracing::info!(vcluster = %opts.name, host_namespace = %opts.host_namespace, listen = %opts.listen, kinds = ?opts.kinds.names(), "syncer started");
     let health = serve_health(opts.listen, running).instrument(tracing::info_span!("health"));
+    let waking_page = {
+        let sleep = Arc::clone(&sleep);
+        async move {
+            match opts.sleep.wake_listen {
+                Some(addr) => serve_waking_page(addr, sleep).await,
+                None => std::future::pending().await,
+            }
+        }
+        .instrument(tracing::info_span!("waking_page"))
+    };
     let dns = async move {
         match dns {
             Some(serve) => serve.await,
@@ -371,10 +381,39 @@ pub async fn run(opts: SyncerOptions) -> Result<(), SyncerError> {
         r = front_door => r.map_err(SyncerError::from),
         r = dns => r.map_err(SyncerError::from),
         r = health => r,
+        r = waking_page => r,
     }
 }
 
 async fn serve_health(addr: SocketAddr, running: Running) -> Result<(), SyncerError> {
+    serve_http(addr, move |path| health_response(path, &running)).await
+}
+
+/// The waking page on `addr` while the vcluster sleeps (every path; see
+/// [`crate::sleep::waking_page`]).
+async fn serve_waking_page(
+    addr: SocketAddr,
+    sleep: Arc<crate::sleep::Sleep>,
+) -> Result<(), SyncerError> {
+    serve_http(addr, move |_| {
+        let (code, headers, body) = crate::sleep::waking_page(&sleep);
+        let mut resp = Response::new(Full::new(Bytes::from_static(body.as_bytes())));
+        *resp.status_mut() = StatusCode::from_u16(code).unwrap_or(StatusCode::SERVICE_UNAVAILABLE);
+        for (name, value) in headers {
+            if let Ok(v) = hyper::header::HeaderValue::from_str(&value) {
+                resp.headers_mut().insert(name, v);
+            }
+        }
+        resp
+    })
+    .await
+}
+
+/// Plain HTTP/1 on `addr`, every request answered by `respond(path)`.
+async fn serve_http(
+    addr: SocketAddr,
+    respond: impl Fn(&str) -> Response<Full<Bytes>> + Clone + Send + Sync + 'static,
+) -> Result<(), SyncerError> {
     let listener = tokio::net::TcpListener::bind(addr)
         .await
         .map_err(|source| SyncerError::Listen { addr, source })?;
@@ -386,12 +425,12 @@ async fn serve_health(addr: SocketAddr, running: Running) -> Result<(), SyncerEr
                 continue;
             }
         };
-        let running = running.clone();
-        let span = tracing::debug_span!("health_connection");
+        let respond = respond.clone();
+        let span = tracing::debug_span!("http_connection", listen = %addr);
         tokio::spawn(
             async move {
                 let svc = hyper::service::service_fn(move |req: Request<hyper::body::Incoming>| {
-                    let resp = health_response(req.uri().path(), &running);
+                    let resp = respond(req.uri().path());
                     async move { Ok::<_, Infallible>(resp) }
                 });
                 let _ = hyper::server::conn::http1::Builder::new()

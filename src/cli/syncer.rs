@@ -198,6 +198,11 @@ pub struct SyncerArgs {
     /// host until the next request. Default: off (`vcluster sleep` still works).
     #[arg(long, env = "VCLUSTER_SLEEP_AFTER", value_parser = parse_duration)]
     sleep_after: Option<Duration>,
+    /// Serve the waking page here (any path: 503 with Retry-After; a visit
+    /// wakes the cluster); while asleep, tenant ingresses on the host point
+    /// at it, through port PORT of the vcluster's API Service.
+    #[arg(long, env = "VCLUSTER_SLEEP_WAKE_LISTEN")]
+    sleep_wake_listen: Option<SocketAddr>,
     /// Count requests of the virtual cluster's service accounts as activity.
     #[arg(long, env = "VCLUSTER_SLEEP_COUNT_SERVICE_ACCOUNTS")]
     sleep_count_service_accounts: bool,
@@ -290,11 +295,12 @@ pub fn run(args: SyncerArgs) -> anyhow::Result<ExitCode> {
             "--sync certificates needs --certificate-cluster-issuers: the host ClusterIssuers tenants' Certificates may name"
         );
     }
+    let api_service = args.api_service.unwrap_or_else(|| name.to_string());
     let settings = Settings {
         sync_all_configs: args.sync_all_configs,
         api_host: args.api_service_host,
         api_port: args.api_service_port,
-        api_service: args.api_service.unwrap_or_else(|| name.to_string()),
+        api_service: api_service.clone(),
         ingress_policy,
         certificate_cluster_issuers,
         ingress_host_ownership: args.ingress_host_ownership,
@@ -309,6 +315,9 @@ pub fn run(args: SyncerArgs) -> anyhow::Result<ExitCode> {
         resync: Duration::from_secs(args.resync_seconds),
         front_door_ca: None,
         cluster_domain: dns.as_ref().map(|d| d.domain.clone()),
+        waking_page: args
+            .sleep_wake_listen
+            .map(|a| (api_service.clone(), i32::from(a.port()))),
     };
     let init = match args.init_manifests {
         Some(file) => {
@@ -328,6 +337,7 @@ pub fn run(args: SyncerArgs) -> anyhow::Result<ExitCode> {
             ignored_groups: nonempty(args.sleep_ignore_groups),
         },
         service: settings.api_service.clone(),
+        wake_listen: args.sleep_wake_listen,
     };
     let opts = SyncerOptions {
         sleep,

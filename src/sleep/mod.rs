@@ -68,6 +68,9 @@ pub struct SleepOptions {
     pub policy: ActivityPolicy,
     /// The host Service that keeps the state (the vcluster's API Service).
     pub service: String,
+    /// Where the waking page is served; tenant ingresses point at it (on
+    /// [`SleepOptions::service`], this port) while the vcluster sleeps.
+    pub wake_listen: Option<std::net::SocketAddr>,
 }
 
 /// The sleep state the front door, the pod rule and the loop share.
@@ -113,12 +116,19 @@ impl Sleep {
                 .is_some_and(|v| v == "true")
         };
         labelled(&pod.metadata)
-            || pod.metadata.namespace.as_ref().is_some_and(|ns| {
-                self.exempt_namespaces
-                    .read()
-                    .unwrap_or_else(std::sync::PoisonError::into_inner)
-                    .contains(ns)
-            })
+            || pod
+                .metadata
+                .namespace
+                .as_ref()
+                .is_some_and(|ns| self.namespace_exempt(ns))
+    }
+
+    /// True when virtual namespace `ns` is labelled to stay awake.
+    pub fn namespace_exempt(&self, ns: &str) -> bool {
+        self.exempt_namespaces
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .contains(ns)
     }
 
     /// Sets the state (for tests and the loop) and tells the pod rule.
@@ -147,6 +157,26 @@ impl Sleep {
         crate::sync::metrics::global().woken(took);
         Some(took)
     }
+}
+
+/// How long a visitor of the waking page is asked to wait before retrying.
+pub const WAKE_RETRY_SECONDS: u32 = 5;
+
+/// What a visitor of one of the tenant's ingresses gets while the vcluster
+/// sleeps (the host ingress copies point at the syncer's waking page): the
+/// visit counts as activity, which wakes the cluster; the answer is a
+/// `503` with `Retry-After`, never cached.
+pub fn waking_page(sleep: &Sleep) -> (u16, [(&'static str, String); 3], &'static str) {
+    sleep.activity.touch(now_secs());
+    (
+        503,
+        [
+            ("retry-after", WAKE_RETRY_SECONDS.to_string()),
+            ("cache-control", "no-store".to_owned()),
+            ("content-type", "text/html; charset=utf-8".to_owned()),
+        ],
+        "<!doctype html><title>Waking up</title><h1>Waking up</h1>\n<p>This virtual cluster was asleep and is starting again. Retry in a few seconds.</p>\n",
+    )
 }
 
 /// True when the virtual pod carries the sleeping mark (its host copy was

@@ -66,6 +66,9 @@ pub struct Settings {
     /// The cluster domain when the syncer serves DNS: synced pods then ask
     /// it (at the address [`crate::dns::DnsAddress`] publishes).
     pub cluster_domain: Option<String>,
+    /// The host Service and port of the syncer's waking page: while the
+    /// vcluster sleeps, tenant ingresses point there. `None`: they stay.
+    pub waking_page: Option<(String, i32)>,
 }
 
 /// One kind the syncer can sync (`--sync` names it).

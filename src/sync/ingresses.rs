@@ -12,19 +12,36 @@ use k8s_openapi::api::networking::v1::Ingress;
 use super::ingress_hosts::HostIngresses;
 use super::{Assembly, Decision, Engine, KindSpec, Names, Rule, Side};
 use crate::policy::ingress_hosts::claimed_hosts;
-use crate::translate::ingress::{IngressPolicy, host_ingress, status_up};
+use crate::sleep::Sleep;
+use crate::translate::ingress::{IngressPolicy, host_ingress, sleeping, status_up};
 
 /// The Ingress rule.
 #[derive(Debug)]
 pub struct IngressRule {
     policy: IngressPolicy,
     hosts: Arc<HostIngresses>,
+    /// While asleep, backends are the waking page (its Service and port).
+    sleep: Arc<Sleep>,
+    waking_page: Option<(String, i32)>,
 }
 
 impl IngressRule {
     /// A rule enforcing `policy`, and host ownership against `hosts`.
     pub fn new(policy: IngressPolicy, hosts: Arc<HostIngresses>) -> Self {
-        Self { policy, hosts }
+        Self {
+            policy,
+            hosts,
+            sleep: Arc::default(),
+            waking_page: None,
+        }
+    }
+
+    /// Points every backend at `waking_page` while `sleep` says the vcluster
+    /// sleeps (ingresses of namespaces that stay awake excepted).
+    pub fn sleeping_at(mut self, sleep: Arc<Sleep>, waking_page: Option<(String, i32)>) -> Self {
+        self.sleep = sleep;
+        self.waking_page = waking_page;
+        self
     }
 }
 
@@ -44,7 +61,19 @@ impl Rule for IngressRule {
         if let Some(r) = self.hosts.check("ingress", v, h, claimed_hosts) {
             return Decision::Reject(r.reason, r.message);
         }
-        Decision::Sync(host)
+        match &self.waking_page {
+            Some((service, port))
+                if self.sleep.asleep()
+                    && !v
+                        .metadata
+                        .namespace
+                        .as_deref()
+                        .is_some_and(|ns| self.sleep.namespace_exempt(ns)) =>
+            {
+                Decision::Sync(sleeping(host, service, *port))
+            }
+            _ => Decision::Sync(host),
+        }
     }
 
     fn status_up(&self, v: &Ingress, h: &Ingress) -> Option<serde_json::Value> {
@@ -63,7 +92,9 @@ pub const KIND: KindSpec = KindSpec {
 
 fn register(a: &mut Assembly) {
     let hosts = a.shared::<HostIngresses>();
-    let rule = IngressRule::new(a.settings().ingress_policy.clone(), Arc::clone(&hosts));
+    let sleep = a.shared::<Sleep>();
+    let rule = IngressRule::new(a.settings().ingress_policy.clone(), Arc::clone(&hosts))
+        .sleeping_at(Arc::clone(&sleep), a.settings().waking_page.clone());
     let (virt, host) = a.feeds::<IngressRule>();
     let engine = Engine::new(rule, a.ctx(), virt, host);
     // Deciding before the host's ingresses are listed (or known unreadable)
@@ -72,6 +103,15 @@ fn register(a: &mut Assembly) {
     let (ctx, opts, on) = (a.ctx(), a.opts(), a.settings().ingress_host_ownership);
     let run = Arc::clone(&engine);
     a.spawn("Ingress", async move {
+        // Backends follow the sleep state: known first, every ingress
+        // looked at again when it changes.
+        sleep.known().await;
+        let (again, mut changes) = (Arc::clone(&run), sleep.subscribe());
+        tokio::spawn(async move {
+            while changes.changed().await.is_ok() {
+                again.enqueue_all_virtual();
+            }
+        });
         if on {
             let again = Arc::clone(&run);
             let requeue = move || again.enqueue_all_virtual();

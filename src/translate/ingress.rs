@@ -270,6 +270,37 @@ pub fn host_ingress(
     })
 }
 
+/// The form of host ingress `h` while the vcluster sleeps: every backend is
+/// the syncer's waking page (`service` port `port`), so the first visitor
+/// wakes the cluster; hosts, paths and TLS stay as they are.
+pub fn sleeping(mut h: Ingress, service: &str, port: i32) -> Ingress {
+    let wake = || IngressBackend {
+        resource: None,
+        service: Some(IngressServiceBackend {
+            name: service.to_owned(),
+            port: Some(k8s_openapi::api::networking::v1::ServiceBackendPort {
+                number: Some(port),
+                name: None,
+            }),
+        }),
+    };
+    if let Some(spec) = h.spec.as_mut() {
+        if spec.default_backend.is_some() {
+            spec.default_backend = Some(wake());
+        }
+        for path in spec
+            .rules
+            .iter_mut()
+            .flatten()
+            .filter_map(|r| r.http.as_mut())
+            .flat_map(|h| h.paths.iter_mut())
+        {
+            path.backend = wake();
+        }
+    }
+    h
+}
+
 /// A merge patch copying the host's load-balancer status up, when it differs.
 pub fn status_up(v: &Ingress, h: &Ingress) -> Option<Value> {
     let lb = |i: &Ingress| {
@@ -395,6 +426,27 @@ mod tests {
         assert_eq!(p.check(&no_host).unwrap_err().reason, "IngressHostDenied");
         // No patterns: any host.
         assert!(IngressPolicy::default_for(&vc()).check(&no_host).is_ok());
+    }
+
+    #[test]
+    fn asleep_every_backend_is_the_waking_page() {
+        let h = host_ingress(
+            &vc(),
+            &sample("shop.example.com", json!({})),
+            &IngressPolicy::default_for(&vc()),
+        )
+        .unwrap();
+        let asleep = sleeping(h.clone(), "my", 8081);
+        let spec = asleep.spec.as_ref().unwrap();
+        let backend = &spec.rules.as_ref().unwrap()[0].http.as_ref().unwrap().paths[0].backend;
+        let svc = backend.service.as_ref().unwrap();
+        assert_eq!(svc.name, "my");
+        assert_eq!(svc.port.as_ref().unwrap().number, Some(8081));
+        assert_eq!(spec.tls, h.spec.as_ref().unwrap().tls, "TLS unchanged");
+        assert_eq!(
+            spec.rules.as_ref().unwrap()[0].host.as_deref(),
+            Some("shop.example.com")
+        );
     }
 
     #[test]

@@ -99,3 +99,37 @@ fn the_host_controllers_status_comes_up() {
     );
     assert_eq!(rule(&[]).status_up(&h, &h), None);
 }
+
+#[test]
+fn asleep_the_backends_are_the_waking_page_and_awake_they_come_back() {
+    let sleep = Arc::new(Sleep::default());
+    let r = rule(&[]).sleeping_at(Arc::clone(&sleep), Some(("vc".into(), 8081)));
+    let backend = |i: &Ingress| {
+        let spec = i.spec.as_ref().unwrap();
+        let path = &spec.rules.as_ref().unwrap()[0].http.as_ref().unwrap().paths[0];
+        let svc = path.backend.service.clone().unwrap();
+        (svc.name, svc.port.unwrap().number)
+    };
+    let v = ingress("a.example.com", json!({}));
+    let awake = synced(r.decide(&names(), &v, None));
+    assert_eq!(backend(&awake), ("web-x-shop-x-vc".into(), Some(80)));
+    sleep.set_asleep(true);
+    let asleep = synced(r.decide(&names(), &v, None));
+    assert_eq!(backend(&asleep), ("vc".into(), Some(8081)));
+    assert_eq!(
+        asleep.spec.as_ref().unwrap().tls,
+        awake.spec.as_ref().unwrap().tls
+    );
+    sleep.set_asleep(false);
+    assert_eq!(
+        backend(&synced(r.decide(&names(), &v, None))),
+        ("web-x-shop-x-vc".into(), Some(80))
+    );
+    // Without a waking page, ingresses stay as they are.
+    let plain = rule(&[]).sleeping_at(Arc::clone(&sleep), None);
+    sleep.set_asleep(true);
+    assert_eq!(
+        backend(&synced(plain.decide(&names(), &v, None))),
+        ("web-x-shop-x-vc".into(), Some(80))
+    );
+}
