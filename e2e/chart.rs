@@ -183,7 +183,12 @@ fn sleep_values_become_syncer_flags(_: &Env) {
             .filter(|a| a.starts_with("--sleep"))
             .collect()
     };
-    assert_eq!(sleep_args(&[]), Vec::<String>::new(), "off by default");
+    let page = "--sleep-wake-listen=0.0.0.0:8081";
+    assert_eq!(
+        sleep_args(&[]),
+        [page],
+        "off by default; the waking page is always served (vcluster sleep works without a threshold)"
+    );
     assert_eq!(
         sleep_args(&[
             "--set",
@@ -196,6 +201,7 @@ fn sleep_values_become_syncer_flags(_: &Env) {
             "sleep.ignoreGroups={bots}",
         ]),
         [
+            page,
             "--sleep-after=30m",
             "--sleep-count-service-accounts",
             "--sleep-ignore-user-agents=argocd/*,flux",

@@ -75,6 +75,9 @@ vcluster.dev/component: control-plane
     {{- with .Values.storage.allowedClasses }}
     - --allowed-storage-classes={{ join "," . }}
     {{- end }}
+    # The waking page: tenant ingresses point here (port wake of the
+    # vcluster Service) while the vcluster sleeps.
+    - --sleep-wake-listen=0.0.0.0:8081
     {{- with .Values.sleep.afterInactivity }}
     - --sleep-after={{ . }}
     {{- end }}
@@ -105,6 +108,7 @@ vcluster.dev/component: control-plane
   ports:
     - {name: https, containerPort: 8443, protocol: TCP}
     - {name: health, containerPort: 8080, protocol: TCP}
+    - {name: wake, containerPort: 8081, protocol: TCP}
     {{- if .Values.dns.enabled }}
     - {name: dns, containerPort: 1053, protocol: UDP}
     - {name: dns-tcp, containerPort: 1053, protocol: TCP}
