@@ -6,7 +6,8 @@
 //! ignored user agent and the opt-out header do not wake it; a `kubectl get`
 //! does, and the same pods come back Running; `vcluster sleep|wake|list`;
 //! a syncer killed with SIGKILL while asleep and while waking converges; a
-//! tenant ingress points at the waking page while asleep, and a visit wakes it.
+//! tenant ingress points at the waking page while asleep, and a visit wakes it;
+//! so does a CronJob firing (`--sleep-wake-on-cronjobs`).
 //! `VCLUSTER_E2E_WAKE_PODS=N` sets the size of the wake-latency run (100).
 #![allow(
     clippy::unwrap_used,
@@ -23,6 +24,7 @@ use std::time::{Duration, Instant};
 
 use common::*;
 use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::batch::v1::CronJob;
 use k8s_openapi::api::core::v1::{ConfigMap, Pod, Service};
 use k8s_openapi::api::networking::v1::Ingress;
 use kube::api::{Api, ListParams};
@@ -431,6 +433,61 @@ fn an_ingress_visit_while_asleep_gets_the_waking_page_and_wakes_it(env: &Env) {
     });
 }
 
+/// With `--sleep-wake-on-cronjobs`, a CronJob firing while the cluster
+/// sleeps wakes it (the Job's pod then runs on the host).
+fn a_cronjob_firing_while_asleep_wakes_it(env: &Env) {
+    block_on(async {
+        let c = env.clients().await;
+        env.vcluster_ok(&["sleep", VC]);
+        host_asleep(&c, T).await;
+        let wakes = |m: &str| {
+            m.lines()
+                .find_map(|l| l.strip_prefix("vcluster_syncer_wakes_total{trigger=\"cronjob\"} "))
+                .and_then(|v| v.parse::<f64>().ok())
+                .unwrap_or(0.0)
+        };
+        assert_eq!(wakes(&env.metrics()), 0.0);
+        // Written with the syncer's own credential: not activity.
+        let cron: Api<CronJob> = Api::namespaced(c.virt.clone(), NS);
+        create(
+            &cron,
+            json!({"metadata": {"name": "report"}, "spec": {"schedule": "* * * * *",
+                "jobTemplate": {"spec": {"template": {"spec": {"restartPolicy": "Never",
+                    "containers": [{"name": "report", "image": "busybox"}]}}}}}}),
+        )
+        .await;
+        // It fires within a minute; the cluster wakes and its pods come back.
+        eventually(
+            "a wake by the CronJob",
+            Duration::from_secs(150),
+            || async {
+                let n = wakes(&env.metrics());
+                if n >= 1.0 {
+                    Ok(())
+                } else {
+                    Err(format!("{n}"))
+                }
+            },
+        )
+        .await;
+        host_running(&c, 5).await;
+        virtual_ready(&c.virt, NS, 4).await;
+        assert_eq!(env.listed_state(), "Awake");
+        kubectl_ok(
+            &env.synced.stack.vcluster_kubeconfig(),
+            &[
+                "delete",
+                "cronjob",
+                "report",
+                "-n",
+                NS,
+                "--cascade=foreground",
+            ],
+            None,
+        );
+    });
+}
+
 fn wake_latency_of_many_pods(env: &Env) {
     let n: usize = std::env::var("VCLUSTER_E2E_WAKE_PODS")
         .ok()
@@ -489,6 +546,10 @@ const TESTS: &[Test<Env>] = &[
     (
         "an_ingress_visit_while_asleep_gets_the_waking_page_and_wakes_it",
         an_ingress_visit_while_asleep_gets_the_waking_page_and_wakes_it,
+    ),
+    (
+        "a_cronjob_firing_while_asleep_wakes_it",
+        a_cronjob_firing_while_asleep_wakes_it,
     ),
     ("wake_latency_of_many_pods", wake_latency_of_many_pods),
 ];
@@ -562,6 +623,7 @@ fn main() {
         .port();
     let syncer_args: Vec<String> = vec![
         format!("--sleep-wake-listen=127.0.0.1:{wake_port}"),
+        "--sleep-wake-on-cronjobs".to_owned(),
         format!("--sleep-after={}s", SLEEP_AFTER.as_secs()),
         "--sleep-ignore-user-agents=sleepy-bot/*".to_owned(),
         format!("--client-ca-cert={}", pki.join("ca.crt").display()),

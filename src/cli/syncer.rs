@@ -203,6 +203,10 @@ pub struct SyncerArgs {
     /// at it, through port PORT of the vcluster's API Service.
     #[arg(long, env = "VCLUSTER_SLEEP_WAKE_LISTEN")]
     sleep_wake_listen: Option<SocketAddr>,
+    /// A virtual CronJob firing while the cluster sleeps wakes it (without
+    /// this its pods wait for the next wake).
+    #[arg(long, env = "VCLUSTER_SLEEP_WAKE_ON_CRONJOBS")]
+    sleep_wake_on_cronjobs: bool,
     /// Count requests of the virtual cluster's service accounts as activity.
     #[arg(long, env = "VCLUSTER_SLEEP_COUNT_SERVICE_ACCOUNTS")]
     sleep_count_service_accounts: bool,
@@ -338,6 +342,7 @@ pub fn run(args: SyncerArgs) -> anyhow::Result<ExitCode> {
         },
         service: settings.api_service.clone(),
         wake_listen: args.sleep_wake_listen,
+        wake_on_cronjobs: args.sleep_wake_on_cronjobs,
     };
     let opts = SyncerOptions {
         sleep,

@@ -25,6 +25,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
+use k8s_openapi::api::batch::v1::CronJob;
 use k8s_openapi::api::core::v1::{Namespace, Pod, Service};
 use k8s_openapi::jiff::Timestamp;
 use kube::ResourceExt as _;
@@ -71,6 +72,9 @@ pub struct SleepOptions {
     /// Where the waking page is served; tenant ingresses point at it (on
     /// [`SleepOptions::service`], this port) while the vcluster sleeps.
     pub wake_listen: Option<std::net::SocketAddr>,
+    /// A virtual CronJob firing while asleep wakes the cluster (else its
+    /// pods are held until the next wake, like any other).
+    pub wake_on_cronjobs: bool,
 }
 
 /// The sleep state the front door, the pod rule and the loop share.
@@ -391,6 +395,7 @@ pub fn wake_now(now: i64) -> Vec<(&'static str, Option<String>)> {
 enum Trigger {
     Request,
     Command,
+    CronJob,
 }
 
 /// Follows and decides the sleep state until the process ends.
@@ -448,7 +453,18 @@ async fn look(
         )
         .await?;
     }
-    let last = sleep.activity.last();
+    let mut last = sleep.activity.last();
+    // With --sleep-wake-on-cronjobs, a CronJob that fired since the cluster
+    // fell asleep wakes it as a request would.
+    let fired = match recorded.sleeping_since {
+        Some(since) if opts.wake_on_cronjobs => cronjob_fired(sleep, ctx)
+            .await
+            .filter(|at| *at > since && *at > last),
+        _ => None,
+    };
+    if let Some(at) = fired {
+        last = at;
+    }
     let was = sleep.asleep();
     let asleep = match decide(&recorded, last, now, opts.after) {
         Step::Stay => recorded.sleeping_since.is_some(),
@@ -470,7 +486,12 @@ async fn look(
             write_state(services, &opts.service, &wake_now(at)).await?;
             sleep.activity.written_at(at);
             if was {
-                began_wake(sleep, ctx, Trigger::Request).await;
+                let trigger = if fired.is_some() {
+                    Trigger::CronJob
+                } else {
+                    Trigger::Request
+                };
+                began_wake(sleep, ctx, trigger).await;
             }
             false
         }
@@ -512,6 +533,7 @@ async fn began_wake(sleep: &Sleep, ctx: &Context, trigger: Trigger) {
     let why = match trigger {
         Trigger::Request => "request",
         Trigger::Command => "command",
+        Trigger::CronJob => "cronjob",
     };
     crate::sync::metrics::global().woke(why);
     tracing::info!(trigger = why, "the virtual cluster wakes");
@@ -521,6 +543,30 @@ async fn began_wake(sleep: &Sleep, ctx: &Context, trigger: Trigger) {
         format!("the virtual cluster wakes ({why}): its pods are created on the host again"),
     )
     .await;
+}
+
+/// The last time a virtual CronJob fired (outside namespaces that stay
+/// awake), if it can be read.
+async fn cronjob_fired(sleep: &Sleep, ctx: &Context) -> Option<i64> {
+    let api: Api<CronJob> = Api::all(ctx.virt.clone());
+    let list = match api.list(&ListParams::default()).await {
+        Ok(l) => l,
+        Err(e) => {
+            tracing::debug!(error = %e, "cannot list the virtual CronJobs");
+            return None;
+        }
+    };
+    list.items
+        .iter()
+        .filter(|c| {
+            !c.metadata
+                .namespace
+                .as_deref()
+                .is_some_and(|ns| sleep.namespace_exempt(ns))
+        })
+        .filter_map(|c| c.status.as_ref()?.last_schedule_time.as_ref())
+        .map(|t| t.0.as_second())
+        .max()
 }
 
 /// An Event on the virtual `default` namespace.
