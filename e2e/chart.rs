@@ -199,6 +199,8 @@ fn sleep_values_become_syncer_flags(_: &Env) {
             "sleep.ignoreUserAgents={argocd/*,flux}",
             "--set",
             "sleep.ignoreGroups={bots}",
+            "--set",
+            "sleep.wakeOnCronJobs=true",
         ]),
         [
             page,
@@ -206,6 +208,7 @@ fn sleep_values_become_syncer_flags(_: &Env) {
             "--sleep-count-service-accounts",
             "--sleep-ignore-user-agents=argocd/*,flux",
             "--sleep-ignore-groups=bots",
+            "--sleep-wake-on-cronjobs",
         ]
     );
 }

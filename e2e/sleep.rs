@@ -7,7 +7,8 @@
 //! does, and the same pods come back Running; `vcluster sleep|wake|list`;
 //! a syncer killed with SIGKILL while asleep and while waking converges; a
 //! tenant ingress points at the waking page while asleep, and a visit wakes it;
-//! so does a CronJob firing (`--sleep-wake-on-cronjobs`).
+//! so does a CronJob firing (`--sleep-wake-on-cronjobs`); a sleep in the middle
+//! of a burst of creations holds every pod.
 //! `VCLUSTER_E2E_WAKE_PODS=N` sets the size of the wake-latency run (100).
 #![allow(
     clippy::unwrap_used,
@@ -423,13 +424,65 @@ fn an_ingress_visit_while_asleep_gets_the_waking_page_and_wakes_it(env: &Env) {
             Some("no-store")
         );
         assert!(body.contains("Waking up"), "{body}");
-        // The visit woke it: the pods come back (watched without counting),
-        // and so do the backends.
+        // The visit wakes it. The state has whole seconds, so a visit in the
+        // very second the cluster fell asleep counts as before it: the
+        // visitor retries, as Retry-After asks.
+        eventually("a visit to wake it", T, || async {
+            if wakes(&env.metrics()) > before {
+                return Ok(());
+            }
+            let (status, _, _) = http_get(env.wake_port, "/cart?item=1");
+            Err(status)
+        })
+        .await;
+        // The pods come back (watched without counting), and so do the backends.
         host_running(&c, 5).await;
         backend_is(web).await;
         virtual_ready(&c.virt, NS, 4).await;
         assert_eq!(wakes(&env.metrics()), before + 1.0, "woken by a request");
         assert_eq!(env.listed_state(), "Awake");
+    });
+}
+
+/// `vcluster sleep` in the middle of a burst of pod creations: every pod,
+/// created before or after the decision, ends up held (none left on the
+/// host), keeps its identity, and comes back on wake.
+fn a_sleep_during_a_burst_of_creations_holds_every_pod(env: &Env) {
+    block_on(async {
+        let c = env.clients().await;
+        let ns = "burst";
+        namespace(&c.virt, ns).await;
+        let pods: Api<Pod> = Api::namespaced(c.virt.clone(), ns);
+        let pod = |i: usize| {
+            json!({"metadata": {"name": format!("b-{i}")},
+                "spec": {"containers": [{"name": "app", "image": "nginx"}]}})
+        };
+        for i in 0..15 {
+            create(&pods, pod(i)).await;
+        }
+        env.vcluster_ok(&["sleep", VC]);
+        for i in 15..30 {
+            create(&pods, pod(i)).await;
+        }
+        host_asleep(&c, T).await;
+        let held = virtual_pods(&c.virt, ns).await;
+        assert_eq!(held.len(), 30, "every pod stays virtual");
+        env.vcluster_ok(&["wake", VC]);
+        let back = virtual_ready(&c.virt, ns, 30).await;
+        // The same pods (uids); those created while asleep get their node
+        // binding only now.
+        let uids = |m: &BTreeMap<String, Pod>| -> Vec<(String, Option<String>)> {
+            m.iter()
+                .map(|(n, p)| (n.clone(), p.metadata.uid.clone()))
+                .collect()
+        };
+        assert_eq!(uids(&back), uids(&held), "the same pods came back");
+        kubectl_ok(
+            &env.synced.stack.vcluster_kubeconfig(),
+            &["delete", "namespace", ns],
+            None,
+        );
+        virtual_ready(&c.virt, NS, 4).await;
     });
 }
 
@@ -447,8 +500,10 @@ fn a_cronjob_firing_while_asleep_wakes_it(env: &Env) {
                 .unwrap_or(0.0)
         };
         assert_eq!(wakes(&env.metrics()), 0.0);
-        // Written with the syncer's own credential: not activity.
-        let cron: Api<CronJob> = Api::namespaced(c.virt.clone(), NS);
+        // Written with the syncer's own credential: not activity. In a
+        // namespace of its own, so its Job's pods are not counted below.
+        namespace(&c.virt, "batch").await;
+        let cron: Api<CronJob> = Api::namespaced(c.virt.clone(), "batch");
         create(
             &cron,
             json!({"metadata": {"name": "report"}, "spec": {"schedule": "* * * * *",
@@ -470,19 +525,11 @@ fn a_cronjob_firing_while_asleep_wakes_it(env: &Env) {
             },
         )
         .await;
-        host_running(&c, 5).await;
         virtual_ready(&c.virt, NS, 4).await;
         assert_eq!(env.listed_state(), "Awake");
         kubectl_ok(
             &env.synced.stack.vcluster_kubeconfig(),
-            &[
-                "delete",
-                "cronjob",
-                "report",
-                "-n",
-                NS,
-                "--cascade=foreground",
-            ],
+            &["delete", "namespace", "batch"],
             None,
         );
     });
@@ -546,6 +593,10 @@ const TESTS: &[Test<Env>] = &[
     (
         "an_ingress_visit_while_asleep_gets_the_waking_page_and_wakes_it",
         an_ingress_visit_while_asleep_gets_the_waking_page_and_wakes_it,
+    ),
+    (
+        "a_sleep_during_a_burst_of_creations_holds_every_pod",
+        a_sleep_during_a_burst_of_creations_holds_every_pod,
     ),
     (
         "a_cronjob_firing_while_asleep_wakes_it",

@@ -90,6 +90,9 @@ vcluster.dev/component: control-plane
     {{- with .Values.sleep.ignoreGroups }}
     - --sleep-ignore-groups={{ join "," . }}
     {{- end }}
+    {{- if .Values.sleep.wakeOnCronJobs }}
+    - --sleep-wake-on-cronjobs
+    {{- end }}
     - --dns={{ .Values.dns.enabled }}
     {{- if .Values.dns.enabled }}
     - --dns-port=1053

@@ -218,6 +218,12 @@ impl VirtualNodes {
     /// Every `period`: renews the Nodes that host or virtual pods still need
     /// and deletes the others (`host_pods`, `virt_pods`: the pod engine's caches).
     pub async fn maintain(&self, host_pods: Cache<Pod>, virt_pods: Cache<Pod>, period: Duration) {
+        // Nothing is decided on partial caches: a restarted syncer that
+        // looked before its first lists would find no pod needing any node,
+        // delete them all, and the virtual pod garbage collector would then
+        // delete every pod bound to them.
+        host_pods.wait_until_ready().await;
+        virt_pods.wait_until_ready().await;
         let mut tick = tokio::time::interval(period);
         loop {
             tick.tick().await;
@@ -286,6 +292,29 @@ fn node_info(host: Option<&k8s_openapi::api::core::v1::NodeSystemInfo>) -> serde
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[tokio::test]
+    async fn nothing_is_removed_before_the_pod_caches_are_listed() {
+        type Body = kube::client::Body;
+        let (virt, mut virt_api) =
+            tower_test::mock::pair::<http::Request<Body>, http::Response<Body>>();
+        let nodes = VirtualNodes::new(
+            kube::Client::new(virt, "default"),
+            crate::sync::tests::idle_client(),
+        );
+        let ((host_pods, _hw), (virt_pods, _vw)) = (
+            crate::sync::cache::cache::<Pod>(),
+            crate::sync::cache::cache::<Pod>(),
+        );
+        let run = nodes.maintain(host_pods, virt_pods, Duration::from_millis(10));
+        tokio::select! {
+            () = run => panic!("maintain returned"),
+            req = virt_api.next_request() => {
+                panic!("asked the virtual API before the caches were listed: {:?}", req.map(|(r, _)| r.uri().clone()));
+            }
+            () = tokio::time::sleep(Duration::from_millis(300)) => {}
+        }
+    }
 
     fn pod(name: &str, node: Option<&str>) -> Pod {
         serde_json::from_value(json!({
