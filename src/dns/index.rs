@@ -72,6 +72,8 @@ pub struct Records {
     pub(super) pods_by_host: HashMap<HostKey, BTreeSet<Box<str>>>,
     /// Services and pods by address.
     pub(super) by_ip: HashMap<IpAddr, BTreeSet<Owner>>,
+    /// Slices by endpoint address (for the PTR of an endpoint).
+    pub(super) slices_by_ip: HashMap<IpAddr, BTreeSet<Key>>,
     /// Objects per namespace: a namespace with any is a name that exists.
     pub(super) namespaces: HashMap<Box<str>, usize>,
 }
@@ -221,12 +223,20 @@ impl Records {
     /// Sets (or removes) EndpointSlice `name` of `ns`.
     pub fn set_slice(&mut self, ns: &str, name: &str, s: Option<&EndpointSlice>) {
         let k = key(ns, name);
-        if let Some((svc, _)) = self.slices.remove(&k) {
+        if let Some((svc, eps)) = self.slices.remove(&k) {
             let of = (k.0.clone(), svc);
             if let Some(set) = self.slices_of.get_mut(&of) {
                 set.remove(&k.1);
                 if set.is_empty() {
                     self.slices_of.remove(&of);
+                }
+            }
+            for e in &eps {
+                if let Some(set) = self.slices_by_ip.get_mut(&e.ip) {
+                    set.remove(&k);
+                    if set.is_empty() {
+                        self.slices_by_ip.remove(&e.ip);
+                    }
                 }
             }
         }
@@ -244,7 +254,11 @@ impl Records {
             .entry((k.0.clone(), svc.clone()))
             .or_default()
             .insert(k.1.clone());
-        self.slices.insert(k, (svc, eps_of(s)));
+        let eps = eps_of(s);
+        for e in &eps {
+            self.slices_by_ip.entry(e.ip).or_default().insert(k.clone());
+        }
+        self.slices.insert(k, (svc, eps));
     }
 
     /// Sets (or removes) pod `name` of `ns`.
@@ -294,6 +308,32 @@ impl Records {
             .filter(|e| e.ready || svc.publish_not_ready)
             .filter(|e| seen.insert(e.ip))
             .collect()
+    }
+}
+
+impl Records {
+    /// The published endpoints of headless Services at `ip`: (namespace,
+    /// Service, the endpoint's name under it).
+    pub(super) fn endpoints_at(&self, ip: IpAddr) -> BTreeSet<(Box<str>, Box<str>, String)> {
+        let mut out = BTreeSet::new();
+        for (ns, slice) in self.slices_by_ip.get(&ip).into_iter().flatten() {
+            let Some((name, eps)) = self.slices.get(&(ns.clone(), slice.clone())) else {
+                continue;
+            };
+            let Some(svc) = self
+                .services
+                .get(&(ns.clone(), name.clone()))
+                .filter(|s| s.headless)
+            else {
+                continue;
+            };
+            out.extend(
+                eps.iter()
+                    .filter(|e| e.ip == ip && (e.ready || svc.publish_not_ready))
+                    .map(|e| (ns.clone(), name.clone(), e.label())),
+            );
+        }
+        out
     }
 }
 

@@ -9,7 +9,7 @@
 //! | `<host>.<svc>.<ns>.svc.<zone>` | A/AAAA of a headless Service's endpoint with that hostname (or dashed IP), or of a pod with `hostname: <host>`, `subdomain: <svc>` |
 //! | `_<port>._<proto>.<svc>.<ns>.svc.<zone>` | SRV of a named port: the Service, or each ready endpoint of a headless one |
 //! | `<a-b-c-d>.<ns>.pod.<zone>` | A of a pod of that namespace with that IP |
-//! | `<reversed ip>.in-addr.arpa`, `ip6.arpa` | PTR of a cluster IP or a pod IP; unknown addresses go upstream |
+//! | `<reversed ip>.in-addr.arpa`, `ip6.arpa` | PTR of a cluster IP, of a headless Service's published endpoint (hand-written slices too), or of a pod IP; unknown addresses go upstream |
 //! | `dns-version.<zone>` | TXT `1.1.0` |
 //!
 //! A name that exists with no record of the type asked is NODATA (NOERROR,
@@ -358,6 +358,11 @@ impl Zone {
     }
 
     /// PTR of an address the zone knows; everything else goes upstream.
+    /// Names, as CoreDNS's kubernetes plugin gives them: a Service's cluster
+    /// IP names the Service; else each published endpoint of a headless
+    /// Service names `<hostname or dashed IP>.<svc>.<ns>.svc` (what the
+    /// specification asks, hand-written slices included); else a pod's IP
+    /// names the pod (`<host>.<subdomain>.<ns>.svc` for StatefulSet pods).
     fn reverse(&self, r: &Records, qname: &Name, qtype: RecordType) -> Outcome {
         let Ok(net) = qname.parse_arpa_name() else {
             return Outcome::Forward;
@@ -366,37 +371,59 @@ impl Zone {
         if net.prefix_len() != net.max_prefix_len() {
             return Outcome::Forward;
         }
-        let Some(owners) = r.by_ip.get(&ip) else {
-            return Outcome::Forward;
+        let owners = r.by_ip.get(&ip).into_iter().flatten();
+        let services: BTreeSet<Name> = owners
+            .clone()
+            .filter_map(|o| match o {
+                Owner::Service((ns, name)) => Some(self.name(&[name, ns, "svc"])),
+                Owner::Pod(_) => None,
+            })
+            .collect();
+        let endpoints: BTreeSet<Name> = r
+            .endpoints_at(ip)
+            .iter()
+            .map(|(ns, svc, label)| self.name(&[label, svc, ns, "svc"]))
+            .collect();
+        let names = if !services.is_empty() {
+            services
+        } else if !endpoints.is_empty() {
+            endpoints
+        } else {
+            owners
+                .filter_map(|o| match o {
+                    Owner::Pod(k) => Some(self.pod_name(r, k, ip)),
+                    Owner::Service(_) => None,
+                })
+                .collect()
         };
+        if names.is_empty() {
+            return Outcome::Forward;
+        }
         if !matches!(qtype, RecordType::PTR | RecordType::ANY) {
             return Outcome::Answer(Answer::nodata());
         }
-        let names: BTreeSet<Name> = owners
-            .iter()
-            .map(|o| match o {
-                Owner::Service((ns, name)) => self.name(&[name, ns, "svc"]),
-                Owner::Pod((ns, pod)) => {
-                    let host = r.pods.get(&(ns.clone(), pod.clone())).and_then(|p| {
-                        p.host.as_ref().filter(|(_, sub)| {
-                            r.services
-                                .get(&(ns.clone(), sub.clone()))
-                                .is_some_and(|s| s.headless)
-                        })
-                    });
-                    match host {
-                        Some((h, sub)) => self.name(&[h, sub, ns, "svc"]),
-                        None => self.name(&[&dashed(ip), ns, "pod"]),
-                    }
-                }
-            })
-            .collect();
         Outcome::Answer(Answer::of(
             names
                 .into_iter()
                 .map(|n| record(qname, RData::PTR(PTR(n))))
                 .collect(),
         ))
+    }
+
+    /// A pod's own name: `<host>.<subdomain>.<ns>.svc` when its subdomain
+    /// is a headless Service, else its dashed IP under `<ns>.pod`.
+    fn pod_name(&self, r: &Records, (ns, pod): &super::index::Key, ip: IpAddr) -> Name {
+        let host = r.pods.get(&(ns.clone(), pod.clone())).and_then(|p| {
+            p.host.as_ref().filter(|(_, sub)| {
+                r.services
+                    .get(&(ns.clone(), sub.clone()))
+                    .is_some_and(|s| s.headless)
+            })
+        });
+        match host {
+            Some((h, sub)) => self.name(&[h, sub, ns, "svc"]),
+            None => self.name(&[&dashed(ip), ns, "pod"]),
+        }
     }
 }
 

@@ -11,7 +11,8 @@ use hickory_proto::op::{Edns, Message, MessageType, Metadata, OpCode, ResponseCo
 use hickory_proto::rr::{DNSClass, Name};
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 use tokio::net::{TcpListener, TcpStream, UdpSocket};
-use tokio::sync::Semaphore;
+use tokio::sync::{Semaphore, mpsc, watch};
+use tracing::Instrument as _;
 
 use super::forward::Forwarder;
 use super::records::{Outcome, Records, Zone};
@@ -254,9 +255,104 @@ impl Server {
     }
 }
 
-/// Both listeners of `addr`.
-pub async fn bind(addr: SocketAddr) -> std::io::Result<(UdpSocket, TcpListener)> {
-    Ok((UdpSocket::bind(addr).await?, TcpListener::bind(addr).await?))
+/// Both listeners of `addr`, non-blocking, for [`Threads`] to serve.
+pub fn bind(addr: SocketAddr) -> std::io::Result<(std::net::UdpSocket, std::net::TcpListener)> {
+    let udp = std::net::UdpSocket::bind(addr)?;
+    udp.set_nonblocking(true)?;
+    let tcp = std::net::TcpListener::bind(addr)?;
+    tcp.set_nonblocking(true)?;
+    Ok((udp, tcp))
+}
+
+/// The threads that answer on the listeners, each on a current-thread
+/// runtime of its own (every one reads the UDP socket; the first also takes
+/// TCP connections); they stop when this is dropped.
+#[derive(Debug)]
+pub struct Threads {
+    count: usize,
+    _stop: watch::Sender<()>,
+    ended: mpsc::UnboundedReceiver<std::io::Result<()>>,
+}
+
+impl Threads {
+    /// Starts `count` threads (at least one) answering with `server`.
+    pub fn start(
+        server: &Arc<Server>,
+        udp: &std::net::UdpSocket,
+        tcp: &std::net::TcpListener,
+        count: usize,
+    ) -> std::io::Result<Self> {
+        let (stop, _) = watch::channel(());
+        let (end, ended) = mpsc::unbounded_channel();
+        let count = count.max(1);
+        for i in 0..count {
+            let udp = udp.try_clone()?;
+            let tcp = if i == 0 { Some(tcp.try_clone()?) } else { None };
+            let (server, stop, end) = (Arc::clone(server), stop.subscribe(), end.clone());
+            let span = tracing::Span::current();
+            std::thread::Builder::new()
+                .name(format!("vcluster-dns-{i}"))
+                .spawn(move || {
+                    let _ = end.send(serve_here(server, udp, tcp, stop, span));
+                })?;
+        }
+        Ok(Self {
+            count,
+            _stop: stop,
+            ended,
+        })
+    }
+
+    /// How many threads answer.
+    pub fn len(&self) -> usize {
+        self.count
+    }
+
+    /// Whether none does (never: [`Self::start`] starts at least one).
+    pub fn is_empty(&self) -> bool {
+        self.count == 0
+    }
+
+    /// Serves until a thread fails (none stops while this is held).
+    pub async fn ended(mut self) -> std::io::Result<()> {
+        let why = self.ended.recv().await;
+        Err(match why {
+            Some(Err(e)) => e,
+            _ => std::io::Error::other("a thread answering DNS stopped"),
+        })
+    }
+}
+
+/// One answering thread: its runtime, serving until `stop` is dropped.
+fn serve_here(
+    server: Arc<Server>,
+    udp: std::net::UdpSocket,
+    tcp: Option<std::net::TcpListener>,
+    mut stop: watch::Receiver<()>,
+    span: tracing::Span,
+) -> std::io::Result<()> {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    let serve = async move {
+        let udp = UdpSocket::from_std(udp)?;
+        let tcp = tcp.map(TcpListener::from_std).transpose()?;
+        let serving = async move {
+            match tcp {
+                Some(tcp) => {
+                    let udp = Arc::clone(&server).serve_udp(udp);
+                    futures::future::join(udp, server.serve_tcp(tcp)).await;
+                }
+                None => server.serve_udp(udp).await,
+            }
+        };
+        tokio::select! {
+            () = serving => {}
+            _ = stop.changed() => {}
+        }
+        Ok(())
+    };
+    rt.block_on(serve.instrument(span))
 }
 
 #[cfg(test)]

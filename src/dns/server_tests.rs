@@ -154,3 +154,52 @@ async fn the_probe_name_is_never_forwarded() {
     assert!(s.probe().1, "a probe that came back shows a loop");
     assert_eq!(asked.load(Ordering::SeqCst), 0);
 }
+
+/// Asks `addr` over UDP with a blocking socket: the answer's code, or `None`
+/// after a second without one.
+fn ask_blocking(addr: SocketAddr, q: &[u8]) -> Option<ResponseCode> {
+    let socket = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+    socket
+        .set_read_timeout(Some(Duration::from_secs(1)))
+        .unwrap();
+    socket.send_to(q, addr).unwrap();
+    let mut buf = [0u8; 4096];
+    let n = socket.recv(&mut buf).ok()?;
+    Some(Message::from_vec(&buf[..n]).ok()?.metadata.response_code)
+}
+
+/// The question over TCP, blocking: the answer's record count.
+fn ask_tcp_blocking(addr: SocketAddr, q: &[u8]) -> usize {
+    use std::io::{Read as _, Write as _};
+    let mut conn = std::net::TcpStream::connect(addr).unwrap();
+    conn.set_read_timeout(Some(Duration::from_secs(1))).unwrap();
+    let len = u16::try_from(q.len()).unwrap().to_be_bytes();
+    conn.write_all(&[&len[..], q].concat()).unwrap();
+    let mut len = [0u8; 2];
+    conn.read_exact(&mut len).unwrap();
+    let mut out = vec![0u8; usize::from(u16::from_be_bytes(len))];
+    conn.read_exact(&mut out).unwrap();
+    Message::from_vec(&out).unwrap().answers.len()
+}
+
+#[tokio::test]
+async fn answers_come_from_threads_of_their_own_and_stop_with_them() {
+    let s = Arc::new(server(vec![]));
+    let (udp, tcp) = bind("127.0.0.1:0".parse().unwrap()).unwrap();
+    let (at, tcp_at) = (udp.local_addr().unwrap(), tcp.local_addr().unwrap());
+    let threads = Threads::start(&s, &udp, &tcp, 2).unwrap();
+    assert_eq!(threads.len(), 2);
+    drop((udp, tcp));
+    // The runtime that started them is blocked in these calls (this test's
+    // runtime has one thread): only a thread of their own can answer.
+    let q = query("many.shop.svc.cluster.local.", RecordType::A, None);
+    for _ in 0..20 {
+        assert_eq!(ask_blocking(at, &q), Some(ResponseCode::NoError));
+    }
+    assert_eq!(ask_tcp_blocking(tcp_at, &q), 60);
+    drop(threads);
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while ask_blocking(at, &q).is_some() {
+        assert!(Instant::now() < deadline, "still answering after the stop");
+    }
+}

@@ -83,6 +83,13 @@ fn records() -> Records {
             "alias",
             json!({"type": "ExternalName", "externalName": "Redis.shop.svc.cluster.local."}),
         ),
+        // Selector-less, headless: its endpoints are the slice written by hand.
+        svc(
+            "shop",
+            "legacy",
+            json!({"clusterIP": "None", "clusterIPs": ["None"],
+                   "ports": [{"name": "pg", "port": 5432}]}),
+        ),
         svc(
             "other",
             "api",
@@ -104,6 +111,23 @@ fn records() -> Records {
             "db-x2",
             "db",
             json!([ep("10.244.0.6", Some("db-1"), true)]),
+        ),
+        slice(
+            "shop",
+            "legacy-1",
+            "legacy",
+            json!([
+                ep("192.168.7.5", Some("primary"), true),
+                ep("192.168.7.6", None, true),
+                ep("192.168.7.7", Some("standby"), false)
+            ]),
+        ),
+        // A hand-written slice of a Service with a cluster IP: no endpoint names.
+        slice(
+            "shop",
+            "redis-1",
+            "redis",
+            json!([ep("192.168.7.8", Some("cache"), true)]),
         ),
         slice(
             "shop",
@@ -242,6 +266,48 @@ fn every_record_of_the_specification() {
             OK,
             &["PTR 10-244-0-8.shop.pod.cluster.local."],
         ),
+        // PTR of a headless Service's endpoints (hand-written slices too):
+        // hostname or dashed IP under the Service; ready ones, or all with
+        // publishNotReadyAddresses; a pod behind one is named as its
+        // endpoint; a cluster IP is named by its Service.
+        (
+            "5.7.168.192.in-addr.arpa.",
+            PTR,
+            OK,
+            &["PTR primary.legacy.shop.svc.cluster.local."],
+        ),
+        (
+            "6.7.168.192.in-addr.arpa.",
+            PTR,
+            OK,
+            &["PTR 192-168-7-6.legacy.shop.svc.cluster.local."],
+        ),
+        (
+            "9.0.244.10.in-addr.arpa.",
+            PTR,
+            OK,
+            &["PTR 10-244-0-9.lazy.shop.svc.cluster.local."],
+        ),
+        ("5.7.168.192.in-addr.arpa.", A, OK, &[]),
+        // ... and the names they point at resolve.
+        (
+            "primary.legacy.shop.svc.cluster.local.",
+            A,
+            OK,
+            &["A 192.168.7.5"],
+        ),
+        (
+            "192-168-7-6.legacy.shop.svc.cluster.local.",
+            A,
+            OK,
+            &["A 192.168.7.6"],
+        ),
+        (
+            "legacy.shop.svc.cluster.local.",
+            A,
+            OK,
+            &["A 192.168.7.5", "A 192.168.7.6"],
+        ),
         // Names that exist without records, names that do not.
         ("shop.svc.cluster.local.", A, OK, &[]),
         ("svc.cluster.local.", A, OK, &[]),
@@ -262,7 +328,15 @@ fn every_record_of_the_specification() {
         let want = Some((*rcode, answers.iter().map(|s| (*s).to_owned()).collect()));
         assert_eq!(got, want, "{name} {qtype}");
     }
-    for forwarded in ["example.com.", "1.2.3.4.in-addr.arpa.", "in-addr.arpa."] {
+    // Unknown, not ready, or an endpoint of a Service with a cluster IP: upstream.
+    for forwarded in [
+        "example.com.",
+        "1.2.3.4.in-addr.arpa.",
+        "in-addr.arpa.",
+        "7.7.168.192.in-addr.arpa.",
+        "7.0.244.10.in-addr.arpa.",
+        "8.7.168.192.in-addr.arpa.",
+    ] {
         assert_eq!(ask(&r, forwarded, PTR), None, "{forwarded}");
     }
 }
@@ -303,6 +377,8 @@ fn changes_and_deletions_reach_the_answers() {
         Some((NX, vec![]))
     );
     assert_eq!(ask(&r, "10.0.96.10.in-addr.arpa.", RecordType::PTR), None);
+    r.set_slice("shop", "legacy-1", None);
+    assert_eq!(ask(&r, "5.7.168.192.in-addr.arpa.", RecordType::PTR), None);
     r.set_slice("shop", "db-x2", None);
     assert_eq!(
         ask(&r, "db.shop.svc.cluster.local.", RecordType::A),
