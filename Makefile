@@ -4,7 +4,7 @@ SHELL := bash
 CARGO ?= cargo
 STATE_DIR ?= .vcluster-dev
 
-.PHONY: dev test kube-bins shared-bins kube-mod build prereqs fmt-check clippy unit e2e down status clean bench faults node-deps image e2e-realnode e2e-kine e2e-helm-node fuzz fuzz-short fuzz-tools bench-dns
+.PHONY: dev test kube-bins shared-bins kube-mod build prereqs fmt-check clippy unit e2e down status clean bench faults node-deps image e2e-realnode e2e-kine e2e-helm-node fuzz fuzz-short fuzz-tools bench-dns bench-wake
 
 ## dev: build what is missing, then run the host and virtual control planes (Ctrl-C stops them)
 dev: prereqs kube-bins build
@@ -129,6 +129,13 @@ bench-dns: prereqs kube-bins
 	bench/coredns.sh
 	$(CARGO) build --locked --release --bin vcluster --example bench
 	./target/release/examples/bench --dns --coredns "$$(bench/coredns.sh --print-path)" --sizes $(DNS_N)
+
+## bench-wake: sleep mode's wake latency (first request -> every host pod Running, every virtual
+## pod Ready) for WAKE_N pods on the KWOK lane, release build (e2e_sleep's wake run alone)
+WAKE_N ?= 1000
+bench-wake: prereqs kube-bins
+	VCLUSTER_E2E_WAKE_PODS=$(WAKE_N) $(CARGO) test --locked --release --test e2e_sleep -- \
+	  --exact wake_latency_of_many_pods --nocapture 2>&1 | tee bench/results/wake.txt
 
 down:
 	./target/debug/vcluster dev down --state-dir $(STATE_DIR)

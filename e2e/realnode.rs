@@ -874,6 +874,206 @@ fn shared_ingress_controller_serves_each_vcluster(env: &Env) {
     }
 }
 
+/// Pids of the machine's processes whose command line contains `marker`.
+fn processes_with(marker: &str) -> Vec<u32> {
+    std::fs::read_dir("/proc")
+        .unwrap()
+        .flatten()
+        .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
+        .filter(|pid| {
+            std::fs::read(format!("/proc/{pid}/cmdline")).is_ok_and(|c| {
+                String::from_utf8_lossy(&c)
+                    .replace('\0', " ")
+                    .contains(marker)
+            })
+        })
+        .collect()
+}
+
+/// GETs `https://<host>/` through traefik (its default certificate): the
+/// status line, headers and body, whatever the status.
+fn through_traefik(env: &Env, host: &str) -> Result<String, String> {
+    let resolve = format!("{host}:443:{}", TRAEFIK_HTTPS.split(':').next().unwrap());
+    let out = Command::new("nsenter")
+        .arg(format!("--net={}", node_netns(&env.stack)))
+        .args([
+            "--",
+            "curl",
+            "-sS",
+            "-i",
+            "-k",
+            "--max-time",
+            "5",
+            "--resolve",
+        ])
+        .arg(&resolve)
+        .arg(format!("https://{host}/"))
+        .output()
+        .unwrap();
+    let (stdout, stderr) = text(&out);
+    if out.status.success() {
+        Ok(stdout)
+    } else {
+        Err(stderr)
+    }
+}
+
+/// Sleep on a real node. `vcluster sleep` stops the tenant's real process
+/// (its host pod leaves and the process is gone from the machine) while the
+/// virtual pod stays, marked sleeping; no host pod of the tenant's is left.
+/// A visit to the tenant's ingress through the host's traefik gets the
+/// syncer's waking page (503 with Retry-After) and wakes the cluster: a new
+/// process serves the same ingress again, and the virtual pod is Ready.
+fn a_sleeping_vcluster_stops_real_pods_and_an_ingress_visit_wakes_them(env: &Env) {
+    const NS: &str = "sleepy";
+    const HOST: &str = "sleepy.team-a.example.com";
+    // A command line no other process has: the web server of this test.
+    const MARKER: &str = "-h /www-sleepy";
+    let hk = env.stack.host_kubeconfig();
+    let admin = env.stack.vcluster_kubeconfig();
+    let _traefik = start_traefik(&env.stack);
+    namespace(env, NS);
+    for o in [
+        json!({"apiVersion": "apps/v1", "kind": "Deployment",
+            "metadata": {"name": "web", "namespace": NS},
+            "spec": {"replicas": 1, "selector": {"matchLabels": {"app": "web"}},
+                "template": {"metadata": {"labels": {"app": "web"}},
+                    "spec": {"terminationGracePeriodSeconds": 1, "containers": [{
+                        "name": "httpd", "image": BUSYBOX, "imagePullPolicy": "Never",
+                        "command": ["sh", "-c", format!("mkdir -p /www-sleepy && echo \"awake $(hostname)\" > /www-sleepy/index.html && exec httpd -f -p 8080 {MARKER}")],
+                        "readinessProbe": {"tcpSocket": {"port": 8080}, "periodSeconds": 1}}]}}}}),
+        json!({"apiVersion": "v1", "kind": "Service",
+            "metadata": {"name": "web", "namespace": NS},
+            "spec": {"selector": {"app": "web"}, "ports": [{"port": 80, "targetPort": 8080}]}}),
+        json!({"apiVersion": "networking.k8s.io/v1", "kind": "Ingress",
+            "metadata": {"name": "web", "namespace": NS},
+            "spec": {"rules": [{"host": HOST, "http": {"paths": [{"path": "/", "pathType": "Prefix",
+                "backend": {"service": {"name": "web", "port": {"number": 80}}}}]}}]}}),
+    ] {
+        apply(env, &o.to_string());
+    }
+    let served = |env: &Env| {
+        through_traefik(env, HOST).and_then(|r| {
+            let body = r
+                .rsplit("\r\n\r\n")
+                .next()
+                .unwrap_or_default()
+                .trim()
+                .to_owned();
+            if r.starts_with("HTTP/")
+                && r.lines().next().is_some_and(|l| l.contains(" 200"))
+                && body.starts_with("awake ")
+            {
+                Ok(body)
+            } else {
+                Err(r)
+            }
+        })
+    };
+    let body = eventually_sync("the tenant's page through traefik", T, || served(env));
+    let first = processes_with(MARKER);
+    assert_eq!(first.len(), 1, "one web server runs: {first:?} ({body})");
+
+    // Asleep: observed through the direct admin credential and the host
+    // only (a tenant request through the front door would wake it).
+    let out = vcluster(&[
+        "sleep",
+        VC,
+        "-n",
+        HOST_NS,
+        "--kubeconfig",
+        hk.to_str().unwrap(),
+    ]);
+    assert!(out.status.success(), "vcluster sleep: {:?}", text(&out));
+    let owned = format!("vcluster.dev/owner={VC}");
+    eventually_sync("no host pod of the tenant's", T, || {
+        let left = kubectl_ok(
+            &hk,
+            &["get", "pods", "-n", HOST_NS, "-l", &owned, "-o", "name"],
+            None,
+        );
+        if left.trim().is_empty() {
+            Ok(())
+        } else {
+            Err(left)
+        }
+    });
+    eventually_sync("the web server's process to end", T, || {
+        let left = processes_with(MARKER);
+        if left.is_empty() {
+            Ok(())
+        } else {
+            Err(format!("{left:?}"))
+        }
+    });
+    let sleeping = kubectl_ok(
+        &admin,
+        &[
+            "get",
+            "pods",
+            "-n",
+            NS,
+            "-l",
+            "app=web",
+            "-o",
+            &format!(
+                "jsonpath={{.items[*].status.conditions[?(@.type==\"{}\")].status}}",
+                vcluster::sleep::SLEEPING_CONDITION
+            ),
+        ],
+        None,
+    );
+    assert_eq!(
+        sleeping.trim(),
+        "True",
+        "the virtual pod is marked sleeping"
+    );
+    println!("asleep: 0 host pods of the tenant's, its web server's process gone");
+
+    // The visit: the waking page, from the syncer, through traefik.
+    let woke = std::time::Instant::now();
+    let page = eventually_sync("the waking page through traefik", T, || {
+        through_traefik(env, HOST).and_then(|r| {
+            if r.lines().next().is_some_and(|l| l.contains(" 503"))
+                && r.to_ascii_lowercase().contains("retry-after: ")
+                && r.contains("Waking up")
+            {
+                Ok(r)
+            } else {
+                Err(r)
+            }
+        })
+    });
+    assert!(
+        page.to_ascii_lowercase()
+            .contains("cache-control: no-store"),
+        "{page}"
+    );
+    let body = eventually_sync("the tenant's page again after the visit", T, || served(env));
+    let again = processes_with(MARKER);
+    assert_eq!(again.len(), 1, "one web server runs again: {again:?}");
+    assert_ne!(again, first, "a new process serves after the wake ({body})");
+    println!(
+        "ingress visit while asleep -> waking page -> the tenant's page again: {:.1}s",
+        woke.elapsed().as_secs_f64()
+    );
+    kubectl_ok(
+        &admin,
+        &[
+            "wait",
+            "-n",
+            NS,
+            "--for=condition=Ready",
+            "pod",
+            "-l",
+            "app=web",
+            "--timeout=120s",
+        ],
+        None,
+    );
+    let _ = kubectl(&admin, &["delete", "namespace", NS, "--wait=false"], None);
+}
+
 const TESTS: &[Test<Env>] = &[
     (
         "data_on_a_claim_outlives_its_pod",
@@ -907,6 +1107,13 @@ const TESTS: &[Test<Env>] = &[
         privileged_pod_never_reaches_the_node,
     ),
 ];
+
+/// Run after the others, alone: a sleep stops every tenant pod of the
+/// suite's vcluster.
+const LAST: &[Test<Env>] = &[(
+    "a_sleeping_vcluster_stops_real_pods_and_an_ingress_visit_wakes_them",
+    a_sleeping_vcluster_stops_real_pods_and_an_ingress_visit_wakes_them,
+)];
 
 /// Inside a real pod, names resolve through the vcluster's DNS: the host
 /// copy's `/etc/resolv.conf` names the DNS Service (the virtual kube-dns's
@@ -1028,7 +1235,7 @@ fn image_dir() -> String {
 
 fn main() {
     let args = Arguments::from_args();
-    list_or_check(&args, &[TESTS]);
+    list_or_check(&args, &[TESTS, LAST]);
     let before = machine();
     let images = image_dir();
     let stack = DevStack::up(&["--nodes", "1", "--real-nodes", "1", "--image-dir", &images]);
@@ -1050,7 +1257,7 @@ fn main() {
         }
     }
     let env = Arc::new(Env { stack, before });
-    let mut failed = run_groups(&args, &env, &[(TESTS, None)]);
+    let mut failed = run_groups(&args, &env, &[(TESTS, None), (LAST, Some(1))]);
     if failed > 0 {
         eprintln!("{}", logs(env.stack.dir.path()));
     }

@@ -162,7 +162,7 @@ fn ready(p: &Pod) -> Option<&k8s_openapi::api::core::v1::PodCondition> {
 async fn virtual_ready(client: &kube::Client, ns: &str, n: usize) -> BTreeMap<String, Pod> {
     let api: Api<Pod> = Api::namespaced(client.clone(), ns);
     let what = format!("{n} ready pods in {ns}");
-    exactly(&what, &api, &ListParams::default(), n, T, |p| {
+    exactly(&what, &api, &ListParams::default(), n, within(n), |p| {
         phase(p) == "Running" && ready(p).is_some_and(|c| c.status == "True")
     })
     .await
@@ -173,7 +173,7 @@ async fn virtual_ready(client: &kube::Client, ns: &str, n: usize) -> BTreeMap<St
 
 /// Waits until `n` host pods of this vcluster are Running.
 async fn host_running(c: &Clients, n: usize) {
-    eventually(&format!("{n} running host pods"), T, || async {
+    eventually(&format!("{n} running host pods"), within(n), || async {
         let running = host_pods(c)
             .await
             .iter()
@@ -535,11 +535,21 @@ fn a_cronjob_firing_while_asleep_wakes_it(env: &Env) {
     });
 }
 
-fn wake_latency_of_many_pods(env: &Env) {
-    let n: usize = std::env::var("VCLUSTER_E2E_WAKE_PODS")
+/// The size of the wake-latency run: `VCLUSTER_E2E_WAKE_PODS` (100).
+fn wake_pods() -> usize {
+    std::env::var("VCLUSTER_E2E_WAKE_PODS")
         .ok()
         .and_then(|v| v.parse().ok())
-        .unwrap_or(100);
+        .unwrap_or(100)
+}
+
+/// How long `n` pods may take to become Running or Ready.
+fn within(n: usize) -> Duration {
+    T.max(Duration::from_millis(300 * n as u64))
+}
+
+fn wake_latency_of_many_pods(env: &Env) {
+    let n = wake_pods();
     block_on(async {
         let c = env.clients().await;
         let replicas = n.to_string();
@@ -658,7 +668,9 @@ async fn workloads(front: &kube::Client) {
 fn main() {
     let args = Arguments::from_args();
     list_or_check(&args, &[TESTS]);
-    let stack = DevStack::up(&["--no-syncer", "--nodes", "2"]);
+    // KWOK nodes hold 250 pods each: room for the wake-latency run.
+    let nodes = (wake_pods() / 200 + 1).max(2).to_string();
+    let stack = DevStack::up(&["--no-syncer", "--nodes", &nodes]);
     host_namespace_with_api_service(&stack, VC, HOST_NS);
     let pki = stack.dir.path().join("vcluster").join("pki");
     assert!(pki.join("ca.key").exists(), "the virtual plane's client CA");

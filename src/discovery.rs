@@ -29,6 +29,9 @@ pub const COMPONENT_SERVING_CA: &str = "serving-ca";
 pub const KUBECONFIG_KEY: &str = "config";
 /// The port the control-plane pod serves the front door on.
 pub const FRONT_DOOR_PORT: u16 = 8443;
+/// The port the control-plane pod serves the sleep mode's waking page on
+/// (the chart's `wake` port).
+pub const WAKE_PORT: u16 = 8081;
 
 /// Port of the syncer's DNS server in the vcluster pod.
 pub const DNS_PORT: u16 = 1053;

@@ -55,7 +55,10 @@ build_wrapped() {
 # in ./$2, with e2e/kube/traefik/overlay/$4 written to $3 in it.
 patched() {
   local src
+  # `go list -m` names no directory for a module not in the module cache yet (a cold cache).
+  (cd "$scratch" && go mod download "$1")
   src=$(cd "$scratch" && go list -m -f '{{.Dir}}' "$1")
+  [ -n "$src" ] || { echo "build.sh: no source directory for $1 after go mod download" >&2; exit 1; }
   cp -r "$src" "$scratch/$2"; chmod -R u+w "$scratch/$2"
   cp "$here/traefik/overlay/$4" "$scratch/$2/$3"
   (cd "$scratch" && go mod edit -replace "$1=./$2")

@@ -51,8 +51,8 @@ impl Stack {
             volumes,
         )));
         if self.opts.real_nodes > 0 {
-            let front_door = self.opts.syncer.is_some().then_some(ports.front_door);
-            self.start_real_node(&planes.host, &host_client, front_door, deadline)
+            let syncer = self.opts.syncer.is_some().then_some(&ports);
+            self.start_real_node(&planes.host, &host_client, syncer, deadline)
                 .await?;
         }
         if let Some(spec) = self.opts.syncer.clone() {

@@ -21,9 +21,9 @@
 //!   own, whose stand-in pod is on a KWOK node) answer at a relay.
 //! - **Reaching each other.** The supervisor opens listeners inside the
 //!   namespace (see [`super::netns`]): `API_IP:6443` → the host API server,
-//!   `*:8443` → the front door, and `:1053` (UDP on the stand-in pod's
-//!   address, TCP on all) → the syncer's DNS, the nameserver of the node's
-//!   pods. The API servers reach the kubelet through their egress proxy.
+//!   `*:8443` → the front door, `*:8081` → the syncer's waking page, and
+//!   `:1053` (UDP on the stand-in pod's address, TCP on all) → the syncer's
+//!   DNS, the nameserver of the node's pods. The API servers reach the kubelet through their egress proxy.
 //! - **Teardown** ([`teardown`]) kills every process in the node's
 //!   namespaces and cgroups (shims and containers are not children of the
 //!   stack) and removes the cgroups; nothing else exists outside the state
@@ -45,6 +45,7 @@ use super::node_files::{
 };
 pub use super::node_teardown::{leftovers, teardown};
 use super::plane::Plane;
+use super::ports::StackPorts;
 use super::{LocalError, Stack, io_err, write_public};
 
 /// The node's name.
@@ -321,12 +322,12 @@ impl Stack {
         &mut self,
         host: &Plane,
         host_client: &kube::Client,
-        front_door: Option<u16>,
+        syncer: Option<&StackPorts>,
         deadline: Instant,
     ) -> Result<(), LocalError> {
         let started = Instant::now();
         let dir = node_dir(&self.opts.state_dir);
-        let Some(holder) = self.open_node_relays(host, front_door)? else {
+        let Some(holder) = self.open_node_relays(host, syncer)? else {
             return Ok(());
         };
         self.write_node_files(&dir, host)?;
@@ -349,12 +350,13 @@ impl Stack {
         Ok(())
     }
 
-    /// The relays inside the node's namespace to the host API and the front
-    /// door; the holder's pid (`None`: no node was prepared).
+    /// The relays inside the node's namespace to the host API and, with a
+    /// syncer (its loopback ports), to its front door and waking page; the
+    /// holder's pid (`None`: no node was prepared).
     fn open_node_relays(
         &mut self,
         host: &Plane,
-        front_door: Option<u16>,
+        syncer: Option<&StackPorts>,
     ) -> Result<Option<u32>, LocalError> {
         let Some(node) = self.node.as_mut() else {
             return Ok(None);
@@ -365,13 +367,12 @@ impl Stack {
         })?)?;
         node.tasks
             .push(netns::relay_to_loopback(api, host.ports.apiserver));
-        if let Some(port) = front_door {
-            let fd = ns.listen(
-                format!("0.0.0.0:{}", crate::discovery::FRONT_DOOR_PORT)
-                    .parse()
-                    .map_err(|_| node_err("invalid relay address"))?,
-            )?;
-            node.tasks.push(netns::relay_to_loopback(fd, port));
+        if let Some(ports) = syncer {
+            use crate::discovery::{FRONT_DOOR_PORT, WAKE_PORT};
+            for (inside, port) in [(FRONT_DOOR_PORT, ports.front_door), (WAKE_PORT, ports.wake)] {
+                let listener = ns.listen(std::net::SocketAddr::from(([0, 0, 0, 0], inside)))?;
+                node.tasks.push(netns::relay_to_loopback(listener, port));
+            }
         }
         Ok(Some(node.holder))
     }

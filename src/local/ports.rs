@@ -20,6 +20,8 @@ pub struct StackPorts {
     pub front_door: u16,
     /// The syncer's DNS server (UDP and TCP).
     pub dns: u16,
+    /// The syncer's waking page (sleep mode).
+    pub wake: u16,
 }
 
 impl StackPorts {
@@ -58,6 +60,7 @@ impl StackPorts {
             syncer_health: next(None)?,
             front_door: next(None)?,
             dns: next(None)?,
+            wake: next(None)?,
         })
     }
 }
@@ -91,7 +94,7 @@ mod tests {
         };
         plane(&p.host)
             .chain(plane(&p.virt))
-            .chain([p.kwok, p.syncer_health, p.front_door, p.dns])
+            .chain([p.kwok, p.syncer_health, p.front_door, p.dns, p.wake])
             .collect()
     }
 

@@ -50,7 +50,8 @@ impl Stack {
                 "create host namespace {}",
                 spec.host_namespace
             )))?;
-        self.create_host_services(spec, host_client).await?;
+        self.create_host_services(spec, host_client, ports.wake)
+            .await?;
         let mut args = vec![
             "syncer".to_owned(),
             format!("--name={}", spec.name),
@@ -60,6 +61,9 @@ impl Stack {
             format!("--health-listen=127.0.0.1:{port}"),
             "--dns-bind-address=127.0.0.1".to_owned(),
             format!("--dns-port={}", ports.dns),
+            // The waking page, as the chart always serves it (its Service
+            // port is this port: see `create_host_services`).
+            format!("--sleep-wake-listen=127.0.0.1:{}", ports.wake),
         ];
         if !spec.dns_upstreams.is_empty() {
             args.push(format!("--dns-upstream={}", spec.dns_upstreams.join(",")));
@@ -88,11 +92,16 @@ impl Stack {
     /// Service (443 -> the syncer's 8443), whose cluster IP the virtual
     /// `default/kubernetes` Service shows and synced pods use, and the DNS
     /// Service `<name>-dns` (53 -> the syncer's DNS port, UDP and TCP), the
-    /// nameserver of synced pods.
+    /// nameserver of synced pods. The API Service's `wake` port is the
+    /// waking page: the syncer points sleeping ingresses at the Service port
+    /// numbered as its listen port (`wake`, on loopback), which leads to
+    /// [`discovery::WAKE_PORT`] of the stand-in pod, where the real node's
+    /// relay answers.
     async fn create_host_services(
         &self,
         spec: &SyncerSpec,
         host_client: &kube::Client,
+        wake: u16,
     ) -> Result<(), LocalError> {
         let port = |name: &str, port: i32, target: u16, protocol: &str| ServicePort {
             name: Some(name.to_owned()),
@@ -119,7 +128,10 @@ impl Stack {
             service(
                 spec.name.clone(),
                 "api",
-                vec![port("https", 443, discovery::FRONT_DOOR_PORT, "TCP")],
+                vec![
+                    port("https", 443, discovery::FRONT_DOOR_PORT, "TCP"),
+                    port("wake", wake.into(), discovery::WAKE_PORT, "TCP"),
+                ],
             ),
             service(
                 discovery::dns_service(&spec.name),
