@@ -135,7 +135,8 @@ bench-dns: prereqs kube-bins
 WAKE_N ?= 1000
 bench-wake: prereqs kube-bins
 	VCLUSTER_E2E_WAKE_PODS=$(WAKE_N) $(CARGO) test --locked --release --test e2e_sleep -- \
-	  --exact wake_latency_of_many_pods --nocapture 2>&1 | tee bench/results/wake.txt
+	  --exact wake_latency_of_many_pods 2>&1 | tee target/bench-wake.log
+	grep -o 'wake latency, .*' target/bench-wake.log | sed "s/^/$$(date -u +%F) release: /" >> bench/results/wake.md
 
 down:
 	./target/debug/vcluster dev down --state-dir $(STATE_DIR)

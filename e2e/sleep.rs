@@ -571,7 +571,20 @@ fn wake_latency_of_many_pods(env: &Env) {
         host_asleep(&c, T).await;
         let started = Instant::now();
         kubectl_ok(&env.front_kc, &["get", "pods", "-n", NS], None);
-        host_running(&c, n + 2).await;
+        // The person who woke it keeps working (a request every 5 s): a
+        // wake of many pods outlasts the suite's 20 s idle threshold, and
+        // an idle cluster would fall asleep again before they are back.
+        let namespaces: Api<k8s_openapi::api::core::v1::Namespace> = Api::all(c.front.clone());
+        let keep_awake = async {
+            loop {
+                tokio::time::sleep(Duration::from_secs(5)).await;
+                let _ = namespaces.get("default").await;
+            }
+        };
+        tokio::select! {
+            () = host_running(&c, n + 2) => {}
+            () = keep_awake => {}
+        }
         let host_back = started.elapsed();
         virtual_ready(&c.front, NS, n + 1).await;
         println!(

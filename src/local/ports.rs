@@ -111,7 +111,7 @@ mod tests {
         let mut dedup = free.clone();
         dedup.sort_unstable();
         dedup.dedup();
-        assert_eq!(dedup.len(), 13, "{free:?}");
+        assert_eq!(dedup.len(), 14, "{free:?}");
     }
 
     #[test]
