@@ -8,7 +8,8 @@
 //! a syncer killed with SIGKILL while asleep and while waking converges; a
 //! tenant ingress points at the waking page while asleep, and a visit wakes it;
 //! so does a CronJob firing (`--sleep-wake-on-cronjobs`); a sleep in the middle
-//! of a burst of creations holds every pod.
+//! of a burst of creations holds every pod; StatefulSet and Job pods come
+//! back as themselves, and a pod deleted while asleep is not created again.
 //! `VCLUSTER_E2E_WAKE_PODS=N` sets the size of the wake-latency run (100).
 #![allow(
     clippy::unwrap_used,
@@ -596,6 +597,94 @@ fn wake_latency_of_many_pods(env: &Env) {
     });
 }
 
+/// A StatefulSet's and a Job's pods sleep and come back as themselves (the
+/// same names and uids, no second Job pod), and a pod the tenant deletes
+/// while the cluster sleeps stays deleted: it is not created again on wake.
+/// The deletion goes through the direct admin credential (a request through
+/// the front door would wake the cluster first).
+fn statefulset_and_job_pods_keep_their_identities_and_a_deleted_pod_stays_gone(env: &Env) {
+    const IDS: &str = "identities";
+    block_on(async {
+        let c = env.clients().await;
+        namespace(&c.front, IDS).await;
+        let template = json!({"metadata": {"labels": {"app": "db"}},
+            "spec": {"containers": [{"name": "app", "image": "nginx"}]}});
+        create(
+            &Api::<k8s_openapi::api::apps::v1::StatefulSet>::namespaced(c.front.clone(), IDS),
+            json!({"metadata": {"name": "db"}, "spec": {"replicas": 2, "serviceName": "db",
+                "selector": {"matchLabels": {"app": "db"}}, "template": template}}),
+        )
+        .await;
+        create(
+            &Api::<k8s_openapi::api::batch::v1::Job>::namespaced(c.front.clone(), IDS),
+            json!({"metadata": {"name": "once"}, "spec": {"backoffLimit": 0,
+                "template": {"spec": {"restartPolicy": "Never",
+                    "containers": [{"name": "app", "image": "nginx"}]}}}}),
+        )
+        .await;
+        create(
+            &Api::<Pod>::namespaced(c.front.clone(), IDS),
+            json!({"metadata": {"name": "gone"}, "spec": {"containers": [{"name": "app", "image": "nginx"}]}}),
+        )
+        .await;
+        let uids = |m: &BTreeMap<String, Pod>| -> BTreeMap<String, String> {
+            m.iter()
+                .map(|(n, p)| (n.clone(), p.metadata.uid.clone().unwrap()))
+                .collect()
+        };
+        let mut before = uids(&virtual_ready(&c.front, IDS, 4).await);
+        assert!(
+            before.contains_key("db-0") && before.contains_key("db-1"),
+            "{before:?}"
+        );
+        assert_eq!(
+            before.keys().filter(|n| n.starts_with("once-")).count(),
+            1,
+            "{before:?}"
+        );
+
+        env.vcluster_ok(&["sleep", VC]);
+        host_asleep(&c, T).await;
+        let pods: Api<Pod> = Api::namespaced(c.virt.clone(), IDS);
+        pods.delete("gone", &Default::default()).await.unwrap();
+        eventually(
+            "the deleted pod to leave the virtual cluster",
+            T,
+            || async {
+                match pods.get_opt("gone").await.map_err(|e| e.to_string())? {
+                    None => Ok(()),
+                    Some(_) => Err("still there".to_owned()),
+                }
+            },
+        )
+        .await;
+        before.remove("gone");
+        env.vcluster_ok(&["wake", VC]);
+        let after = uids(&virtual_ready(&c.front, IDS, 3).await);
+        assert_eq!(
+            after, before,
+            "the same pods, by name and uid, and no other"
+        );
+        let host: Api<Pod> = Api::namespaced(c.host.clone(), HOST_NS);
+        for name in before.keys() {
+            let h = host.get(&env.synced.host_name(IDS, name)).await.unwrap();
+            assert_eq!(phase(&h), "Running", "{name}");
+        }
+        assert!(
+            host.get_opt(&env.synced.host_name(IDS, "gone"))
+                .await
+                .unwrap()
+                .is_none(),
+            "the deleted pod came back on the host"
+        );
+        kubectl_ok(
+            &env.front_kc,
+            &["delete", "namespace", IDS, "--wait=false"],
+            None,
+        );
+    });
+}
+
 const TESTS: &[Test<Env>] = &[
     (
         "idle_past_the_threshold_frees_the_host_and_leaves_the_virtual_objects_alone",
@@ -624,6 +713,10 @@ const TESTS: &[Test<Env>] = &[
     (
         "a_cronjob_firing_while_asleep_wakes_it",
         a_cronjob_firing_while_asleep_wakes_it,
+    ),
+    (
+        "statefulset_and_job_pods_keep_their_identities_and_a_deleted_pod_stays_gone",
+        statefulset_and_job_pods_keep_their_identities_and_a_deleted_pod_stays_gone,
     ),
     ("wake_latency_of_many_pods", wake_latency_of_many_pods),
 ];
