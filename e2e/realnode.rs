@@ -711,14 +711,13 @@ fn shop(kubeconfig: &std::path::Path, ns: &str, host: &str, who: &str) {
 /// GETs `https://<host>/` from the node's namespace, resolved to traefik,
 /// verifying the certificate against `ca` (a file).
 fn https_get(env: &Env, host: &str, ca: &std::path::Path) -> Result<String, String> {
-    let resolve = format!("{host}:443:{}", TRAEFIK_HTTPS.split(':').next().unwrap());
     curl_in_node(
         &env.stack,
         &[
             "--cacert",
             ca.to_str().unwrap(),
             "--resolve",
-            &resolve,
+            &to_traefik(host),
             &format!("https://{host}/"),
         ],
     )
@@ -893,29 +892,16 @@ fn processes_with(marker: &str) -> Vec<u32> {
 /// GETs `https://<host>/` through traefik (its default certificate): the
 /// status line, headers and body, whatever the status.
 fn through_traefik(env: &Env, host: &str) -> Result<String, String> {
-    let resolve = format!("{host}:443:{}", TRAEFIK_HTTPS.split(':').next().unwrap());
-    let out = Command::new("nsenter")
-        .arg(format!("--net={}", node_netns(&env.stack)))
-        .args([
-            "--",
-            "curl",
-            "-sS",
+    curl_in_node_any_status(
+        &env.stack,
+        &[
             "-i",
             "-k",
-            "--max-time",
-            "5",
             "--resolve",
-        ])
-        .arg(&resolve)
-        .arg(format!("https://{host}/"))
-        .output()
-        .unwrap();
-    let (stdout, stderr) = text(&out);
-    if out.status.success() {
-        Ok(stdout)
-    } else {
-        Err(stderr)
-    }
+            &to_traefik(host),
+            &format!("https://{host}/"),
+        ],
+    )
 }
 
 /// Sleep on a real node. `vcluster sleep` stops the tenant's real process

@@ -189,6 +189,13 @@ async fn host_running(c: &Clients, n: usize) {
     .await;
 }
 
+/// Each pod's uid, by name.
+fn uids(pods: &BTreeMap<String, Pod>) -> BTreeMap<String, String> {
+    pods.iter()
+        .map(|(n, p)| (n.clone(), p.metadata.uid.clone().unwrap()))
+        .collect()
+}
+
 /// What must not change while asleep: each pod's uid and spec.
 fn identities(pods: &BTreeMap<String, Pod>) -> BTreeMap<String, (String, String)> {
     pods.iter()
@@ -305,11 +312,6 @@ fn a_kubectl_get_wakes_it_and_the_same_pods_come_back_running(env: &Env) {
             answered.as_secs_f64(),
             started.elapsed().as_secs_f64()
         );
-        let uids = |m: &BTreeMap<String, Pod>| -> Vec<(String, String)> {
-            m.iter()
-                .map(|(n, p)| (n.clone(), p.metadata.uid.clone().unwrap()))
-                .collect()
-        };
         assert_eq!(
             uids(&back),
             uids(&before),
@@ -472,11 +474,6 @@ fn a_sleep_during_a_burst_of_creations_holds_every_pod(env: &Env) {
         let back = virtual_ready(&c.virt, ns, 30).await;
         // The same pods (uids); those created while asleep get their node
         // binding only now.
-        let uids = |m: &BTreeMap<String, Pod>| -> Vec<(String, Option<String>)> {
-            m.iter()
-                .map(|(n, p)| (n.clone(), p.metadata.uid.clone()))
-                .collect()
-        };
         assert_eq!(uids(&back), uids(&held), "the same pods came back");
         kubectl_ok(
             &env.synced.stack.vcluster_kubeconfig(),
@@ -627,11 +624,6 @@ fn statefulset_and_job_pods_keep_their_identities_and_a_deleted_pod_stays_gone(e
             json!({"metadata": {"name": "gone"}, "spec": {"containers": [{"name": "app", "image": "nginx"}]}}),
         )
         .await;
-        let uids = |m: &BTreeMap<String, Pod>| -> BTreeMap<String, String> {
-            m.iter()
-                .map(|(n, p)| (n.clone(), p.metadata.uid.clone().unwrap()))
-                .collect()
-        };
         let mut before = uids(&virtual_ready(&c.front, IDS, 4).await);
         assert!(
             before.contains_key("db-0") && before.contains_key("db-1"),

@@ -224,6 +224,14 @@ pub const TRAEFIK_HTTPS: &str = "10.246.0.2:443";
 /// Its API (the routing table), inside the node's namespace.
 pub const TRAEFIK_API: &str = "10.246.0.2:9000";
 
+/// curl's `--resolve` value sending `https://<host>/` to traefik.
+pub fn to_traefik(host: &str) -> String {
+    format!(
+        "{host}:443:{}",
+        TRAEFIK_HTTPS.split(':').next().unwrap_or_default()
+    )
+}
+
 /// traefik with its Kubernetes Ingress provider watching `stack`'s host
 /// plane, in the real node's network namespace (so it reaches pod IPs): it
 /// reaches the host API through the node's relay, as the kubelet does.
@@ -274,9 +282,19 @@ pub fn start_traefik(stack: &DevStack) -> HostService {
 /// `curl` run in the node's network namespace with `args`; its output, or
 /// stderr (and the body, for an HTTP error status) as the error.
 pub fn curl_in_node(stack: &DevStack, args: &[&str]) -> Result<String, String> {
+    curl_in_node_with(stack, &["--fail-with-body"], args)
+}
+
+/// [`curl_in_node`] taking any HTTP status as an answer (`-i` shows it).
+pub fn curl_in_node_any_status(stack: &DevStack, args: &[&str]) -> Result<String, String> {
+    curl_in_node_with(stack, &[], args)
+}
+
+fn curl_in_node_with(stack: &DevStack, flags: &[&str], args: &[&str]) -> Result<String, String> {
     let out = std::process::Command::new("nsenter")
         .arg(format!("--net={}", node_netns(stack)))
-        .args(["--", "curl", "-sS", "--fail-with-body", "--max-time", "5"])
+        .args(["--", "curl", "-sS", "--max-time", "5"])
+        .args(flags)
         .args(args)
         .output()
         .unwrap();

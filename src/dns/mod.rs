@@ -355,7 +355,7 @@ pub fn register(
         let (udp, tcp) = server::bind(addr).map_err(|source| DnsError::Listen { addr, source })?;
         let threads =
             server::Threads::start(&server, &udp, &tcp, threads()).map_err(DnsError::Threads)?;
-        tracing::info!(%addr, domain = %opts.domain, upstreams = ?opts.upstreams, threads = threads.len(), "DNS listening");
+        tracing::info!(%addr, domain = %opts.domain, upstreams = ?opts.upstreams, threads = threads.count(), "DNS listening");
         probe_loop(&server).await?;
         for r in &caches_ready {
             r.wait().await;

@@ -304,13 +304,8 @@ impl Threads {
     }
 
     /// How many threads answer.
-    pub fn len(&self) -> usize {
+    pub fn count(&self) -> usize {
         self.count
-    }
-
-    /// Whether none does (never: [`Self::start`] starts at least one).
-    pub fn is_empty(&self) -> bool {
-        self.count == 0
     }
 
     /// Serves until a thread fails (none stops while this is held).

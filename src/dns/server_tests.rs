@@ -188,7 +188,7 @@ async fn answers_come_from_threads_of_their_own_and_stop_with_them() {
     let (udp, tcp) = bind("127.0.0.1:0".parse().unwrap()).unwrap();
     let (at, tcp_at) = (udp.local_addr().unwrap(), tcp.local_addr().unwrap());
     let threads = Threads::start(&s, &udp, &tcp, 2).unwrap();
-    assert_eq!(threads.len(), 2);
+    assert_eq!(threads.count(), 2);
     drop((udp, tcp));
     // The runtime that started them is blocked in these calls (this test's
     // runtime has one thread): only a thread of their own can answer.

@@ -23,7 +23,8 @@
 //!   namespace (see [`super::netns`]): `API_IP:6443` → the host API server,
 //!   `*:8443` → the front door, `*:8081` → the syncer's waking page, and
 //!   `:1053` (UDP on the stand-in pod's address, TCP on all) → the syncer's
-//!   DNS, the nameserver of the node's pods. The API servers reach the kubelet through their egress proxy.
+//!   DNS, the nameserver of the node's pods. The API servers reach the
+//!   kubelet through their egress proxy.
 //! - **Teardown** ([`teardown`]) kills every process in the node's
 //!   namespaces and cgroups (shims and containers are not children of the
 //!   stack) and removes the cgroups; nothing else exists outside the state
