@@ -81,30 +81,42 @@ impl<K: Keyed> FairQueue<K> {
         }
         let group = key.group().to_owned();
         let fifo = self.pending.entry(group.clone()).or_default();
+        // Its namespace is in the turn order exactly while it has keys
+        // waiting: decided before the key moves, since taking out a key that
+        // waits alone empties the FIFO without taking the namespace out.
+        if fifo.is_empty() {
+            self.ring.push_front(group);
+        }
         if !self.queued.insert(key.clone())
             && let Some(at) = fifo.iter().position(|k| *k == key)
         {
             fifo.remove(at);
-        }
-        if fifo.is_empty() {
-            self.ring.push_front(group);
         }
         fifo.push_front(key);
     }
 
     /// The next key, taking namespaces in turn; it is in flight until `done`.
     pub fn pop(&mut self) -> Option<K> {
-        let group = self.ring.pop_front()?;
-        let fifo = self.pending.get_mut(&group)?;
-        let key = fifo.pop_front()?;
-        if fifo.is_empty() {
-            self.pending.remove(&group);
-        } else {
-            self.ring.push_back(group);
+        loop {
+            let group = self.ring.pop_front()?;
+            // A namespace is in the turn order exactly while it has keys
+            // waiting; one without would end the search with keys of other
+            // namespaces still waiting, so it is passed over (and told).
+            let Some(fifo) = self.pending.get_mut(&group) else {
+                tracing::error!(namespace = %group, "work queue: a namespace in the turn order has nothing waiting");
+                continue;
+            };
+            let key = fifo.pop_front();
+            if fifo.is_empty() {
+                self.pending.remove(&group);
+            } else {
+                self.ring.push_back(group);
+            }
+            let Some(key) = key else { continue };
+            self.queued.remove(&key);
+            self.in_flight.insert(key.clone());
+            return Some(key);
         }
-        self.queued.remove(&key);
-        self.in_flight.insert(key.clone());
-        Some(key)
     }
 
     /// Marks `key` finished; queues it again if it changed meanwhile (first
@@ -266,6 +278,64 @@ mod tests {
         q.add(key.clone());
         q.done(&key);
         assert_eq!(q.pop(), Some(key));
+    }
+
+    #[test]
+    fn a_key_waiting_alone_moved_first_leaves_the_other_namespaces_served() {
+        // Host changes for a key already waiting alone in its namespace (an
+        // initial sync queues every key, then the host watch reports the
+        // copies): the namespace must stay in the turn order once, or a
+        // later `pop` finds nothing there and the workers sleep with keys
+        // of other namespaces still waiting.
+        let mut q = FairQueue::default();
+        q.add(k("a", "x"));
+        q.add(k("b", "y"));
+        q.add_first(k("a", "x"));
+        q.add_first(k("a", "x"));
+        assert_eq!(q.len(), 2);
+        assert_eq!(q.ring, ["a", "b"], "each namespace once in the turn order");
+        let order: Vec<String> = std::iter::from_fn(|| q.pop()).map(|k| k.name).collect();
+        assert_eq!(order, ["x", "y"]);
+        assert!(q.is_empty());
+        q.add(k("a", "z"));
+        assert_eq!(q.pop().map(|k| k.name).as_deref(), Some("z"));
+        assert!(q.pop().is_none());
+    }
+
+    proptest::proptest! {
+        /// Any mix of adds, follow-ups, pops and finishes: every key added
+        /// is handed out (none stranded while `pop` says there is nothing),
+        /// and each namespace with keys waiting is in the turn order once.
+        #[test]
+        fn no_key_is_stranded(ops in proptest::collection::vec((0u8..4, 0u8..3, 0u8..3), 0..200)) {
+            let mut q = FairQueue::default();
+            let mut flying: Vec<VirtualKey> = Vec::new();
+            for (op, ns, name) in ops {
+                let key = k(&format!("n{ns}"), &format!("k{name}"));
+                match op {
+                    0 => q.add(key),
+                    1 => q.add_first(key),
+                    2 => flying.extend(q.pop()),
+                    _ => {
+                        if let Some(at) = flying.iter().position(|f| *f == key) {
+                            q.done(&flying.swap_remove(at));
+                        }
+                    }
+                }
+                let waiting: HashSet<&String> = q.pending.keys().collect();
+                let turns: HashSet<&String> = q.ring.iter().collect();
+                proptest::prop_assert_eq!(turns.len(), q.ring.len(), "a namespace twice: {:?}", q.ring);
+                proptest::prop_assert_eq!(&turns, &waiting);
+            }
+            // Finish what flies; then everything waiting comes out.
+            for key in std::mem::take(&mut flying) {
+                q.done(&key);
+            }
+            while let Some(key) = q.pop() {
+                q.done(&key);
+            }
+            proptest::prop_assert!(q.is_idle(), "{} keys stranded", q.len());
+        }
     }
 
     #[test]
