@@ -76,6 +76,9 @@ unit:
 
 e2e:
 	e2e/kube/gen-gomod.sh check
+	@# The shared services build at low priority beside the first suites (the CPU they leave
+	@# idle); e2e_network's and the real-node lane's own calls wait for what they need.
+	mkdir -p target && { nice -n 19 e2e/kube/build.sh --shared > target/shared-bins.log 2>&1 & }
 	$(CARGO) test --locked --test e2e_smoke
 	$(CARGO) test --locked --test e2e_syncer
 	$(CARGO) test --locked --test e2e_storage

@@ -74,6 +74,11 @@ if [ "${1:-}" = "--shared" ]; then
     case "$g" in cert-manager|traefik) ;; *) echo "build.sh --shared: unknown group $g (cert-manager, traefik)" >&2; exit 2 ;; esac
   done
   wants() { [[ "$groups" == *" $1 "* ]]; }
+  # One build of a group at a time: `make e2e` starts both in the background while the first
+  # suites run, and the suites' own calls wait here for what they need, then find it built.
+  mkdir -p "$cache_root/$pins/locks"
+  exec 8>"$cache_root/$pins/locks/cert-manager" 9>"$cache_root/$pins/locks/traefik"
+  if wants cert-manager; then flock 8; fi
   if wants cert-manager && stale cert-manager-controller "$CERT_MANAGER_VERSION"; then
     echo "building cert-manager's controllers $CERT_MANAGER_VERSION"
     build_wrapped cert-manager-controller "$CERT_MANAGER_VERSION" github.com/cert-manager/cert-manager \
@@ -88,6 +93,8 @@ if [ "${1:-}" = "--shared" ]; then
     echo "$CERT_MANAGER_VERSION" > "$crds.partial/version"
     rm -rf "$crds"; mv "$crds.partial" "$crds"
   fi
+  flock -u 8
+  if wants traefik; then flock 9; fi
   if wants traefik && stale traefik "$TRAEFIK_VERSION"; then
     # Two modules traefik builds with are not served whole by the proxy: lego's generated list
     # of DNS-01 providers imports SDK modules it does not serve, and traefik's fork of
