@@ -442,7 +442,7 @@ async fn one_size(args: &Args, dns: &DnsArgs, services: usize) -> anyhow::Result
     // As many pods as Services (the syncer's caches hold both), on enough
     // KWOK nodes.
     let nodes = u32::try_from(services.div_ceil(super::PODS_PER_NODE) + 1)?;
-    let (stack, host, virt) = super::stack_with_clients(&args.vcluster, nodes).await?;
+    let (mut stack, host, virt) = super::stack_with_clients(&args.vcluster, nodes).await?;
     dns_service(&host).await?;
     let up = upstream().await?;
     let port = free_port()?;
@@ -501,6 +501,7 @@ async fn one_size(args: &Args, dns: &DnsArgs, services: usize) -> anyhow::Result
     tokio::time::sleep(Duration::from_secs(5)).await;
     let off = plain.mem_mib("VmRSS:");
     println!("bench-dns: a syncer with --dns=false holding the same objects: RSS {off:.1} MiB");
+    stack.finished = true;
     Ok(DnsSize {
         services,
         syncer_added_rss_mib: ours.rss_mib - off,

@@ -302,11 +302,14 @@ fn print_brief(r: &SizeResult) {
     );
 }
 
-/// A stack started with the release binary, stopped when dropped.
+/// A stack started with the release binary, stopped when dropped; its
+/// directory (the planes' and the syncer's logs) is removed then only if the
+/// size it served was measured to the end (`finished`).
 struct Stack {
     dir: tempfile::TempDir,
     state: StackState,
     exe: PathBuf,
+    finished: bool,
 }
 
 impl Stack {
@@ -332,6 +335,7 @@ impl Stack {
             dir,
             state,
             exe: exe.to_owned(),
+            finished: false,
         })
     }
 }
@@ -343,6 +347,13 @@ impl Drop for Stack {
             .arg(self.dir.path())
             .stdout(Stdio::null())
             .status();
+        if !self.finished {
+            self.dir.disable_cleanup(true);
+            eprintln!(
+                "bench: the failed size's logs are kept in {}/logs",
+                self.dir.path().display()
+            );
+        }
     }
 }
 
@@ -775,7 +786,7 @@ fn path_result(
 
 async fn one_size(args: &Args, n: usize) -> anyhow::Result<SizeResult> {
     let nodes = u32::try_from((2 * n).div_ceil(PODS_PER_NODE) + 1)?;
-    let (stack, host, virt) = stack_with_clients(&args.vcluster, nodes).await?;
+    let (mut stack, host, virt) = stack_with_clients(&args.vcluster, nodes).await?;
     println!(
         "bench: stack up with {nodes} KWOK nodes in {}",
         stack.dir.path().display()
@@ -874,6 +885,7 @@ async fn one_size(args: &Args, n: usize) -> anyhow::Result<SizeResult> {
     tokio::time::sleep(Duration::from_secs(5)).await;
     let resync_peak = again.mem_mib("VmHWM:");
     again.stop();
+    stack.finished = true;
     drop(stack);
 
     Ok(SizeResult {
