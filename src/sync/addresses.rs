@@ -6,7 +6,8 @@
 //!   [`POD_PERIOD`]; only pods that changed (by resource version) are parsed
 //!   again. Finished pods and host-network pods (pod IP = host IP) do not
 //!   count; a virtual pod whose IP changes makes it look at once
-//!   ([`AddressIndex::poke`]). When the set changes, `on_change` runs: the syncer queues the
+//!   ([`AddressIndex::poke`]). When the set changes, `on_change` runs (at once, then at most
+//!   once per [`POD_PERIOD`] while the changes keep coming): the syncer queues the
 //!   tenant's Endpoints and EndpointSlices again, so an address that stops
 //!   being one of its pods (the pod went, or its IP changed) leaves the host
 //!   copy within a few seconds, and one that becomes one goes down.
@@ -119,6 +120,50 @@ pub fn host_ranges(service_cidrs: &[String], nodes: &[Node]) -> Vec<HostRange> {
     out
 }
 
+/// When the change hook runs: at once for the first change after a quiet
+/// period, then at most once per `period` while changes keep coming (a burst
+/// changes the pod IPs many times a second, and the hook looks at every
+/// tenant-written Endpoints and EndpointSlice: run on each change, its cost
+/// grew with pods times Services). The view itself is replaced at each look;
+/// only the requeue is paced.
+#[derive(Debug)]
+struct Paced {
+    period: Duration,
+    last: Option<tokio::time::Instant>,
+    owed: bool,
+}
+
+impl Paced {
+    fn new(period: Duration) -> Self {
+        Self {
+            period,
+            last: None,
+            owed: false,
+        }
+    }
+
+    /// Notes a look at `now` (`changed`: the view changed); true when the
+    /// hook is to run now.
+    fn changed(&mut self, changed: bool, now: tokio::time::Instant) -> bool {
+        self.owed |= changed;
+        if self.owed && self.last.is_none_or(|t| now >= t + self.period) {
+            self.owed = false;
+            self.last = Some(now);
+            return true;
+        }
+        false
+    }
+
+    /// How long to wait for the next look: [`POD_PERIOD`]-like `period`, or
+    /// less when a run of the hook is owed sooner.
+    fn nap(&self, now: tokio::time::Instant) -> Duration {
+        match self.last {
+            Some(t) if self.owed => (t + self.period).saturating_duration_since(now),
+            _ => self.period,
+        }
+    }
+}
+
 /// The current knowledge, shared with the endpoint rules.
 #[derive(Debug, Default)]
 pub struct AddressIndex {
@@ -172,6 +217,7 @@ impl AddressIndex {
         let mut ranges = Vec::new();
         let mut ranges_at: Option<tokio::time::Instant> = None;
         let mut warned_nodes = false;
+        let mut hook = Paced::new(POD_PERIOD);
         loop {
             if ranges_at.is_none_or(|t| t.elapsed() >= ranges_every) {
                 ranges_at = Some(tokio::time::Instant::now());
@@ -224,13 +270,14 @@ impl AddressIndex {
                 own_pods: own,
                 host: ranges.clone(),
             });
+            let now = tokio::time::Instant::now();
             if !self.ready.is_set() {
                 self.ready.set();
-            } else if changed {
+            } else if hook.changed(changed, now) {
                 on_change();
             }
             tokio::select! {
-                () = tokio::time::sleep(POD_PERIOD) => {}
+                () = tokio::time::sleep(hook.nap(now)) => {}
                 () = self.wake.notified() => {}
             }
         }
@@ -267,6 +314,25 @@ mod tests {
             "host network"
         );
         assert!(own_ips(None).is_empty());
+    }
+
+    #[test]
+    fn the_change_hook_runs_at_once_then_at_most_once_a_period() {
+        let t0 = tokio::time::Instant::now();
+        let ms = Duration::from_millis;
+        let mut p = Paced::new(ms(2000));
+        assert!(!p.changed(false, t0), "nothing changed");
+        assert!(p.changed(true, t0), "the first change runs it at once");
+        assert!(!p.changed(true, t0 + ms(100)), "a burst: owed");
+        assert!(!p.changed(false, t0 + ms(500)), "still owed, not due");
+        assert_eq!(p.nap(t0 + ms(500)), ms(1500), "woken when it falls due");
+        assert!(p.changed(false, t0 + ms(2000)), "owed and due: runs");
+        assert!(!p.changed(false, t0 + ms(2100)), "paid");
+        assert_eq!(p.nap(t0 + ms(2100)), ms(2000));
+        assert!(
+            p.changed(true, t0 + ms(9000)),
+            "after a quiet period: at once"
+        );
     }
 
     #[test]
