@@ -96,27 +96,19 @@ impl<K: Keyed> FairQueue<K> {
     }
 
     /// The next key, taking namespaces in turn; it is in flight until `done`.
+    /// (A namespace is in the turn order exactly while it has keys waiting.)
     pub fn pop(&mut self) -> Option<K> {
-        loop {
-            let group = self.ring.pop_front()?;
-            // A namespace is in the turn order exactly while it has keys
-            // waiting; one without would end the search with keys of other
-            // namespaces still waiting, so it is passed over (and told).
-            let Some(fifo) = self.pending.get_mut(&group) else {
-                tracing::error!(namespace = %group, "work queue: a namespace in the turn order has nothing waiting");
-                continue;
-            };
-            let key = fifo.pop_front();
-            if fifo.is_empty() {
-                self.pending.remove(&group);
-            } else {
-                self.ring.push_back(group);
-            }
-            let Some(key) = key else { continue };
-            self.queued.remove(&key);
-            self.in_flight.insert(key.clone());
-            return Some(key);
+        let group = self.ring.pop_front()?;
+        let fifo = self.pending.get_mut(&group)?;
+        let key = fifo.pop_front()?;
+        if fifo.is_empty() {
+            self.pending.remove(&group);
+        } else {
+            self.ring.push_back(group);
         }
+        self.queued.remove(&key);
+        self.in_flight.insert(key.clone());
+        Some(key)
     }
 
     /// Marks `key` finished; queues it again if it changed meanwhile (first
