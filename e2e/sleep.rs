@@ -32,6 +32,7 @@ use k8s_openapi::api::networking::v1::Ingress;
 use kube::api::{Api, ListParams};
 use libtest_mimic::Arguments;
 use serde_json::json;
+use vcluster::local::KWOK_COMPLETE_DELAY_ANNOTATION;
 use vcluster::sleep::{SLEEPING_CONDITION, SLEEPING_REASON, STAY_AWAKE_LABEL};
 
 const VC: &str = "sleepy";
@@ -113,10 +114,14 @@ impl Env {
     }
 }
 
-/// Host pods of this vcluster (not terminating), by name.
+/// Host pods of the tenant's workloads (namespaces `shop` and `ops`; not
+/// terminating): what another test left in a namespace of its own is not
+/// counted.
 async fn host_pods(c: &Clients) -> Vec<Pod> {
     let api: Api<Pod> = Api::namespaced(c.host.clone(), HOST_NS);
-    let lp = ListParams::default().labels(&format!("vcluster.dev/owner={VC}"));
+    let lp = ListParams::default().labels(&format!(
+        "vcluster.dev/owner={VC},vcluster.dev/namespace in ({NS},{OPS})"
+    ));
     api.list(&lp)
         .await
         .unwrap()
@@ -614,8 +619,11 @@ fn statefulset_and_job_pods_keep_their_identities_and_a_deleted_pod_stays_gone(e
         .await;
         create(
             &Api::<k8s_openapi::api::batch::v1::Job>::namespaced(c.front.clone(), IDS),
+            // KWOK completes a Job's pod 1 to 2 s after it runs; this one
+            // must still be running when the cluster falls asleep.
             json!({"metadata": {"name": "once"}, "spec": {"backoffLimit": 0,
-                "template": {"spec": {"restartPolicy": "Never",
+                "template": {"metadata": {"annotations": {KWOK_COMPLETE_DELAY_ANNOTATION: "30m"}},
+                    "spec": {"restartPolicy": "Never",
                     "containers": [{"name": "app", "image": "nginx"}]}}}}),
         )
         .await;

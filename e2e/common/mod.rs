@@ -815,11 +815,25 @@ pub async fn exactly(
 ) -> Vec<k8s_openapi::api::core::v1::Pod> {
     eventually(what, timeout, || async {
         let l = pods.list(lp).await.map_err(|e| e.to_string())?;
-        let ok: Vec<_> = l.items.into_iter().filter(|p| keep(p)).collect();
+        let (ok, other): (Vec<_>, Vec<_>) = l.items.into_iter().partition(|p| keep(p));
         if ok.len() == n {
             Ok(ok)
         } else {
-            Err(format!("{} of {n}", ok.len()))
+            // Name the pods that do not count, with their phase, so a
+            // failure says which one is behind.
+            let others: Vec<String> = other
+                .iter()
+                .take(5)
+                .map(|p| {
+                    let phase = p.status.as_ref().and_then(|s| s.phase.as_deref());
+                    format!(
+                        "{} {}",
+                        p.metadata.name.as_deref().unwrap_or("?"),
+                        phase.unwrap_or("-")
+                    )
+                })
+                .collect();
+            Err(format!("{} of {n}; not counted: {others:?}", ok.len()))
         }
     })
     .await

@@ -15,6 +15,11 @@ use crate::api::{ApiError, create_if_absent};
 /// ready, pod complete, pod delete).
 pub const STAGES: &str = include_str!("kwok-stages.yaml");
 
+/// Annotation on a Job's pod (template): how long KWOK keeps it running
+/// before it Succeeds (a Go duration such as `10m`; default 1 to 2 s).
+/// KWOK's own name for it; the pod-complete Stage reads it.
+pub const COMPLETE_DELAY_ANNOTATION: &str = "pod-complete.stage.kwok.x-k8s.io/delay";
+
 /// The annotation that tells KWOK a Node is one of its fake nodes.
 pub const NODE_ANNOTATION: (&str, &str) = ("kwok.x-k8s.io/node", "fake");
 
@@ -172,6 +177,13 @@ mod tests {
                 "vcluster-pod-delete"
             ]
         );
+        let delay_from = format!(".metadata.annotations[\"{COMPLETE_DELAY_ANNOTATION}\"]");
+        for from in ["durationFrom", "jitterDurationFrom"] {
+            assert_eq!(
+                docs[3]["spec"]["delay"][from]["jq"]["expression"], delay_from,
+                "{from}"
+            );
+        }
         for d in &docs {
             // kwok drops a Stage without a selector and routes only apiGroup v1 to its
             // node and pod controllers, without applying defaults to -c files.

@@ -35,6 +35,7 @@ mod syncer;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
+pub use kwok::COMPLETE_DELAY_ANNOTATION as KWOK_COMPLETE_DELAY_ANNOTATION;
 pub(crate) use plane::Plane;
 pub use plane::{Datastore, Ports, Role, VIRTUAL_DISABLED_CONTROLLERS};
 pub use ports::StackPorts;
