@@ -660,6 +660,30 @@ fn syncer_killed_during_burst(env: &Env) {
     });
 }
 
+/// The same burst with no fault: how long the host takes to hold exactly the
+/// desired state after the burst's last create when nothing goes wrong, the
+/// baseline each fault's figure is read against.
+fn a_burst_without_a_fault_converges(env: &Env) {
+    let ns = "no-fault";
+    let _teardown = Teardown::new(env, ns);
+    runtime().block_on(async {
+        let (v, _) = clients(env).await;
+        prepare(&v, ns).await;
+        let started = Instant::now();
+        burst(v.clone(), ns.to_owned(), env.mode.burst).await;
+        let burst_done = Instant::now();
+        let exact = converged(env, ns, env.mode.burst).await;
+        let load = std::fs::read_to_string("/proc/loadavg").unwrap_or_default();
+        log(&format!(
+            "{ns}: the burst took {}, exact state {} after its last create (load average {})",
+            secs(started, burst_done),
+            secs(burst_done, exact),
+            load.split_whitespace().next().unwrap_or("?")
+        ));
+        clean(env, ns).await;
+    });
+}
+
 fn restart_mid_burst(env: &Env, component: &str, ns: &str) {
     let _teardown = Teardown::new(env, ns);
     runtime().block_on(async {
@@ -860,6 +884,10 @@ fn deleted_owned_host_objects_follow_the_rules(env: &Env) {
 type Test = (&'static str, fn(&Env));
 
 const TESTS: &[Test] = &[
+    (
+        "a_burst_without_a_fault_converges",
+        a_burst_without_a_fault_converges,
+    ),
     (
         "host_api_server_restarted_mid_burst",
         host_api_server_restarted_mid_burst,
