@@ -470,13 +470,18 @@ fn secs(from: Instant, to: Instant) -> String {
     }
 }
 
+/// The machine's 1-minute load average: it is shared, and its load says how
+/// much a figure is worth.
+fn load_average() -> String {
+    let load = std::fs::read_to_string("/proc/loadavg").unwrap_or_default();
+    load.split_whitespace().next().unwrap_or("?").to_owned()
+}
+
 /// The figure a fault run reports: how long after the fault ended (`ready`:
 /// the API or the syncer answering /readyz again) and after the burst's last
 /// create the host held exactly the desired state.
 fn report(what: &str, ready: Instant, burst_done: Instant, exact: Instant) {
-    // The machine is shared: its load says how much the figure is worth.
-    let load = std::fs::read_to_string("/proc/loadavg").unwrap_or_default();
-    let load = load.split_whitespace().next().unwrap_or("?");
+    let load = load_average();
     log(&format!(
         "{what}: exact state {} after /readyz OK, {} after the burst's last create \
          (the burst ended {} after /readyz OK; load average {load})",
@@ -673,12 +678,11 @@ fn a_burst_without_a_fault_converges(env: &Env) {
         burst(v.clone(), ns.to_owned(), env.mode.burst).await;
         let burst_done = Instant::now();
         let exact = converged(env, ns, env.mode.burst).await;
-        let load = std::fs::read_to_string("/proc/loadavg").unwrap_or_default();
         log(&format!(
             "{ns}: the burst took {}, exact state {} after its last create (load average {})",
             secs(started, burst_done),
             secs(burst_done, exact),
-            load.split_whitespace().next().unwrap_or("?")
+            load_average()
         ));
         clean(env, ns).await;
     });

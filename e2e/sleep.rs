@@ -34,6 +34,7 @@ use libtest_mimic::Arguments;
 use serde_json::json;
 use vcluster::local::KWOK_COMPLETE_DELAY_ANNOTATION;
 use vcluster::sleep::{SLEEPING_CONDITION, SLEEPING_REASON, STAY_AWAKE_LABEL};
+use vcluster::translate::markers::{NAMESPACE_LABEL, OWNER_LABEL};
 
 const VC: &str = "sleepy";
 const HOST_NS: &str = "team-sleepy";
@@ -120,7 +121,7 @@ impl Env {
 async fn host_pods(c: &Clients) -> Vec<Pod> {
     let api: Api<Pod> = Api::namespaced(c.host.clone(), HOST_NS);
     let lp = ListParams::default().labels(&format!(
-        "vcluster.dev/owner={VC},vcluster.dev/namespace in ({NS},{OPS})"
+        "{OWNER_LABEL}={VC},{NAMESPACE_LABEL} in ({NS},{OPS})"
     ));
     api.list(&lp)
         .await
