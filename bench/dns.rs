@@ -29,8 +29,8 @@ use hickory_proto::op::{Message, Query, ResponseCode};
 use hickory_proto::rr::rdata::A;
 use hickory_proto::rr::{Name, RData, Record, RecordType};
 use k8s_openapi::api::core::v1::{Pod, Service};
-use kube::Client;
 use kube::api::{Api, PostParams};
+use kube::{Client, ResourceExt as _};
 use serde::Serialize;
 use serde_json::json;
 use tokio::net::UdpSocket;
@@ -358,7 +358,8 @@ async fn objects(
                      "ports": [{"name": "http", "port": 80}]}}))?;
         svcs.create(&PostParams::default(), &svc).await?;
         let pod: Pod = serde_json::from_value(json!({
-            "metadata": {"name": format!("{app}-0"), "labels": {"app": app}},
+            // Labelled as the bench's other pods: `wait_pod_ips` counts those.
+            "metadata": {"name": format!("{app}-0"), "labels": {"app": app, "bench": "1"}},
             "spec": {"containers": [{"name": "c", "image": "registry.invalid/bench:1"}]}}))?;
         pods.create(&PostParams::default(), &pod).await?;
     }
@@ -423,16 +424,25 @@ async fn wait_pod_ips(virt: &Client, want: usize, timeout: Duration) -> anyhow::
         let list = pods
             .list(&kube::api::ListParams::default().labels("bench=1"))
             .await?;
-        let ready = list
+        let (ready, waiting): (Vec<&Pod>, Vec<&Pod>) = list
             .items
             .iter()
-            .filter(|p| p.status.as_ref().and_then(|s| s.pod_ip.as_ref()).is_some())
-            .count();
+            .partition(|p| p.status.as_ref().and_then(|s| s.pod_ip.as_ref()).is_some());
+        let ready = ready.len();
         if ready >= want {
             return Ok(());
         }
         if Instant::now() > deadline {
-            bail!("{ready} of {want} pods have an address after {timeout:?}");
+            let some: Vec<String> = waiting
+                .iter()
+                .take(10)
+                .map(|p| format!("{}/{}", p.namespace().unwrap_or_default(), p.name_any()))
+                .collect();
+            bail!(
+                "{ready} of {want} pods have an address after {timeout:?} ({} listed; without one: {})",
+                list.items.len(),
+                some.join(", ")
+            );
         }
         tokio::time::sleep(Duration::from_secs(2)).await;
     }

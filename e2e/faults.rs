@@ -51,20 +51,21 @@ struct Mode {
 
 impl Mode {
     fn from_env() -> Self {
+        // A run may ask for fewer kills (a partial full run) or more (a
+        // reduced run looking for a rare failure).
+        let kills = std::env::var("VCLUSTER_FAULTS_KILLS")
+            .ok()
+            .and_then(|k| k.parse().ok());
         if std::env::var("VCLUSTER_FAULTS").as_deref() == Ok("full") {
             Self {
                 burst: 1000,
-                // A partial run may ask for fewer kills.
-                kills: std::env::var("VCLUSTER_FAULTS_KILLS")
-                    .ok()
-                    .and_then(|k| k.parse().ok())
-                    .unwrap_or(20),
+                kills: kills.unwrap_or(20),
                 bound: Duration::from_secs(300),
             }
         } else {
             Self {
                 burst: 40,
-                kills: 2,
+                kills: kills.unwrap_or(2),
                 bound: Duration::from_secs(120),
             }
         }
@@ -632,8 +633,18 @@ fn runtime() -> tokio::runtime::Runtime {
         .unwrap()
 }
 
+/// Prints `msg` with the UTC time of day, to read beside the syncer's log.
 fn log(msg: &str) {
-    println!("faults: {msg}");
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default();
+    let (s, ms) = (now.as_secs() % 86_400, now.subsec_millis());
+    println!(
+        "faults: {:02}:{:02}:{:02}.{ms:03} {msg}",
+        s / 3600,
+        s / 60 % 60,
+        s % 60
+    );
 }
 
 // ---- the faults -------------------------------------------------------------

@@ -702,10 +702,50 @@ pub fn finish<E>(env: std::sync::Arc<E>, failed: u64, syncer_log: Option<PathBuf
             "--- syncer log tail\n{}",
             vcluster::local::process::log_tail(&log, 40)
         );
+        // The stack's directory goes with the stack: its logs (the syncer's at
+        // debug level, every restart of it appended) stay for a post-mortem.
+        if let Some(logs) = log.parent() {
+            keep_logs(logs);
+        }
     }
     drop(env);
     if failed > 0 {
         std::process::exit(101);
+    }
+}
+
+/// Copies the log files of `logs` to `target/tmp/e2e-logs/<suite>-<unix
+/// seconds>/` and says where (a failed suite's evidence outlives its stack).
+pub fn keep_logs(logs: &Path) {
+    let suite = std::env::args()
+        .next()
+        .and_then(|a| {
+            Path::new(&a)
+                .file_name()
+                .map(|f| f.to_string_lossy().into_owned())
+        })
+        .unwrap_or_else(|| "e2e".to_owned());
+    let secs = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or_default();
+    let to = Path::new(env!("CARGO_TARGET_TMPDIR"))
+        .join("e2e-logs")
+        .join(format!("{suite}-{secs}"));
+    let copied = std::fs::create_dir_all(&to).and_then(|()| {
+        for e in std::fs::read_dir(logs)?.flatten() {
+            if e.file_type().is_ok_and(|t| t.is_file()) {
+                std::fs::copy(e.path(), to.join(e.file_name()))?;
+            }
+        }
+        Ok(())
+    });
+    match copied {
+        Ok(()) => eprintln!("--- the stack's logs are kept in {}", to.display()),
+        Err(e) => eprintln!(
+            "--- could not keep the stack's logs in {}: {e}",
+            to.display()
+        ),
     }
 }
 
