@@ -62,6 +62,8 @@ struct Env {
     anonymous_kc: PathBuf,
     /// alice's token taken at start; used only once it has expired.
     early_token: String,
+    /// A token of alice's the front door served (kept by the first test).
+    served_token: std::sync::Mutex<Option<String>>,
 }
 
 /// A free port on 127.0.0.1.
@@ -276,11 +278,14 @@ fn chart_authentication_config(dex: &Dex, dir: &Path) -> PathBuf {
     file
 }
 
-/// The front door's kubeconfig with its user's credential removed.
+/// The front door's kubeconfig (`vcluster.kubeconfig`, from the syncer's
+/// `vc-dev` Secret) with its user's credential removed.
 fn anonymous_kubeconfig(stack: &DevStack) -> PathBuf {
+    let front_door = stack.state.front_door.as_ref().expect("a front door");
     let mut kc: Value =
-        serde_yaml::from_str(&std::fs::read_to_string(stack.vcluster_kubeconfig()).unwrap())
-            .unwrap();
+        serde_yaml::from_str(&std::fs::read_to_string(&front_door.kubeconfig).unwrap()).unwrap();
+    let server = kc["clusters"][0]["cluster"]["server"].clone();
+    assert_eq!(server, front_door.server.as_str());
     for u in kc["users"].as_array_mut().unwrap() {
         u["user"] = json!({});
     }
@@ -336,6 +341,7 @@ fn group_binding_allows_a_member(env: &Env) {
     assert!(ok, "{stderr}");
     let cm: Value = serde_json::from_str(&stdout).unwrap();
     assert_eq!(cm["data"]["k"], "v");
+    *env.served_token.lock().unwrap() = Some(token.clone());
     // Who the virtual cluster says she is: the mapped claims, prefixed.
     let (ok, stdout, stderr) = as_token(env, &token, &["auth", "whoami", "-o", "json"]);
     assert!(ok, "{stderr}");
@@ -391,6 +397,64 @@ fn an_expired_token_is_refused(env: &Env) {
     let (ok, _, stderr) = as_token(env, &env.early_token, &["-n", TEAM_NS, "get", "configmaps"]);
     assert!(!ok);
     assert!(stderr.contains("Unauthorized"), "{stderr}");
+}
+
+/// How long after its `exp` a served token may still pass: the front door
+/// reuses a TokenReview answer for 10 s, and the API server its token
+/// cache's for 10 s (neither looks at `exp`; the front door asks again only
+/// when its answer is older than the API server's, so the two do not add up).
+const CACHES: Duration = Duration::from_secs(10);
+
+/// The token alice was served with stops working once expired, within the
+/// caches' 10 s, though it was served again 5 s before its `exp`.
+fn a_served_token_is_refused_once_expired(env: &Env) {
+    let token = env
+        .served_token
+        .lock()
+        .unwrap()
+        .clone()
+        .expect("group_binding_allows_a_member served a token");
+    let exp = claims(&token)["exp"].as_u64().unwrap();
+    // Served once more shortly before its exp, so that both caches hold it as it expires.
+    eventually_sync(
+        "5 s before alice's served token expires",
+        TOKEN_LIFE,
+        || {
+            (now_secs() + 5 >= exp)
+                .then_some(())
+                .ok_or(format!("exp {exp}"))
+        },
+    );
+    assert!(
+        now_secs() < exp,
+        "the suite came too late to use it before its exp"
+    );
+    let (ok, _, stderr) = as_token(env, &token, &["-n", TEAM_NS, "get", "configmaps"]);
+    assert!(ok, "not served before its exp: {stderr}");
+    eventually_sync("alice's served token to expire", TOKEN_LIFE * 3, || {
+        (now_secs() > exp).then_some(()).ok_or(format!("exp {exp}"))
+    });
+    let refused_at = eventually_sync("alice's served token refused", CACHES + T, || {
+        let (ok, _, stderr) = as_token(env, &token, &["-n", TEAM_NS, "get", "configmaps"]);
+        let now = now_secs();
+        if ok {
+            Err(format!("still served at {now}, exp {exp}"))
+        } else if stderr.contains("Unauthorized") {
+            Ok(now)
+        } else {
+            Err(format!("refused otherwise: {stderr}"))
+        }
+    });
+    // A few seconds more for the kubectl calls themselves on a busy machine.
+    assert!(
+        refused_at <= exp + CACHES.as_secs() + 5,
+        "still served {} s after its exp",
+        refused_at - exp
+    );
+    println!(
+        "alice's served token refused {} s after its exp",
+        refused_at - exp
+    );
 }
 
 fn connect(env: &Env, extra: &[&str]) -> std::process::Output {
@@ -561,6 +625,10 @@ const TESTS: &[Test<Env>] = &[
         dev_up_refuses_an_unreadable_authentication_config,
     ),
     ("an_expired_token_is_refused", an_expired_token_is_refused),
+    (
+        "a_served_token_is_refused_once_expired",
+        a_served_token_is_refused_once_expired,
+    ),
 ];
 
 fn main() {
@@ -597,6 +665,7 @@ fn main() {
         dex,
         anonymous_kc,
         early_token,
+        served_token: std::sync::Mutex::new(None),
     });
     // In order: the first waits for the API server to fetch the provider's keys.
     let failed = run_groups(&args, &env, &[(TESTS, Some(1))]);
