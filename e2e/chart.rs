@@ -461,6 +461,10 @@ fn bad_values_are_refused_with_a_reason(_: &Env) {
             "sso.oidc.issuerUrl=https://login.example.com",
             "sso.oidc.audiences: name at least one client id",
         ),
+        (
+            "sso.oidc.issuerUrl=https://login.example.com,sso.oidc.audiences=vcluster",
+            "sso.oidc.audiences: a list of client ids, not \"vcluster\"",
+        ),
     ] {
         let out = helm(
             None,
