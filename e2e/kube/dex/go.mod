@@ -1,7 +1,8 @@
 // Wrapper module: builds Dex (the OpenID provider of e2e_sso) at the pinned commit
 // (e2e/kube/build.sh --shared dex). Dex's releases after v2.13 are not valid Go module
-// versions, so the pin is a commit's pseudo-version (v2.41.1); its nested api/v2 module,
-// which upstream's go.mod replaces with a local path, is required at the same commit.
+// versions, so the pin is a commit's pseudo-version (of 2024-08-07, pinned by other projects
+// as v2.41.1); its nested api/v2 module, which upstream's go.mod replaces with a local path,
+// is required at the same commit.
 module vcluster.local/e2e/dex
 
 go 1.26.0
