@@ -687,6 +687,11 @@ fn main() {
                 vcluster::local::process::log_tail(&log, 30)
             );
         }
+        // `finish` exits without dropping `dir`: Dex's files stay for a look.
+        eprintln!(
+            "--- Dex's configuration and log kept in {}",
+            dir.path().display()
+        );
     }
     finish(env, failed, None);
 }
