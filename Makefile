@@ -22,8 +22,8 @@ prereqs:
 kube-bins:
 	e2e/kube/build.sh
 
-## shared-bins: the host's shared services some e2e suites run against (e2e_network: cert-manager;
-## the real-node lane: cert-manager and traefik), built on their own from pinned modules
+## shared-bins: the services some e2e suites run beside the planes (e2e_network: cert-manager;
+## e2e_sso: Dex; the real-node lane: cert-manager and traefik), built on their own from pinned modules
 ## (e2e/kube/build.sh --shared), so `make dev` and the other suites never wait for them
 shared-bins: kube-bins
 	e2e/kube/build.sh --shared
@@ -47,7 +47,8 @@ image: kube-bins
 
 ## e2e-realnode: tenant workloads on a real node (kubelet, containerd, kube-proxy in a network
 ## namespace of the stack's own); root, the node's packages and images
-e2e-realnode: kube-bins shared-bins
+e2e-realnode: kube-bins
+	e2e/kube/build.sh --shared cert-manager traefik
 	@$(MAKE) -s node-deps
 	image/build.sh pause busybox toolbox
 	$(CARGO) test --locked --test e2e_realnode
@@ -89,6 +90,8 @@ e2e:
 	$(CARGO) test --locked --test e2e_onboarding
 	$(CARGO) test --locked --test e2e_faults
 	$(CARGO) test --locked --test e2e_frontdoor
+	e2e/kube/build.sh --shared dex
+	$(CARGO) test --locked --test e2e_sso
 	$(CARGO) test --locked --test e2e_sleep
 	$(MAKE) e2e-kine
 	$(MAKE) e2e-realnode

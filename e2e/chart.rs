@@ -331,6 +331,113 @@ fn k8s_distro_runs_the_dev_planes_flags(_: &Env) {
     assert!(stdout.contains(&format!("kube-apiserver: {}", want.apiserver.join(" "))));
 }
 
+/// Single sign-on values: the ConfigMap of the virtual API server's
+/// authentication configuration, and the flag (k8s) or k3s config line and
+/// the mount that hand it to the control plane, for both distros; e2e_sso
+/// runs the rendered file in a real API server against a real provider.
+fn sso_values_render_for_both_distros(_: &Env) {
+    let sso = [
+        "--set",
+        "sso.oidc.issuerUrl=https://login.example.com/dex",
+        "--set",
+        "sso.oidc.audiences={vcluster,kubectl}",
+        "--set",
+        "sso.oidc.usernameClaim=email",
+        "--set",
+        "sso.oidc.groupsPrefix=corp:",
+        "--set",
+        "sso.oidc.caPem=-----BEGIN CERTIFICATE-----",
+    ];
+    let config_arg = "--authentication-config=/etc/vcluster/sso/authentication-config.yaml";
+    for distro in ["k8s", "k3s"] {
+        let mut args = vec![
+            "--set",
+            if distro == "k8s" {
+                "distro=k8s"
+            } else {
+                "distro=k3s"
+            },
+        ];
+        args.extend_from_slice(&["--set", "serviceCIDR=10.96.0.0/16"]);
+        args.extend_from_slice(&sso);
+        let mut lint = vec!["lint", "chart"];
+        lint.extend_from_slice(&args);
+        helm_ok(None, &lint);
+        let docs = render(&args);
+        let cm = find(&docs, "ConfigMap", &format!("vc-{RELEASE}-sso"));
+        let auth: Value =
+            serde_yaml::from_str(cm["data"]["authentication-config.yaml"].as_str().unwrap())
+                .unwrap();
+        assert_eq!(
+            auth,
+            json!({
+                "apiVersion": "apiserver.config.k8s.io/v1",
+                "kind": "AuthenticationConfiguration",
+                "jwt": [{
+                    "issuer": {
+                        "url": "https://login.example.com/dex",
+                        "audiences": ["vcluster", "kubectl"],
+                        "audienceMatchPolicy": "MatchAny",
+                        "certificateAuthority": "-----BEGIN CERTIFICATE-----",
+                    },
+                    "claimMappings": {
+                        "username": {"claim": "email", "prefix": "oidc:"},
+                        "groups": {"claim": "groups", "prefix": "corp:"},
+                    },
+                }],
+            }),
+            "{distro}"
+        );
+        let sts = find(&docs, "StatefulSet", RELEASE);
+        let pod = &sts["spec"]["template"]["spec"];
+        let volume = pod["volumes"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|v| v["name"] == "sso")
+            .unwrap_or_else(|| panic!("{distro}: no sso volume"));
+        assert_eq!(volume["configMap"]["name"], format!("vc-{RELEASE}-sso"));
+        let api = container(
+            sts,
+            if distro == "k8s" {
+                "kube-apiserver"
+            } else {
+                "k3s"
+            },
+        );
+        assert!(
+            api["volumeMounts"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .any(|m| m["name"] == "sso" && m["mountPath"] == "/etc/vcluster/sso"),
+            "{distro}: {api}"
+        );
+        if distro == "k8s" {
+            let mut want = vcluster::control_plane::pod_control_plane(Path::new("/data"), false)
+                .unwrap()
+                .apiserver;
+            want.push(config_arg.to_owned());
+            assert_eq!(args_of(api), want);
+        } else {
+            let k3s = find(&docs, "ConfigMap", &format!("vc-{RELEASE}-k3s"));
+            let config: Value =
+                serde_yaml::from_str(k3s["data"]["config.yaml"].as_str().unwrap()).unwrap();
+            assert_eq!(
+                config["kube-apiserver-arg"],
+                json!([config_arg.trim_start_matches("--")])
+            );
+        }
+    }
+    // Off by default: nothing rendered, nothing mounted.
+    let docs = render(&[]);
+    assert!(
+        !docs
+            .iter()
+            .any(|d| d["metadata"]["name"] == format!("vc-{RELEASE}-sso"))
+    );
+}
+
 fn bad_values_are_refused_with_a_reason(_: &Env) {
     for (set, why) in [
         ("distro=vanilla", "distro \"vanilla\" is not supported"),
@@ -345,6 +452,18 @@ fn bad_values_are_refused_with_a_reason(_: &Env) {
         (
             "certManager.certificates.enabled=true",
             "certManager.certificates.clusterIssuers: name the host ClusterIssuers",
+        ),
+        (
+            "sso.oidc.issuerUrl=http://login.example.com",
+            "the API server accepts only https issuers",
+        ),
+        (
+            "sso.oidc.issuerUrl=https://login.example.com",
+            "sso.oidc.audiences: name at least one client id",
+        ),
+        (
+            "sso.oidc.issuerUrl=https://login.example.com,sso.oidc.audiences=vcluster",
+            "sso.oidc.audiences: a list of client ids, not \"vcluster\"",
         ),
     ] {
         let out = helm(
@@ -848,6 +967,10 @@ fn helm_uninstall_alone_leaves_nothing(env: &Env) {
 
 const TESTS: &[Test<Env>] = &[
     ("helm_lint_passes", helm_lint_passes),
+    (
+        "sso_values_render_for_both_distros",
+        sso_values_render_for_both_distros,
+    ),
     (
         "sleep_values_become_syncer_flags",
         sleep_values_become_syncer_flags,

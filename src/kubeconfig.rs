@@ -3,7 +3,8 @@
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD;
 use kube::config::{
-    AuthInfo, Cluster, Context, Kubeconfig, NamedAuthInfo, NamedCluster, NamedContext,
+    AuthInfo, Cluster, Context, ExecConfig, ExecInteractiveMode, Kubeconfig, NamedAuthInfo,
+    NamedCluster, NamedContext,
 };
 use secrecy::SecretString;
 
@@ -56,6 +57,98 @@ pub fn client_cert(
         api_version: Some("v1".to_owned()),
         kind: Some("Config".to_owned()),
         ..Kubeconfig::default()
+    }
+}
+
+/// How the user of a tenant's kubeconfig signs in, instead of the admin
+/// certificate of the `vc-<name>` Secret (single sign-on).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SignIn {
+    /// An exec credential plugin that gets an ID token from the organisation's
+    /// OpenID provider, as `kubectl oidc-login get-token` does.
+    Oidc(OidcLogin),
+    /// A bearer token (an ID token) read from a file, which kubectl reads
+    /// again when it changes.
+    TokenFile(String),
+}
+
+/// The exec credential plugin's settings ([`SignIn::Oidc`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OidcLogin {
+    /// The provider's issuer URL (https).
+    pub issuer_url: String,
+    /// The client id the provider knows the cluster's tenants' logins by
+    /// (one of the API server's audiences).
+    pub client_id: String,
+    /// The client's secret, for providers that require one.
+    pub client_secret: Option<String>,
+    /// Scopes asked for besides `openid` (`groups`, `email`, ...).
+    pub extra_scopes: Vec<String>,
+    /// The plugin: `kubectl` (runs `kubectl oidc-login get-token`) or a
+    /// standalone binary such as `kubelogin` (runs `<command> get-token`).
+    pub command: String,
+}
+
+impl SignIn {
+    /// The kubeconfig user: only this way of signing in, no other credential.
+    pub fn auth_info(&self) -> AuthInfo {
+        match self {
+            Self::TokenFile(path) => AuthInfo {
+                token_file: Some(path.clone()),
+                ..AuthInfo::default()
+            },
+            Self::Oidc(o) => AuthInfo {
+                exec: Some(ExecConfig {
+                    api_version: Some("client.authentication.k8s.io/v1".to_owned()),
+                    command: Some(o.command.clone()),
+                    args: Some(o.args()),
+                    env: None,
+                    drop_env: None,
+                    install_hint: Some(
+                        "the kubelogin plugin (kubectl oidc-login) signs you in through your organisation's OpenID provider: https://github.com/int128/kubelogin".to_owned(),
+                    ),
+                    interactive_mode: Some(ExecInteractiveMode::IfAvailable),
+                    provide_cluster_info: false,
+                    cluster: None,
+                    other: Default::default(),
+                }),
+                ..AuthInfo::default()
+            },
+        }
+    }
+}
+
+impl OidcLogin {
+    /// The plugin's arguments, in the form `kubectl oidc-login get-token` takes them.
+    pub fn args(&self) -> Vec<String> {
+        let standalone = std::path::Path::new(&self.command)
+            .file_name()
+            .is_some_and(|n| n != "kubectl");
+        let mut args: Vec<String> = if standalone {
+            vec!["get-token".to_owned()]
+        } else {
+            vec!["oidc-login".to_owned(), "get-token".to_owned()]
+        };
+        args.push(format!("--oidc-issuer-url={}", self.issuer_url));
+        args.push(format!("--oidc-client-id={}", self.client_id));
+        args.extend(
+            self.client_secret
+                .iter()
+                .map(|s| format!("--oidc-client-secret={s}")),
+        );
+        args.extend(
+            self.extra_scopes
+                .iter()
+                .map(|s| format!("--oidc-extra-scope={s}")),
+        );
+        args
+    }
+}
+
+/// Replaces the credential of every user of `config` with `sign_in`.
+pub fn sign_in_with(config: &mut Kubeconfig, sign_in: &SignIn) {
+    for user in &mut config.auth_infos {
+        user.auth_info = Some(sign_in.auth_info());
     }
 }
 
@@ -131,5 +224,72 @@ mod tests {
         assert!(points_at(&back, "https://127.0.0.1:6443", "CA"));
         assert!(!points_at(&back, "https://127.0.0.1:6444", "CA"));
         assert!(!points_at(&back, "https://127.0.0.1:6443", "other CA"));
+    }
+
+    fn oidc(command: &str) -> OidcLogin {
+        OidcLogin {
+            issuer_url: "https://login.example.com/dex".to_owned(),
+            client_id: "vcluster".to_owned(),
+            client_secret: None,
+            extra_scopes: vec!["groups".to_owned(), "email".to_owned()],
+            command: command.to_owned(),
+        }
+    }
+
+    #[test]
+    fn oidc_sign_in_replaces_the_admin_certificate_with_the_plugin() {
+        let mut cfg = client_cert("vc", "https://127.0.0.1:6443", "CA", "CERT", "KEY");
+        sign_in_with(&mut cfg, &SignIn::Oidc(oidc("kubectl")));
+        let yaml = to_yaml(&cfg).unwrap();
+        assert!(!yaml.contains("client-key-data"), "{yaml}");
+        assert!(!yaml.contains("client-certificate-data"), "{yaml}");
+        let back = Kubeconfig::from_yaml(&yaml).unwrap();
+        let exec = back.auth_infos[0]
+            .auth_info
+            .as_ref()
+            .unwrap()
+            .exec
+            .as_ref()
+            .unwrap();
+        assert_eq!(exec.command.as_deref(), Some("kubectl"));
+        assert_eq!(
+            exec.api_version.as_deref(),
+            Some("client.authentication.k8s.io/v1")
+        );
+        assert_eq!(
+            exec.args.as_deref().unwrap(),
+            [
+                "oidc-login",
+                "get-token",
+                "--oidc-issuer-url=https://login.example.com/dex",
+                "--oidc-client-id=vcluster",
+                "--oidc-extra-scope=groups",
+                "--oidc-extra-scope=email",
+            ]
+        );
+        assert!(yaml.contains("interactiveMode: IfAvailable"), "{yaml}");
+        // The cluster and its CA stay.
+        assert!(points_at(&back, "https://127.0.0.1:6443", "CA"));
+    }
+
+    #[test]
+    fn a_standalone_plugin_gets_no_kubectl_subcommand() {
+        let mut o = oidc("/usr/local/bin/kubelogin");
+        o.client_secret = Some("s3cret".to_owned());
+        let args = o.args();
+        assert_eq!(args[0], "get-token");
+        assert!(args.contains(&"--oidc-client-secret=s3cret".to_owned()));
+        assert_eq!(oidc("/usr/bin/kubectl").args()[0], "oidc-login");
+    }
+
+    #[test]
+    fn token_file_sign_in_names_only_the_file() {
+        let mut cfg = client_cert("vc", "https://127.0.0.1:6443", "CA", "CERT", "KEY");
+        sign_in_with(&mut cfg, &SignIn::TokenFile("/run/id-token".to_owned()));
+        let back = Kubeconfig::from_yaml(&to_yaml(&cfg).unwrap()).unwrap();
+        let user = back.auth_infos[0].auth_info.as_ref().unwrap();
+        assert_eq!(user.token_file.as_deref(), Some("/run/id-token"));
+        assert!(user.client_key_data.is_none() && user.client_certificate_data.is_none());
+        assert!(user.exec.is_none());
     }
 }

@@ -153,6 +153,11 @@ vcluster.dev/component: control-plane
 {{/* The upstream control plane (distro k8s): the dev stack's virtual plane
 with the same flags (`vcluster control-plane-pki --print-args`; e2e_chart
 compares them), etcd syncing to disk. Images are distroless: no shell. */}}
+{{- /* Where the control plane reads the single sign-on configuration (templates/sso.yaml). */ -}}
+{{- define "vcluster.ssoConfig" -}}
+/etc/vcluster/sso/authentication-config.yaml
+{{- end -}}
+
 {{- define "vcluster.k8sContainers" -}}
 {{- $cidr := .Values.serviceCIDR -}}
 {{- if not $cidr -}}
@@ -202,6 +207,9 @@ compares them), etcd syncing to disk. Images are distroless: no shell. */}}
     - --requestheader-extra-headers-prefix=X-Remote-Extra-
     - --proxy-client-cert-file=/data/vcluster/pki/front-proxy-client.crt
     - --proxy-client-key-file=/data/vcluster/pki/front-proxy-client.key
+    {{- if .Values.sso.oidc.issuerUrl }}
+    - --authentication-config={{ include "vcluster.ssoConfig" . }}
+    {{- end }}
     {{- range .Values.k8s.apiServer.extraArgs }}
     - {{ . | quote }}
     {{- end }}
@@ -211,6 +219,9 @@ compares them), etcd syncing to disk. Images are distroless: no shell. */}}
     capabilities: {drop: [ALL]}
   volumeMounts:
     - {name: data, mountPath: /data}
+    {{- if .Values.sso.oidc.issuerUrl }}
+    - {name: sso, mountPath: /etc/vcluster/sso, readOnly: true}
+    {{- end }}
 - name: kube-controller-manager
   image: {{ .Values.k8s.controllerManager.image }}
   command: [kube-controller-manager]

@@ -6,10 +6,11 @@
 # before a group was added gains it without rebuilding the rest.
 # Nothing is downloaded except Go modules through the module proxy.
 #
-# `build.sh --shared [cert-manager] [traefik]` (default both) builds instead the host's shared services the e2e suites run against
-# (cert-manager's controllers with its CRDs, traefik): each from a wrapper module of its own
-# (e2e/kube/cert-manager, e2e/kube/traefik), each recorded by version beside it like kine, so
-# neither enters the cache key nor rebuilds anything else.
+# `build.sh --shared [cert-manager] [dex] [traefik]` (default all three, in that order) builds
+# instead the services the e2e suites run beside the planes (cert-manager's controllers with its
+# CRDs; Dex, the OpenID provider of e2e_sso; traefik): each from a wrapper module of its own
+# (e2e/kube/cert-manager, e2e/kube/dex, e2e/kube/traefik), each recorded by version beside it
+# like kine, so none enters the cache key nor rebuilds anything else.
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
 # shellcheck source=/dev/null
@@ -52,7 +53,7 @@ build_wrapped() {
   echo "built $name $version in $(( $(date +%s) - t0 ))s wall, $(( $(cpu_seconds) - c0 )) CPU-s"
 }
 # In the scratch wrapper $scratch: module $1 becomes a copy of the version the wrapper resolves,
-# in ./$2, with e2e/kube/traefik/overlay/$4 written to $3 in it.
+# in ./$2, with the overlay file $4 written to $3 in it.
 patched() {
   local src
   # `go list -m` names no directory for a module not in the module cache yet (a cold cache).
@@ -60,7 +61,7 @@ patched() {
   src=$(cd "$scratch" && go list -m -f '{{.Dir}}' "$1")
   [ -n "$src" ] || { echo "build.sh: no source directory for $1 after go mod download" >&2; exit 1; }
   cp -r "$src" "$scratch/$2"; chmod -R u+w "$scratch/$2"
-  cp "$here/traefik/overlay/$4" "$scratch/$2/$3"
+  cp "$4" "$scratch/$2/$3"
   (cd "$scratch" && go mod edit -replace "$1=./$2")
 }
 # CPU seconds used so far by this script's finished children (user + system).
@@ -69,15 +70,15 @@ cpu_seconds() { awk '{ print int(($16 + $17) / 100) }' /proc/$$/stat; }
 if [ "${1:-}" = "--shared" ]; then
   [ -d "$out" ] || { echo "build.sh --shared: $out missing: run \`make kube-bins\` first" >&2; exit 1; }
   shift
-  groups=" ${*:-cert-manager traefik} "
+  groups=" ${*:-cert-manager dex traefik} "
   for g in $groups; do
-    case "$g" in cert-manager|traefik) ;; *) echo "build.sh --shared: unknown group $g (cert-manager, traefik)" >&2; exit 2 ;; esac
+    case "$g" in cert-manager|dex|traefik) ;; *) echo "build.sh --shared: unknown group $g (cert-manager, dex, traefik)" >&2; exit 2 ;; esac
   done
   wants() { [[ "$groups" == *" $1 "* ]]; }
-  # One build of a group at a time: `make e2e` starts both in the background while the first
+  # One build of a group at a time: `make e2e` starts them in the background while the first
   # suites run, and the suites' own calls wait here for what they need, then find it built.
   mkdir -p "$cache_root/$pins/locks"
-  exec 8>"$cache_root/$pins/locks/cert-manager" 9>"$cache_root/$pins/locks/traefik"
+  exec 8>"$cache_root/$pins/locks/cert-manager" 9>"$cache_root/$pins/locks/traefik" 7>"$cache_root/$pins/locks/dex"
   if wants cert-manager; then flock 8; fi
   if wants cert-manager && stale cert-manager-controller "$CERT_MANAGER_VERSION"; then
     echo "building cert-manager's controllers $CERT_MANAGER_VERSION"
@@ -94,6 +95,23 @@ if [ "${1:-}" = "--shared" ]; then
     rm -rf "$crds"; mv "$crds.partial" "$crds"
   fi
   flock -u 8
+  if wants dex; then flock 7; fi
+  if wants dex && stale dex "$DEX_VERSION"; then
+    # Dex's static passwords carry no groups: the scratch copy's cmd/dex gains the project's
+    # staticUsers connector (e2e/kube/dex/overlay: users with passwords and groups, for the
+    # password grant). CGO off: Dex's SQLite storage needs cgo, so a stand-in of the overlay
+    # that refuses to open takes its place (e2e_sso runs Dex on its memory storage).
+    echo "building dex $DEX_VERSION"
+    scratch="$cache_root/$pins/dex-src"
+    rm -rf "$scratch"; mkdir -p "$scratch"
+    cp "$here/dex/go.mod" "$here/dex/go.sum" "$scratch/"
+    patched github.com/dexidp/dex dex cmd/dex/zz_static_users.go "$here/dex/overlay/static_users.go.in"
+    cp "$here/dex/overlay/sqlite_nocgo.go.in" "$scratch/dex/storage/sql/sqlite_nocgo.go"
+    build_wrapped dex "$DEX_VERSION" github.com/dexidp/dex github.com/dexidp/dex/cmd/dex "$scratch" \
+      -ldflags "-s -w -X main.version=$DEX_VERSION"
+    rm -rf "$scratch"
+  fi
+  flock -u 7
   if wants traefik; then flock 9; fi
   if wants traefik && stale traefik "$TRAEFIK_VERSION"; then
     # Two modules traefik builds with are not served whole by the proxy: lego's generated list
@@ -106,14 +124,15 @@ if [ "${1:-}" = "--shared" ]; then
     scratch="$cache_root/$pins/traefik-src"
     rm -rf "$scratch"; mkdir -p "$scratch"
     cp -r "$here/traefik/go.mod" "$here/traefik/go.sum" "$here/traefik/ext" "$scratch/"
-    patched github.com/go-acme/lego/v5 lego providers/dns/zz_gen_dns_providers.go lego_dns_providers.go.in
-    patched github.com/abbot/go-http-auth go-http-auth stale.go go_http_auth_stale.go.in
+    patched github.com/go-acme/lego/v5 lego providers/dns/zz_gen_dns_providers.go "$here/traefik/overlay/lego_dns_providers.go.in"
+    patched github.com/abbot/go-http-auth go-http-auth stale.go "$here/traefik/overlay/go_http_auth_stale.go.in"
     build_wrapped traefik "$TRAEFIK_VERSION" github.com/traefik/traefik/v3 \
       github.com/traefik/traefik/v3/cmd/traefik "$scratch" \
       -ldflags "-s -w -X github.com/traefik/traefik/v3/pkg/version.Version=$TRAEFIK_VERSION"
     rm -rf "$scratch"
   fi
-  echo "shared services (${*:-cert-manager traefik}) present in $out"
+  flock -u 9
+  echo "shared services (${*:-cert-manager dex traefik}) present in $out"
   exit 0
 fi
 

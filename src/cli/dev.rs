@@ -49,6 +49,11 @@ struct UpArgs {
     /// An extra argument for both kube-apiservers (repeatable), e.g. --apiserver-arg=--watch-cache=false.
     #[arg(long = "apiserver-arg", allow_hyphen_values = true)]
     apiserver_args: Vec<String>,
+    /// A structured authentication configuration (apiserver.config.k8s.io/v1
+    /// AuthenticationConfiguration: OIDC issuers, audiences, claim mappings) for
+    /// the virtual API server only: single sign-on for the vcluster's tenants.
+    #[arg(long, value_name = "FILE")]
+    authentication_config: Option<PathBuf>,
     /// Real nodes (kubelet, containerd, kube-proxy in a network namespace of the
     /// stack's own; needs root, `make node-deps` and `make image`): 0 or 1.
     #[arg(long, default_value_t = 0, value_parser = clap::value_parser!(u32).range(0..=1))]
@@ -137,6 +142,11 @@ fn options(up: &UpArgs) -> anyhow::Result<StackOptions> {
         apiserver_args: up.apiserver_args.clone(),
         real_nodes: up.real_nodes,
         host_datastore: up.host_datastore,
+        authentication_config: up
+            .authentication_config
+            .as_deref()
+            .map(authentication_config)
+            .transpose()?,
         image_dir: up.image_dir.as_deref().map(absolute).transpose()?,
         syncer: if up.no_syncer {
             None
@@ -150,6 +160,20 @@ fn options(up: &UpArgs) -> anyhow::Result<StackOptions> {
             })
         },
     })
+}
+
+/// The absolute path of an authentication configuration file that can be read
+/// (kube-apiserver reads it again when it changes, so it stays where it is).
+fn authentication_config(p: &Path) -> anyhow::Result<PathBuf> {
+    let abs = std::path::absolute(p)
+        .with_context(|| format!("invalid authentication configuration path {}", p.display()))?;
+    std::fs::File::open(&abs).with_context(|| {
+        format!(
+            "cannot read the authentication configuration {}",
+            abs.display()
+        )
+    })?;
+    Ok(abs)
 }
 
 pub(super) async fn interrupted() {
@@ -278,6 +302,11 @@ fn supervisor_args(up: &UpArgs, opts: &StackOptions) -> Vec<String> {
     if opts.host_datastore == local::Datastore::Kine {
         args.push("--host-datastore=kine".into());
     }
+    args.extend(
+        opts.authentication_config
+            .as_ref()
+            .map(|p| format!("--authentication-config={}", p.display())),
+    );
     args.extend(
         opts.image_dir
             .as_ref()

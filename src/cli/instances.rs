@@ -4,7 +4,7 @@ use std::io::Write as _;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use anyhow::Context as _;
+use anyhow::{Context as _, bail};
 use clap::Args;
 use kube::config::{KubeConfigOptions, Kubeconfig};
 
@@ -46,6 +46,82 @@ pub struct ConnectArgs {
     /// no port-forward, the kubeconfig points there and the command returns.
     #[arg(long)]
     server: Option<String>,
+    /// Sign in through the organisation's OpenID provider (single sign-on): the
+    /// kubeconfig's user runs an exec credential plugin (`kubectl oidc-login
+    /// get-token`) instead of holding the admin certificate.
+    #[arg(long)]
+    oidc: bool,
+    /// With --oidc: the provider's issuer URL (https), as the chart's `sso.oidc.issuerUrl`.
+    #[arg(long, value_name = "URL")]
+    oidc_issuer_url: Option<String>,
+    /// With --oidc: the client id (one of the chart's `sso.oidc.audiences`).
+    #[arg(long, value_name = "ID")]
+    oidc_client_id: Option<String>,
+    /// With --oidc: the client's secret, for providers that require one.
+    #[arg(long, value_name = "SECRET")]
+    oidc_client_secret: Option<String>,
+    /// With --oidc: a scope to ask for besides `openid` (repeatable), e.g. groups, email.
+    #[arg(long = "oidc-extra-scope", value_name = "SCOPE")]
+    oidc_extra_scopes: Vec<String>,
+    /// With --oidc: the plugin to run: `kubectl` (as `kubectl oidc-login get-token`)
+    /// or a standalone binary such as `kubelogin` (as `kubelogin get-token`).
+    #[arg(long, value_name = "COMMAND")]
+    oidc_exec_command: Option<String>,
+    /// Sign in with a bearer token (an ID token) kept in this file instead of the
+    /// admin certificate; kubectl reads it again when it changes.
+    #[arg(long, value_name = "FILE")]
+    token_file: Option<PathBuf>,
+}
+
+/// How the written kubeconfig's user signs in: `None` keeps the admin
+/// certificate. Checked before anything is read from the host.
+fn sign_in(args: &ConnectArgs) -> anyhow::Result<Option<crate::kubeconfig::SignIn>> {
+    use crate::kubeconfig::{OidcLogin, SignIn};
+    let oidc_options = args.oidc_issuer_url.is_some()
+        || args.oidc_client_id.is_some()
+        || args.oidc_client_secret.is_some()
+        || !args.oidc_extra_scopes.is_empty()
+        || args.oidc_exec_command.is_some();
+    if args.oidc && args.token_file.is_some() {
+        bail!("--oidc and --token-file are two ways to sign in: give one");
+    }
+    if oidc_options && !args.oidc {
+        bail!("the --oidc-* options apply only with --oidc");
+    }
+    if let Some(file) = &args.token_file {
+        let abs = std::path::absolute(file)
+            .with_context(|| format!("invalid --token-file {}", file.display()))?;
+        std::fs::File::open(&abs)
+            .with_context(|| format!("cannot read --token-file {}", abs.display()))?;
+        return Ok(Some(SignIn::TokenFile(abs.display().to_string())));
+    }
+    if !args.oidc {
+        return Ok(None);
+    }
+    let Some(issuer_url) = args.oidc_issuer_url.clone() else {
+        bail!(
+            "--oidc needs --oidc-issuer-url (the provider's issuer, as the chart's sso.oidc.issuerUrl)"
+        );
+    };
+    if !issuer_url.starts_with("https://") || issuer_url.len() == "https://".len() {
+        bail!(
+            "--oidc-issuer-url must be an https URL (the API server accepts only https issuers), not {issuer_url:?}"
+        );
+    }
+    let client_id = args.oidc_client_id.clone().unwrap_or_default();
+    if client_id.is_empty() {
+        bail!("--oidc needs --oidc-client-id (one of the chart's sso.oidc.audiences)");
+    }
+    Ok(Some(SignIn::Oidc(OidcLogin {
+        issuer_url,
+        client_id,
+        client_secret: args.oidc_client_secret.clone(),
+        extra_scopes: args.oidc_extra_scopes.clone(),
+        command: args
+            .oidc_exec_command
+            .clone()
+            .unwrap_or_else(|| "kubectl".to_owned()),
+    })))
 }
 
 #[derive(Debug, Args)]
@@ -185,6 +261,7 @@ pub fn connect(args: ConnectArgs) -> anyhow::Result<ExitCode> {
 
 async fn connect_to(args: ConnectArgs) -> anyhow::Result<ExitCode> {
     {
+        let sign_in = sign_in(&args)?;
         let (host, file, ns) = target(&args.name, &args.host, args.namespace.as_deref()).await?;
         let secret_kc = instances::kubeconfig(&host, &args.name, &ns).await?;
         let context = instances::context_name(&args.name, &ns);
@@ -196,7 +273,10 @@ async fn connect_to(args: ConnectArgs) -> anyhow::Result<ExitCode> {
                 (format!("https://{addr}"), Some((pod, listener)))
             }
         };
-        let kc = instances::retarget(secret_kc, &context, &server)?;
+        let mut kc = instances::retarget(secret_kc, &context, &server)?;
+        if let Some(how) = &sign_in {
+            crate::kubeconfig::sign_in_with(&mut kc, how);
+        }
         if args.print {
             let yaml = crate::kubeconfig::to_yaml(&kc)?;
             let mut out = std::io::stdout().lock();
@@ -299,6 +379,13 @@ pub fn create(args: CreateArgs) -> anyhow::Result<ExitCode> {
             switch_context: true,
             local_port: 0,
             server: None,
+            oidc: false,
+            oidc_issuer_url: None,
+            oidc_client_id: None,
+            oidc_client_secret: None,
+            oidc_extra_scopes: Vec::new(),
+            oidc_exec_command: None,
+            token_file: None,
         })
         .await
     })

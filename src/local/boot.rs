@@ -112,7 +112,6 @@ impl Stack {
         planes: &Planes,
         deadline: Instant,
     ) -> Result<(kube::Client, kube::Client), LocalError> {
-        let both = [&planes.host, &planes.virt];
         let store = self.opts.host_datastore;
         if store == Datastore::Kine {
             let dir = planes.host.dir.join("kine");
@@ -124,11 +123,25 @@ impl Stack {
         if self.opts.real_nodes > 0 {
             apiserver_extra.extend(self.prepare_real_node(deadline).await?);
         }
+        // Single sign-on is the tenants' API server's alone.
+        let mut virt_extra = apiserver_extra.clone();
+        virt_extra.extend(
+            self.opts
+                .authentication_config
+                .as_ref()
+                .map(|p| format!("--authentication-config={}", p.display())),
+        );
         self.spawn_per_plane(
-            both,
+            [&planes.host],
             "kube-apiserver",
             Plane::apiserver_args,
             &apiserver_extra,
+        )?;
+        self.spawn_per_plane(
+            [&planes.virt],
+            "kube-apiserver",
+            Plane::apiserver_args,
+            &virt_extra,
         )?;
         let host_client = client_for(&planes.host.admin_kubeconfig, "the host API").await?;
         let virt_client = client_for(&planes.virt.admin_kubeconfig, "the virtual API").await?;

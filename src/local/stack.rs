@@ -36,6 +36,9 @@ pub struct StackOptions {
     /// What the host plane's API server stores its objects in (the virtual
     /// plane always runs etcd).
     pub host_datastore: super::Datastore,
+    /// A structured authentication configuration for the virtual API server
+    /// only (`--authentication-config`: JWT issuers for single sign-on).
+    pub authentication_config: Option<PathBuf>,
 }
 
 /// How the stack runs the syncer.
