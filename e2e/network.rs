@@ -333,6 +333,89 @@ fn cluster_ip_and_node_port_parity(env: &Env) {
     });
 }
 
+/// A selector-less Service whose cluster IP the host already gives to another
+/// Service is replaced inside at the host's address; the tenant's own
+/// Endpoints of it survive that (the virtual endpoints controller deletes the
+/// Endpoints of a Service it finds gone) and keep going down.
+fn a_replaced_selector_less_service_keeps_its_endpoints(env: &Env) {
+    block_on(async {
+        let (v, h) = clients_of(env).await;
+        let ns = "replaced";
+        namespace(&v, ns).await;
+        let foreign: Api<Service> = Api::namespaced(h.clone(), OTHER_NS);
+        create(
+            &foreign,
+            json!({"metadata": {"name": "holds-ip"},
+                "spec": {"clusterIP": "10.96.200.201", "ports": [{"port": 80}]}}),
+        )
+        .await;
+        let vapi: Api<Service> = Api::namespaced(v.clone(), ns);
+        let veps: Api<Endpoints> = Api::namespaced(v.clone(), ns);
+        create(
+            &vapi,
+            json!({"metadata": {"name": "db"},
+                "spec": {"clusterIP": "10.96.200.201", "ports": [{"port": 5432}]}}),
+        )
+        .await;
+        create(
+            &veps,
+            json!({"metadata": {"name": "db", "labels": {"team": "data"}},
+                "subsets": [{"addresses": [{"ip": "192.0.2.31"}], "ports": [{"port": 5432}]}]}),
+        )
+        .await;
+        let (vs, hs) = in_parity(&v, &h, ns, "db").await;
+        assert_ne!(cluster_ip(&hs), "10.96.200.201");
+        assert_eq!(cluster_ip(&vs), cluster_ip(&hs));
+        let heps: Api<Endpoints> = Api::namespaced(h.clone(), HOST_NS);
+        let ips = |e: &Endpoints| -> Vec<String> {
+            e.subsets
+                .iter()
+                .flatten()
+                .flat_map(|s| s.addresses.iter().flatten())
+                .map(|a| a.ip.clone())
+                .collect()
+        };
+        // The tenant's Endpoints and their host copy are there once the
+        // replacement has settled: looked at until at least 5 s after it (the
+        // controller's deletion comes within about a second; without the
+        // syncer putting them back they stay gone).
+        let replaced = std::time::Instant::now();
+        eventually(
+            "the tenant's Endpoints of the replaced Service",
+            T,
+            || async {
+                let e = veps
+                    .get_opt("db")
+                    .await
+                    .map_err(|e| e.to_string())?
+                    .ok_or("the virtual Endpoints are gone")?;
+                if ips(&e) != ["192.0.2.31"]
+                    || e.labels().get("team").map(String::as_str) != Some("data")
+                {
+                    return Err(format!("virtual Endpoints changed: {e:?}"));
+                }
+                let he = heps
+                    .get_opt(&hn(ns, "db"))
+                    .await
+                    .map_err(|e| e.to_string())?
+                    .ok_or("no host copy")?;
+                if ips(&he) != ["192.0.2.31"] {
+                    return Err(format!("host copy {:?}", ips(&he)));
+                }
+                if replaced.elapsed() < Duration::from_secs(5) {
+                    return Err("there; looking again until 5 s after the replacement".to_owned());
+                }
+                Ok(())
+            },
+        )
+        .await;
+        foreign
+            .delete("holds-ip", &DeleteParams::default())
+            .await
+            .unwrap();
+    });
+}
+
 fn services_select_only_their_own_namespace(env: &Env) {
     block_on(async {
         let (v, h) = clients_of(env).await;
@@ -1578,6 +1661,10 @@ const TESTS: &[Test<Env>] = &[
     (
         "cluster_ip_and_node_port_parity",
         cluster_ip_and_node_port_parity,
+    ),
+    (
+        "a_replaced_selector_less_service_keeps_its_endpoints",
+        a_replaced_selector_less_service_keeps_its_endpoints,
     ),
     (
         "services_select_only_their_own_namespace",

@@ -61,6 +61,38 @@ pub fn bearer(header: &str) -> Option<&str> {
     (scheme.eq_ignore_ascii_case("bearer") && !token.is_empty()).then_some(token)
 }
 
+/// How long until `token` expires, when it is a JWT with an `exp` claim
+/// (read, not verified: the TokenReview verified it; this only bounds how long
+/// its answer is reused); zero once expired; `None` for other tokens.
+fn jwt_expires_in(token: &str, now: std::time::SystemTime) -> Option<Duration> {
+    use base64::Engine as _;
+    let payload = token.split('.').nth(1)?;
+    let json = base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .decode(payload.trim_end_matches('='))
+        .ok()?;
+    let exp = serde_json::from_slice::<serde_json::Value>(&json)
+        .ok()?
+        .get("exp")?
+        .as_f64()?;
+    let now = now
+        .duration_since(std::time::UNIX_EPOCH)
+        .ok()?
+        .as_secs_f64();
+    Some(Duration::from_secs_f64(
+        (exp - now).clamp(0.0, u32::MAX.into()),
+    ))
+}
+
+/// How long a TokenReview answer about `token` is reused: a rejection
+/// briefly; an acceptance for [`TOKEN_CACHE_TTL`], but never past the token's
+/// own expiry.
+fn answer_ttl(accepted: bool, token: &str, now: std::time::SystemTime) -> Duration {
+    if !accepted {
+        return TOKEN_NEGATIVE_TTL;
+    }
+    jwt_expires_in(token, now).map_or(TOKEN_CACHE_TTL, |left| left.min(TOKEN_CACHE_TTL))
+}
+
 /// A cached answer: when it expires, and the identity (`None`: rejected).
 type CacheEntry = (Instant, Option<Identity>);
 
@@ -94,12 +126,8 @@ impl TokenAuthenticator {
         (Instant::now() < *expires).then(|| id.clone())
     }
 
-    fn remember(&self, key: [u8; 32], id: Option<Identity>) {
-        let ttl = if id.is_some() {
-            TOKEN_CACHE_TTL
-        } else {
-            TOKEN_NEGATIVE_TTL
-        };
+    fn remember(&self, key: [u8; 32], id: Option<Identity>, token: &str) {
+        let ttl = answer_ttl(id.is_some(), token, std::time::SystemTime::now());
         let now = Instant::now();
         let mut cache = self.cache.lock().unwrap_or_else(|e| e.into_inner());
         if cache.len() >= TOKEN_CACHE_MAX {
@@ -143,7 +171,7 @@ impl TokenAuthenticator {
                     extra: u.extra.unwrap_or_default(),
                 })
             });
-        self.remember(key, id.clone());
+        self.remember(key, id.clone(), token);
         Ok(id)
     }
 }
@@ -170,6 +198,40 @@ mod tests {
         assert_eq!(id.user, "alice");
         assert_eq!(id.groups, ["team-a"]);
         assert!(from_client_cert(b"garbage").is_none());
+    }
+
+    #[test]
+    fn a_jwt_answer_is_not_reused_past_its_exp() {
+        use base64::Engine as _;
+        let b64 = |v: serde_json::Value| {
+            base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(v.to_string())
+        };
+        let now = std::time::UNIX_EPOCH + Duration::from_secs(1_000_000);
+        let jwt = |exp: u64| {
+            format!(
+                "{}.{}.sig",
+                b64(serde_json::json!({"alg": "RS256"})),
+                b64(serde_json::json!({"iss": "https://idp", "exp": exp}))
+            )
+        };
+        assert_eq!(
+            jwt_expires_in(&jwt(1_000_004), now),
+            Some(Duration::from_secs(4))
+        );
+        assert_eq!(jwt_expires_in(&jwt(999_000), now), Some(Duration::ZERO));
+        assert_eq!(jwt_expires_in("opaque-token", now), None);
+        assert_eq!(jwt_expires_in("a.bm90LWpzb24.c", now), None);
+
+        // An accepted token expiring in 4 s is reused for 4 s, one expiring
+        // in an hour for the usual 10 s, an expired one not at all.
+        assert_eq!(
+            answer_ttl(true, &jwt(1_000_004), now),
+            Duration::from_secs(4)
+        );
+        assert_eq!(answer_ttl(true, &jwt(1_003_600), now), TOKEN_CACHE_TTL);
+        assert_eq!(answer_ttl(true, &jwt(999_999), now), Duration::ZERO);
+        assert_eq!(answer_ttl(true, "opaque-token", now), TOKEN_CACHE_TTL);
+        assert_eq!(answer_ttl(false, &jwt(1_003_600), now), TOKEN_NEGATIVE_TTL);
     }
 
     #[test]

@@ -353,6 +353,12 @@ impl Rule for PodRule {
         let services = self.services.objects_in(v.namespace().as_deref());
         let mut desired = host_pod(&names.vc, v, &self.api, &services, self.dns.as_ref());
         if let (Some(h), Some(spec)) = (h.and_then(|h| h.spec.as_ref()), desired.spec.as_mut()) {
+            // DNS settings are fixed at creation (a pod's spec cannot change
+            // them, and a kubelet writes resolv.conf once): keep the host
+            // pod's, so that turning the cluster DNS on or off, or its
+            // Service moving, applies to new pods and is no 422 for old ones.
+            spec.dns_policy.clone_from(&h.dns_policy);
+            spec.dns_config.clone_from(&h.dns_config);
             // Container environments are fixed at creation (as service links
             // are for a kubelet): keep the host pod's.
             for (want, have) in spec.containers.iter_mut().zip(&h.containers) {

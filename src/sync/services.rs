@@ -9,16 +9,18 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use k8s_openapi::api::core::v1::Service;
+use k8s_openapi::api::core::v1::{Endpoints, Service};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use kube::ResourceExt;
 use kube::api::{Api, Patch, PatchParams, PostParams};
 use kube::runtime::events::EventType;
+use tracing::Instrument as _;
 
 use super::cache::Cache;
 use super::{Assembly, Context, Decision, KindSpec, Names, Rule, Side, SyncError, delete_exact};
 use crate::policy::service_types::ServiceTypes;
 use crate::translate::service::{
-    Parity, allocation_conflict, host_service, is_kept_by_syncer, parity, status_up,
+    Parity, allocation_conflict, host_service, is_kept_by_syncer, parity, selector, status_up,
     without_allocations,
 };
 
@@ -114,6 +116,19 @@ impl Rule for ServiceRule {
                         .await;
                     return Ok(Some(Duration::from_secs(60)));
                 }
+                // The tenant's own Endpoints of a selector-less Service: the
+                // virtual endpoints controller deletes the Endpoints of a
+                // Service it finds gone, which the replacement below makes it
+                // see; they are put back (see `keep_tenant_endpoints`).
+                let endpoints: Api<Endpoints> = Api::namespaced(ctx.virt.clone(), &ns);
+                let kept = if selector(v).is_none() && !is_external_name(v) {
+                    endpoints
+                        .get_opt(&v.name_any())
+                        .await
+                        .map_err(err("read the Endpoints of", v))?
+                } else {
+                    None
+                };
                 // The cluster IP is immutable: replace the virtual Service
                 // with one at the host's address (the engine keeps the host
                 // copy while the replacement is created).
@@ -124,6 +139,16 @@ impl Rule for ServiceRule {
                     return Ok(None);
                 }
                 tracing::info!(namespace = %ns, name = %v.name_any(), cluster_ip = %ip, "virtual Service re-created at the host's cluster IP");
+                // Kept from now on, whether the replacement or the restored
+                // original ends up holding the name.
+                if let Some(kept) = kept {
+                    let name = v.name_any();
+                    tokio::spawn(
+                        keep_tenant_endpoints(endpoints, kept, v.uid(), ENDPOINTS_KEPT_FOR).instrument(
+                            tracing::info_span!("keep-endpoints", namespace = %ns, name = %name),
+                        ),
+                    );
+                }
                 if let Err(e) = api.create(&PostParams::default(), &replacement).await {
                     // Put the Service back as it was (the virtual API picks an address).
                     let mut original = (*replacement).clone();
@@ -144,6 +169,96 @@ impl Rule for ServiceRule {
     fn status_up(&self, v: &Service, h: &Service) -> Option<serde_json::Value> {
         status_up(v, h)
     }
+}
+
+/// How long after a Service is replaced its tenant-written Endpoints are put
+/// back if they go: the virtual endpoints controller deletes them at most once,
+/// when it handles the Service's deletion, which is soon unless the virtual
+/// control plane is very busy.
+const ENDPOINTS_KEPT_FOR: Duration = Duration::from_secs(60);
+
+fn is_external_name(svc: &Service) -> bool {
+    svc.spec.as_ref().and_then(|s| s.type_.as_deref()) == Some("ExternalName")
+}
+
+/// `kept` (a tenant's Endpoints) as it would be created anew: its content,
+/// without its identity, and without owner references to the replaced
+/// Service `old_service` (whose garbage collection would take it again).
+fn endpoints_to_restore(kept: &Endpoints, old_service: Option<&str>) -> Endpoints {
+    let m = &kept.metadata;
+    let owners: Vec<_> = m
+        .owner_references
+        .iter()
+        .flatten()
+        .filter(|o| Some(o.uid.as_str()) != old_service)
+        .cloned()
+        .collect();
+    Endpoints {
+        metadata: ObjectMeta {
+            name: m.name.clone(),
+            namespace: m.namespace.clone(),
+            labels: m.labels.clone(),
+            annotations: m.annotations.clone(),
+            owner_references: (!owners.is_empty()).then_some(owners),
+            ..ObjectMeta::default()
+        },
+        subsets: kept.subsets.clone(),
+    }
+}
+
+/// Keeps a tenant's Endpoints through the replacement of their selector-less
+/// Service (at the host's cluster IP): the virtual endpoints controller, which
+/// handles the old Service's deletion, deletes the Endpoints of a Service it
+/// does not find, and may do so before it sees the replacement. For `window`
+/// after the replacement, the Endpoints are followed (so a change the tenant
+/// makes meanwhile is what comes back) and created again from their last
+/// content when they go. A deletion by the tenant inside the window is undone
+/// too; after it, Endpoints are the tenant's alone again.
+async fn keep_tenant_endpoints(
+    api: Api<Endpoints>,
+    mut kept: Endpoints,
+    old_service: Option<String>,
+    window: Duration,
+) {
+    use futures::StreamExt as _;
+    use kube::runtime::{WatchStreamExt as _, watcher};
+    let name = kept.name_any();
+    let config = watcher::Config::default().fields(&format!("metadata.name={name}"));
+    let follow = async {
+        let mut events = watcher(api.clone(), config).default_backoff().boxed();
+        let mut listed = false;
+        while let Some(ev) = events.next().await {
+            let gone = match ev {
+                Ok(watcher::Event::Apply(e)) => {
+                    kept = e;
+                    false
+                }
+                Ok(watcher::Event::InitApply(e)) => {
+                    (kept, listed) = (e, true);
+                    false
+                }
+                Ok(watcher::Event::Init) => {
+                    listed = false;
+                    false
+                }
+                Ok(watcher::Event::Delete(_)) => true,
+                // A list without it: gone before the watch began.
+                Ok(watcher::Event::InitDone) => !listed,
+                Err(_) => false,
+            };
+            if gone {
+                let again = endpoints_to_restore(&kept, old_service.as_deref());
+                match api.create(&PostParams::default(), &again).await {
+                    Ok(_) => tracing::info!(
+                        "the tenant's Endpoints put back after the Service was replaced"
+                    ),
+                    Err(kube::Error::Api(s)) if s.code == 409 => {}
+                    Err(e) => tracing::warn!(error = %e, "cannot put the tenant's Endpoints back"),
+                }
+            }
+        }
+    };
+    let _ = tokio::time::timeout(window, follow).await;
 }
 
 /// Services (and the virtual `default/kubernetes` Service's address, and the

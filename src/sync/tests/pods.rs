@@ -299,6 +299,36 @@ async fn the_environment_of_an_existing_host_pod_is_kept() {
 }
 
 #[tokio::test]
+async fn the_dns_settings_of_an_existing_host_pod_are_kept() {
+    let dns_rule = || {
+        let mut r = plain();
+        r.dns = Some(ClusterDns {
+            nameserver: "10.96.0.10".into(),
+            domain: "cluster.local".into(),
+        });
+        r
+    };
+    let policy = |p: &Pod| p.spec.as_ref().and_then(|s| s.dns_policy.clone());
+    // A new pod asks the vcluster's DNS.
+    let fresh = synced(dns_rule().decide(&names(), &pod(json!({})), None));
+    assert_eq!(policy(&fresh).as_deref(), Some("None"));
+    // One created before the DNS was on keeps the host's resolver (the
+    // field cannot change on a pod: writing it would be refused with 422).
+    let mut before = host_copy(json!([]));
+    before.spec.as_mut().unwrap().dns_policy = Some("ClusterFirst".into());
+    let kept = synced(dns_rule().decide(&names(), &pod(json!({})), Some(&before)));
+    assert_eq!(policy(&kept).as_deref(), Some("ClusterFirst"));
+    assert_eq!(kept.spec.as_ref().unwrap().dns_config, None);
+    // And with the DNS off, one created while it was on keeps its nameserver.
+    let kept = synced(plain().decide(&names(), &pod(json!({})), Some(&fresh)));
+    assert_eq!(policy(&kept).as_deref(), Some("None"));
+    assert_eq!(
+        kept.spec.as_ref().unwrap().dns_config,
+        fresh.spec.as_ref().unwrap().dns_config
+    );
+}
+
+#[tokio::test]
 async fn service_links_come_from_the_virtual_services_of_the_pods_namespace() {
     let svc = |ns: &str, name: &str, ip: &str| -> Service {
         obj(json!({"metadata": {"name": name, "namespace": ns},
