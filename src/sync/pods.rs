@@ -462,8 +462,9 @@ impl Rule for PodRule {
     }
 
     fn slim_host(h: &mut Pod) {
-        // Read from the host copy: containers' env (kept at creation), the
-        // node, status and metadata; the rest of the spec never.
+        // Read from the host copy: containers' env and the DNS settings
+        // (kept at creation), the node, status and metadata; the rest of the
+        // spec never.
         if let Some(spec) = h.spec.as_mut() {
             let keep = |c: &Container| Container {
                 name: c.name.clone(),
@@ -472,6 +473,8 @@ impl Rule for PodRule {
             };
             *spec = PodSpec {
                 node_name: spec.node_name.take(),
+                dns_policy: spec.dns_policy.take(),
+                dns_config: spec.dns_config.take(),
                 containers: spec.containers.iter().map(keep).collect(),
                 init_containers: spec
                     .init_containers
