@@ -144,7 +144,14 @@ impl Rule for ServiceRule {
                 if let Some(kept) = kept {
                     let name = v.name_any();
                     tokio::spawn(
-                        keep_tenant_endpoints(endpoints, kept, v.uid(), ENDPOINTS_KEPT_FOR).instrument(
+                        keep_tenant_endpoints(
+                            endpoints,
+                            api.clone(),
+                            kept,
+                            v.uid(),
+                            ENDPOINTS_KEPT_FOR,
+                        )
+                        .instrument(
                             tracing::info_span!("keep-endpoints", namespace = %ns, name = %name),
                         ),
                     );
@@ -216,6 +223,7 @@ fn endpoints_to_restore(kept: &Endpoints, old_service: Option<&str>) -> Endpoint
 /// too; after it, Endpoints are the tenant's alone again.
 async fn keep_tenant_endpoints(
     api: Api<Endpoints>,
+    services: Api<Service>,
     mut kept: Endpoints,
     old_service: Option<String>,
     window: Duration,
@@ -247,6 +255,10 @@ async fn keep_tenant_endpoints(
                 Err(_) => false,
             };
             if gone {
+                if !service_stays(&services, &name).await {
+                    // The tenant deleted the Service itself: its Endpoints go with it.
+                    return;
+                }
                 let again = endpoints_to_restore(&kept, old_service.as_deref());
                 match api.create(&PostParams::default(), &again).await {
                     Ok(_) => tracing::info!(
@@ -259,6 +271,20 @@ async fn keep_tenant_endpoints(
         }
     };
     let _ = tokio::time::timeout(window, follow).await;
+}
+
+/// Whether Service `name` is there, waiting up to 2 s for it (the replacement
+/// may still be on its way when its Endpoints go); false when it is gone for
+/// good, or cannot be read.
+async fn service_stays(services: &Api<Service>, name: &str) -> bool {
+    for _ in 0..10 {
+        match services.get_opt(name).await {
+            Ok(Some(s)) if s.metadata.deletion_timestamp.is_none() => return true,
+            Ok(_) => tokio::time::sleep(Duration::from_millis(200)).await,
+            Err(_) => return false,
+        }
+    }
+    false
 }
 
 /// Services (and the virtual `default/kubernetes` Service's address, and the
