@@ -20,8 +20,8 @@ use super::cache::Cache;
 use super::{Assembly, Context, Decision, KindSpec, Names, Rule, Side, SyncError, delete_exact};
 use crate::policy::service_types::ServiceTypes;
 use crate::translate::service::{
-    Parity, allocation_conflict, host_service, is_kept_by_syncer, parity, selector, status_up,
-    without_allocations,
+    Parity, allocation_conflict, host_service, is_external_name, is_kept_by_syncer, parity,
+    selector, status_up, without_allocations,
 };
 
 /// The Service rule.
@@ -183,10 +183,6 @@ impl Rule for ServiceRule {
 /// when it handles the Service's deletion, which is soon unless the virtual
 /// control plane is very busy.
 const ENDPOINTS_KEPT_FOR: Duration = Duration::from_secs(60);
-
-fn is_external_name(svc: &Service) -> bool {
-    svc.spec.as_ref().and_then(|s| s.type_.as_deref()) == Some("ExternalName")
-}
 
 /// `kept` (a tenant's Endpoints) as it would be created anew: its content,
 /// without its identity, and without owner references to the replaced

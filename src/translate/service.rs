@@ -88,7 +88,8 @@ fn cluster_ip(s: &Service) -> Option<&str> {
         .filter(|ip| !ip.is_empty() && *ip != "None")
 }
 
-fn is_external_name(s: &Service) -> bool {
+/// True for a Service of type ExternalName.
+pub fn is_external_name(s: &Service) -> bool {
     s.spec.as_ref().and_then(|s| s.type_.as_deref()) == Some("ExternalName")
 }
 
