@@ -4,7 +4,7 @@ SHELL := bash
 CARGO ?= cargo
 STATE_DIR ?= .vcluster-dev
 
-.PHONY: dev test kube-bins shared-bins kube-mod build prereqs fmt-check clippy unit e2e down status clean bench faults node-deps image e2e-realnode e2e-kine e2e-helm-node fuzz fuzz-short fuzz-tools bench-dns bench-wake
+.PHONY: dev test kube-bins shared-bins kube-mod build prereqs fmt-check clippy unit e2e down status clean bench faults node-deps image e2e-realnode e2e-kine e2e-helm-node e2e-walkthrough fuzz fuzz-short fuzz-tools bench-dns bench-wake
 
 ## dev: build what is missing, then run the host and virtual control planes (Ctrl-C stops them)
 dev: prereqs kube-bins build
@@ -53,6 +53,16 @@ e2e-realnode: kube-bins
 	image/build.sh pause busybox toolbox
 	$(CARGO) test --locked --test e2e_realnode
 
+## e2e-walkthrough: examples/walkthrough.md run block by block (vcluster create, single sign-on
+## through Dex, a chart installed by the SSO user) on the real node; the vcluster image holds the
+## debug build (no static release build in `make test`); root
+e2e-walkthrough: kube-bins
+	e2e/kube/build.sh --shared dex
+	@$(MAKE) -s node-deps
+	$(CARGO) build --locked --bin vcluster
+	VCLUSTER_IMAGE_BIN=target/debug/vcluster VCLUSTER_IMAGE_GZIP_LEVEL=1 image/build.sh vcluster control-plane pause busybox
+	$(CARGO) test --locked --test e2e_walkthrough
+
 ## e2e-helm-node: `helm install` (distro k8s, the images of `make image`) on the real node,
 ## `vcluster connect`, a tenant pod through it; not in `make test` (it needs the release build)
 e2e-helm-node: kube-bins image
@@ -95,6 +105,7 @@ e2e:
 	$(CARGO) test --locked --test e2e_sleep
 	$(MAKE) e2e-kine
 	$(MAKE) e2e-realnode
+	$(MAKE) e2e-walkthrough
 
 ## e2e-kine: the syncer's suite again on a host plane whose API server stores in kine + SQLite
 ## (as k3s hosts do) instead of etcd; the etcd-compaction test is etcd's own and is skipped

@@ -710,7 +710,7 @@ fn the_team_baseline_example_lands_inside(env: &Env) {
                 "--as",
                 "jane",
                 "--as-group",
-                "team-a-developers",
+                "oidc:team-a-developers",
             ],
             None,
         );

@@ -23,23 +23,16 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use base64::Engine as _;
-use common::shared::{HostService, shared_bin};
+use common::dex::{self, Dex};
 use common::*;
-use http_body_util::{BodyExt as _, Full};
-use hyper::body::Bytes;
 use libtest_mimic::Arguments;
-use rustls_pki_types::pem::PemObject as _;
-use rustls_pki_types::{CertificateDer, ServerName};
 use serde_json::{Value, json};
-use vcluster::local::process::{Tie, spawn};
-use vcluster::pki::{Ca, CertSpec};
 
 const T: Duration = Duration::from_secs(60);
 /// The client id the vcluster accepts tokens for (`sso.oidc.audiences`).
 const CLIENT: &str = "vcluster";
 /// Another application of the same provider: its tokens are not for the vcluster.
 const OTHER_CLIENT: &str = "wiki";
-const PASSWORD: &str = "correct horse battery staple";
 /// The virtual namespace alice's group may edit.
 const TEAM_NS: &str = "team-a";
 /// How long the provider's ID tokens live (Dex's `expiry.idTokens`), short
@@ -47,13 +40,6 @@ const TEAM_NS: &str = "team-a";
 const TOKEN_LIFE: Duration = Duration::from_secs(30);
 /// The chart's default prefixes, which the suite keeps.
 const PREFIX: &str = "oidc:";
-
-struct Dex {
-    _process: HostService,
-    port: u16,
-    ca_pem: String,
-    issuer: String,
-}
 
 struct Env {
     stack: DevStack,
@@ -64,170 +50,6 @@ struct Env {
     early_token: String,
     /// A token of alice's the front door served (kept by the first test).
     served_token: std::sync::Mutex<Option<String>>,
-}
-
-/// A free port on 127.0.0.1.
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-fn user(name: &str, groups: &[&str]) -> Value {
-    json!({
-        "username": name,
-        "password": PASSWORD,
-        "email": format!("{name}@example.test"),
-        "userID": format!("{name}-id"),
-        "groups": groups,
-    })
-}
-
-/// Starts Dex with its own CA, memory storage, the password grant through
-/// the staticUsers connector, and waits for its discovery document.
-fn start_dex(dir: &Path) -> Dex {
-    let ca = Ca::generate("e2e-sso-provider-ca", Duration::from_secs(3600)).unwrap();
-    let serving = ca
-        .issue(&CertSpec::server(
-            "dex",
-            &["127.0.0.1".to_owned()],
-            Duration::from_secs(3600),
-        ))
-        .unwrap();
-    std::fs::write(dir.join("dex.crt"), &serving.cert_pem).unwrap();
-    std::fs::write(dir.join("dex.key"), &serving.key_pem).unwrap();
-    let port = free_port();
-    let issuer = format!("https://127.0.0.1:{port}/dex");
-    let config = json!({
-        "issuer": issuer,
-        "storage": {"type": "memory"},
-        "web": {
-            "https": format!("127.0.0.1:{port}"),
-            "tlsCert": dir.join("dex.crt"),
-            "tlsKey": dir.join("dex.key"),
-        },
-        "logger": {"level": "info"},
-        "expiry": {"idTokens": format!("{}s", TOKEN_LIFE.as_secs())},
-        "oauth2": {"passwordConnector": "static", "skipApprovalScreen": true},
-        "staticClients": [
-            {"id": CLIENT, "secret": "vcluster-secret", "name": "vcluster",
-             "redirectURIs": ["http://127.0.0.1:8000/callback"]},
-            {"id": OTHER_CLIENT, "secret": "wiki-secret", "name": "wiki",
-             "redirectURIs": ["http://127.0.0.1:8001/callback"]},
-        ],
-        "connectors": [{
-            "type": "staticUsers", "id": "static", "name": "static",
-            "config": {"users": [user("alice", &["team-a"]), user("bob", &[])]},
-        }],
-    });
-    let path = dir.join("dex.yaml");
-    std::fs::write(&path, serde_yaml::to_string(&config).unwrap()).unwrap();
-    let process = spawn(
-        "dex",
-        &shared_bin("dex"),
-        &["serve".to_owned(), path.display().to_string()],
-        &[],
-        &dir.join("dex.log"),
-        Tie::ToParent,
-    )
-    .unwrap();
-    let dex = Dex {
-        _process: HostService(process),
-        port,
-        ca_pem: ca.cert_pem().to_owned(),
-        issuer,
-    };
-    block_on(async {
-        let d = &dex;
-        eventually("Dex's discovery document", T, || async move {
-            let (status, body) = d
-                .request("GET", "/dex/.well-known/openid-configuration", None)
-                .await?;
-            let doc: Value = serde_json::from_str(&body).map_err(|e| e.to_string())?;
-            (status == 200 && doc["issuer"] == d.issuer.as_str())
-                .then_some(())
-                .ok_or(format!("{status}: {body}"))
-        })
-        .await;
-    });
-    dex
-}
-
-impl Dex {
-    /// One HTTPS request to the provider, verified against its CA.
-    async fn request(
-        &self,
-        method: &str,
-        path: &str,
-        form: Option<String>,
-    ) -> Result<(u16, String), String> {
-        let mut roots = rustls::RootCertStore::empty();
-        for c in CertificateDer::pem_slice_iter(self.ca_pem.as_bytes()) {
-            roots.add(c.unwrap()).unwrap();
-        }
-        let config = rustls::ClientConfig::builder_with_provider(Arc::new(
-            rustls::crypto::ring::default_provider(),
-        ))
-        .with_safe_default_protocol_versions()
-        .unwrap()
-        .with_root_certificates(roots)
-        .with_no_client_auth();
-        let tcp = tokio::net::TcpStream::connect(("127.0.0.1", self.port))
-            .await
-            .map_err(|e| e.to_string())?;
-        let name = ServerName::try_from("127.0.0.1").unwrap();
-        let tls = tokio_rustls::TlsConnector::from(Arc::new(config))
-            .connect(name, tcp)
-            .await
-            .map_err(|e| e.to_string())?;
-        let (mut send, conn) =
-            hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(tls))
-                .await
-                .map_err(|e| e.to_string())?;
-        tokio::spawn(conn);
-        let req = http::Request::builder()
-            .method(method)
-            .uri(path)
-            .header("host", format!("127.0.0.1:{}", self.port))
-            .header("content-type", "application/x-www-form-urlencoded")
-            .body(Full::new(Bytes::from(form.unwrap_or_default())))
-            .unwrap();
-        let resp = send.send_request(req).await.map_err(|e| e.to_string())?;
-        let status = resp.status().as_u16();
-        let body = resp
-            .into_body()
-            .collect()
-            .await
-            .map_err(|e| e.to_string())?
-            .to_bytes();
-        Ok((status, String::from_utf8_lossy(&body).into_owned()))
-    }
-
-    /// An ID token of `username` for `client`, by the password grant.
-    fn id_token(&self, username: &str, client: &str) -> String {
-        let secret = format!("{client}-secret");
-        let form = form_urlencoded::Serializer::new(String::new())
-            .append_pair("grant_type", "password")
-            .append_pair("username", username)
-            .append_pair("password", PASSWORD)
-            .append_pair("scope", "openid email profile groups")
-            .append_pair("client_id", client)
-            .append_pair("client_secret", &secret)
-            .finish();
-        let mut token = String::new();
-        block_on(async {
-            let (status, body) = self
-                .request("POST", "/dex/token", Some(form))
-                .await
-                .unwrap();
-            assert_eq!(status, 200, "password grant for {username}: {body}");
-            let v: Value = serde_json::from_str(&body).unwrap();
-            token = v["id_token"].as_str().unwrap().to_owned();
-        });
-        token
-    }
 }
 
 /// The claims of a JWT (not verified: the API server does that).
@@ -639,7 +461,15 @@ fn main() {
         .prefix("vcluster-e2e-sso-")
         .tempdir()
         .unwrap();
-    let dex = start_dex(dir.path());
+    let dex = dex::start(
+        dir.path(),
+        &dex::DexSpec {
+            address: "127.0.0.1",
+            users: vec![dex::user("alice", &["team-a"]), dex::user("bob", &[])],
+            clients: &[CLIENT, OTHER_CLIENT],
+            token_life: TOKEN_LIFE,
+        },
+    );
     let early_token = dex.id_token("alice", CLIENT);
     let auth = chart_authentication_config(&dex, dir.path());
     let auth_arg = format!("--authentication-config={}", auth.display());

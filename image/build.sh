@@ -11,6 +11,9 @@
 #   vcluster.dev/toolbox:1                       busybox + the machine's kubectl (in-pod API client, tests)
 #
 # `image/build.sh vcluster|pause|busybox|toolbox|control-plane` builds one group.
+# VCLUSTER_IMAGE_BIN=target/debug/vcluster puts that build (with the shared
+# libraries it links) in the vcluster image instead of the static release one;
+# VCLUSTER_IMAGE_GZIP_LEVEL (default 9) trades size for time.
 # The names are the chart's defaults, so an image imported into a node's
 # containerd is used by `helm install` as it is (imagePullPolicy IfNotPresent).
 set -euo pipefail
@@ -26,7 +29,22 @@ version=$(sed -n 's/^version = "\(.*\)"/\1/p' "$root/Cargo.toml" | head -1)
 want() { [ "$#" = 0 ] || [ -z "${groups:-}" ] || [[ " $groups " == *" $1 "* ]]; }
 groups="$*"
 
-if want vcluster; then
+if want vcluster && [ -n "${VCLUSTER_IMAGE_BIN:-}" ]; then
+  # A given build (the e2e suites' debug binary: no second, static release
+  # build in `make test`), debug info stripped, with the shared libraries it
+  # links (glibc's) at their paths. Same image name as the release image.
+  bin="$work/vcluster"
+  strip --strip-debug -o "$bin" "$VCLUSTER_IMAGE_BIN"
+  libs=()
+  for lib in $(ldd "$bin" | awk '$2 == "=>" && $3 ~ /^\// {print $3} $1 ~ /^\// {print $1}'); do
+    libs+=("$(readlink -f "$lib"):$lib:0755")
+  done
+  certs=/etc/ssl/certs/ca-certificates.crt
+  oci --name "ghcr.io/vcluster-dev/vcluster:$version" \
+    --entrypoint '["/usr/local/bin/vcluster"]' --user 65532:65532 \
+    --env PATH=/usr/local/bin --env SSL_CERT_FILE=/etc/ssl/certs/ca-certificates.crt \
+    "$bin:/usr/local/bin/vcluster:0755" "$certs:/etc/ssl/certs/ca-certificates.crt:0644" "${libs[@]}"
+elif want vcluster; then
   # Static on the gnu target (glibc's static libraries come with libc6-dev);
   # --target keeps RUSTFLAGS off build scripts and proc macros.
   triple=$(rustc -vV | sed -n 's/^host: //p')

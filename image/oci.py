@@ -73,7 +73,8 @@ def build_layer(files):
 
 def gz(data):
     buf = io.BytesIO()
-    with gzip.GzipFile(filename="", mode="wb", fileobj=buf, mtime=0, compresslevel=9) as g:
+    level = int(os.environ.get("VCLUSTER_IMAGE_GZIP_LEVEL", "9"))
+    with gzip.GzipFile(filename="", mode="wb", fileobj=buf, mtime=0, compresslevel=level) as g:
         g.write(data)
     return buf.getvalue()
 

@@ -329,6 +329,11 @@ pub async fn run(opts: SyncerOptions) -> Result<(), SyncerError> {
             crate::init::run(Arc::clone(&ctx), manifests, reapply).instrument(span),
         );
     }
+    let roles = assembly.readiness("default-roles");
+    assembly.spawn(
+        "default-roles",
+        default_roles(virt.clone(), roles).instrument(tracing::info_span!("default_roles")),
+    );
     let sleep = assembly.shared::<crate::sleep::Sleep>();
     assembly.spawn(
         "sleep",
@@ -467,6 +472,43 @@ fn health_response(path: &str, running: &Running) -> Response<Full<Bytes>> {
         hyper::header::HeaderValue::from_static(content_type),
     );
     resp
+}
+
+/// The user-facing ClusterRoles whose rules the virtual controller-manager
+/// aggregates (empty until its clusterrole-aggregation controller runs).
+const DEFAULT_ROLES: [&str; 3] = ["admin", "edit", "view"];
+
+/// Sets `ready` once the virtual cluster's default roles have rules: until
+/// then a RoleBinding to `edit` (a team baseline's, `init.manifests`) grants
+/// nothing, and a tenant told the cluster is ready gets 403s. Right after a
+/// first start the controller-manager takes seconds to get there (it may
+/// restart while the new API's RBAC bootstraps).
+async fn default_roles(virt: kube::Client, ready: Arc<crate::sync::feed::Readiness>) {
+    let roles: Api<k8s_openapi::api::rbac::v1::ClusterRole> = Api::all(virt);
+    let started = std::time::Instant::now();
+    loop {
+        let mut missing = Vec::new();
+        for name in DEFAULT_ROLES {
+            match roles.get_opt(name).await {
+                Ok(Some(r)) if r.rules.as_ref().is_some_and(|r| !r.is_empty()) => {}
+                Ok(_) => missing.push(name),
+                Err(e) => {
+                    tracing::debug!(role = name, error = %e, "cannot read a default role yet");
+                    missing.push(name);
+                }
+            }
+        }
+        if missing.is_empty() {
+            tracing::info!(
+                elapsed_ms = started.elapsed().as_millis() as u64,
+                "the virtual cluster's default roles are aggregated"
+            );
+            ready.set();
+            return;
+        }
+        tracing::debug!(?missing, "default roles not aggregated yet");
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
 }
 
 #[cfg(test)]

@@ -13,6 +13,7 @@ use kube::config::Kubeconfig;
 use vcluster::local::StackState;
 
 pub mod chart;
+pub mod dex;
 pub mod shared;
 
 /// The `vcluster` binary cargo built for this test.

@@ -65,6 +65,11 @@ struct UpArgs {
     /// on SQLite (as k3s hosts run; `make kube-bins` builds kine).
     #[arg(long, default_value = "etcd")]
     host_datastore: local::Datastore,
+    /// A service on this machine's 127.0.0.1:PORT (an identity provider, a
+    /// chart repository) made reachable from the real node's pods at
+    /// 10.246.0.1:PORT (repeatable; with --real-nodes 1).
+    #[arg(long = "node-relay", value_name = "PORT")]
+    node_relays: Vec<u16>,
     /// Do not run the syncer (only the control planes).
     #[arg(long)]
     no_syncer: bool,
@@ -129,6 +134,11 @@ fn absolute(p: &Path) -> anyhow::Result<PathBuf> {
 }
 
 fn options(up: &UpArgs) -> anyhow::Result<StackOptions> {
+    if !up.node_relays.is_empty() && up.real_nodes == 0 {
+        anyhow::bail!(
+            "--node-relay needs --real-nodes 1 (it opens ports inside the real node's namespace)"
+        );
+    }
     Ok(StackOptions {
         state_dir: absolute(&up.state.state_dir)?,
         bin_dir: match &up.bin_dir {
@@ -148,6 +158,7 @@ fn options(up: &UpArgs) -> anyhow::Result<StackOptions> {
             .map(authentication_config)
             .transpose()?,
         image_dir: up.image_dir.as_deref().map(absolute).transpose()?,
+        node_relays: up.node_relays.clone(),
         syncer: if up.no_syncer {
             None
         } else {
@@ -312,6 +323,7 @@ fn supervisor_args(up: &UpArgs, opts: &StackOptions) -> Vec<String> {
             .as_ref()
             .map(|d| format!("--image-dir={}", d.display())),
     );
+    args.extend(opts.node_relays.iter().map(|p| format!("--node-relay={p}")));
     args.push(format!("--name={}", up.name));
     args.push(format!("--host-namespace={}", up.host_namespace));
     if !up.dns_upstream.is_empty() {

@@ -1,7 +1,7 @@
 //! `vcluster create | connect | disconnect | list | delete`: vclusters seen from the host.
 
 use std::io::Write as _;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use anyhow::{Context as _, bail};
@@ -91,8 +91,25 @@ fn sign_in(args: &ConnectArgs) -> anyhow::Result<Option<crate::kubeconfig::SignI
     if let Some(file) = &args.token_file {
         let abs = std::path::absolute(file)
             .with_context(|| format!("invalid --token-file {}", file.display()))?;
-        std::fs::File::open(&abs)
-            .with_context(|| format!("cannot read --token-file {}", abs.display()))?;
+        match std::fs::File::open(&abs) {
+            Ok(_) => {}
+            // A kubeconfig written for a member who gets the token later
+            // (kubectl reads the file at each call); a wrong directory is
+            // still a mistake.
+            Err(e)
+                if e.kind() == std::io::ErrorKind::NotFound
+                    && abs.parent().is_some_and(Path::is_dir) =>
+            {
+                say_err(&format!(
+                    "note: {} does not exist yet; kubectl reads the token from it at each call",
+                    abs.display()
+                ));
+            }
+            Err(e) => {
+                return Err(e)
+                    .with_context(|| format!("cannot read --token-file {}", abs.display()));
+            }
+        }
         return Ok(Some(SignIn::TokenFile(abs.display().to_string())));
     }
     if !args.oidc {

@@ -368,6 +368,13 @@ impl Stack {
         })?)?;
         node.tasks
             .push(netns::relay_to_loopback(api, host.ports.apiserver));
+        for &port in &self.opts.node_relays {
+            let api_ip: std::net::IpAddr = API_IP
+                .parse()
+                .map_err(|_| node_err("invalid relay address"))?; // a constant: cannot fail
+            let listener = ns.listen(std::net::SocketAddr::new(api_ip, port))?;
+            node.tasks.push(netns::relay_to_loopback(listener, port));
+        }
         if let Some(ports) = syncer {
             use crate::discovery::{FRONT_DOOR_PORT, WAKE_PORT};
             for (inside, port) in [(FRONT_DOOR_PORT, ports.front_door), (WAKE_PORT, ports.wake)] {

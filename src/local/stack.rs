@@ -39,6 +39,10 @@ pub struct StackOptions {
     /// A structured authentication configuration for the virtual API server
     /// only (`--authentication-config`: JWT issuers for single sign-on).
     pub authentication_config: Option<PathBuf>,
+    /// Ports of services on this machine's loopback (an identity provider,
+    /// a chart repository) that the real node's pods reach at
+    /// `API_IP:<port>` inside the node's namespace.
+    pub node_relays: Vec<u16>,
 }
 
 /// How the stack runs the syncer.

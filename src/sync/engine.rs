@@ -113,6 +113,10 @@ impl<R: Rule> Engine<R> {
             q.add(k);
         }
         drop(q);
+        self.wake_workers();
+    }
+
+    fn wake_workers(&self) {
         // The stored permit covers a worker that has just found the queue
         // empty and is about to wait.
         self.wake.notify_waiters();
@@ -153,7 +157,15 @@ impl<R: Rule> Engine<R> {
                 .filter_map(|h| own.virtual_key(h.meta())),
         );
         if force {
+            // The resync: its own lane, after every other key (queue.rs).
             lock(&self.force).extend(keys.iter().cloned());
+            let mut q = lock(&self.queue);
+            for k in keys {
+                q.add_background(k);
+            }
+            drop(q);
+            self.wake_workers();
+            return;
         }
         self.enqueue_many(keys);
     }
