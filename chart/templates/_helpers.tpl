@@ -116,8 +116,9 @@ vcluster.dev/component: control-plane
     - {name: dns, containerPort: 1053, protocol: UDP}
     - {name: dns-tcp, containerPort: 1053, protocol: TCP}
     {{- end }}
-  # /readyz: every engine's initial sync and, with dns.enabled, the DNS
-  # listeners bound and the caches they answer from listed.
+  # /readyz: every engine's initial sync, with dns.enabled the DNS listeners
+  # bound and the caches they answer from listed, and the virtual cluster's
+  # default roles (admin, edit, view) aggregated.
   readinessProbe:
     httpGet: {path: /readyz, port: health}
     periodSeconds: 5
