@@ -22,14 +22,6 @@ use common::*;
 const NS: &str = "team-a";
 const VC: &str = "vc1";
 const T: Duration = Duration::from_secs(240);
-const IMAGES: &[&str] = &[
-    "vcluster.tar",
-    "kube-apiserver.tar",
-    "kube-controller-manager.tar",
-    "etcd.tar",
-    "pause.tar",
-    "busybox.tar",
-];
 
 fn helm(kubeconfig: &Path, args: &[&str]) -> String {
     let bin = vcluster::local::default_bin_dir().join("helm");
@@ -83,19 +75,12 @@ fn container_rss_mib(container_id: &str) -> Option<f64> {
 }
 
 fn main() {
-    let images = std::env::var("VCLUSTER_IMAGE_DIR")
-        .unwrap_or_else(|_| concat!(env!("CARGO_MANIFEST_DIR"), "/target/images").to_owned());
-    for i in IMAGES {
-        if !Path::new(&images).join(i).is_file() {
-            eprintln!("e2e: {images}/{i} missing: run `make image`");
-            std::process::exit(1);
-        }
-    }
+    let images = chart_image_dir();
     let (mut passed, mut failed) = (0, 0);
     let mut stack = DevStack::up(&["--nodes", "1", "--real-nodes", "1", "--image-dir", &images]);
     println!(
         "dev up --real-nodes 1 (with {} images): ready in {:.1}s",
-        IMAGES.len(),
+        CHART_IMAGES.len(),
         stack.up_time.as_secs_f64()
     );
     let host = stack.host_kubeconfig();

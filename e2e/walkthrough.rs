@@ -28,14 +28,6 @@ use common::dex::{self, Dex};
 use common::*;
 
 const WALKTHROUGH: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/examples/walkthrough.md");
-const IMAGES: &[&str] = &[
-    "vcluster.tar",
-    "kube-apiserver.tar",
-    "kube-controller-manager.tar",
-    "etcd.tar",
-    "pause.tar",
-    "busybox.tar",
-];
 /// The longest one block may take (`vcluster create` waits up to 300 s itself).
 const BLOCK_TIMEOUT: Duration = Duration::from_secs(600);
 const T: Duration = Duration::from_secs(180);
@@ -166,14 +158,7 @@ fn start_dex(dir: &Path) -> Dex {
 }
 
 fn main() {
-    let images = std::env::var("VCLUSTER_IMAGE_DIR")
-        .unwrap_or_else(|_| concat!(env!("CARGO_MANIFEST_DIR"), "/target/images").to_owned());
-    for i in IMAGES {
-        if !Path::new(&images).join(i).is_file() {
-            eprintln!("e2e: {images}/{i} missing: run `make image`");
-            std::process::exit(1);
-        }
-    }
+    let images = chart_image_dir();
     let markdown = std::fs::read_to_string(WALKTHROUGH).unwrap();
     let blocks = blocks(&markdown);
     let started = Instant::now();

@@ -16,6 +16,31 @@ pub mod chart;
 pub mod dex;
 pub mod shared;
 
+/// The images a chart-installed vcluster (`distro: k8s`) needs on the real
+/// node, and a tenant's test pod.
+pub const CHART_IMAGES: &[&str] = &[
+    "vcluster.tar",
+    "kube-apiserver.tar",
+    "kube-controller-manager.tar",
+    "etcd.tar",
+    "pause.tar",
+    "busybox.tar",
+];
+
+/// The image directory (`VCLUSTER_IMAGE_DIR`, default `target/images`) with
+/// every [`CHART_IMAGES`] in it; otherwise exits naming the one missing.
+pub fn chart_image_dir() -> String {
+    let images = std::env::var("VCLUSTER_IMAGE_DIR")
+        .unwrap_or_else(|_| concat!(env!("CARGO_MANIFEST_DIR"), "/target/images").to_owned());
+    for i in CHART_IMAGES {
+        if !Path::new(&images).join(i).is_file() {
+            eprintln!("e2e: {images}/{i} missing: run `make image`");
+            std::process::exit(1);
+        }
+    }
+    images
+}
+
 /// The `vcluster` binary cargo built for this test.
 pub fn vcluster_bin() -> &'static str {
     env!("CARGO_BIN_EXE_vcluster")
