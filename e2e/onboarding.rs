@@ -4,7 +4,8 @@
 //! Ready, and for the syncer's kubeconfig Secret, the syncer running as the
 //! chart's ServiceAccount as in the chart's pod; refusals of a second create
 //! and of another chart's release; `--upgrade`), `vcluster disconnect`, and
-//! init manifests applied into a new virtual cluster once.
+//! init manifests and init helm charts applied into a new virtual cluster
+//! once.
 #![allow(
     clippy::unwrap_used,
     clippy::expect_used,
@@ -60,10 +61,15 @@ fn create(env: &Env, args: &[&str]) -> Output {
 }
 
 fn helm(env: &Env, args: &[&str]) -> String {
+    helm_with(&env.stack.host_kubeconfig(), args)
+}
+
+/// helm with `kubeconfig`; its stdout, once it succeeded.
+fn helm_with(kubeconfig: &std::path::Path, args: &[&str]) -> String {
     let out = Command::new(helm_dir().join("helm"))
         .args(args)
         .arg("--kubeconfig")
-        .arg(env.stack.host_kubeconfig())
+        .arg(kubeconfig)
         .output()
         .unwrap();
     let (stdout, stderr) = text(&out);
@@ -418,6 +424,44 @@ fn settings_mode(env: &Env) -> String {
     )
 }
 
+/// The syncer given `file` with `flag` does not start, and says `says` in one line.
+fn refused_init_file(env: &Env, flag: &str, file: &std::path::Path, says: &str) {
+    let out = vcluster(&[
+        "syncer",
+        "--name",
+        INIT_NAME,
+        "--host-namespace",
+        INIT_NS,
+        "--virtual-kubeconfig",
+        env.stack.vcluster_kubeconfig().to_str().unwrap(),
+        flag,
+        file.to_str().unwrap(),
+    ]);
+    assert_one_line_refusal(&out, says);
+}
+
+/// ConfigMap kube-system/vcluster-init inside, or kubectl's complaint.
+fn init_record(env: &Env) -> Result<serde_json::Value, String> {
+    let out = kubectl(
+        &env.stack.vcluster_kubeconfig(),
+        &[
+            "get",
+            "cm",
+            "vcluster-init",
+            "-n",
+            "kube-system",
+            "-o",
+            "json",
+        ],
+        None,
+    );
+    if out.status.success() {
+        serde_json::from_str(&text(&out).0).map_err(|e| e.to_string())
+    } else {
+        Err(text(&out).1)
+    }
+}
+
 fn start_init_syncer(env: &Env, file: &std::path::Path, extra: &[&str]) -> SyncerProcess {
     let mut args = vec!["--init-manifests", file.to_str().unwrap()];
     args.extend_from_slice(extra);
@@ -457,42 +501,16 @@ fn init_manifests_are_applied_once(env: &Env) {
         "apiVersion: v1\nkind: ConfigMap\nmetadata: {name: a}\n---\nkind: Secret\n",
     )
     .unwrap();
-    let out = vcluster(&[
-        "syncer",
-        "--name",
-        INIT_NAME,
-        "--host-namespace",
-        INIT_NS,
-        "--virtual-kubeconfig",
-        env.stack.vcluster_kubeconfig().to_str().unwrap(),
+    refused_init_file(
+        env,
         "--init-manifests",
-        bad.to_str().unwrap(),
-    ]);
-    assert_one_line_refusal(&out, "bad.yaml, document 2: no apiVersion");
+        &bad,
+        "bad.yaml, document 2: no apiVersion",
+    );
 
     let syncer = start_init_syncer(env, &file, &[]);
     // Every object, the Gadget after its CRD (written later in the file).
-    let record = eventually_sync("the init record", T, || {
-        let out = kubectl(
-            &env.stack.vcluster_kubeconfig(),
-            &[
-                "get",
-                "cm",
-                "vcluster-init",
-                "-n",
-                "kube-system",
-                "-o",
-                "json",
-            ],
-            None,
-        );
-        if out.status.success() {
-            Ok(text(&out).0)
-        } else {
-            Err(text(&out).1)
-        }
-    });
-    let record: serde_json::Value = serde_json::from_str(&record).unwrap();
+    let record = eventually_sync("the init record", T, || init_record(env));
     let applied = record["data"]["applied"].as_str().unwrap();
     for o in [
         "Namespace team-a",
@@ -547,19 +565,7 @@ fn init_manifests_are_applied_once(env: &Env) {
     );
     // Events on the record say what happened.
     let events = eventually_sync("the init events", T, || {
-        let ev = virt_get(
-            env,
-            &[
-                "get",
-                "events",
-                "-n",
-                "kube-system",
-                "--field-selector",
-                "involvedObject.name=vcluster-init",
-                "-o",
-                "jsonpath={range .items[*]}{.type} {.reason} {.message}{\"\\n\"}{end}",
-            ],
-        );
+        let ev = init_events(env);
         if ev.contains("InitManifestsApplied") && ev.contains("InitManifestFailed") {
             Ok(ev)
         } else {
@@ -600,45 +606,53 @@ fn init_manifests_are_applied_once(env: &Env) {
     });
 }
 
-/// The team baseline example, rendered by the real helm as the chart's pod
-/// would get it, applied by the syncer: everything it names is inside.
-fn the_team_baseline_example_lands_inside(env: &Env) {
-    let example = concat!(env!("CARGO_MANIFEST_DIR"), "/examples/team-baseline.yaml");
+/// The chart rendered by the real helm as release `base` in INIT_NS, with
+/// `extra` arguments (values), one object per document.
+fn render_base(env: &Env, extra: &[&str]) -> Vec<serde_json::Value> {
     let chart = concat!(env!("CARGO_MANIFEST_DIR"), "/chart");
-    let yaml = helm(
-        env,
-        &[
-            "template",
-            "base",
-            chart,
-            "-n",
-            INIT_NS,
-            "--kube-version",
-            "1.36.3",
-            "-f",
-            example,
-        ],
-    );
-    let docs: Vec<serde_json::Value> = yaml
+    let mut args = vec![
+        "template",
+        "base",
+        chart,
+        "-n",
+        INIT_NS,
+        "--kube-version",
+        "1.36.3",
+    ];
+    args.extend_from_slice(extra);
+    helm(env, &args)
         .split("\n---")
         .filter_map(|d| serde_yaml::from_str(d).ok())
-        .collect();
-    let find = |kind: &str, name: &str| {
-        docs.iter()
-            .find(|d| d["kind"] == kind && d["metadata"]["name"] == name)
-            .unwrap_or_else(|| panic!("{kind}/{name} rendered"))
-    };
-    let manifests = find("ConfigMap", "vc-base-init")["data"]["manifests.yaml"]
-        .as_str()
-        .unwrap()
-        .to_owned();
-    let syncer = &find("StatefulSet", "base")["spec"]["template"]["spec"]["containers"]
+        .collect()
+}
+
+/// The rendered object `kind`/`name`.
+fn rendered<'a>(docs: &'a [serde_json::Value], kind: &str, name: &str) -> &'a serde_json::Value {
+    docs.iter()
+        .find(|d| d["kind"] == kind && d["metadata"]["name"] == name)
+        .unwrap_or_else(|| panic!("{kind}/{name} rendered"))
+}
+
+/// The rendered syncer container.
+fn rendered_syncer(docs: &[serde_json::Value]) -> &serde_json::Value {
+    rendered(docs, "StatefulSet", "base")["spec"]["template"]["spec"]["containers"]
         .as_array()
         .unwrap()
         .iter()
         .find(|c| c["name"] == "syncer")
         .unwrap()
-        .clone();
+}
+
+/// The team baseline example, rendered by the real helm as the chart's pod
+/// would get it, applied by the syncer: everything it names is inside.
+fn the_team_baseline_example_lands_inside(env: &Env) {
+    let example = concat!(env!("CARGO_MANIFEST_DIR"), "/examples/team-baseline.yaml");
+    let docs = render_base(env, &["-f", example]);
+    let manifests = rendered(&docs, "ConfigMap", "vc-base-init")["data"]["manifests.yaml"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let syncer = rendered_syncer(&docs);
     let args: Vec<&str> = syncer["args"]
         .as_array()
         .unwrap()
@@ -677,23 +691,12 @@ fn the_team_baseline_example_lands_inside(env: &Env) {
     std::fs::write(&file, manifests).unwrap();
     let _syncer = start_init_syncer(env, &file, &[]);
     eventually_sync("the baseline's record", T, || {
-        let applied = virt_get(
-            env,
-            &[
-                "get",
-                "cm",
-                "vcluster-init",
-                "-n",
-                "kube-system",
-                "-o",
-                "jsonpath={.data.applied}",
-                "--ignore-not-found",
-            ],
-        );
+        let record = init_record(env)?;
+        let applied = record["data"]["applied"].as_str().unwrap_or_default();
         if applied.lines().count() == 8 {
             Ok(())
         } else {
-            Err(applied)
+            Err(applied.to_owned())
         }
     });
     // `kubectl auth can-i` prints yes/no and exits 1 on no.
@@ -741,6 +744,376 @@ fn the_team_baseline_example_lands_inside(env: &Env) {
     }
 }
 
+/// helm through the virtual cluster's kubeconfig.
+fn helm_virt(env: &Env, args: &[&str]) -> String {
+    helm_with(&env.stack.vcluster_kubeconfig(), args)
+}
+
+/// The revisions `helm history` lists for a release inside.
+fn history(env: &Env, release: &str, ns: &str) -> Vec<u64> {
+    let json = helm_virt(env, &["history", release, "-n", ns, "-o", "json"]);
+    serde_json::from_str::<Vec<serde_json::Value>>(&json)
+        .unwrap()
+        .iter()
+        .map(|r| r["revision"].as_u64().unwrap())
+        .collect()
+}
+
+/// The init record's entry for a release (key `helm.<ns>.<release>`).
+fn chart_record(env: &Env, key: &str) -> Option<serde_json::Value> {
+    let cm = init_record(env).ok()?;
+    serde_json::from_str(cm["data"][key].as_str()?).ok()
+}
+
+/// Waits until the record says `status` for `key`.
+fn wait_chart_record(env: &Env, key: &str, status: &str) -> serde_json::Value {
+    eventually_sync(&format!("{key} {status} in the record"), T, || {
+        std::thread::sleep(Duration::from_millis(400));
+        match chart_record(env, key) {
+            Some(r) if r["status"] == status => Ok(r),
+            other => Err(format!("{other:?}")),
+        }
+    })
+}
+
+/// The init record's events, one `type reason message` line each.
+fn init_events(env: &Env) -> String {
+    virt_get(
+        env,
+        &[
+            "get",
+            "events",
+            "-n",
+            "kube-system",
+            "--field-selector",
+            "involvedObject.name=vcluster-init",
+            "-o",
+            "jsonpath={range .items[*]}{.type} {.reason} {.message}{\"\\n\"}{end}",
+        ],
+    )
+}
+
+fn wait_event(env: &Env, what: &str, has: impl Fn(&str) -> bool) -> String {
+    eventually_sync(what, T, || {
+        std::thread::sleep(Duration::from_millis(400));
+        let ev = init_events(env);
+        if ev.lines().any(&has) {
+            Ok(ev)
+        } else {
+            Err(ev)
+        }
+    })
+}
+
+fn widget_size(env: &Env, ns: &str, name: &str) -> String {
+    virt_get(
+        env,
+        &[
+            "get",
+            "widget",
+            name,
+            "-n",
+            ns,
+            "-o",
+            "jsonpath={.spec.size}",
+        ],
+    )
+}
+
+/// The syncer answers /readyz and has not exited.
+fn still_serves(s: &mut SyncerProcess) {
+    assert!(s.child.try_wait().unwrap().is_none(), "the syncer exited");
+    assert!(http_ok_blocking(s.port, "/readyz"), "the syncer's /readyz");
+}
+
+const WIDGETS: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/examples/widgets");
+
+/// Release `shop` of examples/widgets with one widget of `size`, and a
+/// release whose chart is nowhere.
+fn shop_charts(size: u32) -> String {
+    format!(
+        "- name: shop\n  namespace: shop\n  chart: {WIDGETS}\n  values:\n    widgets: [{{name: green, colour: green, size: {size}}}]\n\
+         - name: ghost\n  namespace: shop\n  chart: /nonexistent/charts/ghost\n"
+    )
+}
+
+fn start_helm_syncer(env: &Env, file: &std::path::Path, extra: &[&str]) -> SyncerProcess {
+    let helm = helm_dir().join("helm");
+    let mut args = vec![
+        "--init-helm-charts",
+        file.to_str().unwrap(),
+        "--helm-binary",
+        helm.to_str().unwrap(),
+    ];
+    args.extend_from_slice(extra);
+    SyncerProcess::start_with(&env.stack, INIT_NAME, INIT_NS, &args)
+}
+
+fn init_helm_charts_are_installed_once(env: &Env) {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("charts.yaml");
+    std::fs::write(&file, shop_charts(7)).unwrap();
+    // A file that is not charts: the syncer refuses to start, in one line.
+    let bad = dir.path().join("bad.yaml");
+    std::fs::write(&bad, "- name: shop\n  namespace: shop\n").unwrap();
+    refused_init_file(
+        env,
+        "--init-helm-charts",
+        &bad,
+        "bad.yaml, entry 1 (release shop): no chart",
+    );
+
+    // No helm: one Warning naming what is not installed; the syncer serves.
+    let mut without = SyncerProcess::start_with(
+        &env.stack,
+        INIT_NAME,
+        INIT_NS,
+        &[
+            "--init-helm-charts",
+            file.to_str().unwrap(),
+            "--helm-binary",
+            "/nonexistent/helm",
+        ],
+    );
+    let events = wait_event(env, "the missing helm's Warning", |l| {
+        l.starts_with("Warning InitHelmChartFailed helm binary /nonexistent/helm cannot be run")
+    });
+    assert!(
+        events.contains("init charts not installed: shop/shop, shop/ghost"),
+        "{events}"
+    );
+    still_serves(&mut without);
+    assert!(chart_record(env, "helm.shop.shop").is_none());
+    drop(without);
+
+    // With helm: installed once, the chart that is nowhere a Warning.
+    let mut syncer = start_helm_syncer(env, &file, &[]);
+    let record = wait_chart_record(env, "helm.shop.shop", "installed");
+    assert_eq!(record["revision"], 1, "{record}");
+    assert_eq!(record["chart"], "widgets-0.1.0", "{record}");
+    let ghost = wait_chart_record(env, "helm.shop.ghost", "failed");
+    assert!(
+        ghost["error"]
+            .as_str()
+            .unwrap()
+            .contains("/nonexistent/charts/ghost"),
+        "{ghost}"
+    );
+    let events = wait_event(env, "the failed chart's Warning", |l| {
+        l.starts_with("Warning InitHelmChartFailed release shop/ghost: Error:")
+    });
+    assert!(
+        events.contains(
+            "Normal InitHelmChartInstalled installed release shop/shop: chart widgets-0.1.0, revision 1"
+        ),
+        "{events}"
+    );
+    still_serves(&mut syncer);
+    assert_eq!(history(env, "shop", "shop"), [1]);
+    let list = helm_virt(env, &["list", "-n", "shop", "-o", "json"]);
+    let list: serde_json::Value = serde_json::from_str(&list).unwrap();
+    assert_eq!(list[0]["name"], "shop", "{list}");
+    assert_eq!(list[0]["status"], "deployed", "{list}");
+    // The entry's values, not the chart's defaults.
+    assert_eq!(widget_size(env, "shop", "green"), "7");
+    let others = virt_get(env, &["get", "widgets", "-n", "shop", "-o", "name"]);
+    assert_eq!(others.trim(), "widget.example.vcluster.dev/green");
+
+    // The tenant changes a widget; a restarted syncer runs no helm for shop.
+    virt_get(
+        env,
+        &[
+            "patch",
+            "widget",
+            "green",
+            "-n",
+            "shop",
+            "--type",
+            "merge",
+            "-p",
+            r#"{"spec":{"size":9}}"#,
+        ],
+    );
+    drop(syncer);
+    let skips = |s: &SyncerProcess| {
+        std::fs::read_to_string(&s.log)
+            .unwrap_or_default()
+            .lines()
+            .filter(|l| {
+                l.contains("init helm chart not installed again") && l.contains("shop/shop")
+            })
+            .count()
+    };
+    for (nth, size) in [(1, 7), (2, 8)] {
+        // The same entry, then a changed one without --init-reapply.
+        std::fs::write(&file, shop_charts(size)).unwrap();
+        let restarted = start_helm_syncer(env, &file, &[]);
+        eventually_sync(&format!("skip {nth} logged"), T, || {
+            if skips(&restarted) >= nth {
+                Ok(())
+            } else {
+                Err("not yet".to_owned())
+            }
+        });
+        assert_eq!(history(env, "shop", "shop"), [1]);
+        assert_eq!(widget_size(env, "shop", "green"), "9");
+    }
+    // With --init-reapply the changed entry is upgraded: revision 2.
+    let _reapplied = start_helm_syncer(env, &file, &["--init-reapply"]);
+    eventually_sync("revision 2", T, || {
+        std::thread::sleep(Duration::from_millis(400));
+        let h = history(env, "shop", "shop");
+        if h == [1, 2] {
+            Ok(())
+        } else {
+            Err(format!("{h:?}"))
+        }
+    });
+    assert_eq!(widget_size(env, "shop", "green"), "8");
+    let record = wait_chart_record(env, "helm.shop.shop", "installed");
+    assert_eq!(record["revision"], 2, "{record}");
+    wait_event(env, "the upgrade's event", |l| {
+        l == "Normal InitHelmChartInstalled upgraded release shop/shop: chart widgets-0.1.0, revision 2"
+    });
+}
+
+/// Serves the files of `dir` over HTTP on 127.0.0.1 (a chart repository);
+/// returns its URL and the paths asked for.
+fn serve_files(dir: PathBuf) -> (String, Arc<Mutex<Vec<String>>>) {
+    use std::io::{BufRead as _, BufReader, Write as _};
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    let asked = Arc::new(Mutex::new(Vec::new()));
+    let seen = Arc::clone(&asked);
+    std::thread::spawn(move || {
+        for conn in listener.incoming() {
+            let Ok(mut conn) = conn else { continue };
+            let mut reader = BufReader::new(conn.try_clone().unwrap());
+            let mut first = String::new();
+            let _ = reader.read_line(&mut first);
+            loop {
+                let mut header = String::new();
+                if reader.read_line(&mut header).unwrap_or(0) == 0 || header.trim().is_empty() {
+                    break;
+                }
+            }
+            let path = first.split(' ').nth(1).unwrap_or("/").to_owned();
+            seen.lock().unwrap().push(path.clone());
+            let file = dir.join(path.trim_start_matches('/'));
+            let (status, body) = match std::fs::read(&file) {
+                Ok(b) if !path.contains("..") => ("200 OK", b),
+                _ => ("404 Not Found", b"not found".to_vec()),
+            };
+            let head = format!(
+                "HTTP/1.1 {status}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+                body.len()
+            );
+            let _ = conn.write_all(head.as_bytes());
+            let _ = conn.write_all(&body);
+        }
+    });
+    (url, asked)
+}
+
+/// The chart rendered by the real helm with one chart from a repository the
+/// host reaches and one carried as a bundle (`--set-file`): the syncer on the
+/// rendered file installs both.
+fn init_helm_charts_from_a_repository_and_a_bundle(env: &Env) {
+    let dir = tempfile::tempdir().unwrap();
+    let repo = dir.path().join("repo");
+    std::fs::create_dir(&repo).unwrap();
+    helm(env, &["package", WIDGETS, "-d", repo.to_str().unwrap()]);
+    helm(env, &["repo", "index", repo.to_str().unwrap()]);
+    let tgz = std::fs::read(repo.join("widgets-0.1.0.tgz")).unwrap();
+    let b64 = dir.path().join("widgets.tgz.b64");
+    {
+        use base64::Engine as _;
+        std::fs::write(&b64, base64::engine::general_purpose::STANDARD.encode(tgz)).unwrap();
+    }
+    let (url, asked) = serve_files(repo);
+    let values = dir.path().join("values.yaml");
+    std::fs::write(
+        &values,
+        format!(
+            "init:\n  helmCharts:\n\
+             \x20   - {{name: from-repo, namespace: repo-ns, chart: widgets, repo: '{url}', version: 0.1.0, values: {{replicas: 2}}}}\n\
+             \x20   - {{name: bundled, namespace: bundle-ns}}\n"
+        ),
+    )
+    .unwrap();
+    let set_file = format!("init.helmCharts[1].bundle={}", b64.display());
+    let mut charts = None;
+    for distro in ["k3s", "k8s"] {
+        let docs = render_base(
+            env,
+            &[
+                "--set",
+                &format!("distro={distro}"),
+                "-f",
+                values.to_str().unwrap(),
+                "--set-file",
+                &set_file,
+            ],
+        );
+        let data = &rendered(&docs, "ConfigMap", "vc-base-init")["data"];
+        assert!(data.get("manifests.yaml").is_none(), "{data}");
+        charts = Some(data["helm-charts.yaml"].as_str().unwrap().to_owned());
+        let pod = &rendered(&docs, "StatefulSet", "base")["spec"]["template"]["spec"];
+        let syncer = rendered_syncer(&docs);
+        let args = syncer["args"].to_string();
+        assert!(
+            args.contains("\"--init-helm-charts=/etc/vcluster/init/helm-charts.yaml\"")
+                && !args.contains("--init-manifests"),
+            "{distro}: {args}"
+        );
+        let mounts = syncer["volumeMounts"].to_string();
+        assert!(
+            mounts.contains(
+                r#"{"mountPath":"/etc/vcluster/init","name":"init-manifests","readOnly":true}"#
+            ) && mounts.contains(r#"{"mountPath":"/tmp","name":"init-helm-tmp"}"#),
+            "{distro}: {mounts}"
+        );
+        let volumes = pod["volumes"].to_string();
+        assert!(
+            volumes.contains(r#"{"emptyDir":{},"name":"init-helm-tmp"}"#),
+            "{distro}: {volumes}"
+        );
+    }
+    let file = dir.path().join("helm-charts.yaml");
+    std::fs::write(&file, charts.unwrap()).unwrap();
+    let _syncer = start_helm_syncer(env, &file, &[]);
+    for key in ["helm.repo-ns.from-repo", "helm.bundle-ns.bundled"] {
+        let r = wait_chart_record(env, key, "installed");
+        assert_eq!(
+            (&r["revision"], &r["chart"]),
+            (&1.into(), &"widgets-0.1.0".into()),
+            "{key}: {r}"
+        );
+    }
+    assert_eq!(history(env, "from-repo", "repo-ns"), [1]);
+    assert_eq!(history(env, "bundled", "bundle-ns"), [1]);
+    let asked = asked.lock().unwrap().clone();
+    assert!(
+        asked.iter().any(|p| p == "/index.yaml") && asked.iter().any(|p| p == "/widgets-0.1.0.tgz"),
+        "{asked:?}"
+    );
+    // The repository's chart with the entry's values; the bundle's defaults.
+    let replicas = virt_get(
+        env,
+        &[
+            "get",
+            "deployment",
+            "from-repo-controller",
+            "-n",
+            "repo-ns",
+            "-o",
+            "jsonpath={.spec.replicas}",
+        ],
+    );
+    assert_eq!(replicas, "2");
+    assert_eq!(widget_size(env, "bundle-ns", "red"), "5");
+}
+
 fn block_on_value<T, F: Future<Output = T>>(f: F) -> T {
     tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -779,6 +1152,14 @@ const ORDERED: &[Test<Env>] = &[
     (
         "the_team_baseline_example_lands_inside",
         the_team_baseline_example_lands_inside,
+    ),
+    (
+        "init_helm_charts_are_installed_once",
+        init_helm_charts_are_installed_once,
+    ),
+    (
+        "init_helm_charts_from_a_repository_and_a_bundle",
+        init_helm_charts_from_a_repository_and_a_bundle,
     ),
 ];
 

@@ -2,7 +2,8 @@
 # `make image`: builds the project's container images without a daemon or a
 # registry, as reproducible OCI layouts and tars in target/images/:
 #
-#   ghcr.io/vcluster-dev/vcluster:<version>     the `vcluster` binary, static (crt-static), CA roots
+#   ghcr.io/vcluster-dev/vcluster:<version>     the `vcluster` binary, static (crt-static), CA roots,
+#                                               the pinned helm (static Go; init.helmCharts)
 #   registry.k8s.io/kube-apiserver:<k8s>         \
 #   registry.k8s.io/kube-controller-manager:<k8s> } the chart's `k8s` distro, from the pinned builds
 #   registry.k8s.io/etcd:<etcd>-0                /  (make kube-bins)
@@ -62,10 +63,16 @@ elif want vcluster; then
   fi
   certs=/etc/ssl/certs/ca-certificates.crt
   [ -f "$certs" ] || { echo "image/build.sh: $certs missing (Debian package ca-certificates)" >&2; exit 1; }
+  # The syncer installs init.helmCharts with the helm binary on its PATH: the
+  # pinned build of `make kube-bins` (statically linked Go).
+  helm="${VCLUSTER_BIN_DIR:-$("$root/e2e/kube/build.sh" --print-dir)}/helm"
+  [ -x "$helm" ] || { echo "image/build.sh: $helm missing: run \`make kube-bins\`" >&2; exit 1; }
+  file -b "$helm" | grep -q 'statically linked' || { echo "image/build.sh: $helm is not static" >&2; exit 1; }
   oci --name "ghcr.io/vcluster-dev/vcluster:$version" \
     --entrypoint '["/usr/local/bin/vcluster"]' --user 65532:65532 \
     --env PATH=/usr/local/bin --env SSL_CERT_FILE=/etc/ssl/certs/ca-certificates.crt \
-    "$bin:/usr/local/bin/vcluster:0755" "$certs:/etc/ssl/certs/ca-certificates.crt:0644"
+    "$bin:/usr/local/bin/vcluster:0755" "$helm:/usr/local/bin/helm:0755" \
+    "$certs:/etc/ssl/certs/ca-certificates.crt:0644"
 fi
 
 if want pause; then

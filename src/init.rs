@@ -14,6 +14,12 @@
 //! `--init-reapply` a changed file (another digest) is applied again. Each run
 //! leaves an Event on the record: `InitManifestsApplied`, or a Warning
 //! `InitManifestFailed` naming each object that failed and why.
+//!
+//! Helm charts (`--init-helm-charts FILE`, the chart's `init.helmCharts`)
+//! come after the manifests, in [`helm`], and are recorded in the same
+//! ConfigMap, one key per release.
+
+pub mod helm;
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::PathBuf;
@@ -52,8 +58,10 @@ pub struct InitOptions {
 #[derive(Debug, thiserror::Error)]
 pub enum InitError {
     /// The file cannot be read.
-    #[error("cannot read the init manifests {path}: {message}")]
+    #[error("cannot read the init {what} {path}: {message}")]
     Read {
+        /// `manifests` or `helm charts`.
+        what: &'static str,
         /// The file.
         path: String,
         /// Why.
@@ -66,6 +74,26 @@ pub enum InitError {
         path: String,
         /// Its 1-based position among the documents.
         doc: usize,
+        /// What is wrong.
+        message: String,
+    },
+    /// The helm charts file is not a list of entries.
+    #[error("init helm charts {path}: not a list of charts: {message}")]
+    Charts {
+        /// The file.
+        path: String,
+        /// What is wrong.
+        message: String,
+    },
+    /// An entry of the helm charts file cannot be installed as written.
+    #[error("init helm charts {path}, entry {entry}{release}: {message}")]
+    Chart {
+        /// The file.
+        path: String,
+        /// Its 1-based position in the list.
+        entry: usize,
+        /// ` (release NAME)` when the entry names one, else empty.
+        release: String,
         /// What is wrong.
         message: String,
     },
@@ -85,6 +113,7 @@ pub struct Manifests {
 pub fn load(opts: &InitOptions) -> Result<Manifests, InitError> {
     let path = opts.file.display().to_string();
     let yaml = std::fs::read_to_string(&opts.file).map_err(|e| InitError::Read {
+        what: "manifests",
         path: path.clone(),
         message: e.to_string(),
     })?;
@@ -254,19 +283,44 @@ pub async fn apply_all(
     }
 }
 
-/// Applies the manifests if [`decide`] says so, records the outcome and
-/// reports it with events. Never fails the syncer: everything is logged.
-pub async fn run(ctx: Arc<Context>, manifests: Manifests, reapply: bool) {
-    let records: Api<ConfigMap> = Api::namespaced(ctx.virt.clone(), RECORD_NAMESPACE);
-    let recorded = loop {
+/// The record's API: ConfigMaps of [`RECORD_NAMESPACE`] in the virtual cluster.
+fn records(virt: &kube::Client) -> Api<ConfigMap> {
+    Api::namespaced(virt.clone(), RECORD_NAMESPACE)
+}
+
+/// The record, once the virtual API answers (absent: nothing recorded yet).
+async fn read_record(records: &Api<ConfigMap>) -> Option<ConfigMap> {
+    loop {
         match records.get_opt(RECORD_NAME).await {
-            Ok(r) => break r,
+            Ok(r) => return r,
             Err(e) => {
                 tracing::warn!(error = %e, "cannot read the init record; retrying");
                 tokio::time::sleep(Duration::from_secs(2)).await;
             }
         }
-    };
+    }
+}
+
+/// The record with `data`, as an object to server-side apply (each writer
+/// applies its own keys with its own field manager).
+fn record_object(data: serde_json::Value) -> serde_json::Value {
+    json!({
+        "apiVersion": "v1",
+        "kind": "ConfigMap",
+        "metadata": {
+            "name": RECORD_NAME,
+            "namespace": RECORD_NAMESPACE,
+            "labels": {"app.kubernetes.io/managed-by": "vcluster"},
+        },
+        "data": data,
+    })
+}
+
+/// Applies the manifests if [`decide`] says so, records the outcome and
+/// reports it with events. Never fails the syncer: everything is logged.
+pub async fn run(ctx: Arc<Context>, manifests: Manifests, reapply: bool) {
+    let records = records(&ctx.virt);
+    let recorded = read_record(&records).await;
     let digest_of = |r: &ConfigMap| r.data.as_ref().and_then(|d| d.get("digest")).cloned();
     let decision = decide(
         recorded.as_ref().and_then(digest_of).as_deref(),
@@ -283,21 +337,12 @@ pub async fn run(ctx: Arc<Context>, manifests: Manifests, reapply: bool) {
         .iter()
         .map(|(o, why)| format!("{o}: {why}"))
         .collect();
-    let record = json!({
-        "apiVersion": "v1",
-        "kind": "ConfigMap",
-        "metadata": {
-            "name": RECORD_NAME,
-            "namespace": RECORD_NAMESPACE,
-            "labels": {"app.kubernetes.io/managed-by": "vcluster"},
-        },
-        "data": {
-            "digest": manifests.digest,
-            "appliedAt": k8s_openapi::jiff::Timestamp::now().to_string(),
-            "applied": out.applied.join("\n"),
-            "failed": failed.join("\n"),
-        }
-    });
+    let record = record_object(json!({
+        "digest": manifests.digest,
+        "appliedAt": k8s_openapi::jiff::Timestamp::now().to_string(),
+        "applied": out.applied.join("\n"),
+        "failed": failed.join("\n"),
+    }));
     let pp = PatchParams::apply(FIELD_MANAGER).force();
     let written = match records
         .patch(RECORD_NAME, &pp, &Patch::Apply(&record))

@@ -201,6 +201,8 @@ pub struct SyncerOptions {
     pub front_door: Option<crate::proxy::FrontDoorOptions>,
     /// Init manifests (read and checked) and whether a changed file is applied again.
     pub init: Option<(crate::init::Manifests, bool)>,
+    /// Init helm charts (read and checked), installed after the manifests.
+    pub init_helm: Option<crate::init::helm::HelmInit>,
     /// The StatefulSet (in the host namespace) that owns every host object
     /// the syncer writes; `None`: they have no owner (the dev stack).
     pub owner_statefulset: Option<String>,
@@ -322,12 +324,25 @@ pub async fn run(opts: SyncerOptions) -> Result<(), SyncerError> {
     for spec in &opts.kinds.0 {
         (spec.register)(&mut assembly);
     }
-    if let Some((manifests, reapply)) = opts.init.clone() {
-        let span = tracing::info_span!("init_manifests");
-        assembly.spawn(
-            "init-manifests",
-            crate::init::run(Arc::clone(&ctx), manifests, reapply).instrument(span),
-        );
+    if opts.init.is_some() || opts.init_helm.is_some() {
+        let (manifests, charts) = (opts.init.clone(), opts.init_helm.clone());
+        let (ctx, kubeconfig) = (Arc::clone(&ctx), opts.virtual_kubeconfig.clone());
+        // The charts after the manifests: a chart may need their namespaces.
+        let init = async move {
+            if let Some((manifests, reapply)) = manifests {
+                let span = tracing::info_span!("init_manifests");
+                crate::init::run(Arc::clone(&ctx), manifests, reapply)
+                    .instrument(span)
+                    .await;
+            }
+            if let Some(charts) = charts {
+                let span = tracing::info_span!("init_helm_charts");
+                crate::init::helm::run(ctx, charts, kubeconfig)
+                    .instrument(span)
+                    .await;
+            }
+        };
+        assembly.spawn("init", init);
     }
     let roles = assembly.readiness("default-roles");
     assembly.spawn(

@@ -65,9 +65,12 @@ vcluster.dev/component: control-plane
     - --ingress-host-ownership={{ .Values.ingress.hostOwnership }}
     {{- if .Values.init.manifests }}
     - --init-manifests=/etc/vcluster/init/manifests.yaml
-    {{- if .Values.init.reapply }}
-    - --init-reapply
     {{- end }}
+    {{- if .Values.init.helmCharts }}
+    - --init-helm-charts=/etc/vcluster/init/helm-charts.yaml
+    {{- end }}
+    {{- if and (include "vcluster.init" .) .Values.init.reapply }}
+    - --init-reapply
     {{- end }}
     {{- with .Values.storage.classMap }}
     - --storage-class-map={{ range $i, $k := keys . | sortAlpha }}{{ if $i }},{{ end }}{{ $k }}={{ index $.Values.storage.classMap $k }}{{ end }}
@@ -133,9 +136,19 @@ vcluster.dev/component: control-plane
     readOnlyRootFilesystem: true
   volumeMounts:
     - {name: data, mountPath: /data}
-    {{- if .Values.init.manifests }}
+    {{- if include "vcluster.init" . }}
     - {name: init-manifests, mountPath: /etc/vcluster/init, readOnly: true}
     {{- end }}
+    {{- if .Values.init.helmCharts }}
+    # helm's home, cache and the syncer's private kubeconfig for it (the root
+    # filesystem is read-only).
+    - {name: init-helm-tmp, mountPath: /tmp}
+    {{- end }}
+{{- end -}}
+
+{{/* Non-empty when the syncer has init manifests or init helm charts. */}}
+{{- define "vcluster.init" -}}
+{{- if or .Values.init.manifests .Values.init.helmCharts }}true{{ end -}}
 {{- end -}}
 
 {{- define "vcluster.virtualKubeconfig" -}}
@@ -249,7 +262,7 @@ compares them), etcd syncing to disk. Images are distroless: no shell. */}}
     capabilities: {drop: [ALL]}
   volumeMounts:
     - {name: data, mountPath: /data}
-    {{- if .Values.init.manifests }}
+    {{- if include "vcluster.init" . }}
     - {name: init-manifests, mountPath: /etc/vcluster/init, readOnly: true}
     {{- end }}
 {{- end -}}

@@ -17,6 +17,7 @@ pub(super) const IN_CLUSTER_NAMESPACE: &str =
     "/var/run/secrets/kubernetes.io/serviceaccount/namespace";
 
 #[derive(Debug, Args)]
+#[command(group(clap::ArgGroup::new("init_sources").multiple(true).args(["init_manifests", "init_helm_charts"])))]
 pub struct SyncerArgs {
     /// The vcluster's name (a DNS label of at most 40 characters).
     #[arg(long, env = "VCLUSTER_NAME")]
@@ -193,6 +194,15 @@ pub struct SyncerArgs {
     /// at its first start; the record is ConfigMap kube-system/vcluster-init.
     #[arg(long, env = "VCLUSTER_INIT_MANIFESTS")]
     init_manifests: Option<PathBuf>,
+    /// Helm charts (a YAML list: name, namespace, chart, repo, version,
+    /// values, bundle) installed into the virtual cluster once, at its first
+    /// start, after the init manifests; recorded in the same ConfigMap.
+    #[arg(long, env = "VCLUSTER_INIT_HELM_CHARTS")]
+    init_helm_charts: Option<PathBuf>,
+    /// The helm binary the init charts are installed with (a bare name is
+    /// looked up on PATH).
+    #[arg(long, env = "VCLUSTER_HELM_BINARY", default_value = "helm")]
+    helm_binary: PathBuf,
     /// Sleep after this long without a request from a person through the
     /// front door (`90s`, `30m`, `2h`, `1h30m`): the tenant's pods leave the
     /// host until the next request. Default: off (`vcluster sleep` still works).
@@ -217,8 +227,9 @@ pub struct SyncerArgs {
     #[arg(long, env = "VCLUSTER_SLEEP_IGNORE_GROUPS", value_delimiter = ',')]
     sleep_ignore_groups: Vec<String>,
     /// Apply the init manifests again when the file has changed since they
-    /// were applied (default: once, whatever the tenant changed since).
-    #[arg(long, env = "VCLUSTER_INIT_REAPPLY", requires = "init_manifests")]
+    /// were applied, and upgrade an init chart whose entry changed (default:
+    /// once, whatever the tenant changed since).
+    #[arg(long, env = "VCLUSTER_INIT_REAPPLY", requires = "init_sources")]
     init_reapply: bool,
 }
 
@@ -333,6 +344,14 @@ pub fn run(args: SyncerArgs) -> anyhow::Result<ExitCode> {
         }
         None => None,
     };
+    let init_helm = match args.init_helm_charts {
+        Some(file) => Some(crate::init::helm::HelmInit {
+            charts: crate::init::helm::load(&file)?,
+            reapply: args.init_reapply,
+            helm: args.helm_binary,
+        }),
+        None => None,
+    };
     let sleep = crate::sleep::SleepOptions {
         after: args.sleep_after,
         policy: crate::sleep::ActivityPolicy {
@@ -347,6 +366,7 @@ pub fn run(args: SyncerArgs) -> anyhow::Result<ExitCode> {
     let opts = SyncerOptions {
         sleep,
         init,
+        init_helm,
         kinds,
         settings,
         name,

@@ -29,6 +29,8 @@ pub mod process;
 mod restart;
 mod stack;
 mod state;
+/// The line of a failing tool's output that explains it (used for helm's stderr too).
+pub(crate) use state::meaningful_line;
 pub mod storage;
 mod syncer;
 
