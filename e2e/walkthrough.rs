@@ -264,6 +264,10 @@ fn main() {
         assert!(all.contains("oidc:alice@example.test"), "whoami: {all}");
         assert!(all.contains("oidc:team-a-developers"), "whoami: {all}");
         assert!(all.contains("hello from team-a"), "the page: {all}");
+        assert!(
+            all.contains("team-a staging is up"),
+            "the init chart's page: {all}"
+        );
         let answers: Vec<&str> = all
             .lines()
             .map(str::trim)

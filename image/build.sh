@@ -30,36 +30,33 @@ version=$(sed -n 's/^version = "\(.*\)"/\1/p' "$root/Cargo.toml" | head -1)
 want() { [ "$#" = 0 ] || [ -z "${groups:-}" ] || [[ " $groups " == *" $1 "* ]]; }
 groups="$*"
 
-if want vcluster && [ -n "${VCLUSTER_IMAGE_BIN:-}" ]; then
-  # A given build (the e2e suites' debug binary: no second, static release
-  # build in `make test`), debug info stripped, with the shared libraries it
-  # links (glibc's) at their paths. Same image name as the release image.
-  bin="$work/vcluster"
-  strip --strip-debug -o "$bin" "$VCLUSTER_IMAGE_BIN"
+if want vcluster; then
   libs=()
-  for lib in $(ldd "$bin" | awk '$2 == "=>" && $3 ~ /^\// {print $3} $1 ~ /^\// {print $1}'); do
-    libs+=("$(readlink -f "$lib"):$lib:0755")
-  done
-  certs=/etc/ssl/certs/ca-certificates.crt
-  oci --name "ghcr.io/vcluster-dev/vcluster:$version" \
-    --entrypoint '["/usr/local/bin/vcluster"]' --user 65532:65532 \
-    --env PATH=/usr/local/bin --env SSL_CERT_FILE=/etc/ssl/certs/ca-certificates.crt \
-    "$bin:/usr/local/bin/vcluster:0755" "$certs:/etc/ssl/certs/ca-certificates.crt:0644" "${libs[@]}"
-elif want vcluster; then
-  # Static on the gnu target (glibc's static libraries come with libc6-dev);
-  # --target keeps RUSTFLAGS off build scripts and proc macros.
-  triple=$(rustc -vV | sed -n 's/^host: //p')
-  case "$triple" in
-    *-linux-gnu) ;;
-    *) echo "image/build.sh: static build needs a *-linux-gnu host, not $triple" >&2; exit 1 ;;
-  esac
-  start=$(date +%s)
-  RUSTFLAGS="-C target-feature=+crt-static" cargo build --locked --release \
-    --target "$triple" --bin vcluster
-  bin="$root/target/$triple/release/vcluster"
-  echo "vcluster built in $(( $(date +%s) - start ))s: $(stat -c %s "$bin") bytes"
-  if ldd "$bin" 2>&1 | grep -q '=>'; then
-    echo "image/build.sh: $bin links shared libraries:" >&2; ldd "$bin" >&2; exit 1
+  if [ -n "${VCLUSTER_IMAGE_BIN:-}" ]; then
+    # A given build (the e2e suites' debug binary: no second, static release
+    # build in `make test`), debug info stripped, with the shared libraries it
+    # links (glibc's) at their paths. Same image name as the release image.
+    bin="$work/vcluster"
+    strip --strip-debug -o "$bin" "$VCLUSTER_IMAGE_BIN"
+    for lib in $(ldd "$bin" | awk '$2 == "=>" && $3 ~ /^\// {print $3} $1 ~ /^\// {print $1}'); do
+      libs+=("$(readlink -f "$lib"):$lib:0755")
+    done
+  else
+    # Static on the gnu target (glibc's static libraries come with libc6-dev);
+    # --target keeps RUSTFLAGS off build scripts and proc macros.
+    triple=$(rustc -vV | sed -n 's/^host: //p')
+    case "$triple" in
+      *-linux-gnu) ;;
+      *) echo "image/build.sh: static build needs a *-linux-gnu host, not $triple" >&2; exit 1 ;;
+    esac
+    start=$(date +%s)
+    RUSTFLAGS="-C target-feature=+crt-static" cargo build --locked --release \
+      --target "$triple" --bin vcluster
+    bin="$root/target/$triple/release/vcluster"
+    echo "vcluster built in $(( $(date +%s) - start ))s: $(stat -c %s "$bin") bytes"
+    if ldd "$bin" 2>&1 | grep -q '=>'; then
+      echo "image/build.sh: $bin links shared libraries:" >&2; ldd "$bin" >&2; exit 1
+    fi
   fi
   certs=/etc/ssl/certs/ca-certificates.crt
   [ -f "$certs" ] || { echo "image/build.sh: $certs missing (Debian package ca-certificates)" >&2; exit 1; }
@@ -72,7 +69,7 @@ elif want vcluster; then
     --entrypoint '["/usr/local/bin/vcluster"]' --user 65532:65532 \
     --env PATH=/usr/local/bin --env SSL_CERT_FILE=/etc/ssl/certs/ca-certificates.crt \
     "$bin:/usr/local/bin/vcluster:0755" "$helm:/usr/local/bin/helm:0755" \
-    "$certs:/etc/ssl/certs/ca-certificates.crt:0644"
+    "$certs:/etc/ssl/certs/ca-certificates.crt:0644" "${libs[@]}"
 fi
 
 if want pause; then
