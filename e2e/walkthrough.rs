@@ -168,7 +168,7 @@ fn main() {
         .unwrap();
     let dex = start_dex(scratch.path());
     let relay = dex.port.to_string();
-    let mut stack = DevStack::up(&[
+    let stack = DevStack::up(&[
         "--no-syncer",
         "--nodes",
         "1",
@@ -306,43 +306,55 @@ fn main() {
     }));
     let failed = result.is_err();
     if failed {
-        for args in [
-            &["get", "pods", "-n", "team-a", "-o", "wide"][..],
-            &["describe", "pod", "team-a-0", "-n", "team-a"],
-            &[
-                "logs", "team-a-0", "-n", "team-a", "-c", "syncer", "--tail", "40",
-            ],
-            &[
-                "logs",
-                "team-a-0",
-                "-n",
-                "team-a",
-                "-c",
-                "kube-apiserver",
-                "--tail",
-                "40",
-            ],
-        ] {
-            let out = kubectl(&host, args, None);
-            let (o, e) = text(&out);
-            eprintln!("--- kubectl {}\n{o}{e}", args.join(" "));
-        }
         let admin = reader.dir.join("admin.kubeconfig");
-        for args in [
-            &["get", "rolebindings,clusterrolebindings", "-A"][..],
-            &[
-                "get",
-                "configmap",
-                "vcluster-init",
-                "-n",
-                "kube-system",
-                "-o",
-                "yaml",
-            ],
+        let syncer_log = [
+            "logs", "team-a-0", "-n", "team-a", "-c", "syncer", "--tail", "40",
+        ];
+        let api_log = [
+            "logs",
+            "team-a-0",
+            "-n",
+            "team-a",
+            "-c",
+            "kube-apiserver",
+            "--tail",
+            "40",
+        ];
+        for (kubeconfig, place, args) in [
+            (
+                &host,
+                "host",
+                &["get", "pods", "-n", "team-a", "-o", "wide"][..],
+            ),
+            (
+                &host,
+                "host",
+                &["describe", "pod", "team-a-0", "-n", "team-a"],
+            ),
+            (&host, "host", &syncer_log),
+            (&host, "host", &api_log),
+            (
+                &admin,
+                "inside",
+                &["get", "rolebindings,clusterrolebindings", "-A"],
+            ),
+            (
+                &admin,
+                "inside",
+                &[
+                    "get",
+                    "configmap",
+                    "vcluster-init",
+                    "-n",
+                    "kube-system",
+                    "-o",
+                    "yaml",
+                ],
+            ),
         ] {
-            let out = kubectl(&admin, args, None);
+            let out = kubectl(kubeconfig, args, None);
             let (o, e) = text(&out);
-            eprintln!("--- inside: kubectl {}\n{o}{e}", args.join(" "));
+            eprintln!("--- {place}: kubectl {}\n{o}{e}", args.join(" "));
         }
         eprintln!(
             "--- Dex: log tail\n{}",
@@ -352,13 +364,7 @@ fn main() {
     }
     reader.background.clear();
     drop(dex);
-    let state = stack.state.clone();
-    let stack_dir = stack.dir.path().to_owned();
-    let out = stack.down();
-    assert!(out.status.success());
-    assert_gone(&state, Duration::from_secs(30));
-    let left = vcluster::local::node::leftovers(&stack_dir, None);
-    assert!(left.is_empty(), "left behind: {left:#?}");
+    stack.down_leaving_nothing();
     println!(
         "e2e_walkthrough: {} in {:.1}s",
         if failed { "FAILED" } else { "passed" },

@@ -301,10 +301,15 @@ async fn read_record(records: &Api<ConfigMap>) -> Option<ConfigMap> {
     }
 }
 
-/// The record with `data`, as an object to server-side apply (each writer
-/// applies its own keys with its own field manager).
-fn record_object(data: serde_json::Value) -> serde_json::Value {
-    json!({
+/// Server-side applies `data` as the record's keys of `manager` (each writer
+/// applies its own keys with its own field manager); the record as written,
+/// or `None` (logged) when it cannot be written.
+async fn write_record(
+    records: &Api<ConfigMap>,
+    manager: &str,
+    data: serde_json::Value,
+) -> Option<ConfigMap> {
+    let record = json!({
         "apiVersion": "v1",
         "kind": "ConfigMap",
         "metadata": {
@@ -313,7 +318,18 @@ fn record_object(data: serde_json::Value) -> serde_json::Value {
             "labels": {"app.kubernetes.io/managed-by": "vcluster"},
         },
         "data": data,
-    })
+    });
+    let pp = PatchParams::apply(manager).force();
+    match records
+        .patch(RECORD_NAME, &pp, &Patch::Apply(&record))
+        .await
+    {
+        Ok(r) => Some(r),
+        Err(e) => {
+            tracing::error!(error = %e, "cannot write the init record");
+            None
+        }
+    }
 }
 
 /// Applies the manifests if [`decide`] says so, records the outcome and
@@ -337,22 +353,14 @@ pub async fn run(ctx: Arc<Context>, manifests: Manifests, reapply: bool) {
         .iter()
         .map(|(o, why)| format!("{o}: {why}"))
         .collect();
-    let record = record_object(json!({
+    let data = json!({
         "digest": manifests.digest,
         "appliedAt": k8s_openapi::jiff::Timestamp::now().to_string(),
         "applied": out.applied.join("\n"),
         "failed": failed.join("\n"),
-    }));
-    let pp = PatchParams::apply(FIELD_MANAGER).force();
-    let written = match records
-        .patch(RECORD_NAME, &pp, &Patch::Apply(&record))
-        .await
-    {
-        Ok(r) => r,
-        Err(e) => {
-            tracing::error!(error = %e, "cannot write the init record");
-            return;
-        }
+    });
+    let Some(written) = write_record(&records, FIELD_MANAGER, data).await else {
+        return;
     };
     tracing::info!(applied = out.applied.len(), failed = out.failed.len(), digest = %manifests.digest, "init manifests applied");
     for line in &failed {

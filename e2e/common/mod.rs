@@ -145,6 +145,18 @@ impl DevStack {
         self.stopped = true;
         vcluster(&["dev", "down", "--state-dir", self.state_dir()])
     }
+
+    /// `dev down`, then asserts that nothing of the stack is left: no
+    /// process, no port, nothing of a real node ([`vcluster::local::node::leftovers`]).
+    pub fn down_leaving_nothing(mut self) {
+        let state = self.state.clone();
+        let dir = self.dir.path().to_owned();
+        let out = self.down();
+        assert!(out.status.success(), "dev down: {:?}", text(&out));
+        assert_gone(&state, Duration::from_secs(30));
+        let left = vcluster::local::node::leftovers(&dir, None);
+        assert!(left.is_empty(), "left behind: {left:#?}");
+    }
 }
 
 impl Drop for DevStack {

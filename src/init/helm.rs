@@ -34,14 +34,13 @@ use std::time::Duration;
 
 use backon::{ExponentialBuilder, Retryable as _};
 use base64::Engine as _;
-use k8s_openapi::api::core::v1::ConfigMap;
-use kube::api::{Api, Patch, PatchParams};
 use kube::config::Kubeconfig;
 use kube::runtime::events::EventType;
 use serde::{Deserialize, Serialize};
 
-use super::{APPLY_DEADLINE, InitError, RECORD_NAME, read_record, record_object, records};
+use super::{APPLY_DEADLINE, InitError, read_record, records, write_record};
 use crate::sync::Context;
+use crate::translate::names::is_dns_label;
 
 /// The field manager of the record's helm keys (the manifests' keys are
 /// [`super::FIELD_MANAGER`]'s: each writer keeps its own).
@@ -183,19 +182,9 @@ pub fn parse(path: &str, yaml: &str) -> Result<Vec<InitChart>, InitError> {
     Ok(charts)
 }
 
-/// Whether `s` is a DNS label: lowercase letters, digits and inner `-`.
-fn is_label(s: &str) -> bool {
-    !s.is_empty()
-        && s.len() <= 63
-        && s.bytes()
-            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
-        && !s.starts_with('-')
-        && !s.ends_with('-')
-}
-
 /// Checks an entry and fills in its defaults; returns the decoded bundle.
 fn check(e: &mut ChartEntry) -> Result<Option<Vec<u8>>, String> {
-    if e.name.len() > RELEASE_NAME_MAX || !e.name.split('.').all(is_label) {
+    if e.name.len() > RELEASE_NAME_MAX || !e.name.split('.').all(is_dns_label) {
         return Err(format!(
             "name {:?} is not a release name (lowercase letters, digits, '-' and '.', at most {RELEASE_NAME_MAX})",
             e.name
@@ -204,7 +193,7 @@ fn check(e: &mut ChartEntry) -> Result<Option<Vec<u8>>, String> {
     if e.namespace.is_empty() {
         e.namespace = "default".to_owned();
     }
-    if !is_label(&e.namespace) {
+    if !is_dns_label(&e.namespace) {
         return Err(format!(
             "namespace {:?} is not a namespace name",
             e.namespace
@@ -546,25 +535,6 @@ impl Workspace {
     }
 }
 
-/// Writes the record's helm keys (all of them: they are one field manager's).
-async fn write_record(
-    records: &Api<ConfigMap>,
-    state: &BTreeMap<String, String>,
-) -> Option<ConfigMap> {
-    let record = record_object(serde_json::json!(state));
-    let pp = PatchParams::apply(FIELD_MANAGER).force();
-    match records
-        .patch(RECORD_NAME, &pp, &Patch::Apply(&record))
-        .await
-    {
-        Ok(r) => Some(r),
-        Err(e) => {
-            tracing::error!(error = %e, "cannot write the init record");
-            None
-        }
-    }
-}
-
 /// Installs the charts [`decide`] picks, records each outcome and reports it
 /// with events. Never fails the syncer: everything is logged.
 pub async fn run(ctx: Arc<Context>, init: HelmInit, virtual_kubeconfig: PathBuf) {
@@ -591,7 +561,8 @@ pub async fn run(ctx: Arc<Context>, init: HelmInit, virtual_kubeconfig: PathBuf)
     if todo.is_empty() {
         return;
     }
-    let Some(mut written) = write_record(&records, &state).await else {
+    let Some(mut written) = write_record(&records, FIELD_MANAGER, serde_json::json!(state)).await
+    else {
         return;
     };
     let work = match Workspace::new(&virtual_kubeconfig) {
@@ -661,7 +632,7 @@ pub async fn run(ctx: Arc<Context>, init: HelmInit, virtual_kubeconfig: PathBuf)
             chart.key(),
             serde_json::to_string(&record).unwrap_or_default(),
         );
-        if let Some(w) = write_record(&records, &state).await {
+        if let Some(w) = write_record(&records, FIELD_MANAGER, serde_json::json!(state)).await {
             written = w;
         }
         ctx.event(&written, type_, reason, note).await;

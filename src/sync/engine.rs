@@ -156,18 +156,17 @@ impl<R: Rule> Engine<R> {
                 .iter()
                 .filter_map(|h| own.virtual_key(h.meta())),
         );
-        if force {
-            // The resync: its own lane, after every other key (queue.rs).
-            lock(&self.force).extend(keys.iter().cloned());
-            let mut q = lock(&self.queue);
-            for k in keys {
-                q.add_background(k);
-            }
-            drop(q);
-            self.wake_workers();
-            return;
+        if !force {
+            return self.enqueue_many(keys);
         }
-        self.enqueue_many(keys);
+        // The resync: its own lane, after every other key (queue.rs).
+        lock(&self.force).extend(keys.iter().cloned());
+        let mut q = lock(&self.queue);
+        for k in keys {
+            q.add_background(k);
+        }
+        drop(q);
+        self.wake_workers();
     }
 
     /// Runs the engine until the process ends.
