@@ -133,11 +133,14 @@ fuzz-tools:
 faults: prereqs kube-bins
 	VCLUSTER_FAULTS=full $(CARGO) test --locked --test e2e_faults
 
-## bench: pod-startup latency, virtual against direct (N=1000 for one quick size); writes bench/results and BENCHMARKS.md
+## bench: pod-startup latency and delete, virtual against direct, RUNS rounds per size N and
+## namespace count NS (10: spread; 1: one namespace); writes bench/results and BENCHMARKS.md
 N ?= 1000,5000,10000
+NS ?= 10,1
+RUNS ?= 3
 bench: prereqs kube-bins
 	$(CARGO) build --locked --release --bin vcluster --example bench
-	./target/release/examples/bench --sizes $(N)
+	./target/release/examples/bench --sizes $(N) --namespaces $(NS) --runs $(RUNS)
 
 ## bench-dns: the syncer's cluster DNS against CoreDNS's kubernetes plugin (CoreDNS built from its
 ## pinned module by bench/coredns.sh), DNS_N Services; writes bench/results/dns.md

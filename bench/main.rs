@@ -1,15 +1,21 @@
 //! `make bench`: pod-startup latency through the virtual cluster against the
 //! same pods created directly in the host, on the real local planes.
 //!
-//! For each size N it starts a dev stack (`vcluster dev up --detach
-//! --no-syncer`, enough KWOK nodes for 2N pods), runs the release syncer as
-//! its own child (so it can read `/proc/<pid>` for CPU and VmHWM), then
-//! 1. creates N pods directly in M host namespaces and times, per pod,
-//!    creation → Running observed by a watch on the host (the baseline);
-//! 2. creates N pods in M virtual namespaces and times creation → host pod
-//!    observed and creation → Running observed by a watch on the virtual API;
-//! 3. restarts the syncer and times start → /readyz with the N pods in
-//!    place (the initial resync).
+//! For each size N and each namespace count M it starts a dev stack
+//! (`vcluster dev up --detach --no-syncer`, enough KWOK nodes for 2N pods),
+//! runs the release syncer as its own child (so it can read `/proc/<pid>` for
+//! CPU and VmHWM), then runs R rounds of both paths, the order alternating:
+//! - direct: creates N pods directly in M host namespaces and times, per pod,
+//!   creation → Running observed by a watch on the host (the baseline), then
+//!   deletes them and times the delete until the last is gone;
+//! - virtual: creates N pods in M virtual namespaces and times creation → host
+//!   pod observed and creation → Running observed by a watch on the virtual
+//!   API, then deletes them in the virtual cluster and times until the last
+//!   is gone on both sides;
+//!
+//! and, in the last round with the virtual pods in place, restarts the syncer
+//! and times start → /readyz (the initial resync). The CPU seconds of every
+//! process of the stack are sampled around each burst and each delete.
 //!
 //! The method is the Kubernetes pod-startup latency SLI: creation to Running
 //! observed by watch, no image pulls (KWOK nodes).
@@ -18,7 +24,7 @@
 mod dns;
 mod report;
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
@@ -30,7 +36,7 @@ use k8s_openapi::api::core::v1::{Namespace, Pod, ServiceAccount};
 use kube::api::{Api, PostParams};
 use kube::runtime::watcher;
 use kube::{Client, ResourceExt as _};
-use report::{PathResult, RunInfo, SizeResult, SyncerUse};
+use report::{PathResult, PathRun, Round, RunInfo, SizeResult, SyncerUse};
 use serde_json::json;
 use vcluster::local::StackState;
 use vcluster::translate::{VclusterName, host_name};
@@ -42,7 +48,10 @@ const PODS_PER_NODE: usize = 250;
 #[derive(Debug)]
 struct Args {
     sizes: Vec<usize>,
-    namespaces: usize,
+    /// Namespace counts, one shape each (10: spread; 1: one namespace).
+    namespaces: Vec<usize>,
+    /// Rounds of both paths per size and shape.
+    runs: usize,
     concurrency: usize,
     out: PathBuf,
     vcluster: PathBuf,
@@ -55,7 +64,8 @@ fn parse_args() -> anyhow::Result<Args> {
     let root = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
     let mut a = Args {
         sizes: vec![1000, 5000, 10000],
-        namespaces: 10,
+        namespaces: vec![10, 1],
+        runs: 3,
         concurrency: 32,
         out: root.join("bench/results"),
         vcluster: root.join("target/release/vcluster"),
@@ -78,7 +88,14 @@ fn parse_args() -> anyhow::Result<Args> {
                     .collect::<Result<_, _>>()
                     .context("--sizes: a comma-separated list of pod counts")?;
             }
-            "--namespaces" => a.namespaces = val()?.parse().context("--namespaces")?,
+            "--namespaces" => {
+                a.namespaces = val()?
+                    .split(',')
+                    .map(|s| s.trim().parse::<usize>())
+                    .collect::<Result<_, _>>()
+                    .context("--namespaces: a comma-separated list of namespace counts")?;
+            }
+            "--runs" => a.runs = val()?.parse().context("--runs")?,
             "--concurrency" => a.concurrency = val()?.parse().context("--concurrency")?,
             "--out" => a.out = val()?.into(),
             "--vcluster" => a.vcluster = val()?.into(),
@@ -95,12 +112,17 @@ fn parse_args() -> anyhow::Result<Args> {
                 a.dns.get_or_insert_with(dns_args).rate = val()?.parse().context("--dns-rate")?;
             }
             other => bail!(
-                "unknown argument {other:?} (known: --sizes, --namespaces, --concurrency, --out, --vcluster, --no-benchmarks-md, --dns, --coredns, --dns-seconds, --dns-rate)"
+                "unknown argument {other:?} (known: --sizes, --namespaces, --runs, --concurrency, --out, --vcluster, --no-benchmarks-md, --dns, --coredns, --dns-seconds, --dns-rate)"
             ),
         }
     }
-    if a.sizes.is_empty() || a.sizes.contains(&0) || a.namespaces == 0 {
-        bail!("--sizes and --namespaces must be positive");
+    if a.sizes.is_empty()
+        || a.sizes.contains(&0)
+        || a.namespaces.is_empty()
+        || a.namespaces.contains(&0)
+        || a.runs == 0
+    {
+        bail!("--sizes, --namespaces and --runs must be positive");
     }
     if !a.vcluster.is_file() {
         bail!(
@@ -166,13 +188,18 @@ async fn run(args: Args) -> anyhow::Result<()> {
     let mut results = Vec::new();
     let mut plots = Vec::new();
     for &n in &args.sizes {
-        println!("bench: {n} pods in {} namespaces", args.namespaces);
-        let r = one_size(&args, n).await?;
-        let name = format!("latency-{n}.svg");
-        report::plot(&r, &info_start.0, &args.out.join(&name))?;
-        plots.push(name);
-        print_brief(&r);
-        results.push(r);
+        for &m in &args.namespaces {
+            println!("bench: {n} pods in {m} namespace(s), {} rounds", args.runs);
+            let r = one_size(&args, n, m).await?;
+            let name = if m == 1 {
+                format!("latency-{n}-one-namespace.svg")
+            } else {
+                format!("latency-{n}.svg")
+            };
+            report::plot(&r, &info_start.0, &args.out.join(&name))?;
+            plots.push(name);
+            results.push(r);
+        }
     }
     let info = RunInfo {
         started_utc: info_start.0,
@@ -180,12 +207,10 @@ async fn run(args: Args) -> anyhow::Result<()> {
         load_start: info_start.1,
         load_end: loadavg(),
         command: format!(
-            "make bench N={}",
-            args.sizes
-                .iter()
-                .map(usize::to_string)
-                .collect::<Vec<_>>()
-                .join(",")
+            "make bench N={} NS={} RUNS={}",
+            list(&args.sizes),
+            list(&args.namespaces),
+            args.runs
         ),
     };
     let md = report::markdown(&info, &results, &plots);
@@ -210,6 +235,10 @@ async fn run(args: Args) -> anyhow::Result<()> {
     Ok(())
 }
 
+fn list(v: &[usize]) -> String {
+    v.iter().map(usize::to_string).collect::<Vec<_>>().join(",")
+}
+
 fn benchmarks_md(figures: &str, rel: &str) -> String {
     format!(
         "# Benchmarks\n\n\
@@ -217,27 +246,30 @@ This page is written by `make bench` (`bench/main.rs`); the raw figures are in `
 ## Method\n\n\
 The Kubernetes pod-startup latency SLI: per pod, from the client sending the create to the\n\
 Running phase observed by a watch. No image pulls: the host's nodes are KWOK fake nodes (the\n\
-project's Stages mark a scheduled pod Running at once). For each size N the bench starts the\n\
+project's Stages mark a scheduled pod Running at once, and end a deleted one). For each size N\n\
+and namespace count M (10: the pods spread over namespaces; 1: all in one) the bench starts the\n\
 real local planes (`vcluster dev up --detach --no-syncer`, etcd + kube-apiserver + KCM +\n\
 scheduler + KWOK for the host, etcd + kube-apiserver + KCM for the virtual cluster) with enough\n\
 KWOK nodes for 2N pods at {PODS_PER_NODE} pods each, and runs the release `vcluster syncer`\n\
-(default flags: 32 concurrent reconciles per kind) as its own child. Then, with 32 creates in\n\
-flight:\n\n\
-1. **direct** (baseline): N pods created in the host in M namespaces; creation → Running\n   observed in the host;\n\
-2. **virtual**: N pods created in the virtual cluster in M namespaces; creation → host pod\n   observed, and creation → Running observed in the virtual cluster;\n\
-3. **initial resync**: the syncer is restarted and timed from start to `/readyz` with the N\n   pods in place on both sides.\n\n\
-Both paths use the same stack with the same settings (the stock scheduler and API server\n\
-limits); the direct pods are deleted (and gone) before the virtual burst starts, so both\n\
-bursts start from the same host. Pods mount the default\n\
-service-account token, as pods do by default, so the virtual path includes the syncer's\n\
-TokenRequest and token Secret per pod. Wall time is first create → last Running; throughput\n\
-is N / wall time. The syncer's CPU seconds come from `/proc/<pid>/stat` and its peak RSS from\n\
-VmHWM in `/proc/<pid>/status`.\n\n\
+(default flags) as its own child. Then it runs R rounds of both paths, the order alternating\n\
+(direct first in the first round), each with 32 bare-pod creates in flight:\n\n\
+1. **direct** (baseline): N pods created in the host; creation → Running observed in the\n   host; then deleted (one delete-collection per namespace, default grace) and timed until the\n   last is gone;\n\
+2. **virtual**: N pods created in the virtual cluster; creation → host pod observed, and\n   creation → Running observed in the virtual cluster; then deleted in the virtual cluster and\n   timed until the last is gone there and on the host;\n\
+3. **initial resync** (last round, virtual pods in place): the syncer is restarted and timed\n   from start to `/readyz`, before the delete.\n\n\
+Every figure is the median over the rounds with the lowest and highest beside it; a ratio is\n\
+taken within a round (its two paths ran back to back) and then the median; the goals are\n\
+judged on the medians. Each path deletes its pods before the other starts, so both bursts start\n\
+from the same host. Pods mount the default service-account token, as pods do by default, so\n\
+the virtual path includes the syncer's TokenRequest and token Secret per pod. Wall time is first\n\
+create → last Running; throughput is N / wall time. CPU seconds of every process of the stack\n\
+come from `/proc/<pid>/stat` around each burst and each delete, reported per 1,000 pods (a cost\n\
+that does not depend on how fast the cores are that day); the syncer's peak RSS is VmHWM in\n\
+`/proc/<pid>/status`.\n\n\
 Both planes, KWOK, the syncer and the bench share the machine's cores, so the virtual path's\n\
 control plane takes CPU from the host's (in a real deployment it runs on another node). The\n\
 1-minute load average at start and end and how busy the cores were during each burst are\n\
-recorded; treat the absolute figures as indicative and the virtual/direct ratios as the\n\
-meaningful part.\n\n\
+recorded; treat the absolute latencies as indicative, and the ratios and CPU per 1,000 pods as\n\
+the meaningful part.\n\n\
 ## Reading the figures\n\
 \n\
 What the runs (2026-11, 10,000 pods) show, and what stands between them and the goals:\n\
@@ -276,30 +308,15 @@ What the runs (2026-11, 10,000 pods) show, and what stands between them and the 
 \n\
 ## Reproduce\n\n\
 ```sh\n\
-make bench                 # N = 1000, 5000, 10000 (M = 10 namespaces)\n\
+make bench                 # N = 1000, 5000, 10000; M = 10 and 1; 3 rounds\n\
 make bench N=1000          # one quick size\n\
+make bench N=10000 NS=10 RUNS=1   # one round of one shape\n\
 ```\n\n\
 `make bench` builds `vcluster` and the bench in release mode, then runs\n\
 `target/release/examples/bench --sizes $N`; it writes `bench/results/results.md`,\n\
-`results.json`, one `latency-<N>.svg` per size, and this page.\n\n\
+`results.json`, one `latency-<N>.svg` (and `latency-<N>-one-namespace.svg`) per size, and this page.\n\n\
 ## Latest figures\n\n{figures}"
     )
-}
-
-fn print_brief(r: &SizeResult) {
-    println!(
-        "bench: N={} direct p50/p99 {:.2}/{:.2}s wall {:.1}s | virtual p50/p99 {:.2}/{:.2}s wall {:.1}s | syncer cpu {:.1}s peak {:.0} MiB resync {:.2}s",
-        r.pods,
-        r.direct.to_running.p50,
-        r.direct.to_running.p99,
-        r.direct.wall,
-        r.virt.to_running.p50,
-        r.virt.to_running.p99,
-        r.virt.wall,
-        r.syncer.cpu_burst,
-        r.syncer.peak_rss_mib,
-        r.syncer.resync_ready
-    );
 }
 
 /// A stack started with the release binary, stopped when dropped; its
@@ -413,11 +430,6 @@ impl Syncer {
         self.child.id()
     }
 
-    /// User + system CPU seconds so far.
-    fn cpu_seconds(&self) -> f64 {
-        process_cpu_seconds(self.pid())
-    }
-
     /// A `/proc/<pid>/status` field in MiB (VmRSS, VmHWM).
     fn mem_mib(&self, field: &str) -> f64 {
         std::fs::read_to_string(format!("/proc/{}/status", self.pid()))
@@ -492,9 +504,9 @@ fn process_cpu_seconds(pid: u32) -> f64 {
 
 /// CPU seconds of each process of the stack in `dir` (those whose command
 /// line names it), by program and plane.
-fn stack_cpu(dir: &Path) -> HashMap<String, f64> {
+fn stack_cpu(dir: &Path) -> BTreeMap<String, f64> {
     let dir = dir.to_string_lossy().into_owned();
-    let mut out = HashMap::new();
+    let mut out = BTreeMap::new();
     for entry in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
         let Some(pid) = entry
             .file_name()
@@ -521,52 +533,99 @@ fn stack_cpu(dir: &Path) -> HashMap<String, f64> {
         } else if cmdline.contains(&format!("{dir}/vcluster")) {
             "virtual"
         } else {
-            "-"
+            // `vcluster dev up`'s supervisor.
+            "supervisor"
         };
         *out.entry(format!("{plane} {program}")).or_insert(0.0) += process_cpu_seconds(pid);
     }
     out
 }
 
-/// Prints what each process of the stack used between two [`stack_cpu`] samples.
-fn print_stack_cpu(path: &str, before: &HashMap<String, f64>, after: &HashMap<String, f64>) {
-    let mut rows: Vec<(String, f64)> = after
+/// What each process of the stack used between two [`stack_cpu`] samples
+/// (processes that started in between count from zero); printed as a line.
+fn cpu_between(
+    what: &str,
+    before: &BTreeMap<String, f64>,
+    after: &BTreeMap<String, f64>,
+) -> BTreeMap<String, f64> {
+    let used: BTreeMap<String, f64> = after
         .iter()
-        .map(|(k, v)| (k.clone(), v - before.get(k).copied().unwrap_or(0.0)))
+        .map(|(k, v)| {
+            (
+                k.clone(),
+                (v - before.get(k).copied().unwrap_or(0.0)).max(0.0),
+            )
+        })
         .collect();
-    rows.sort_by(|a, b| b.1.total_cmp(&a.1));
+    let mut rows: Vec<(&String, &f64)> = used.iter().collect();
+    rows.sort_by(|a, b| b.1.total_cmp(a.1));
     let line: Vec<String> = rows.iter().map(|(k, v)| format!("{k} {v:.1}s")).collect();
-    println!("bench: {path} CPU by process: {}", line.join(", "));
+    println!("bench: {what} CPU by process: {}", line.join(", "));
+    used
 }
 
-/// Deletes every pod of `namespaces` at once (grace 0: KWOK pods have no
-/// process to stop) and waits until none is left.
-async fn remove_pods(c: &Client, namespaces: &[String], timeout: Duration) -> anyhow::Result<()> {
+/// Deletes every pod of `namespaces` as a user would (one delete-collection
+/// per namespace, default grace: KWOK's delete Stage ends them on the host)
+/// and waits until every pod of `want` is gone: each seen deleted by its watch
+/// or, for one whose delete the watch missed (a relist), absent from a list.
+/// Returns delete sent → the last gone (seconds) and how many were left at
+/// the deadline.
+async fn delete_pods(
+    c: &Client,
+    namespaces: &[String],
+    want: &[(&Mutex<Seen>, Api<Pod>, Vec<PodKey>)],
+    timeout: Duration,
+) -> anyhow::Result<(f64, usize)> {
     use kube::api::{DeleteParams, ListParams};
-    let dp = DeleteParams {
-        grace_period_seconds: Some(0),
-        ..DeleteParams::default()
-    };
+    let sent = Instant::now();
     for ns in namespaces {
         let api: Api<Pod> = Api::namespaced(c.clone(), ns);
-        api.delete_collection(&dp, &ListParams::default()).await?;
+        api.delete_collection(
+            &DeleteParams::default(),
+            &ListParams::default().labels("bench=1"),
+        )
+        .await?;
     }
-    let deadline = Instant::now() + timeout;
-    for ns in namespaces {
-        let api: Api<Pod> = Api::namespaced(c.clone(), ns);
-        while !api
-            .list_metadata(&ListParams::default().limit(1))
-            .await?
-            .items
-            .is_empty()
-        {
-            if Instant::now() > deadline {
-                bail!("pods of {ns} still there after {timeout:?}");
+    let deadline = sent + timeout;
+    let mut polls = 0u32;
+    loop {
+        let mut left = 0;
+        let mut last = sent;
+        for (seen, _, keys) in want {
+            let s = seen
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            for k in keys {
+                match s.gone.get(k) {
+                    Some(t) => last = last.max(*t),
+                    None => left += 1,
+                }
             }
-            tokio::time::sleep(Duration::from_millis(500)).await;
         }
+        if left == 0 {
+            return Ok((last.duration_since(sent).as_secs_f64(), 0));
+        }
+        polls += 1;
+        // Every 5 s, ask the API servers: a watch that relisted misses deletes.
+        if polls.is_multiple_of(50) {
+            let mut listed = 0;
+            for (_, api, _) in want {
+                listed += api
+                    .list_metadata(&ListParams::default().labels("bench=1").limit(1))
+                    .await?
+                    .items
+                    .len();
+            }
+            if listed == 0 {
+                println!("bench: {left} deletes not seen by the watches; the lists are empty");
+                return Ok((sent.elapsed().as_secs_f64(), 0));
+            }
+        }
+        if Instant::now() > deadline {
+            return Ok((sent.elapsed().as_secs_f64(), left));
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    Ok(())
 }
 
 /// The machine's CPU counters (`/proc/stat`), to tell how busy the cores
@@ -613,11 +672,12 @@ impl CpuSample {
     }
 }
 
-/// When each watched pod was first seen and first seen Running.
+/// When each watched pod was first seen, first seen Running, and seen deleted.
 #[derive(Default)]
 struct Seen {
     first: HashMap<(String, String), Instant>,
     running: HashMap<(String, String), Instant>,
+    gone: HashMap<(String, String), Instant>,
 }
 
 /// Watches pods of `api` matching `labels`, recording into `seen`, until the
@@ -637,6 +697,15 @@ async fn watch_pods(
             let now = Instant::now();
             let pod = match ev {
                 Ok(watcher::Event::Apply(p) | watcher::Event::InitApply(p)) => p,
+                Ok(watcher::Event::Delete(p)) => {
+                    let key = (p.namespace().unwrap_or_default(), p.name_any());
+                    seen.lock()
+                        .unwrap_or_else(std::sync::PoisonError::into_inner)
+                        .gone
+                        .entry(key)
+                        .or_insert(now);
+                    continue;
+                }
                 Ok(watcher::Event::InitDone) => {
                     if let Some(tx) = tx.take() {
                         let _ = tx.send(());
@@ -784,14 +853,14 @@ fn path_result(
     }
 }
 
-async fn one_size(args: &Args, n: usize) -> anyhow::Result<SizeResult> {
+/// One size and shape: a stack, its syncer, and `args.runs` rounds of both paths.
+async fn one_size(args: &Args, n: usize, m: usize) -> anyhow::Result<SizeResult> {
     let nodes = u32::try_from((2 * n).div_ceil(PODS_PER_NODE) + 1)?;
     let (mut stack, host, virt) = stack_with_clients(&args.vcluster, nodes).await?;
     println!(
         "bench: stack up with {nodes} KWOK nodes in {}",
         stack.dir.path().display()
     );
-
     let started = Instant::now();
     let mut syncer = Syncer::start(&stack, &args.vcluster, "syncer.log")?;
     syncer.wait_ready(Duration::from_secs(120)).await?;
@@ -800,107 +869,222 @@ async fn one_size(args: &Args, n: usize) -> anyhow::Result<SizeResult> {
         started.elapsed().as_secs_f64()
     );
     let idle_rss = syncer.mem_mib("VmRSS:");
-    let timeout = Duration::from_secs(300 + (n as u64) / 10);
-
-    // 1. Direct.
-    let direct_ns = namespaces(&host, "direct", args.namespaces).await?;
-    let direct_seen = Arc::new(Mutex::new(Seen::default()));
-    let w1 = watch_pods(Api::all(host.clone()), "bench=1", Arc::clone(&direct_seen)).await?;
-    let busy_direct = CpuSample::now();
-    let procs_direct = stack_cpu(stack.dir.path());
-    let created = create_pods(&host, &direct_ns, n, args.concurrency).await?;
-    wait_running(&direct_seen, n, timeout).await;
-    let busy_direct = busy_direct.since();
-    print_stack_cpu("direct", &procs_direct, &stack_cpu(stack.dir.path()));
-    let direct = {
-        let s = direct_seen
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
-        let mut r = path_result(&created, &s, None);
-        r.cpu_busy_percent = busy_direct.busy_percent();
-        r
+    let mut b = Burst {
+        n,
+        concurrency: args.concurrency,
+        timeout: Duration::from_secs(300 + (n as u64) / 10),
+        direct_ns: namespaces(&host, "direct", m).await?,
+        virt_ns: namespaces(&virt, "bench", m).await?,
+        host,
+        virt,
+        stack: &stack,
+        exe: &args.vcluster,
+        syncer,
+        peak_rss: 0.0,
+        resync: None,
     };
-    println!(
-        "bench: direct done: wall {:.1}s, {} missing, machine CPU busy {:.0}%",
-        direct.wall,
-        direct.missing,
-        busy_direct.busy_percent()
-    );
-    w1.abort();
-    // Both paths start from the same host: the direct pods go before the
-    // virtual burst (a scheduler and KWOK holding N more pods are slower).
-    remove_pods(&host, &direct_ns, Duration::from_secs(600)).await?;
-
-    // 2. Virtual.
-    let virt_ns = namespaces(&virt, "bench", args.namespaces).await?;
-    let virt_seen = Arc::new(Mutex::new(Seen::default()));
-    let host_seen = Arc::new(Mutex::new(Seen::default()));
-    let w2 = watch_pods(Api::all(virt.clone()), "bench=1", Arc::clone(&virt_seen)).await?;
-    let w3 = watch_pods(
-        Api::namespaced(host.clone(), HOST_NS),
-        "bench=1",
-        Arc::clone(&host_seen),
-    )
-    .await?;
-    let cpu_before = syncer.cpu_seconds();
-    let busy_virtual = CpuSample::now();
-    let procs_virtual = stack_cpu(stack.dir.path());
-    let created = create_pods(&virt, &virt_ns, n, args.concurrency).await?;
-    wait_running(&virt_seen, n, timeout).await;
-    let busy_virtual = busy_virtual.since();
-    print_stack_cpu("virtual", &procs_virtual, &stack_cpu(stack.dir.path()));
-    let cpu_after = syncer.cpu_seconds();
-    let peak_rss = syncer.mem_mib("VmHWM:");
-    let vc = VclusterName::new(VC)?;
-    let to_host = |k: &(String, String)| (HOST_NS.to_owned(), host_name(&vc, &k.0, &k.1));
-    let virt_result = {
-        let s = virt_seen
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
-        let h = host_seen
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
-        let mut r = path_result(&created, &s, Some((&h, &to_host)));
-        r.cpu_busy_percent = busy_virtual.busy_percent();
-        r
-    };
-    println!(
-        "bench: virtual done: wall {:.1}s, {} missing, machine CPU busy {:.0}%",
-        virt_result.wall,
-        virt_result.missing,
-        busy_virtual.busy_percent()
-    );
-
-    for w in [w2, w3] {
-        w.abort();
+    let mut rounds = Vec::new();
+    for round in 0..args.runs {
+        let direct_first = round % 2 == 0;
+        let last = round + 1 == args.runs;
+        println!(
+            "bench: round {} of {} ({} first)",
+            round + 1,
+            args.runs,
+            if direct_first { "direct" } else { "virtual" }
+        );
+        let (direct, virt) = if direct_first {
+            let d = b.direct().await?;
+            (d, b.virtual_path(last).await?)
+        } else {
+            let v = b.virtual_path(last).await?;
+            (b.direct().await?, v)
+        };
+        println!(
+            "bench: round {}: p99 direct {:.2}s virtual {:.2}s, wall {:.1}s / {:.1}s, delete {:.1}s / {:.1}s",
+            round + 1,
+            direct.burst.to_running.p99,
+            virt.burst.to_running.p99,
+            direct.burst.wall,
+            virt.burst.wall,
+            direct.delete,
+            virt.delete
+        );
+        rounds.push(Round {
+            direct_first,
+            direct,
+            virt,
+        });
     }
-
-    // 3. Initial resync with N pods in place.
-    syncer.stop();
-    let restarted = Instant::now();
-    let mut again = Syncer::start(&stack, &args.vcluster, "syncer-restarted.log")?;
-    again.wait_ready(Duration::from_secs(300)).await?;
-    let resync_ready = restarted.elapsed().as_secs_f64();
-    // Let the restarted syncer settle (its resync of every key) before reading its peak.
-    tokio::time::sleep(Duration::from_secs(5)).await;
-    let resync_peak = again.mem_mib("VmHWM:");
-    again.stop();
+    let peak_rss = b.peak_rss.max(b.syncer.mem_mib("VmHWM:"));
+    let (resync_ready, resync_peak) = b.resync.unwrap_or((f64::NAN, f64::NAN));
+    drop(b);
     stack.finished = true;
     drop(stack);
-
     Ok(SizeResult {
         pods: n,
-        namespaces: args.namespaces,
+        namespaces: m,
         nodes,
-        direct,
-        virt: virt_result,
+        rounds,
         syncer: SyncerUse {
-            cpu_burst: cpu_after - cpu_before,
-            cpu_total: cpu_after,
             peak_rss_mib: peak_rss,
             idle_rss_mib: idle_rss,
             resync_ready,
             resync_peak_rss_mib: resync_peak,
         },
     })
+}
+
+/// What one size and shape's bursts share.
+struct Burst<'a> {
+    n: usize,
+    concurrency: usize,
+    timeout: Duration,
+    direct_ns: Vec<String>,
+    virt_ns: Vec<String>,
+    host: Client,
+    virt: Client,
+    stack: &'a Stack,
+    exe: &'a Path,
+    syncer: Syncer,
+    /// The highest VmHWM of a syncer stopped for the resync.
+    peak_rss: f64,
+    /// Restart → ready, and the restarted syncer's VmHWM after its resync.
+    resync: Option<(f64, f64)>,
+}
+
+impl Burst<'_> {
+    /// N pods created directly in the host, timed to Running, then deleted.
+    async fn direct(&mut self) -> anyhow::Result<PathRun> {
+        let seen = Arc::new(Mutex::new(Seen::default()));
+        let watch = watch_pods(Api::all(self.host.clone()), "bench=1", Arc::clone(&seen)).await?;
+        let busy = CpuSample::now();
+        let procs = stack_cpu(self.stack.dir.path());
+        let created = create_pods(&self.host, &self.direct_ns, self.n, self.concurrency).await?;
+        wait_running(&seen, self.n, self.timeout).await;
+        let busy = busy.since();
+        let procs_after = stack_cpu(self.stack.dir.path());
+        let cpu = cpu_between("direct", &procs, &procs_after);
+        let mut burst = {
+            let s = seen
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            path_result(&created, &s, None)
+        };
+        burst.cpu_busy_percent = busy.busy_percent();
+        println!(
+            "bench: direct done: wall {:.1}s, {} missing, machine CPU busy {:.0}%",
+            burst.wall, burst.missing, burst.cpu_busy_percent
+        );
+        let keys: Vec<PodKey> = created.into_iter().map(|(k, _)| k).collect();
+        let (delete, delete_missing) = delete_pods(
+            &self.host,
+            &self.direct_ns,
+            &[(&seen, Api::all(self.host.clone()), keys)],
+            self.timeout,
+        )
+        .await?;
+        let delete_cpu = cpu_between(
+            "direct delete",
+            &procs_after,
+            &stack_cpu(self.stack.dir.path()),
+        );
+        watch.abort();
+        Ok(PathRun {
+            burst,
+            delete,
+            delete_missing,
+            cpu,
+            delete_cpu,
+        })
+    }
+
+    /// N pods created in the virtual cluster, timed to their host copy and to
+    /// Running; with `resync`, the syncer restarted with them in place; then
+    /// deleted in the virtual cluster and timed until gone on both sides.
+    async fn virtual_path(&mut self, resync: bool) -> anyhow::Result<PathRun> {
+        let virt_seen = Arc::new(Mutex::new(Seen::default()));
+        let host_seen = Arc::new(Mutex::new(Seen::default()));
+        let w_virt = watch_pods(
+            Api::all(self.virt.clone()),
+            "bench=1",
+            Arc::clone(&virt_seen),
+        )
+        .await?;
+        let host_api: Api<Pod> = Api::namespaced(self.host.clone(), HOST_NS);
+        let w_host = watch_pods(host_api.clone(), "bench=1", Arc::clone(&host_seen)).await?;
+        let busy = CpuSample::now();
+        let procs = stack_cpu(self.stack.dir.path());
+        let created = create_pods(&self.virt, &self.virt_ns, self.n, self.concurrency).await?;
+        wait_running(&virt_seen, self.n, self.timeout).await;
+        let busy = busy.since();
+        let procs_after = stack_cpu(self.stack.dir.path());
+        let cpu = cpu_between("virtual", &procs, &procs_after);
+        let vc = VclusterName::new(VC)?;
+        let to_host = |k: &PodKey| (HOST_NS.to_owned(), host_name(&vc, &k.0, &k.1));
+        let mut burst = {
+            let s = virt_seen
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            let h = host_seen
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            path_result(&created, &s, Some((&h, &to_host)))
+        };
+        burst.cpu_busy_percent = busy.busy_percent();
+        println!(
+            "bench: virtual done: wall {:.1}s, {} missing, machine CPU busy {:.0}%",
+            burst.wall, burst.missing, burst.cpu_busy_percent
+        );
+        if resync {
+            self.restart_syncer().await?;
+        }
+        let keys: Vec<PodKey> = created.into_iter().map(|(k, _)| k).collect();
+        let host_keys: Vec<PodKey> = keys.iter().map(to_host).collect();
+        let procs_before_delete = stack_cpu(self.stack.dir.path());
+        let (delete, delete_missing) = delete_pods(
+            &self.virt,
+            &self.virt_ns,
+            &[
+                (&virt_seen, Api::all(self.virt.clone()), keys),
+                (&host_seen, host_api, host_keys),
+            ],
+            self.timeout,
+        )
+        .await?;
+        let delete_cpu = cpu_between(
+            "virtual delete",
+            &procs_before_delete,
+            &stack_cpu(self.stack.dir.path()),
+        );
+        w_virt.abort();
+        w_host.abort();
+        Ok(PathRun {
+            burst,
+            delete,
+            delete_missing,
+            cpu,
+            delete_cpu,
+        })
+    }
+
+    /// The initial resync: the syncer stopped and started again with the N
+    /// virtual pods and their host copies in place, timed to /readyz.
+    async fn restart_syncer(&mut self) -> anyhow::Result<()> {
+        self.peak_rss = self.peak_rss.max(self.syncer.mem_mib("VmHWM:"));
+        self.syncer.stop();
+        let restarted = Instant::now();
+        self.syncer = Syncer::start(self.stack, self.exe, "syncer-restarted.log")?;
+        self.syncer.wait_ready(Duration::from_secs(300)).await?;
+        let ready = restarted.elapsed().as_secs_f64();
+        // Let the restarted syncer settle (its resync of every key) before reading its peak.
+        tokio::time::sleep(Duration::from_secs(5)).await;
+        let peak = self.syncer.mem_mib("VmHWM:");
+        println!(
+            "bench: restart → ready {ready:.2}s with {} pods, peak RSS {peak:.1} MiB",
+            self.n
+        );
+        self.resync = Some((ready, peak));
+        Ok(())
+    }
 }

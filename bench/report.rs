@@ -2,9 +2,11 @@
 //! latency-distribution plot (an SVG with title, axes, units, legend and the
 //! goal marked).
 
+use std::collections::BTreeMap;
 use std::fmt::Write as _;
 use std::path::Path;
 
+use anyhow::Context as _;
 use plotters::prelude::*;
 
 /// Latency summary of one path, in seconds.
@@ -66,18 +68,38 @@ pub struct PathResult {
 /// The syncer's resource use during one size's run.
 #[derive(Debug, Clone, Copy, serde::Serialize)]
 pub struct SyncerUse {
-    /// CPU seconds (user + system) during the virtual burst.
-    pub cpu_burst: f64,
-    /// CPU seconds from start to the end of the burst.
-    pub cpu_total: f64,
-    /// Peak resident set (VmHWM), MiB.
+    /// Peak resident set (VmHWM) over every burst and delete, MiB.
     pub peak_rss_mib: f64,
     /// Resident set when ready with no pods, MiB.
     pub idle_rss_mib: f64,
     /// Start → /readyz with N pods on both sides (a restarted syncer), seconds.
     pub resync_ready: f64,
-    /// Peak resident set of the restarted syncer, MiB.
+    /// Peak resident set of the restarted syncer right after its resync, MiB.
     pub resync_peak_rss_mib: f64,
+}
+
+/// One path's burst and delete in one round.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct PathRun {
+    pub burst: PathResult,
+    /// Delete sent (one delete-collection per namespace, default grace) →
+    /// the last pod gone: on the host, and for the virtual path in the
+    /// virtual cluster too; seconds.
+    pub delete: f64,
+    /// Pods still there at the delete's deadline.
+    pub delete_missing: usize,
+    /// CPU seconds of each process of the stack during the burst ("plane program").
+    pub cpu: BTreeMap<String, f64>,
+    /// … and during the delete.
+    pub delete_cpu: BTreeMap<String, f64>,
+}
+
+/// Both paths, one after the other (the order alternates between rounds).
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct Round {
+    pub direct_first: bool,
+    pub direct: PathRun,
+    pub virt: PathRun,
 }
 
 #[derive(Debug, Clone, serde::Serialize)]
@@ -85,10 +107,89 @@ pub struct SizeResult {
     pub pods: usize,
     pub namespaces: usize,
     pub nodes: u32,
-    pub direct: PathResult,
-    pub virt: PathResult,
+    pub rounds: Vec<Round>,
     pub syncer: SyncerUse,
 }
+
+impl SizeResult {
+    /// The round whose virtual p99 is the median of the rounds' (the one plotted).
+    pub fn median_round(&self) -> usize {
+        let mut idx: Vec<usize> = (0..self.rounds.len()).collect();
+        idx.sort_by(|&a, &b| {
+            self.rounds[a]
+                .virt
+                .burst
+                .to_running
+                .p99
+                .total_cmp(&self.rounds[b].virt.burst.to_running.p99)
+        });
+        idx.get(idx.len() / 2).copied().unwrap_or(0)
+    }
+
+    fn spread(&self, f: impl Fn(&Round) -> f64) -> Spread {
+        Spread::of(self.rounds.iter().map(f))
+    }
+}
+
+/// The median of a figure over the rounds, and its range.
+#[derive(Debug, Clone, Copy, serde::Serialize)]
+pub struct Spread {
+    pub median: f64,
+    pub min: f64,
+    pub max: f64,
+}
+
+impl Spread {
+    pub fn of(values: impl Iterator<Item = f64>) -> Self {
+        let mut v: Vec<f64> = values.filter(|x| !x.is_nan()).collect();
+        v.sort_by(f64::total_cmp);
+        if v.is_empty() {
+            return Self {
+                median: f64::NAN,
+                min: f64::NAN,
+                max: f64::NAN,
+            };
+        }
+        let mid = v.len() / 2;
+        let median = if v.len() % 2 == 1 {
+            v[mid]
+        } else {
+            f64::midpoint(v[mid - 1], v[mid])
+        };
+        Self {
+            median,
+            min: v[0],
+            max: v[v.len() - 1],
+        }
+    }
+
+    /// "median (min–max)", or the median alone when every round gave the same.
+    fn show(self) -> String {
+        if self.median.is_nan() {
+            "—".to_owned()
+        } else if self.min == self.max {
+            s(self.median)
+        } else {
+            format!("{} ({}–{})", s(self.median), s(self.min), s(self.max))
+        }
+    }
+}
+
+fn ratio(a: f64, b: f64) -> f64 {
+    if b > 0.0 { a / b } else { f64::NAN }
+}
+
+/// CPU seconds per 1,000 pods of `key` in a run of `pods` pods.
+fn per_k(cpu: &BTreeMap<String, f64>, key: &str, pods: usize) -> f64 {
+    cpu.get(key).copied().unwrap_or(0.0) / pods as f64 * 1000.0
+}
+
+fn total_per_k(cpu: &BTreeMap<String, f64>, pods: usize) -> f64 {
+    cpu.values().sum::<f64>() / pods as f64 * 1000.0
+}
+
+/// The process key of the host API server in [`PathRun::cpu`].
+pub const HOST_APISERVER: &str = "host kube-apiserver";
 
 #[derive(Debug, Clone, serde::Serialize)]
 pub struct RunInfo {
@@ -107,16 +208,27 @@ fn s(x: f64) -> String {
     }
 }
 
-fn row(out: &mut String, label: &str, sm: &Summary) {
+/// A latency row: each percentile's median over the rounds and its range.
+fn row(out: &mut String, r: &SizeResult, label: &str, f: impl Fn(&Round) -> Option<Summary>) {
+    let pick = |g: fn(&Summary) -> f64| r.spread(|x| f(x).as_ref().map_or(f64::NAN, g)).show();
     let _ = writeln!(
         out,
-        "| {label} | {} | {} | {} | {} | {} |",
-        sm.count,
-        s(sm.p50),
-        s(sm.p90),
-        s(sm.p99),
-        s(sm.max)
+        "| {label} | {} | {} | {} | {} |",
+        pick(|m| m.p50),
+        pick(|m| m.p90),
+        pick(|m| m.p99),
+        pick(|m| m.max)
     );
+}
+
+/// The title of one size's section.
+pub fn heading(r: &SizeResult) -> String {
+    let ns = if r.namespaces == 1 {
+        "one namespace".to_owned()
+    } else {
+        format!("{} namespaces", r.namespaces)
+    };
+    format!("{} pods in {ns} ({} KWOK nodes)", r.pods, r.nodes)
 }
 
 /// The markdown report of a run (figures only; BENCHMARKS.md wraps it).
@@ -129,155 +241,277 @@ pub fn markdown(info: &RunInfo, sizes: &[SizeResult], plots: &[String]) -> Strin
         info.load_start, info.load_end
     );
     let _ = writeln!(o, "Command: `{}`\n", info.command);
+    let _ = writeln!(
+        o,
+        "Every figure is the median over the rounds, with the lowest and highest in brackets; \
+         a ratio is taken within each round (its two paths ran back to back) and then the median.\n"
+    );
     for (r, plot) in sizes.iter().zip(plots) {
+        size_section(&mut o, r, plot);
+    }
+    goals(&mut o, sizes);
+    o
+}
+
+fn size_section(o: &mut String, r: &SizeResult, plot: &str) {
+    let rounds = r.rounds.len();
+    let order: Vec<&str> = r
+        .rounds
+        .iter()
+        .map(|x| {
+            if x.direct_first {
+                "direct first"
+            } else {
+                "virtual first"
+            }
+        })
+        .collect();
+    let _ = writeln!(o, "### {}\n", heading(r));
+    let _ = writeln!(o, "{rounds} rounds ({}).\n", order.join(", "));
+    let _ = writeln!(o, "Latency per pod, seconds:\n");
+    let _ = writeln!(o, "| measure | p50 | p90 | p99 | max |");
+    let _ = writeln!(o, "|---|---|---|---|---|");
+    row(o, r, "direct: creation → Running (host)", |x| {
+        Some(x.direct.burst.to_running)
+    });
+    row(o, r, "virtual: creation → host pod exists", |x| {
+        x.virt.burst.to_host
+    });
+    row(o, r, "virtual: creation → Running (host copy)", |x| {
+        x.virt.burst.to_host_running
+    });
+    row(o, r, "virtual: creation → Running (virtual)", |x| {
+        Some(x.virt.burst.to_running)
+    });
+    let q = |g: fn(&Summary) -> f64| {
+        r.spread(|x| ratio(g(&x.virt.burst.to_running), g(&x.direct.burst.to_running)))
+            .show()
+    };
+    let _ = writeln!(
+        o,
+        "| ratio virtual / direct | {} | {} | {} | {} |",
+        q(|m| m.p50),
+        q(|m| m.p90),
+        q(|m| m.p99),
+        q(|m| m.max)
+    );
+    let _ = writeln!(
+        o,
+        "| added p99 (virtual − direct), s | | | {} | |",
+        r.spread(|x| x.virt.burst.to_running.p99 - x.direct.burst.to_running.p99)
+            .show()
+    );
+    let _ = writeln!(o, "\nWhole burst and delete:\n");
+    let _ = writeln!(
+        o,
+        "| path | burst wall time (s) | throughput (pods/s) | not Running at deadline | machine CPU busy (%) | delete → all gone (s) | not gone at deadline |"
+    );
+    let _ = writeln!(o, "|---|---|---|---|---|---|---|");
+    for (name, p) in [
+        ("direct", (|x: &Round| &x.direct) as fn(&Round) -> &PathRun),
+        ("virtual", |x: &Round| &x.virt),
+    ] {
         let _ = writeln!(
             o,
-            "### {} pods in {} namespaces ({} KWOK nodes)\n",
-            r.pods, r.namespaces, r.nodes
-        );
-        let _ = writeln!(o, "Latency per pod, seconds:\n");
-        let _ = writeln!(o, "| measure | pods | p50 | p90 | p99 | max |");
-        let _ = writeln!(o, "|---|---|---|---|---|---|");
-        row(
-            &mut o,
-            "direct: creation → Running (host)",
-            &r.direct.to_running,
-        );
-        if let Some(h) = &r.virt.to_host {
-            row(&mut o, "virtual: creation → host pod exists", h);
-        }
-        if let Some(h) = &r.virt.to_host_running {
-            row(&mut o, "virtual: creation → Running (host copy)", h);
-        }
-        row(
-            &mut o,
-            "virtual: creation → Running (virtual)",
-            &r.virt.to_running,
-        );
-        let ratio = |a: f64, b: f64| if b > 0.0 { s(a / b) } else { "—".into() };
-        let (d, v) = (&r.direct.to_running, &r.virt.to_running);
-        let _ = writeln!(
-            o,
-            "| ratio virtual / direct | | {} | {} | {} | {} |",
-            ratio(v.p50, d.p50),
-            ratio(v.p90, d.p90),
-            ratio(v.p99, d.p99),
-            ratio(v.max, d.max)
-        );
-        let _ = writeln!(o, "\nWhole burst:\n");
-        let _ = writeln!(
-            o,
-            "| path | wall time (s) | throughput (pods/s) | not Running at deadline | machine CPU busy |"
-        );
-        let _ = writeln!(o, "|---|---|---|---|---|");
-        for (name, p) in [("direct", &r.direct), ("virtual", &r.virt)] {
-            let _ = writeln!(
-                o,
-                "| {name} | {} | {:.1} | {} | {:.0} % |",
-                s(p.wall),
-                p.throughput,
-                p.missing,
-                p.cpu_busy_percent
-            );
-        }
-        let _ = writeln!(
-            o,
-            "| ratio virtual / direct | {} | {} | |",
-            ratio(r.virt.wall, r.direct.wall),
-            ratio(r.virt.throughput, r.direct.throughput)
-        );
-        let u = &r.syncer;
-        let per_k = (u.peak_rss_mib - u.idle_rss_mib) / (r.pods as f64 / 1000.0);
-        let _ = writeln!(o, "\nSyncer (release build):\n");
-        let _ = writeln!(o, "| measure | value |");
-        let _ = writeln!(o, "|---|---|");
-        let _ = writeln!(
-            o,
-            "| CPU seconds during the virtual burst | {:.1} |",
-            u.cpu_burst
-        );
-        let _ = writeln!(
-            o,
-            "| CPU seconds from start to end of burst | {:.1} |",
-            u.cpu_total
-        );
-        let _ = writeln!(o, "| peak RSS (VmHWM) | {:.1} MiB |", u.peak_rss_mib);
-        let _ = writeln!(
-            o,
-            "| RSS when ready with no pods | {:.1} MiB |",
-            u.idle_rss_mib
-        );
-        let _ = writeln!(
-            o,
-            "| RSS per 1,000 pods ((peak − idle) / N × 1000) | {per_k:.1} MiB |"
-        );
-        let _ = writeln!(
-            o,
-            "| initial resync: restart → ready with {} pods | {} s |",
-            r.pods,
-            s(u.resync_ready)
-        );
-        let _ = writeln!(
-            o,
-            "| peak RSS of the restarted syncer | {:.1} MiB |",
-            u.resync_peak_rss_mib
-        );
-        let _ = writeln!(
-            o,
-            "\n![creation → Running, cumulative]({plot})\n\n{}\n",
-            plot_legend(r)
+            "| {name} | {} | {} | {} | {} | {} | {} |",
+            r.spread(|x| p(x).burst.wall).show(),
+            r.spread(|x| p(x).burst.throughput).show(),
+            r.rounds.iter().map(|x| p(x).burst.missing).sum::<usize>(),
+            r.spread(|x| p(x).burst.cpu_busy_percent).show(),
+            r.spread(|x| p(x).delete).show(),
+            r.rounds.iter().map(|x| p(x).delete_missing).sum::<usize>(),
         );
     }
-    if let Some(big) = sizes.iter().max_by_key(|r| r.pods) {
+    let _ = writeln!(
+        o,
+        "| ratio virtual / direct | {} | {} | | | {} | |",
+        r.spread(|x| ratio(x.virt.burst.wall, x.direct.burst.wall))
+            .show(),
+        r.spread(|x| ratio(x.virt.burst.throughput, x.direct.burst.throughput))
+            .show(),
+        r.spread(|x| ratio(x.virt.delete, x.direct.delete)).show(),
+    );
+    cpu_table(o, r);
+    let u = &r.syncer;
+    let per_k_rss = (u.peak_rss_mib - u.idle_rss_mib) / (r.pods as f64 / 1000.0);
+    let _ = writeln!(o, "\nSyncer (release build):\n");
+    let _ = writeln!(o, "| measure | value |");
+    let _ = writeln!(o, "|---|---|");
+    let _ = writeln!(
+        o,
+        "| CPU seconds per virtual burst | {} |",
+        r.spread(|x| x.virt.cpu.get(SYNCER).copied().unwrap_or(0.0))
+            .show()
+    );
+    let _ = writeln!(
+        o,
+        "| peak RSS (VmHWM, every burst and delete) | {:.1} MiB |",
+        u.peak_rss_mib
+    );
+    let _ = writeln!(
+        o,
+        "| RSS when ready with no pods | {:.1} MiB |",
+        u.idle_rss_mib
+    );
+    let _ = writeln!(
+        o,
+        "| RSS per 1,000 pods ((peak − idle) / N × 1000) | {per_k_rss:.1} MiB |"
+    );
+    let _ = writeln!(
+        o,
+        "| initial resync: restart → ready with {} pods | {} s |",
+        r.pods,
+        s(u.resync_ready)
+    );
+    let _ = writeln!(
+        o,
+        "| peak RSS of the restarted syncer | {:.1} MiB |",
+        u.resync_peak_rss_mib
+    );
+    let _ = writeln!(
+        o,
+        "\n![creation → Running, cumulative]({plot})\n\n{}\n",
+        plot_legend(r)
+    );
+}
+
+/// The process key of the syncer in [`PathRun::cpu`].
+const SYNCER: &str = "syncer vcluster";
+
+/// CPU seconds per 1,000 pods of each process, direct and virtual, burst and delete.
+fn cpu_table(o: &mut String, r: &SizeResult) {
+    let mut keys: Vec<&String> = r
+        .rounds
+        .iter()
+        .flat_map(|x| {
+            [
+                &x.direct.cpu,
+                &x.virt.cpu,
+                &x.direct.delete_cpu,
+                &x.virt.delete_cpu,
+            ]
+            .into_iter()
+            .flat_map(BTreeMap::keys)
+        })
+        .collect();
+    keys.sort();
+    keys.dedup();
+    let n = r.pods;
+    let _ = writeln!(
+        o,
+        "\nCPU seconds per 1,000 pods, by process (plane and program):\n"
+    );
+    let _ = writeln!(
+        o,
+        "| process | burst direct | burst virtual | delete direct | delete virtual |"
+    );
+    let _ = writeln!(o, "|---|---|---|---|---|");
+    for k in keys {
         let _ = writeln!(
             o,
-            "### Goals (at the largest size run, {} pods)\n",
-            big.pods
+            "| {k} | {} | {} | {} | {} |",
+            r.spread(|x| per_k(&x.direct.cpu, k, n)).show(),
+            r.spread(|x| per_k(&x.virt.cpu, k, n)).show(),
+            r.spread(|x| per_k(&x.direct.delete_cpu, k, n)).show(),
+            r.spread(|x| per_k(&x.virt.delete_cpu, k, n)).show(),
         );
-        let _ = writeln!(o, "| goal | target | measured | met |");
-        let _ = writeln!(o, "|---|---|---|---|");
-        let total = big.virt.wall / big.direct.wall;
-        let added = big.virt.to_running.p99 - big.direct.to_running.p99;
+    }
+    let _ = writeln!(
+        o,
+        "| all processes | {} | {} | {} | {} |",
+        r.spread(|x| total_per_k(&x.direct.cpu, n)).show(),
+        r.spread(|x| total_per_k(&x.virt.cpu, n)).show(),
+        r.spread(|x| total_per_k(&x.direct.delete_cpu, n)).show(),
+        r.spread(|x| total_per_k(&x.virt.delete_cpu, n)).show(),
+    );
+    let _ = writeln!(
+        o,
+        "| **host API server, virtual / direct** | | {} | | {} |",
+        r.spread(|x| ratio(
+            per_k(&x.virt.cpu, HOST_APISERVER, n),
+            per_k(&x.direct.cpu, HOST_APISERVER, n)
+        ))
+        .show(),
+        r.spread(|x| ratio(
+            per_k(&x.virt.delete_cpu, HOST_APISERVER, n),
+            per_k(&x.direct.delete_cpu, HOST_APISERVER, n)
+        ))
+        .show(),
+    );
+}
+
+/// The issue's goals, judged on the medians: at the largest size spread over
+/// namespaces, and for every single-namespace size run.
+fn goals(o: &mut String, sizes: &[SizeResult]) {
+    let yes = |b: bool| if b { "yes" } else { "no" };
+    let _ = writeln!(o, "### Goals (judged on the medians)\n");
+    let _ = writeln!(o, "| shape | goal | target | measured | met |");
+    let _ = writeln!(o, "|---|---|---|---|---|");
+    if let Some(big) = sizes
+        .iter()
+        .filter(|r| r.namespaces > 1)
+        .max_by_key(|r| r.pods)
+    {
+        let h = heading(big);
+        let total = big.spread(|x| ratio(x.virt.burst.wall, x.direct.burst.wall));
+        let added = big.spread(|x| x.virt.burst.to_running.p99 - x.direct.burst.to_running.p99);
         let mib_per_mb = 1.048_576;
         let rss_mb = big.syncer.peak_rss_mib.max(big.syncer.resync_peak_rss_mib) * mib_per_mb;
-        let yes = |b: bool| if b { "yes" } else { "no" };
         let _ = writeln!(
             o,
-            "| total time virtual / direct | ≤ 1.1 | {total:.2} | {} |",
-            yes(total <= 1.1)
+            "| {h} | total time virtual / direct | ≤ 1.03 | {} | {} |",
+            total.show(),
+            yes(total.median <= 1.03)
         );
         let _ = writeln!(
             o,
-            "| added p99 creation → Running | ≤ 1 s | {added:.2} s | {} |",
-            yes(added <= 1.0)
+            "| {h} | added p99 creation → Running | ≤ 1 s | {} s | {} |",
+            added.show(),
+            yes(added.median <= ADDED_P99_GOAL)
         );
-        if let Some(h) = &big.virt.to_host_running {
+        let _ = writeln!(
+            o,
+            "| {h} | syncer peak RSS (bursts, deletes, restart) | ≤ 50 MB | {rss_mb:.0} MB | {} |",
+            yes(rss_mb <= 50.0)
+        );
+        let _ = writeln!(
+            o,
+            "| {h} | restart → ready | ≤ 2 s | {} s | {} |",
+            s(big.syncer.resync_ready),
+            yes(big.syncer.resync_ready <= 2.0)
+        );
+    }
+    for r in sizes {
+        let h = heading(r);
+        let api = r.spread(|x| {
+            ratio(
+                per_k(&x.virt.cpu, HOST_APISERVER, r.pods),
+                per_k(&x.direct.cpu, HOST_APISERVER, r.pods),
+            )
+        });
+        let _ = writeln!(
+            o,
+            "| {h} | host API server CPU per pod in the burst, virtual / direct | ≤ 1.10 | {} | {} |",
+            api.show(),
+            yes(api.median <= 1.10)
+        );
+        if r.namespaces == 1 {
+            let del = r.spread(|x| ratio(x.virt.delete, x.direct.delete));
             let _ = writeln!(
                 o,
-                "| … of which status coming up (p99 Running virtual − p99 Running host copy) | | {:.2} s | |",
-                big.virt.to_running.p99 - h.p99
-            );
-        }
-        let _ = writeln!(
-            o,
-            "| syncer peak RSS (burst or restart) | ≤ 100 MB | {rss_mb:.0} MB | {} |",
-            yes(rss_mb <= 100.0)
-        );
-        let _ = writeln!(
-            o,
-            "| initial resync | ≤ 5 s | {:.2} s | {} |",
-            big.syncer.resync_ready,
-            yes(big.syncer.resync_ready <= 5.0)
-        );
-        if big.pods < 10_000 {
-            let _ = writeln!(
-                o,
-                "\nThe goals are stated at 10,000 pods; this run stopped at {}.",
-                big.pods
+                "| {h} | delete → all gone, virtual / direct | ≤ 1.2 | {} | {} |",
+                del.show(),
+                yes(del.median <= 1.2)
             );
         }
     }
-    o
+    if sizes.iter().all(|r| r.pods < 10_000) {
+        let _ = writeln!(
+            o,
+            "\nThe goals are stated at 10,000 pods (the delete at 1,000 in one namespace); this run stopped at {}.",
+            sizes.iter().map(|r| r.pods).max().unwrap_or(0)
+        );
+    }
 }
 
 /// Colours of the plot's series.
@@ -291,16 +525,17 @@ const H: u32 = 540;
 pub const ADDED_P99_GOAL: f64 = 1.0;
 
 /// Where the goal line stands: direct p99 plus the allowed added p99.
-fn goal_at(r: &SizeResult) -> f64 {
-    r.direct.to_running.p99 + ADDED_P99_GOAL
+fn goal_at(r: &Round) -> f64 {
+    r.direct.burst.to_running.p99 + ADDED_P99_GOAL
 }
 
-fn x_max(r: &SizeResult) -> f64 {
+fn x_max(r: &Round) -> f64 {
     let m = r
         .direct
+        .burst
         .to_running
         .max
-        .max(r.virt.to_running.max)
+        .max(r.virt.burst.to_running.max)
         .max(goal_at(r));
     if m.is_finite() && m > 0.0 {
         m * 1.02
@@ -312,12 +547,16 @@ fn x_max(r: &SizeResult) -> f64 {
 /// What the plot shows, for the markdown beside it (the plot has its own title,
 /// axes and legend; this is the text alternative).
 pub fn plot_legend(r: &SizeResult) -> String {
+    let i = r.median_round();
+    let g = r.rounds.get(i).map_or(f64::NAN, goal_at);
     format!(
-        "Cumulative share of the {} pods Running (y, %) against time since their creation \
-         (x, s): direct, virtual, and virtual until the host copy exists; the green line is the \
-         goal, direct p99 + {ADDED_P99_GOAL} s = {:.2} s.",
+        "Round {} of {} (the one with the median virtual p99): cumulative share of the {} pods \
+         Running (y, %) against time since their creation (x, s): direct, virtual, and virtual \
+         until the host copy exists; the green line is the goal, direct p99 + {ADDED_P99_GOAL} s \
+         = {g:.2} s.",
+        i + 1,
+        r.rounds.len(),
         r.pods,
-        goal_at(r)
     )
 }
 
@@ -338,13 +577,25 @@ fn cdf(samples: &[f64]) -> Vec<(f64, f64)> {
 /// Draws the cumulative latency distributions of `r` into an SVG at `path`
 /// (plotters' SVG backend: text is written as SVG text, so no fonts are needed
 /// on the machine that draws it). `run` names the run in the title.
-pub fn plot(r: &SizeResult, run: &str, path: &Path) -> anyhow::Result<()> {
+pub fn plot(size: &SizeResult, run: &str, path: &Path) -> anyhow::Result<()> {
+    let i = size.median_round();
+    let r = size.rounds.get(i).context("no round to plot")?;
     let root = SVGBackend::new(path, (W, H)).into_drawing_area();
     root.fill(&WHITE)?;
     let xm = x_max(r);
+    let ns = if size.namespaces == 1 {
+        "1 namespace".to_owned()
+    } else {
+        format!("{} namespaces", size.namespaces)
+    };
     let mut chart = ChartBuilder::on(&root)
         .caption(
-            format!("Pod creation → Running, N = {} pods ({run})", r.pods),
+            format!(
+                "Pod creation → Running, N = {} pods in {ns} ({run}, round {} of {})",
+                size.pods,
+                i + 1,
+                size.rounds.len()
+            ),
             ("sans-serif", 20),
         )
         .margin(16)
@@ -361,10 +612,18 @@ pub fn plot(r: &SizeResult, run: &str, path: &Path) -> anyhow::Result<()> {
         .y_label_formatter(&|p| format!("{p:.0}"))
         .draw()?;
     let series = [
-        (&r.direct.samples, DIRECT, "direct: creation → Running"),
-        (&r.virt.samples, VIRTUAL, "virtual: creation → Running"),
         (
-            &r.virt.host_samples,
+            &r.direct.burst.samples,
+            DIRECT,
+            "direct: creation → Running",
+        ),
+        (
+            &r.virt.burst.samples,
+            VIRTUAL,
+            "virtual: creation → Running",
+        ),
+        (
+            &r.virt.burst.host_samples,
             TO_HOST,
             "virtual: creation → host copy exists",
         ),
@@ -407,6 +666,17 @@ mod tests {
         assert!(percentile(&[], 0.5).is_nan());
     }
 
+    #[test]
+    fn spread_is_the_median_and_range_of_the_rounds() {
+        let sp = Spread::of([3.0, 1.0, 2.0].into_iter());
+        assert_eq!((sp.median, sp.min, sp.max), (2.0, 1.0, 3.0));
+        assert_eq!(sp.show(), "2.00 (1.00–3.00)");
+        let even = Spread::of([4.0, 1.0, f64::NAN, 2.0, 3.0].into_iter());
+        assert_eq!((even.median, even.min, even.max), (2.5, 1.0, 4.0));
+        assert_eq!(Spread::of([5.0].into_iter()).show(), "5.00");
+        assert_eq!(Spread::of(std::iter::empty()).show(), "—");
+    }
+
     fn path(samples: Vec<f64>) -> PathResult {
         PathResult {
             to_host: None,
@@ -423,21 +693,32 @@ mod tests {
 
     #[test]
     fn the_plot_has_a_title_axes_a_legend_and_the_goal() {
+        let run = |direct: Vec<f64>, virt: Vec<f64>| PathRun {
+            burst: path(if direct.is_empty() { virt } else { direct }),
+            delete: 1.0,
+            delete_missing: 0,
+            cpu: BTreeMap::new(),
+            delete_cpu: BTreeMap::new(),
+        };
+        let round = |slow: f64| Round {
+            direct_first: true,
+            direct: run((1..=100).map(|i| f64::from(i) / 10.0).collect(), vec![]),
+            virt: run(vec![], (1..=100).map(|i| f64::from(i) / slow).collect()),
+        };
         let r = SizeResult {
             pods: 1000,
             namespaces: 10,
             nodes: 9,
-            direct: path((1..=100).map(|i| f64::from(i) / 10.0).collect()),
-            virt: path((1..=100).map(|i| f64::from(i) / 8.0).collect()),
+            // The median round by virtual p99 is the one with 8.0 (p99 12.4 s).
+            rounds: vec![round(9.0), round(8.0), round(4.0)],
             syncer: SyncerUse {
-                cpu_burst: 1.0,
-                cpu_total: 1.0,
                 peak_rss_mib: 1.0,
                 idle_rss_mib: 1.0,
                 resync_ready: 1.0,
                 resync_peak_rss_mib: 1.0,
             },
         };
+        assert_eq!(r.median_round(), 1);
         let dir = tempfile::tempdir().unwrap();
         let file = dir.path().join("latency-1000.svg");
         plot(&r, "2026-12-01 14:00 UTC", &file).unwrap();
@@ -450,7 +731,7 @@ mod tests {
             .filter_map(|t| t.split_once("</text>").map(|(text, _)| text.trim()))
             .collect();
         for text in [
-            "Pod creation → Running, N = 1000 pods (2026-12-01 14:00 UTC)",
+            "Pod creation → Running, N = 1000 pods in 10 namespaces (2026-12-01 14:00 UTC, round 2 of 3)",
             "latency since creation (s)",
             "pods reached (%)",
             "direct: creation → Running",
