@@ -40,6 +40,10 @@ const VC: &str = "faults";
 const HOST_NS: &str = "team-faults";
 /// Label of token Secrets naming their host pod (see src/sync/pods.rs).
 const TOKEN_FOR_LABEL: &str = "vcluster.dev/token-for";
+/// Label of token Secrets shared by the pods of a service account.
+const TOKEN_SHARED_LABEL: &str = "vcluster.dev/token-shared";
+/// Annotation of host pods naming the token Secret they read.
+const TOKEN_SECRET_ANNOTATION: &str = "vcluster.dev/token-secret";
 
 /// Sizes of one mode.
 #[derive(Clone, Copy, Debug)]
@@ -413,21 +417,25 @@ async fn differences(
         .collect();
     compare(&mut diff, "Endpoints", names_of(&tenant_eps), want_eps);
     compare(&mut diff, "Ingress", names_of(&hings.items), want_ings);
-    let host_pods: BTreeSet<String> = hpods.items.iter().map(|p| p.name_any()).collect();
     let of_this_ns = format!("-x-{ns}-x-{VC}");
     for t in &tokens.items {
+        // A shared one (per service account) goes at the syncer's second look
+        // with no pod reading it, so it is not counted an orphan here.
         let pod = t.labels().get(TOKEN_FOR_LABEL).cloned().unwrap_or_default();
-        if pod.ends_with(&of_this_ns) && !want.contains_key(&pod) {
+        let shared = t.labels().contains_key(TOKEN_SHARED_LABEL);
+        if !shared && pod.ends_with(&of_this_ns) && !want.contains_key(&pod) {
             diff.push(format!("orphan token Secret {}", t.name_any()));
         }
     }
-    for p in &host_pods {
-        if !tokens
-            .items
-            .iter()
-            .any(|t| t.labels().get(TOKEN_FOR_LABEL) == Some(p))
-        {
-            diff.push(format!("no token Secret for {p}"));
+    for p in &hpods.items {
+        // The Secret the host pod reads: named on it (shared or its own).
+        let reads = p
+            .annotations()
+            .get(TOKEN_SECRET_ANNOTATION)
+            .cloned()
+            .unwrap_or_else(|| format!("{}.sa-token", p.name_any()));
+        if !tokens.items.iter().any(|t| t.name_any() == reads) {
+            diff.push(format!("no token Secret {reads} for {}", p.name_any()));
         }
     }
     Ok(diff)

@@ -20,9 +20,11 @@ use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::batch::v1::Job;
 use k8s_openapi::api::core::v1::{ConfigMap, Node, Pod, Secret};
 use k8s_openapi::api::events::v1::Event;
+use kube::ResourceExt as _;
 use kube::api::{Api, DeleteParams, ListParams, PostParams};
 use libtest_mimic::Arguments;
 use serde_json::json;
+use vcluster::translate::pod::TOKEN_SECRET_ANNOTATION;
 
 const T: Duration = Duration::from_secs(60);
 const VC: &str = "e2e";
@@ -111,6 +113,7 @@ fn deployment_with_config_runs_on_the_host(env: &Env) {
                 .unwrap()
                 .contains_key("token")
         );
+        let mut token_secrets = std::collections::BTreeSet::new();
         for p in &pods {
             let vname = p.metadata.name.clone().unwrap();
             let hp = hpods.get(&env.host_name(ns, &vname)).await.unwrap();
@@ -143,9 +146,15 @@ fn deployment_with_config_runs_on_the_host(env: &Env) {
                 api_host.value.as_deref(),
                 Some(format!("{VC}.{HOST_NS}.svc").as_str())
             );
-            // The virtual service-account token, mounted from a host Secret, is
-            // accepted by the virtual API as this pod's service account.
-            let token_secret = format!("{}.sa-token", env.host_name(ns, &vname));
+            // The virtual service-account token, mounted from a host Secret
+            // the pods of the service account share (named on the host pod),
+            // is accepted by the virtual API as this pod's service account.
+            let token_secret = hp.annotations()[TOKEN_SECRET_ANNOTATION].clone();
+            assert!(
+                token_secret.starts_with(&format!("{}.sa-token-", env.host_name(ns, "default"))),
+                "{token_secret}"
+            );
+            token_secrets.insert(token_secret.clone());
             let mounted = vols.iter().any(|vol| {
                 vol.projected.as_ref().is_some_and(|p| {
                     p.sources
@@ -180,19 +189,21 @@ fn deployment_with_config_runs_on_the_host(env: &Env) {
                 user.username.as_deref(),
                 Some(format!("system:serviceaccount:{ns}:default").as_str())
             );
+            // Shared by the service account's pods: bound to no pod (see the
+            // README's security section for what that trades).
             let extra = user.extra.unwrap_or_default();
-            assert_eq!(
-                extra
-                    .get("authentication.kubernetes.io/pod-name")
-                    .map(|v| v[0].as_str()),
-                Some(vname.as_str())
-            );
+            assert_eq!(extra.get("authentication.kubernetes.io/pod-name"), None);
             // What the tenant sees is what the host did.
             let vst = p.status.clone().unwrap();
             let hst = hp.status.unwrap();
             assert_eq!(vst.pod_ip, hst.pod_ip);
             assert_eq!(p.spec.as_ref().unwrap().node_name, hspec.node_name);
         }
+        assert_eq!(
+            token_secrets.len(),
+            1,
+            "one token Secret for the three pods"
+        );
         // A virtual Node stands for each host node in use.
         let vnodes = Api::<Node>::all(v.clone())
             .list(&ListParams::default())
@@ -241,7 +252,12 @@ fn deployment_with_config_runs_on_the_host(env: &Env) {
         // A token that is due is renewed: mark one due, touch its pod, see a new token.
         {
             let vname = pods[0].metadata.name.clone().unwrap();
-            let token_secret = format!("{}.sa-token", env.host_name(ns, &vname));
+            let token_secret = hpods
+                .get(&env.host_name(ns, &vname))
+                .await
+                .unwrap()
+                .annotations()[TOKEN_SECRET_ANNOTATION]
+                .clone();
             let old = hsecrets.get(&token_secret).await.unwrap().data.unwrap()["token"].clone();
             let due = json!({"metadata": {"annotations": {"vcluster.dev/token-renew-at": "0"}}});
             hsecrets
@@ -336,6 +352,20 @@ fn deployment_with_config_runs_on_the_host(env: &Env) {
         )
         .await;
         none_left("virtual pods gone", &vpods, "app=web").await;
+        // The service account's shared token Secret goes once no host pod
+        // reads it (at the syncer's second look: within two resync periods).
+        let shared = token_secrets.into_iter().next().unwrap();
+        eventually(
+            "the shared token Secret gone",
+            Duration::from_secs(150),
+            || async {
+                match hsecrets.get_opt(&shared).await.map_err(|e| e.to_string())? {
+                    None => Ok(()),
+                    Some(_) => Err(format!("{shared} still there")),
+                }
+            },
+        )
+        .await;
     });
 }
 

@@ -132,6 +132,12 @@ pub struct SyncerArgs {
     /// Port synced pods use for the virtual API (KUBERNETES_SERVICE_PORT).
     #[arg(long, env = "VCLUSTER_API_SERVICE_PORT", default_value_t = 443)]
     api_service_port: u16,
+    /// How synced pods get their virtual service-account tokens: `shared` (one
+    /// host Secret per service account, namespace, audience and lifetime, a
+    /// token bound to no object, valid until it expires) or `per-pod` (one
+    /// Secret per pod, a token bound to the virtual pod, void once it goes).
+    #[arg(long, env = "VCLUSTER_POD_TOKENS", default_value_t = crate::translate::pod::TokenMode::Shared)]
+    pod_tokens: crate::translate::pod::TokenMode,
     /// The virtual cluster's client CA certificate (PEM). Setting it turns the
     /// front door on: client certificates it signed authenticate there.
     #[arg(long, env = "VCLUSTER_CLIENT_CA_CERT")]
@@ -315,6 +321,7 @@ pub fn run(args: SyncerArgs) -> anyhow::Result<ExitCode> {
         sync_all_configs: args.sync_all_configs,
         api_host: args.api_service_host,
         api_port: args.api_service_port,
+        pod_tokens: args.pod_tokens,
         api_service: api_service.clone(),
         ingress_policy,
         certificate_cluster_issuers,

@@ -38,6 +38,8 @@ pub struct Settings {
     pub api_host: Option<String>,
     /// Port synced pods use for the virtual API.
     pub api_port: u16,
+    /// One service-account token Secret per pod or per service account.
+    pub pod_tokens: crate::translate::pod::TokenMode,
     /// The vcluster's API Service in the host namespace.
     pub api_service: String,
     /// What ingresses may do.

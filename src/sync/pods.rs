@@ -7,7 +7,7 @@
 //! pod that disappears on its own (deleted, evicted and removed, node lost)
 //! ends its bound virtual pod the same way.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -19,10 +19,10 @@ use k8s_openapi::api::core::v1::{
     Service, ServiceAccount,
 };
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
-use kube::ResourceExt;
-use kube::api::{Api, Patch, PatchParams, PostParams};
+use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams};
 use kube::core::PartialObjectMeta;
 use kube::runtime::{WatchStreamExt as _, watcher};
+use kube::{Resource as _, ResourceExt};
 use serde_json::json;
 
 use super::cache::{Cache, ListWriter, Listed};
@@ -33,25 +33,34 @@ use crate::FIELD_MANAGER;
 use crate::policy::pss::{self, Level};
 use crate::sleep::{Sleep, sleeping_status, slept};
 use crate::translate::markers::OWNER_LABEL;
+use crate::translate::pod::TOKEN_SECRET_ANNOTATION;
 use crate::translate::pod::{
-    ApiEndpoint, ClusterDns, TOKEN_KEY, TokenSource, host_pod, references, status_up,
-    token_secret_name, token_source,
+    ApiEndpoint, ClusterDns, TOKEN_KEY, TokenSource, host_pod, host_pod_reading,
+    pod_token_secret_name, read_token_secret, references, status_up, token_secret_name,
+    token_source,
 };
 use crate::translate::{VirtualKey, host_name};
 
 /// Annotation on token Secrets: when (Unix seconds) to renew the token.
 pub const RENEW_AT_ANNOTATION: &str = "vcluster.dev/token-renew-at";
-/// Label on token Secrets: the host pod they belong to.
+/// Label on token Secrets: the host pod they belong to (the translated
+/// service account for a shared one).
 pub const TOKEN_FOR_LABEL: &str = "vcluster.dev/token-for";
+/// Label on shared token Secrets ([`TokenMode::Shared`]).
+pub const TOKEN_SHARED_LABEL: &str = "vcluster.dev/token-shared";
 
 /// When each service-account token Secret of this vcluster is due for
-/// renewal, from a metadata-only watch. Those Secrets (one per pod) stay out
-/// of the Secret engine's cache: its host watch selects what was written for
-/// a virtual object.
+/// renewal, from a metadata-only watch. Those Secrets (one per pod, or per
+/// service account) stay out of the Secret engine's cache: its host watch
+/// selects what was written for a virtual object.
 #[derive(Debug, Default)]
 pub struct TokenIndex {
-    /// By Secret name: when it is due, and the uid of the host pod that owns it.
+    /// By Secret name: when it is due, and the uid of the host pod that owns
+    /// it (empty for a shared one: no owner, the sweep removes it).
     renew_at: Arc<Listed<(i64, String)>>,
+    /// One writer at a time per shared Secret, so that a burst of pods of
+    /// one service account asks for one token, not one each.
+    writing: std::sync::Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
 }
 
 impl TokenIndex {
@@ -71,6 +80,75 @@ impl TokenIndex {
         self.renew_at
             .write()
             .insert(name.into(), (renew_at, owner.to_owned()));
+    }
+
+    /// The lock of shared Secret `name`'s writer.
+    fn writer_of(&self, name: &str) -> Arc<tokio::sync::Mutex<()>> {
+        let mut map = self
+            .writing
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if map.len() > 1024 {
+            // Locks nobody holds or waits for.
+            map.retain(|_, l| Arc::strong_count(l) > 1);
+        }
+        Arc::clone(map.entry(name.to_owned()).or_default())
+    }
+
+    /// Shared token Secrets no host pod reads.
+    fn unread_shared(&self, host_pods: &Cache<Pod>) -> HashSet<String> {
+        let read: HashSet<String> = host_pods
+            .entries()
+            .iter()
+            .filter_map(|p| {
+                p.meta()
+                    .annotations
+                    .as_ref()?
+                    .get(TOKEN_SECRET_ANNOTATION)
+                    .cloned()
+            })
+            .collect();
+        self.renew_at
+            .read()
+            .iter()
+            .filter(|(name, (_, owner))| owner.is_empty() && !read.contains(&***name))
+            .map(|(name, _)| name.to_string())
+            .collect()
+    }
+
+    /// Deletes, every `every`, the shared token Secrets that no host pod has
+    /// read at two looks in a row (a Secret written for a pod whose host copy
+    /// is being created is read by then), looking once more right before.
+    pub async fn sweep_shared(
+        self: Arc<Self>,
+        ctx: Arc<Context>,
+        host_pods: Cache<Pod>,
+        every: Duration,
+    ) {
+        let secrets: Api<Secret> = Api::namespaced(ctx.host.clone(), &ctx.names.host_namespace);
+        let mut unread_before = HashSet::new();
+        loop {
+            tokio::time::sleep(every).await;
+            self.renew_at.wait_until_ready().await;
+            host_pods.wait_until_ready().await;
+            let unread = self.unread_shared(&host_pods);
+            let gone: Vec<&String> = unread.intersection(&unread_before).collect();
+            if !gone.is_empty() {
+                let still = self.unread_shared(&host_pods);
+                for name in gone.into_iter().filter(|n| still.contains(*n)) {
+                    match secrets.delete(name, &DeleteParams::default()).await {
+                        Ok(_) => {
+                            tracing::info!(secret = %name, "shared token Secret no pod reads deleted")
+                        }
+                        Err(kube::Error::Api(e)) if e.code == 404 => {}
+                        Err(e) => {
+                            tracing::warn!(secret = %name, error = %e, "delete of an unread shared token Secret failed")
+                        }
+                    }
+                }
+            }
+            unread_before = unread;
+        }
     }
 
     /// Follows this vcluster's token Secrets until the process ends.
@@ -179,7 +257,10 @@ impl PodRule {
             return Ok(None);
         };
         let host_pod_name = h.name_any();
-        let secret_name = token_secret_name(&host_pod_name);
+        let secret_name = read_token_secret(h);
+        if secret_name != token_secret_name(&host_pod_name) {
+            return self.ensure_shared_token(ctx, v, &src, &secret_name).await;
+        }
         let now = unix_now();
         let owner = h.uid().unwrap_or_default();
         if let Some(at) = self
@@ -196,7 +277,7 @@ impl PodRule {
         let stashed = self.issued_map().remove(&uid).filter(|(_, at)| *at > now);
         let (token, renew) = match stashed {
             Some(t) => t,
-            None => self.request_token(ctx, v, &src).await?,
+            None => self.request_token(ctx, v, &src, true).await?,
         };
         let secret = json!({
             "apiVersion": "v1", "kind": "Secret",
@@ -226,12 +307,76 @@ impl PodRule {
         )))
     }
 
-    /// A fresh virtual service-account token for `v` and when to renew it.
+    /// Keeps shared token Secret `name` (the pod's service account's) fresh:
+    /// one writer at a time, so a burst asks for one token. Returns when this
+    /// pod looks again: at the renewal, plus a share of a tenth of the
+    /// lifetime fixed by the pod's uid, so that the pods of a service account
+    /// do not all come back at one instant (the first renews, the rest find
+    /// it fresh).
+    async fn ensure_shared_token(
+        &self,
+        ctx: &Context,
+        v: &Pod,
+        src: &TokenSource,
+        name: &str,
+    ) -> Result<Option<Duration>, SyncError> {
+        let spread = (src.expiration_seconds / 10).max(1);
+        let offset = v
+            .uid()
+            .unwrap_or_default()
+            .bytes()
+            .fold(0_i64, |h, b| h.wrapping_mul(31).wrapping_add(i64::from(b)))
+            .rem_euclid(spread);
+        let again = |at: i64, now: i64| {
+            Some(Duration::from_secs(
+                u64::try_from(at - now + offset).unwrap_or(1),
+            ))
+        };
+        let writer = self.tokens.writer_of(name);
+        let _one_writer = writer.lock().await;
+        let now = unix_now();
+        if let Some(at) = self.tokens.due(name, None).await.filter(|at| *at > now) {
+            return Ok(again(at, now));
+        }
+        let (token, renew) = self.request_token(ctx, v, src, false).await?;
+        let ns = v.namespace().unwrap_or_default();
+        let secret = json!({
+            "apiVersion": "v1", "kind": "Secret",
+            "metadata": {
+                "name": name,
+                "namespace": ctx.names.host_namespace,
+                "labels": {
+                    OWNER_LABEL: ctx.names.vc.as_str(),
+                    TOKEN_FOR_LABEL: host_name(&ctx.names.vc, &ns, &src.service_account),
+                    TOKEN_SHARED_LABEL: "true",
+                },
+                "annotations": {RENEW_AT_ANNOTATION: renew.to_string()},
+            },
+            "type": "Opaque",
+            "data": {TOKEN_KEY: base64::engine::general_purpose::STANDARD.encode(token)},
+        });
+        let secrets: Api<Secret> = Api::namespaced(ctx.host.clone(), &ctx.names.host_namespace);
+        secrets
+            .patch(
+                name,
+                &PatchParams::apply(FIELD_MANAGER).force(),
+                &Patch::Apply(&secret),
+            )
+            .await
+            .map_err(err_for("write the service-account token of", "Pod", v))?;
+        self.tokens.record(name, renew, "");
+        Ok(again(renew, now))
+    }
+
+    /// A fresh virtual service-account token for `v` (`bound`: to the
+    /// virtual pod, void once it is deleted; else to nothing, valid for its
+    /// lifetime) and when to renew it.
     async fn request_token(
         &self,
         ctx: &Context,
         v: &Pod,
         src: &TokenSource,
+        bound: bool,
     ) -> Result<(String, i64), SyncError> {
         let ns = v.namespace().unwrap_or_default();
         let name = v.name_any();
@@ -239,7 +384,7 @@ impl PodRule {
             spec: Some(TokenRequestSpec {
                 audiences: src.audience.clone().map(|a| vec![a]),
                 expiration_seconds: Some(src.expiration_seconds),
-                bound_object_ref: Some(BoundObjectReference {
+                bound_object_ref: bound.then(|| BoundObjectReference {
                     api_version: Some("v1".into()),
                     kind: Some("Pod".into()),
                     name: Some(name.clone()),
@@ -351,7 +496,18 @@ impl Rule for PodRule {
             return Decision::Wait(format!("{what} is not on the host yet"));
         }
         let services = self.services.objects_in(v.namespace().as_deref());
-        let mut desired = host_pod(&names.vc, v, &self.api, &services, self.dns.as_ref());
+        let mut desired = match h {
+            // The Secret a host pod reads its token from is fixed at its creation.
+            Some(h) => host_pod_reading(
+                &names.vc,
+                v,
+                &self.api,
+                &services,
+                self.dns.as_ref(),
+                read_token_secret(h),
+            ),
+            None => host_pod(&names.vc, v, &self.api, &services, self.dns.as_ref()),
+        };
         if let (Some(h), Some(spec)) = (h.and_then(|h| h.spec.as_ref()), desired.spec.as_mut()) {
             // DNS settings are fixed at creation (a pod's spec cannot change
             // them, and a kubelet writes resolv.conf once): keep the host
@@ -393,6 +549,10 @@ impl Rule for PodRule {
             name: v.name_any(),
         };
         let secret_name = token_secret_name(&ctx.host_name(&key));
+        if pod_token_secret_name(&ctx.names.vc, v, self.api.tokens) != secret_name {
+            // Shared: written once for the service account, after the pod.
+            return Ok(());
+        }
         let now = unix_now();
         let uid = v.uid().unwrap_or_default();
         // Current already, or asked for by an earlier attempt whose write failed.
@@ -406,7 +566,7 @@ impl Rule for PodRule {
         {
             return Ok(());
         }
-        let issued = self.request_token(ctx, v, &src).await?;
+        let issued = self.request_token(ctx, v, &src, true).await?;
         let mut map = self.issued_map();
         if map.len() > 256 {
             // Tokens of pods whose write failed and never came back.
@@ -547,6 +707,14 @@ fn register(a: &mut Assembly) {
         "tokens",
         Arc::clone(&src.tokens).run(Arc::clone(&ctx), config),
     );
+    a.spawn(
+        "token-sweep",
+        Arc::clone(&src.tokens).sweep_shared(
+            Arc::clone(&ctx),
+            host.cache.clone(),
+            a.settings().resync.min(Duration::from_secs(60)),
+        ),
+    );
     let (opts, settings) = (a.opts(), a.settings().clone());
     let dns_address = a.shared::<crate::dns::DnsAddress>();
     a.spawn("Pod", async move {
@@ -618,6 +786,7 @@ async fn api_endpoint(
     ApiEndpoint {
         host,
         port: settings.api_port,
+        tokens: settings.pod_tokens,
     }
 }
 

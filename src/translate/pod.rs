@@ -41,15 +41,55 @@ use serde_json::{Value, json};
 
 use super::VclusterName;
 use super::markers::{NAME_ANNOTATION, NAMESPACE_ANNOTATION, UID_ANNOTATION, copy_unreserved};
-use super::names::{host_name, is_dns_label};
+use super::names::{host_name, is_dns_label, sha256_hex};
 
-/// Where in-cluster clients on the host reach the virtual API.
+/// Where in-cluster clients on the host reach the virtual API, and how
+/// their service-account tokens are kept.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ApiEndpoint {
     /// Host name or IP (`KUBERNETES_SERVICE_HOST`).
     pub host: String,
     /// Port (`KUBERNETES_SERVICE_PORT`).
     pub port: u16,
+    /// One token Secret per pod or per service account.
+    pub tokens: TokenMode,
+}
+
+/// How synced pods get their virtual service-account tokens on the host.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum TokenMode {
+    /// One host Secret per service account, namespace, audience and
+    /// lifetime, with a token bound to no object: one TokenRequest and one
+    /// write per service account and renewal instead of per pod. A token
+    /// stays valid until it expires (the requested lifetime, one hour by
+    /// default) after the last pod that read it is gone.
+    #[default]
+    Shared,
+    /// One host Secret per pod, with a token bound to the virtual pod (what
+    /// the kubelet mounts): void as soon as the pod is deleted.
+    PerPod,
+}
+
+impl std::str::FromStr for TokenMode {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "shared" => Ok(Self::Shared),
+            "per-pod" => Ok(Self::PerPod),
+            other => Err(format!(
+                "unknown token mode {other:?}: `shared` (one token Secret per service account) or `per-pod`"
+            )),
+        }
+    }
+}
+
+impl std::fmt::Display for TokenMode {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Self::Shared => "shared",
+            Self::PerPod => "per-pod",
+        })
+    }
 }
 
 /// Where synced pods resolve names: the vcluster's DNS.
@@ -121,6 +161,48 @@ fn set_dns(spec: &mut PodSpec, namespace: &str, dns: &ClusterDns) {
 /// which is a DNS label.
 pub fn token_secret_name(host_pod_name: &str) -> String {
     format!("{host_pod_name}.sa-token")
+}
+
+/// The host Secret shared by the pods of `namespace` that read a token of
+/// `src` (service account, audience, lifetime) in [`TokenMode::Shared`]. The
+/// dot keeps it apart from every translated name, the suffix from every
+/// per-pod token Secret.
+pub fn shared_token_secret_name(vc: &VclusterName, namespace: &str, src: &TokenSource) -> String {
+    let key = format!(
+        "{}\n{}",
+        src.audience.as_deref().unwrap_or_default(),
+        src.expiration_seconds
+    );
+    format!(
+        "{}.sa-token-{}",
+        host_name(vc, namespace, &src.service_account),
+        sha256_hex(key.as_bytes(), 4)
+    )
+}
+
+/// Annotation on host pods that read a virtual service-account token: the
+/// host Secret they read it from (fixed at creation, as volumes are).
+pub const TOKEN_SECRET_ANNOTATION: &str = "vcluster.dev/token-secret";
+
+/// The token Secret an existing host pod reads: its annotation's, else (a pod
+/// written before the annotation) the per-pod Secret of its name.
+pub fn read_token_secret(host_pod: &Pod) -> String {
+    let meta = &host_pod.metadata;
+    meta.annotations
+        .as_ref()
+        .and_then(|a| a.get(TOKEN_SECRET_ANNOTATION))
+        .cloned()
+        .unwrap_or_else(|| token_secret_name(meta.name.as_deref().unwrap_or_default()))
+}
+
+/// The host Secret a new host copy of `pod` reads its service-account token from.
+pub fn pod_token_secret_name(vc: &VclusterName, pod: &Pod, mode: TokenMode) -> String {
+    let namespace = pod.metadata.namespace.as_deref().unwrap_or("default");
+    let name = pod.metadata.name.as_deref().unwrap_or_default();
+    match (mode, token_source(pod)) {
+        (TokenMode::Shared, Some(src)) => shared_token_secret_name(vc, namespace, &src),
+        _ => token_secret_name(&host_name(vc, namespace, name)),
+    }
 }
 
 /// The key of the token in that Secret.
@@ -501,13 +583,31 @@ pub fn host_pod(
     services: &[Service],
     dns: Option<&ClusterDns>,
 ) -> Pod {
+    let token_secret = pod_token_secret_name(vc, pod, api.tokens);
+    host_pod_reading(vc, pod, api, services, dns, token_secret)
+}
+
+/// [`host_pod`] reading its service-account token from `token_secret` (an
+/// existing host pod's, which cannot change).
+pub fn host_pod_reading(
+    vc: &VclusterName,
+    pod: &Pod,
+    api: &ApiEndpoint,
+    services: &[Service],
+    dns: Option<&ClusterDns>,
+    token_secret: String,
+) -> Pod {
     let namespace = pod.metadata.namespace.as_deref().unwrap_or("default");
     let name = pod.metadata.name.as_deref().unwrap_or_default();
+    let mut annotations = copy_unreserved(pod.metadata.annotations.as_ref());
+    if token_source(pod).is_some() {
+        annotations.insert(TOKEN_SECRET_ANNOTATION.to_owned(), token_secret.clone());
+    }
     let r = Renamer {
         vc,
         namespace,
         pod: name,
-        token_secret: token_secret_name(&host_name(vc, namespace, name)),
+        token_secret,
     };
     let mut spec = pod.spec.clone().unwrap_or_default();
     spec.node_name = None;
@@ -547,7 +647,7 @@ pub fn host_pod(
     Pod {
         metadata: ObjectMeta {
             labels: Some(copy_unreserved(pod.metadata.labels.as_ref())),
-            annotations: Some(copy_unreserved(pod.metadata.annotations.as_ref())),
+            annotations: Some(annotations),
             ..ObjectMeta::default()
         },
         spec: Some(spec),

@@ -10,6 +10,7 @@ fn api() -> ApiEndpoint {
     ApiEndpoint {
         host: "vc.team-a.svc".into(),
         port: 443,
+        tokens: TokenMode::PerPod,
     }
 }
 
@@ -338,4 +339,94 @@ fn cluster_first_pods_ask_the_vcluster_dns() {
     // Without the syncer's DNS, pods are left as they are.
     let h = host_pod(&vc(), &pod(base), &api(), &[], None);
     assert_eq!(h.spec.unwrap().dns_policy, None);
+}
+
+/// A pod reading a service-account token of `sa`, with `audience`.
+fn token_pod(name: &str, sa: &str, audience: Option<&str>) -> Pod {
+    let mut p = pod(json!({
+        "serviceAccountName": sa,
+        "containers": [{"name": "c", "image": "i"}],
+        "volumes": [{"name": "kube-api-access", "projected": {"sources": [
+            {"serviceAccountToken": {"path": "token", "expirationSeconds": 3607, "audience": audience}},
+        ]}}],
+    }));
+    p.metadata.name = Some(name.into());
+    p
+}
+
+fn token_secret_read(p: &Pod) -> String {
+    let spec = serde_json::to_value(p.spec.as_ref().unwrap()).unwrap();
+    spec["volumes"][0]["projected"]["sources"][0]["secret"]["name"]
+        .as_str()
+        .unwrap()
+        .to_owned()
+}
+
+#[test]
+fn shared_tokens_are_one_secret_per_service_account_audience_and_lifetime() {
+    let n = |name: &str| host_name(&vc(), "team", name);
+    let shared = ApiEndpoint {
+        tokens: TokenMode::Shared,
+        ..api()
+    };
+    let host = |p: &Pod| host_pod(&vc(), p, &shared, &[], None);
+    let a = host(&token_pod("web-0", "builder", None));
+    let b = host(&token_pod("web-1", "builder", None));
+    let name = token_secret_read(&a);
+    // Both pods of the service account read one Secret, named for it.
+    assert_eq!(name, token_secret_read(&b));
+    assert!(
+        name.starts_with(&format!(
+            "{}.sa-token-",
+            host_name(&vc(), "team", "builder")
+        )),
+        "{name}"
+    );
+    // The host pod says which Secret it reads (its volumes cannot change later).
+    assert_eq!(
+        a.metadata.annotations.as_ref().unwrap()[TOKEN_SECRET_ANNOTATION],
+        name
+    );
+    assert_eq!(read_token_secret(&a), name);
+    // Another service account, or another audience: another Secret.
+    assert_ne!(
+        name,
+        token_secret_read(&host(&token_pod("web-2", "default", None)))
+    );
+    assert_ne!(
+        name,
+        token_secret_read(&host(&token_pod("web-3", "builder", Some("vault"))))
+    );
+    // Per pod, each reads its own.
+    let per_pod = host_pod(
+        &vc(),
+        &token_pod("web-0", "builder", None),
+        &api(),
+        &[],
+        None,
+    );
+    assert_eq!(
+        token_secret_read(&per_pod),
+        format!("{}.sa-token", n("web-0"))
+    );
+    // An existing host pod keeps the Secret it was created with.
+    let kept = host_pod_reading(
+        &vc(),
+        &token_pod("web-0", "builder", None),
+        &shared,
+        &[],
+        None,
+        format!("{}.sa-token", n("web-0")),
+    );
+    assert_eq!(token_secret_read(&kept), format!("{}.sa-token", n("web-0")));
+    // A host pod from before the annotation read its per-pod Secret.
+    let mut legacy = per_pod;
+    legacy.metadata.name = Some(n("web-0"));
+    legacy.metadata.annotations = None;
+    assert_eq!(
+        read_token_secret(&legacy),
+        format!("{}.sa-token", n("web-0"))
+    );
+    assert_eq!("per-pod".parse::<TokenMode>(), Ok(TokenMode::PerPod));
+    assert!("pods".parse::<TokenMode>().unwrap_err().contains("per-pod"));
 }

@@ -28,6 +28,7 @@ fn rule(
         ApiEndpoint {
             host: "10.0.0.1".into(),
             port: 443,
+            tokens: crate::translate::pod::TokenMode::PerPod,
         },
         None,
         level,
@@ -420,4 +421,58 @@ async fn a_token_secret_left_by_an_earlier_host_pod_of_the_name_is_not_current()
     // The host pod was deleted (the vcluster slept) and created again.
     assert_eq!(due(Some("h2")).await, None);
     assert_eq!(due(None).await, Some(2_000));
+}
+
+/// The Secret the host form of `p` reads its service-account token from.
+fn token_read(p: &Pod) -> String {
+    let spec = serde_json::to_value(p.spec.as_ref().unwrap()).unwrap();
+    spec["volumes"][0]["projected"]["sources"][0]["secret"]["name"]
+        .as_str()
+        .unwrap()
+        .to_owned()
+}
+
+#[tokio::test]
+async fn a_host_pod_keeps_the_token_secret_it_was_created_with() {
+    let with_token = || {
+        pod(
+            json!({"spec": {"volumes": [{"name": "kube-api-access", "projected": {"sources": [
+            {"serviceAccountToken": {"path": "token"}}]}}]}}),
+        )
+    };
+    let mut shared = plain();
+    shared.api.tokens = crate::translate::pod::TokenMode::Shared;
+    // New: the service account's shared Secret, named on the host copy.
+    let fresh = synced(shared.decide(&names(), &with_token(), None));
+    let name = token_read(&fresh);
+    assert!(name.starts_with("default-x-shop-x-vc.sa-token-"), "{name}");
+    // Existing, from the cache (slimmed): still that one.
+    let mut cached = fresh.clone();
+    cached.metadata.name = Some("web-x-shop-x-vc".into());
+    PodRule::slim_host(&mut cached);
+    let kept = synced(shared.decide(&names(), &with_token(), Some(&cached)));
+    assert_eq!(token_read(&kept), name);
+    // One written per pod before the switch keeps its own Secret (volumes
+    // cannot change: writing the shared one would be refused with 422).
+    let before = host_copy(json!([]));
+    let kept = synced(shared.decide(&names(), &with_token(), Some(&before)));
+    assert_eq!(token_read(&kept), "web-x-shop-x-vc.sa-token");
+}
+
+#[tokio::test]
+async fn the_sweep_finds_shared_token_secrets_no_host_pod_reads() {
+    let index = TokenIndex::default();
+    index.record("web-x-shop-x-vc.sa-token", 2_000, "h1");
+    index.record("default-x-shop-x-vc.sa-token-aaaa", 2_000, "");
+    index.record("builder-x-shop-x-vc.sa-token-bbbb", 2_000, "");
+    let reader = obj::<Pod>(
+        json!({"metadata": {"name": "web-x-shop-x-vc", "namespace": "host-ns",
+        "annotations": {TOKEN_SECRET_ANNOTATION: "default-x-shop-x-vc.sa-token-aaaa"}}}),
+    );
+    let unread = index.unread_shared(&filled(vec![reader]));
+    // Per-pod Secrets go with their pod's garbage collection, not the sweep.
+    assert_eq!(
+        unread,
+        HashSet::from(["builder-x-shop-x-vc.sa-token-bbbb".to_owned()])
+    );
 }

@@ -168,6 +168,7 @@ fn pod_rule_with(sleep: Arc<crate::sleep::Sleep>) -> PodRule {
         ApiEndpoint {
             host: "10.0.0.1".into(),
             port: 443,
+            tokens: crate::translate::pod::TokenMode::PerPod,
         },
         None,
         Level::Baseline,
