@@ -6,8 +6,13 @@
 //! serving others meanwhile. Path tricks on the redirected subresources are
 //! `crafted_paths_reach_no_other_host_object` in `frontdoor.rs`.
 
+use std::convert::Infallible;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
+
+use futures::StreamExt as _;
+use http_body_util::{BodyExt as _, Empty, StreamBody};
+use hyper::body::{Bytes, Frame};
 
 use k8s_openapi::api::core::v1::ConfigMap;
 use kube::api::Api;
@@ -24,7 +29,7 @@ use crate::{Env, bare_client, status_of};
 /// How much later than its timeout the front door may close a connection.
 const SLACK: Duration = Duration::from_secs(10);
 
-fn port(env: &Env) -> u16 {
+pub fn port(env: &Env) -> u16 {
     env.server()
         .rsplit(':')
         .next()
@@ -35,20 +40,20 @@ fn port(env: &Env) -> u16 {
 }
 
 /// DER certificates of a PEM bundle.
-fn pem_certs(pem: &[u8]) -> Vec<CertificateDer<'static>> {
+pub fn pem_certs(pem: &[u8]) -> Vec<CertificateDer<'static>> {
     use rustls::pki_types::pem::PemObject as _;
     CertificateDer::pem_slice_iter(pem)
         .map(|c| c.unwrap())
         .collect()
 }
 
-fn pem_key(pem: &[u8]) -> PrivateKeyDer<'static> {
+pub fn pem_key(pem: &[u8]) -> PrivateKeyDer<'static> {
     use rustls::pki_types::pem::PemObject as _;
     PrivateKeyDer::from_pem_slice(pem).unwrap()
 }
 
 /// The front door's CA and the admin's certificate and key, from the tenant kubeconfig.
-fn admin_material(env: &Env) -> (Vec<u8>, Vec<u8>, Vec<u8>) {
+pub fn admin_material(env: &Env) -> (Vec<u8>, Vec<u8>, Vec<u8>) {
     let kc = kube::config::Kubeconfig::read_from(env.kc()).unwrap();
     let ca = kc.clusters[0]
         .cluster
@@ -76,6 +81,15 @@ async fn tls(
     env: &Env,
     client: Option<(Vec<CertificateDer<'static>>, PrivateKeyDer<'static>)>,
 ) -> std::io::Result<TlsStream<TcpStream>> {
+    tls_offering(env, client, &[]).await
+}
+
+/// [`tls`] offering the application protocols `alpn`.
+pub async fn tls_offering(
+    env: &Env,
+    client: Option<(Vec<CertificateDer<'static>>, PrivateKeyDer<'static>)>,
+    alpn: &[&[u8]],
+) -> std::io::Result<TlsStream<TcpStream>> {
     let (ca, _, _) = admin_material(env);
     let mut roots = rustls::RootCertStore::empty();
     for c in pem_certs(&ca) {
@@ -96,6 +110,8 @@ async fn tls(
         }
         None => builder.with_no_client_auth(),
     };
+    let mut config = config;
+    config.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
     let tcp = TcpStream::connect(("127.0.0.1", port(env))).await?;
     TlsConnector::from(Arc::new(config))
         .connect(ServerName::try_from("127.0.0.1").unwrap(), tcp)
@@ -180,6 +196,17 @@ pub fn slow_and_idle_clients_are_cut_off(env: &Env) {
         .await
         .unwrap();
         body.flush().await.unwrap();
+        // Over HTTP/2: a connection that never sends its preface, and one
+        // idle after a request.
+        let (_, cert, key) = admin_material(env);
+        let mut h2_silent = tls_offering(env, Some((pem_certs(&cert), pem_key(&key))), &[b"h2"])
+            .await
+            .unwrap();
+        let (mut h2_send, h2_conn) = crate::http2::connect_h2::<Empty<Bytes>>(env, true).await;
+        let req = http::Request::get("https://127.0.0.1/api/v1/namespaces")
+            .body(Empty::new())
+            .unwrap();
+        assert_eq!(h2_send.send_request(req).await.unwrap().status(), 200);
         let started = Instant::now();
         std::thread::scope(|s| {
             s.spawn(|| others_are_served(env));
@@ -200,6 +227,20 @@ pub fn slow_and_idle_clients_are_cut_off(env: &Env) {
         }
         let left = (HEADER_TIMEOUT + SLACK).saturating_sub(started.elapsed());
         until_closed("a connection stuck in its headers", &mut headers, left).await;
+        let left = (HEADER_TIMEOUT + SLACK).saturating_sub(started.elapsed());
+        until_closed(
+            "an HTTP/2 connection without its preface",
+            &mut h2_silent,
+            left,
+        )
+        .await;
+        let left = (HEADER_TIMEOUT + SLACK).saturating_sub(started.elapsed());
+        // Closed (by GOAWAY, or less politely): either way it ended.
+        let _ended = tokio::time::timeout(left, h2_conn)
+            .await
+            .expect("an idle HTTP/2 connection still open")
+            .unwrap();
+        drop(h2_send);
         others_are_served(env);
         let left = (BODY_TIMEOUT + SLACK).saturating_sub(started.elapsed());
         let answer = until_closed("a connection stuck in its body", &mut body, left).await;
@@ -248,6 +289,38 @@ pub fn oversized_bodies_get_413(env: &Env) {
             "{}",
             &answer[..answer.len().min(300)]
         );
+        // Over HTTP/2: a declared length over the limit (the body never
+        // comes), then a body streamed without a length.
+        let first = || Ok::<_, Infallible>(Frame::data(Bytes::from_static(b"{\"apiVersion\":")));
+        let (mut h2, _) = crate::http2::connect_h2(env, true).await;
+        let req = http::Request::post("https://127.0.0.1/api/v1/namespaces/default/configmaps")
+            .header("content-type", "application/json")
+            .header("content-length", (33u64 << 20).to_string())
+            .body(StreamBody::new(
+                futures::stream::iter([first()])
+                    .chain(futures::stream::pending())
+                    .boxed(),
+            ))
+            .unwrap();
+        let answer = tokio::time::timeout(Duration::from_secs(10), h2.send_request(req))
+            .await
+            .expect("an answer to an oversized declared body over HTTP/2")
+            .unwrap();
+        assert_eq!(answer.status(), 413);
+        let text = answer.into_body().collect().await.unwrap().to_bytes();
+        assert!(String::from_utf8_lossy(&text).contains("larger than"));
+        let chunks = (0..40).map(|_| Ok(Frame::data(Bytes::from(vec![b'a'; 1 << 20]))));
+        let req = http::Request::post("https://127.0.0.1/api/v1/namespaces/default/configmaps")
+            .header("content-type", "application/json")
+            .body(StreamBody::new(
+                futures::stream::iter(std::iter::once(first()).chain(chunks)).boxed(),
+            ))
+            .unwrap();
+        let answer = tokio::time::timeout(Duration::from_secs(30), h2.send_request(req))
+            .await
+            .expect("an answer to an oversized streamed body over HTTP/2")
+            .unwrap();
+        assert_eq!(answer.status(), 413);
         let cms: Api<ConfigMap> = Api::namespaced(admin, "default");
         assert!(cms.get_opt("huge").await.unwrap().is_none());
         others_are_served(env);

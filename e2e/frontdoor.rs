@@ -11,6 +11,7 @@
 
 mod abuse;
 mod common;
+mod http2;
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -774,7 +775,17 @@ const TESTS: &[Test<Env>] = &[
         "helm_installs_and_uninstalls_through_the_front_door",
         helm_installs_and_uninstalls_through_the_front_door,
     ),
+    (
+        "http2_is_chosen_and_serves_as_http1_does",
+        http2::http2_is_chosen_and_serves_as_http1_does,
+    ),
 ];
+
+/// Run alone: it measures the syncer's memory and connections.
+const WATCHES: &[Test<Env>] = &[(
+    "http2_five_hundred_watches_on_one_connection",
+    http2::five_hundred_watches_on_one_connection,
+)];
 
 const ABUSE: &[Test<Env>] = &[
     (
@@ -800,14 +811,23 @@ const CAP: &[Test<Env>] = &[(
 
 fn main() {
     let args = Arguments::from_args();
-    list_or_check(&args, &[TESTS, ABUSE, CAP]);
+    list_or_check(&args, &[TESTS, WATCHES, ABUSE, CAP]);
     let cap = abuse::CONNECTION_CAP.to_string();
     let env = Arc::new(Env {
         stack: DevStack::up_with_env(&[], &[("VCLUSTER_FRONT_DOOR_MAX_CONNECTIONS", &cap)]),
     });
     // The abuse cases hold connections open for a while: after the others
     // (one of which restarts the front door).
-    let failed = run_groups(&args, &env, &[(TESTS, None), (ABUSE, None), (CAP, Some(1))]);
+    let failed = run_groups(
+        &args,
+        &env,
+        &[
+            (TESTS, None),
+            (WATCHES, Some(1)),
+            (ABUSE, None),
+            (CAP, Some(1)),
+        ],
+    );
     if failed > 0 {
         eprintln!("{}", logs(env.stack.dir.path()));
     }

@@ -164,12 +164,18 @@ pub fn points_at(config: &Kubeconfig, server: &str, ca_pem: &str) -> bool {
         })
 }
 
+/// The client configuration for the cluster and user of the kubeconfig's
+/// current context.
+pub async fn config(config: Kubeconfig) -> Result<kube::Config, kube::Error> {
+    Ok(
+        kube::Config::from_custom_kubeconfig(config, &kube::config::KubeConfigOptions::default())
+            .await?,
+    )
+}
+
 /// A client for the cluster and user of the kubeconfig's current context.
 pub async fn client(config: Kubeconfig) -> Result<kube::Client, kube::Error> {
-    let config =
-        kube::Config::from_custom_kubeconfig(config, &kube::config::KubeConfigOptions::default())
-            .await?;
-    kube::Client::try_from(config)
+    kube::Client::try_from(self::config(config).await?)
 }
 
 /// Writes a file readable only by its owner (kubeconfigs, keys).

@@ -278,6 +278,31 @@ async fn clients(opts: &SyncerOptions) -> Result<(kube::Client, kube::Client), S
     Ok((host, client_from(path, "virtual").await?))
 }
 
+/// The front door's HTTP/2 client for the virtual API; None (HTTP/1.1 only,
+/// logged) when the kubeconfig does not allow one.
+async fn virtual_http2(path: &Path) -> Option<crate::proxy::pool::Http2Client> {
+    let made = match Kubeconfig::read_from(path) {
+        Ok(kc) => crate::kubeconfig::config(kc)
+            .await
+            .map_err(|e| e.to_string())
+            .and_then(|c| crate::proxy::pool::Http2Client::new(&c).map_err(|e| e.to_string())),
+        Err(e) => Err(e.to_string()),
+    };
+    match made {
+        Ok(Some(c)) => Some(c),
+        Ok(None) => {
+            tracing::info!(
+                "the virtual API is not reached over HTTPS directly: the front door forwards over HTTP/1.1"
+            );
+            None
+        }
+        Err(e) => {
+            tracing::warn!(error = %e, "no HTTP/2 client for the virtual API: the front door forwards over HTTP/1.1");
+            None
+        }
+    }
+}
+
 async fn engine_options(opts: &SyncerOptions, ctx: &Context) -> EngineOptions {
     let streams = |client, ns, side| async move {
         opts.stream_lists && streams_lists(client, ns, side).await
@@ -388,6 +413,7 @@ pub async fn run(opts: SyncerOptions) -> Result<(), SyncerError> {
             namespace: opts.host_namespace.clone(),
             host,
             virt,
+            virt_http2: virtual_http2(&opts.virtual_kubeconfig).await,
             owner,
         };
         let activity = crate::proxy::Tracking {

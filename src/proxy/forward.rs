@@ -12,6 +12,7 @@ use hyper_util::rt::TokioIo;
 use tracing::Instrument as _;
 
 use super::authn::Identity;
+use super::pool::Http2Client;
 
 /// The body of every front-door response.
 pub type ProxyBody =
@@ -138,6 +139,8 @@ pub struct Upstream<'a> {
     pub extra_headers: Vec<(HeaderName, HeaderValue)>,
     /// Which API, for logs and errors.
     pub which: &'static str,
+    /// The same API over HTTP/2, for every request but protocol upgrades.
+    pub http2: Option<&'a Http2Client>,
 }
 
 impl std::fmt::Debug for Upstream<'_> {
@@ -192,14 +195,12 @@ pub async fn forward(mut req: Request<Incoming>, up: Upstream<'_>) -> Response<P
         }
     };
     let which = up.which;
-    let client = up.client;
-    let out = match upstream_request(&parts, body, up, upgrade) {
+    let mut resp = match send(&parts, body, &up, upgrade).await {
         Ok(r) => r,
-        Err(message) => return status(StatusCode::BAD_REQUEST, "BadRequest", &message),
-    };
-    let mut resp = match client.send(out).await {
-        Ok(r) => r,
-        Err(e) => {
+        Err(SendError::Request(message)) => {
+            return status(StatusCode::BAD_REQUEST, "BadRequest", &message);
+        }
+        Err(SendError::Upstream(e)) => {
             tracing::warn!(api = which, error = %e, "upstream request failed");
             return status(
                 StatusCode::BAD_GATEWAY,
@@ -232,13 +233,43 @@ pub async fn forward(mut req: Request<Incoming>, up: Upstream<'_>) -> Response<P
     relay(resp)
 }
 
+enum SendError {
+    /// The request cannot be sent as it is.
+    Request(String),
+    /// The API did not answer.
+    Upstream(kube::Error),
+}
+
+/// Sends the request upstream: over HTTP/2 when `up` has it and this is no
+/// protocol upgrade, else (or when the API turns out to offer HTTP/1.1 only)
+/// over HTTP/1.1.
+async fn send(
+    parts: &http::request::Parts,
+    body: Bytes,
+    up: &Upstream<'_>,
+    upgrade: bool,
+) -> Result<Response<kube::client::Body>, SendError> {
+    let request = || upstream_request(parts, body.clone(), up, upgrade).map_err(SendError::Request);
+    if !upgrade && let Some(h2) = up.http2.and_then(Http2Client::client) {
+        match h2.send(request()?).await {
+            // The API has just answered ALPN with HTTP/1.1: this request too.
+            Err(_) if up.http2.and_then(Http2Client::client).is_none() => {}
+            r => return r.map_err(SendError::Upstream),
+        }
+    }
+    up.client
+        .send(request()?)
+        .await
+        .map_err(SendError::Upstream)
+}
+
 /// The request to send upstream: the tenant's method, headers (less hop-by-hop
 /// and identity ones, plus `up`'s) and body, on `up`'s path; or why it is a
 /// bad request.
 fn upstream_request(
     parts: &http::request::Parts,
     body: Bytes,
-    up: Upstream<'_>,
+    up: &Upstream<'_>,
     upgrade: bool,
 ) -> Result<Request<kube::client::Body>, String> {
     let mut out = Request::builder()
@@ -260,8 +291,8 @@ fn upstream_request(
             headers.insert(header::UPGRADE, u.clone());
         }
     }
-    for (n, v) in up.extra_headers {
-        headers.append(n, v);
+    for (n, v) in &up.extra_headers {
+        headers.append(n.clone(), v.clone());
     }
     out.body(kube::client::Body::from(body.to_vec()))
         .map_err(|e| format!("invalid request: {e}"))

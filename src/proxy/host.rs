@@ -30,6 +30,8 @@ pub struct HostTarget {
     pub host: kube::Client,
     /// The syncer's virtual client.
     pub virt: kube::Client,
+    /// The front door's HTTP/2 client for the virtual API (None: HTTP/1.1 only).
+    pub virt_http2: Option<super::pool::Http2Client>,
     /// What the Secrets the front door writes on the host are owned by
     /// (see [`crate::sync::Context::owner`]).
     pub owner: Option<OwnerReference>,
@@ -167,6 +169,7 @@ impl HostTarget {
                 path_and_query: path,
                 extra_headers: Vec::new(),
                 which: "host",
+                http2: None,
             },
         )
         .await

@@ -1,10 +1,12 @@
 //! The front door: the vcluster's API endpoint for tenants.
 //!
-//! HTTPS (rustls) on `--front-door-listen` (default `:8443`). Every request is
+//! HTTPS (rustls) on `--front-door-listen` (default `:8443`), HTTP/2 or
+//! HTTP/1.1 as the client chooses by ALPN. Every request is
 //! authenticated ([`authn`]: a client certificate of the virtual cluster's
 //! client CA, or a bearer token checked by TokenReview); an unauthenticated one
 //! gets kube-apiserver's 401. Authenticated requests go to the virtual API
-//! with the syncer's own credential, impersonating the caller ([`forward`]),
+//! with the syncer's own credential, impersonating the caller ([`forward`],
+//! over the shared HTTP/2 connections of [`pool`]),
 //! except the pod subresources served by the host's node agent, which
 //! [`route`] recognises strictly and [`host`] sends to the synced host pod
 //! after a SubjectAccessReview. No tenant state is kept beyond caches.
@@ -12,6 +14,7 @@
 pub mod authn;
 pub mod forward;
 pub mod host;
+pub mod pool;
 pub mod route;
 pub mod tls;
 
@@ -21,6 +24,7 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use http::{Request, Response, StatusCode};
+use http_body_util::BodyExt as _;
 use hyper::body::Incoming;
 use hyper_util::rt::TokioIo;
 use k8s_openapi::ByteString;
@@ -50,6 +54,21 @@ pub const HEADER_TIMEOUT: Duration = Duration::from_secs(30);
 /// more are closed as they arrive (each is bounded in time by the timeouts
 /// above until it sends a request).
 pub const MAX_CONNECTIONS: u32 = 4096;
+/// Requests served at once on one HTTP/2 connection: a client's watches
+/// share its connection (upstream they spread over as many connections as
+/// the virtual API's own limit needs, see [`pool`]).
+pub const MAX_STREAMS: u32 = 1000;
+/// The largest header block of an HTTP/2 request.
+pub const MAX_HEADER_LIST: u32 = 64 << 10;
+/// What one HTTP/2 response may hold of its body not yet sent: a client that
+/// stops reading a watch stalls that stream only, holding at most this much.
+const MAX_SEND_BUFFER: usize = 64 << 10;
+/// How often an HTTP/2 client is pinged, and how long its answer may take
+/// (a peer gone silent loses its connection and its watches).
+const PING_INTERVAL: Duration = Duration::from_secs(30);
+const PING_TIMEOUT: Duration = Duration::from_secs(20);
+/// How long an idle HTTP/2 connection told to close (GOAWAY) may take to.
+const CLOSE_GRACE: Duration = Duration::from_secs(5);
 
 /// Front-door failures at start-up.
 #[derive(Debug, thiserror::Error)]
@@ -269,7 +288,8 @@ fn spawn_renewal(serving: Arc<tls::ServingCert>, validity: Duration) {
 }
 
 /// One tenant connection: the TLS handshake (with the client certificate's
-/// identity, if any), then HTTP/1.1 with upgrades until it closes.
+/// identity, if any), then HTTP/2 when the client chose it by ALPN, else
+/// HTTP/1.1 with upgrades, until it closes.
 async fn serve_connection(
     acceptor: TlsAcceptor,
     shared: Arc<Shared>,
@@ -287,24 +307,149 @@ async fn serve_connection(
             return;
         }
     };
-    let cert_identity = tls
-        .get_ref()
-        .1
+    let session = tls.get_ref().1;
+    let cert_identity = session
         .peer_certificates()
         .and_then(|c| c.first())
         .and_then(|c| authn::from_client_cert(c));
+    let served = if session.alpn_protocol() == Some(b"h2") {
+        serve_http2(TokioIo::new(tls), shared, cert_identity).await
+    } else {
+        let svc = hyper::service::service_fn(move |req| {
+            let (shared, cert_identity) = (Arc::clone(&shared), cert_identity.clone());
+            async move { Ok::<_, std::convert::Infallible>(handle(&shared, cert_identity, req).await) }
+        });
+        hyper::server::conn::http1::Builder::new()
+            .timer(hyper_util::rt::TokioTimer::new())
+            .header_read_timeout(HEADER_TIMEOUT)
+            .serve_connection(TokioIo::new(tls), svc)
+            .with_upgrades()
+            .await
+    };
+    if let Err(e) = served {
+        tracing::debug!(%peer, error = %e, "connection ended");
+    }
+}
+
+/// An HTTP/2 tenant connection: up to [`MAX_STREAMS`] requests at once; one
+/// without any for [`HEADER_TIMEOUT`] is closed (GOAWAY, then dropped if it
+/// has not closed within [`CLOSE_GRACE`]), as an idle HTTP/1.1 connection is.
+async fn serve_http2<I>(
+    io: I,
+    shared: Arc<Shared>,
+    cert_identity: Option<Identity>,
+) -> Result<(), hyper::Error>
+where
+    I: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
+{
+    let in_progress = InProgress::default();
+    let requests = in_progress.clone();
     let svc = hyper::service::service_fn(move |req| {
         let (shared, cert_identity) = (Arc::clone(&shared), cert_identity.clone());
-        async move { Ok::<_, std::convert::Infallible>(handle(&shared, cert_identity, req).await) }
+        let started = requests.start();
+        async move {
+            let resp = handle(&shared, cert_identity, req).await;
+            Ok::<_, std::convert::Infallible>(resp.map(|body| {
+                InProgressBody {
+                    body,
+                    _started: started,
+                }
+                .boxed_unsync()
+            }))
+        }
     });
-    if let Err(e) = hyper::server::conn::http1::Builder::new()
+    let conn = hyper::server::conn::http2::Builder::new(SpanExecutor(tracing::Span::current()))
         .timer(hyper_util::rt::TokioTimer::new())
-        .header_read_timeout(HEADER_TIMEOUT)
-        .serve_connection(TokioIo::new(tls), svc)
-        .with_upgrades()
-        .await
-    {
-        tracing::debug!(%peer, error = %e, "connection ended");
+        .max_concurrent_streams(MAX_STREAMS)
+        .max_header_list_size(MAX_HEADER_LIST)
+        .max_send_buf_size(MAX_SEND_BUFFER)
+        .keep_alive_interval(PING_INTERVAL)
+        .keep_alive_timeout(PING_TIMEOUT)
+        .serve_connection(io, svc);
+    tokio::pin!(conn);
+    tokio::select! {
+        done = conn.as_mut() => return done,
+        () = in_progress.idle_for(HEADER_TIMEOUT) => {}
+    }
+    conn.as_mut().graceful_shutdown();
+    tokio::select! {
+        done = conn.as_mut() => done,
+        () = in_progress.idle_for(CLOSE_GRACE) => Ok(()),
+    }
+}
+
+/// Runs the tasks of an HTTP/2 connection (one per stream) in its span.
+#[derive(Clone)]
+struct SpanExecutor(tracing::Span);
+
+impl<F> hyper::rt::Executor<F> for SpanExecutor
+where
+    F: Future + Send + 'static,
+    F::Output: Send + 'static,
+{
+    fn execute(&self, fut: F) {
+        tokio::spawn(fut.instrument(self.0.clone()));
+    }
+}
+
+/// The requests in progress on one connection (from their headers until
+/// their response body is done or dropped), so that one without any for a
+/// while can be closed.
+#[derive(Clone, Default)]
+struct InProgress(Arc<tokio::sync::watch::Sender<usize>>);
+
+impl InProgress {
+    fn start(&self) -> Started {
+        self.0.send_modify(|n| *n += 1);
+        Started(Arc::clone(&self.0))
+    }
+
+    /// Completes once no request has been in progress for `quiet` (a request
+    /// that starts or ends meanwhile starts the wait again).
+    async fn idle_for(&self, quiet: Duration) {
+        let mut changes = self.0.subscribe();
+        loop {
+            let busy = *changes.borrow_and_update() > 0;
+            tokio::select! {
+                () = tokio::time::sleep(quiet), if !busy => return,
+                _ = changes.changed() => {}
+            }
+        }
+    }
+}
+
+/// One request in progress, until dropped.
+struct Started(Arc<tokio::sync::watch::Sender<usize>>);
+
+impl Drop for Started {
+    fn drop(&mut self) {
+        self.0.send_modify(|n| *n = n.saturating_sub(1));
+    }
+}
+
+/// A response body that keeps its request counted as in progress.
+struct InProgressBody {
+    body: ProxyBody,
+    _started: Started,
+}
+
+impl hyper::body::Body for InProgressBody {
+    type Data = hyper::body::Bytes;
+    type Error = Box<dyn std::error::Error + Send + Sync>;
+
+    fn poll_frame(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<hyper::body::Frame<Self::Data>, Self::Error>>> {
+        std::pin::Pin::new(&mut self.get_mut().body).poll_frame(cx)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.body.is_end_stream()
+    }
+
+    fn size_hint(&self) -> hyper::body::SizeHint {
+        self.body.size_hint()
     }
 }
 
@@ -361,6 +506,7 @@ async fn handle(
                     path_and_query,
                     extra_headers: forward::impersonation_headers(&id),
                     which: "virtual",
+                    http2: shared.target.virt_http2.as_ref(),
                 },
             )
             .await

@@ -201,8 +201,9 @@ impl ResolvesServerCert for ServingCert {
     }
 }
 
-/// The rustls server configuration: HTTP/1.1 (SPDY upgrades need it), the
-/// serving certificate, and optional client certificates verified against
+/// The rustls server configuration: HTTP/2 or HTTP/1.1 by ALPN (clients that
+/// upgrade, for SPDY or WebSocket, ask for HTTP/1.1), the serving
+/// certificate, and optional client certificates verified against
 /// `client_ca_pem`.
 pub fn server_config(
     serving: Arc<ServingCert>,
@@ -230,7 +231,7 @@ pub fn server_config(
         .with_safe_default_protocol_versions()?
         .with_client_cert_verifier(verifier)
         .with_cert_resolver(serving);
-    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
     Ok(config)
 }
 
