@@ -1,6 +1,8 @@
 //! The front door's added latency, measured (not asserted): 1,000 GETs and
 //! 200 watch events, directly against the virtual API and through the front
-//! door of a dev stack. Run it in release mode:
+//! door of a dev stack, each over HTTP/1.1 and over HTTP/2 (the GETs of the
+//! four ways take turns; the four watches see the same events). Run it in
+//! release mode:
 //!
 //! ```sh
 //! cargo test --release --test frontdoor_latency
@@ -32,13 +34,21 @@ fn percentile(sorted: &[Duration], p: f64) -> Duration {
     sorted[i]
 }
 
-fn summary(name: &str, mut v: Vec<Duration>) -> String {
+/// p50 and p99 in milliseconds.
+fn p50_p99(mut v: Vec<Duration>) -> (f64, f64) {
     v.sort();
+    let ms = |d: Duration| d.as_secs_f64() * 1e3;
+    (ms(percentile(&v, 0.50)), ms(percentile(&v, 0.99)))
+}
+
+/// One table row: direct and through the front door, and what it adds.
+fn row(what: &str, protocol: &str, direct: Vec<Duration>, front: Vec<Duration>) -> String {
+    let n = direct.len();
+    let ((d50, d99), (f50, f99)) = (p50_p99(direct), p50_p99(front));
     format!(
-        "{name:<28} n={:<5} p50={:>8.3} ms  p99={:>8.3} ms",
-        v.len(),
-        percentile(&v, 0.50).as_secs_f64() * 1e3,
-        percentile(&v, 0.99).as_secs_f64() * 1e3,
+        "| {what} (n={n}) | {protocol} | {d50:.2} / {d99:.2} ms | {f50:.2} / {f99:.2} ms | {:+.2} / {:+.2} ms |",
+        f50 - d50,
+        f99 - d99
     )
 }
 
@@ -68,6 +78,29 @@ fn watch(client: kube::Client) -> Seen {
     seen
 }
 
+/// The four clients: (direct, through the front door) over HTTP/1.1, then
+/// over HTTP/2.
+struct Clients {
+    h1: (kube::Client, kube::Client),
+    h2: (kube::Client, kube::Client),
+}
+
+/// A client for `kubeconfig` over HTTP/2 only (the front door's own pool).
+async fn http2_client(kubeconfig: &std::path::Path) -> kube::Client {
+    let kc = kube::config::Kubeconfig::read_from(kubeconfig).unwrap();
+    let config = vcluster::kubeconfig::config(kc).await.unwrap();
+    let h2 = vcluster::proxy::pool::Http2Client::new(&config)
+        .unwrap()
+        .expect("an HTTPS server");
+    let c = h2.client().unwrap().clone();
+    let req = http::Request::get("/version")
+        .body(kube::client::Body::empty())
+        .unwrap();
+    let resp = c.send(req).await.unwrap();
+    assert_eq!(resp.version(), http::Version::HTTP_2, "{kubeconfig:?}");
+    c
+}
+
 fn main() {
     if std::env::args().any(|a| a == "--list") {
         return;
@@ -79,8 +112,15 @@ fn main() {
         .build()
         .unwrap();
     rt.block_on(async {
-        let direct = client(&stack.vcluster_kubeconfig()).await;
-        let front = client(&stack.state.front_door.as_ref().unwrap().kubeconfig).await;
+        let (direct_kc, front_kc) = (
+            stack.vcluster_kubeconfig(),
+            stack.state.front_door.as_ref().unwrap().kubeconfig.clone(),
+        );
+        let c = Clients {
+            h1: (client(&direct_kc).await, client(&front_kc).await),
+            h2: (http2_client(&direct_kc).await, http2_client(&front_kc).await),
+        };
+        let all = [&c.h1.0, &c.h1.1, &c.h2.0, &c.h2.1];
         let path = "/api/v1/namespaces/default/configmaps/kube-root-ca.crt";
         let get = |c: kube::Client| async move {
             let req = http::Request::get(path).body(Vec::new()).unwrap();
@@ -89,51 +129,56 @@ fn main() {
             t.elapsed()
         };
         for _ in 0..50 {
-            get(direct.clone()).await;
-            get(front.clone()).await;
+            for c in all {
+                get(c.clone()).await;
+            }
         }
-        let (mut d, mut f) = (Vec::new(), Vec::new());
+        let mut gets: [Vec<Duration>; 4] = Default::default();
         for _ in 0..GETS {
-            d.push(get(direct.clone()).await);
-            f.push(get(front.clone()).await);
+            for (c, v) in all.iter().zip(gets.iter_mut()) {
+                v.push(get((*c).clone()).await);
+            }
         }
-        println!("{}", summary("GET direct", d));
-        println!("{}", summary("GET through the front door", f));
 
-        Api::<Namespace>::all(direct.clone())
+        Api::<Namespace>::all(c.h1.0.clone())
             .create(
                 &PostParams::default(),
                 &serde_json::from_value(serde_json::json!({"metadata": {"name": NS}})).unwrap(),
             )
             .await
             .unwrap();
-        let (seen_d, seen_f) = (watch(direct.clone()), watch(front.clone()));
+        let seen: Vec<Seen> = all.iter().map(|c| watch((*c).clone())).collect();
         tokio::time::sleep(Duration::from_secs(1)).await;
-        let cms: Api<ConfigMap> = Api::namespaced(direct.clone(), NS);
-        let (mut wd, mut wf) = (Vec::new(), Vec::new());
+        let cms: Api<ConfigMap> = Api::namespaced(c.h1.0.clone(), NS);
+        let mut events: [Vec<Duration>; 4] = Default::default();
         for i in 0..EVENTS {
             let name = format!("cm-{i}");
             let cm: ConfigMap =
                 serde_json::from_value(serde_json::json!({"metadata": {"name": name}})).unwrap();
             let t0 = Instant::now();
             cms.create(&PostParams::default(), &cm).await.unwrap();
-            let (a, b) = eventually(
-                &format!("{name} on both watches"),
+            let at = eventually(
+                &format!("{name} on all four watches"),
                 Duration::from_secs(30),
                 || async {
-                    let a = seen_d.lock().unwrap().get(&name).copied();
-                    let b = seen_f.lock().unwrap().get(&name).copied();
-                    match (a, b) {
-                        (Some(a), Some(b)) => Ok((a, b)),
-                        _ => Err("not yet".to_owned()),
-                    }
+                    seen.iter()
+                        .map(|s| s.lock().unwrap().get(&name).copied())
+                        .collect::<Option<Vec<Instant>>>()
+                        .ok_or_else(|| "not yet".to_owned())
                 },
             )
             .await;
-            wd.push(a - t0);
-            wf.push(b - t0);
+            for (t, v) in at.into_iter().zip(events.iter_mut()) {
+                v.push(t - t0);
+            }
         }
-        println!("{}", summary("watch event direct", wd));
-        println!("{}", summary("watch event via front door", wf));
+        let [gd1, gf1, gd2, gf2] = gets;
+        let [wd1, wf1, wd2, wf2] = events;
+        println!("| measured | protocol | direct p50 / p99 | through the front door p50 / p99 | added at p50 / p99 |");
+        println!("|---|---|---|---|---|");
+        println!("{}", row("GET of one ConfigMap", "HTTP/1.1", gd1, gf1));
+        println!("{}", row("GET of one ConfigMap", "HTTP/2", gd2, gf2));
+        println!("{}", row("watch event (create → seen)", "HTTP/1.1", wd1, wf1));
+        println!("{}", row("watch event (create → seen)", "HTTP/2", wd2, wf2));
     });
 }
