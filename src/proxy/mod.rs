@@ -48,7 +48,8 @@ const RENEW_CHECK: Duration = Duration::from_secs(600);
 /// How long a client may take to complete the TLS handshake.
 pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long a client may take to send a request's headers; also how long a
-/// kept-alive connection may sit idle between requests.
+/// kept-alive connection may sit idle between requests (an HTTP/2 one: with
+/// no request in progress).
 pub const HEADER_TIMEOUT: Duration = Duration::from_secs(30);
 /// Connections served at once by default (`--front-door-max-connections`);
 /// more are closed as they arrive (each is bounded in time by the timeouts
