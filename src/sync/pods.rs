@@ -32,7 +32,7 @@ use super::{Assembly, Context, Decision, Engine, KindSpec, Names, Rule, Side, Sy
 use crate::FIELD_MANAGER;
 use crate::policy::pss::{self, Level};
 use crate::sleep::{Sleep, sleeping_status, slept};
-use crate::translate::markers::OWNER_LABEL;
+use crate::translate::markers::{OWNER_LABEL, UID_ANNOTATION};
 use crate::translate::pod::TOKEN_SECRET_ANNOTATION;
 use crate::translate::pod::{
     ApiEndpoint, ClusterDns, TOKEN_KEY, TokenSource, host_pod, host_pod_reading,
@@ -456,6 +456,20 @@ impl Rule for PodRule {
                 None => Decision::DeleteVirtual,
             };
         }
+        if let Some(h) = h.filter(|h| of_an_earlier_pod(v, h)) {
+            // The host copy of an earlier pod of this name (deleted and made
+            // again at once, as a StatefulSet does): it must go before this
+            // one is written. Taking it for this pod's would copy its node
+            // and status up, and its deletion would then end this pod.
+            return match h.metadata.deletion_timestamp {
+                Some(_) => Decision::Wait(
+                    "the host copy of an earlier pod of this name is still terminating".into(),
+                ),
+                None => Decision::Remove {
+                    grace_seconds: Some(0),
+                },
+            };
+        }
         let phase = v.status.as_ref().and_then(|s| s.phase.as_deref());
         let finished = matches!(phase, Some("Succeeded" | "Failed"));
         if h.is_none() && finished {
@@ -665,6 +679,18 @@ fn unix_now() -> i64 {
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX))
         .unwrap_or(0)
+}
+
+/// Whether host copy `h` was written for an earlier virtual pod of `v`'s
+/// name (its uid marker names another uid; a copy without one is taken as
+/// `v`'s).
+fn of_an_earlier_pod(v: &Pod, h: &Pod) -> bool {
+    let written_for = h
+        .metadata
+        .annotations
+        .as_ref()
+        .and_then(|a| a.get(UID_ANNOTATION));
+    matches!((written_for, v.metadata.uid.as_ref()), (Some(of), Some(uid)) if of != uid)
 }
 
 /// Pods (and the virtual Nodes they are bound to, their tokens and events).

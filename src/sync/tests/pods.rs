@@ -476,3 +476,31 @@ async fn the_sweep_finds_shared_token_secrets_no_host_pod_reads() {
         HashSet::from(["builder-x-shop-x-vc.sa-token-bbbb".to_owned()])
     );
 }
+
+#[tokio::test]
+async fn the_host_copy_of_an_earlier_pod_of_the_name_goes_first() {
+    let r = plain();
+    let of = |uid: &str, deleting: bool| {
+        let mut h = host_copy(json!([]));
+        h.metadata.annotations = Some([(UID_ANNOTATION.to_owned(), uid.to_owned())].into());
+        if deleting {
+            h.metadata.deletion_timestamp = obj(json!("2026-12-07T00:00:00Z"));
+        }
+        h
+    };
+    // The pod was deleted and made again under its name (uid u1 now): the
+    // copy written for u0 is removed, not taken over (its node and status
+    // would come up, and its deletion end the new pod).
+    assert!(matches!(
+        r.decide(&names(), &pod(json!({})), Some(&of("u0", false))),
+        Decision::Remove {
+            grace_seconds: Some(0)
+        }
+    ));
+    assert!(matches!(
+        r.decide(&names(), &pod(json!({})), Some(&of("u0", true))),
+        Decision::Wait(_)
+    ));
+    // Its own copy is synced.
+    synced(r.decide(&names(), &pod(json!({})), Some(&of("u1", false))));
+}
