@@ -306,6 +306,18 @@ What the runs (2026-11, 10,000 pods) show, and what stands between them and the 
   in a burst). About 6.5 MiB per 1,000 pods is left. mimalloc instead of glibc malloc cut the\n\
   syncer's CPU by a fifth but kept 20–30 MiB more resident, so it is not used.\n\
 \n\
+What the first run with rounds (2026-12-07 03:02 UTC, 1,000 pods, 3 rounds per shape, a\n\
+helper's builds and e2e suites beside it) shows: the virtual path costs about twice the CPU of\n\
+the direct one in all (53 against 24 CPU-s per 1,000 pods spread, 68 against 26 in one\n\
+namespace), a third of it the virtual API server's; the host API server's own share is 1.21 times\n\
+direct spread and 1.47 in one namespace, with service-account tokens shared per service account\n\
+(the default since that day: no TokenRequest and no Secret write per pod). Deletes take about\n\
+twice as long as direct (23 against 11 s; 27 against 13 s in one namespace): each virtual pod's\n\
+delete goes to the host, waits for KWOK to end the host pod, then the syncer removes the virtual\n\
+one. The run also found a bug, fixed the same day: a virtual burst right after the delete of the\n\
+same names lost 37 and 60 of 1,000 tenant pods (the \"not Running at deadline\" column), because\n\
+a new pod was matched with the host copy of its deleted namesake.\n\
+\n\
 ## Reproduce\n\n\
 ```sh\n\
 make bench                 # N = 1000, 5000, 10000; M = 10 and 1; 3 rounds\n\
