@@ -947,6 +947,13 @@ async fn one_size(args: &Args, n: usize, m: usize) -> anyhow::Result<SizeResult>
     })
 }
 
+fn done(path: &str, burst: &PathResult) {
+    println!(
+        "bench: {path} done: wall {:.1}s, {} missing, machine CPU busy {:.0}%",
+        burst.wall, burst.missing, burst.cpu_busy_percent
+    );
+}
+
 /// What one size and shape's bursts share.
 struct Burst<'a> {
     n: usize,
@@ -984,23 +991,13 @@ impl Burst<'_> {
             path_result(&created, &s, None)
         };
         burst.cpu_busy_percent = busy.busy_percent();
-        println!(
-            "bench: direct done: wall {:.1}s, {} missing, machine CPU busy {:.0}%",
-            burst.wall, burst.missing, burst.cpu_busy_percent
-        );
+        done("direct", &burst);
         let keys: Vec<PodKey> = created.into_iter().map(|(k, _)| k).collect();
-        let (delete, delete_missing) = delete_pods(
-            &self.host,
-            &self.direct_ns,
-            &[(&seen, Api::all(self.host.clone()), keys)],
-            self.timeout,
-        )
-        .await?;
-        let delete_cpu = cpu_between(
-            "direct delete",
-            &procs_after,
-            &stack_cpu(self.stack.dir.path()),
-        );
+        let host = self.host.clone();
+        let want = [(&*seen, Api::all(host.clone()), keys)];
+        let (delete, delete_missing, delete_cpu) = self
+            .timed_delete("direct", &host, &self.direct_ns, &want)
+            .await?;
         watch.abort();
         Ok(PathRun {
             burst,
@@ -1044,31 +1041,20 @@ impl Burst<'_> {
             path_result(&created, &s, Some((&h, &to_host)))
         };
         burst.cpu_busy_percent = busy.busy_percent();
-        println!(
-            "bench: virtual done: wall {:.1}s, {} missing, machine CPU busy {:.0}%",
-            burst.wall, burst.missing, burst.cpu_busy_percent
-        );
+        done("virtual", &burst);
         if resync {
             self.restart_syncer().await?;
         }
         let keys: Vec<PodKey> = created.into_iter().map(|(k, _)| k).collect();
         let host_keys: Vec<PodKey> = keys.iter().map(to_host).collect();
-        let procs_before_delete = stack_cpu(self.stack.dir.path());
-        let (delete, delete_missing) = delete_pods(
-            &self.virt,
-            &self.virt_ns,
-            &[
-                (&virt_seen, Api::all(self.virt.clone()), keys),
-                (&host_seen, host_api, host_keys),
-            ],
-            self.timeout,
-        )
-        .await?;
-        let delete_cpu = cpu_between(
-            "virtual delete",
-            &procs_before_delete,
-            &stack_cpu(self.stack.dir.path()),
-        );
+        let virt = self.virt.clone();
+        let want = [
+            (&*virt_seen, Api::all(virt.clone()), keys),
+            (&*host_seen, host_api, host_keys),
+        ];
+        let (delete, delete_missing, delete_cpu) = self
+            .timed_delete("virtual", &virt, &self.virt_ns, &want)
+            .await?;
         w_virt.abort();
         w_host.abort();
         Ok(PathRun {
@@ -1078,6 +1064,24 @@ impl Burst<'_> {
             cpu,
             delete_cpu,
         })
+    }
+
+    /// [`delete_pods`] with the CPU each process of the stack used meanwhile.
+    async fn timed_delete(
+        &self,
+        path: &str,
+        c: &Client,
+        namespaces: &[String],
+        want: &[(&Mutex<Seen>, Api<Pod>, Vec<PodKey>)],
+    ) -> anyhow::Result<(f64, usize, BTreeMap<String, f64>)> {
+        let before = stack_cpu(self.stack.dir.path());
+        let (took, left) = delete_pods(c, namespaces, want, self.timeout).await?;
+        let cpu = cpu_between(
+            &format!("{path} delete"),
+            &before,
+            &stack_cpu(self.stack.dir.path()),
+        );
+        Ok((took, left, cpu))
     }
 
     /// The initial resync: the syncer stopped and started again with the N
