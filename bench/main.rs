@@ -314,9 +314,10 @@ direct spread and 1.47 in one namespace, with service-account tokens shared per 
 (the default since that day: no TokenRequest and no Secret write per pod). Deletes take about\n\
 twice as long as direct (23 against 11 s; 27 against 13 s in one namespace): each virtual pod's\n\
 delete goes to the host, waits for KWOK to end the host pod, then the syncer removes the virtual\n\
-one. The run also found a bug, fixed the same day: a virtual burst right after the delete of the\n\
-same names lost 37 and 60 of 1,000 tenant pods (the \"not Running at deadline\" column), because\n\
-a new pod was matched with the host copy of its deleted namesake.\n\
+one. The run also found a bug, **still open**: a virtual burst right after the delete of the\n\
+same names lost 37 and 60 of 1,000 tenant pods (the \"not Running at deadline\" column: the\n\
+virtual pods were deleted before they ran; 49 with per-pod tokens, 57 again in a run with a\n\
+check against host copies of earlier pods of the name, which did not cure it).\n\
 \n\
 ## Reproduce\n\n\
 ```sh\n\
