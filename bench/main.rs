@@ -978,13 +978,10 @@ impl Burst<'_> {
     async fn direct(&mut self) -> anyhow::Result<PathRun> {
         let seen = Arc::new(Mutex::new(Seen::default()));
         let watch = watch_pods(Api::all(self.host.clone()), "bench=1", Arc::clone(&seen)).await?;
-        let busy = CpuSample::now();
-        let procs = stack_cpu(self.stack.dir.path());
-        let created = create_pods(&self.host, &self.direct_ns, self.n, self.concurrency).await?;
-        wait_running(&seen, self.n, self.timeout).await;
-        let busy = busy.since();
-        let procs_after = stack_cpu(self.stack.dir.path());
-        let cpu = cpu_between("direct", &procs, &procs_after);
+        let host = self.host.clone();
+        let (created, busy, cpu) = self
+            .timed_burst("direct", &host, &self.direct_ns, &seen)
+            .await?;
         let mut burst = {
             let s = seen
                 .lock()
@@ -1023,13 +1020,10 @@ impl Burst<'_> {
         .await?;
         let host_api: Api<Pod> = Api::namespaced(self.host.clone(), HOST_NS);
         let w_host = watch_pods(host_api.clone(), "bench=1", Arc::clone(&host_seen)).await?;
-        let busy = CpuSample::now();
-        let procs = stack_cpu(self.stack.dir.path());
-        let created = create_pods(&self.virt, &self.virt_ns, self.n, self.concurrency).await?;
-        wait_running(&virt_seen, self.n, self.timeout).await;
-        let busy = busy.since();
-        let procs_after = stack_cpu(self.stack.dir.path());
-        let cpu = cpu_between("virtual", &procs, &procs_after);
+        let virt = self.virt.clone();
+        let (created, busy, cpu) = self
+            .timed_burst("virtual", &virt, &self.virt_ns, &virt_seen)
+            .await?;
         let vc = VclusterName::new(VC)?;
         let to_host = |k: &PodKey| (HOST_NS.to_owned(), host_name(&vc, &k.0, &k.1));
         let mut burst = {
@@ -1065,6 +1059,24 @@ impl Burst<'_> {
             cpu,
             delete_cpu,
         })
+    }
+
+    /// N pods created in `namespaces` and waited for until Running in
+    /// `seen`, with how busy the machine and each process of the stack were.
+    async fn timed_burst(
+        &self,
+        path: &str,
+        c: &Client,
+        namespaces: &[String],
+        seen: &Mutex<Seen>,
+    ) -> anyhow::Result<(Vec<(PodKey, Instant)>, CpuSample, BTreeMap<String, f64>)> {
+        let busy = CpuSample::now();
+        let before = stack_cpu(self.stack.dir.path());
+        let created = create_pods(c, namespaces, self.n, self.concurrency).await?;
+        wait_running(seen, self.n, self.timeout).await;
+        let busy = busy.since();
+        let cpu = cpu_between(path, &before, &stack_cpu(self.stack.dir.path()));
+        Ok((created, busy, cpu))
     }
 
     /// [`delete_pods`] with the CPU each process of the stack used meanwhile.

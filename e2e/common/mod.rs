@@ -27,6 +27,17 @@ pub const CHART_IMAGES: &[&str] = &[
     "busybox.tar",
 ];
 
+/// Resident set of process `pid` in KiB (`VmRSS`; 0 if it cannot be read).
+pub fn rss_kib(pid: u32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .unwrap_or_default()
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.split_whitespace().next())
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0)
+}
+
 /// The image directory (`VCLUSTER_IMAGE_DIR`, default `target/images`) with
 /// every [`CHART_IMAGES`] in it; otherwise exits naming the one missing.
 pub fn chart_image_dir() -> String {
