@@ -165,11 +165,15 @@ impl TokenIndex {
                 .get(RENEW_AT_ANNOTATION)
                 .and_then(|t| t.parse::<i64>().ok())
                 .unwrap_or(0);
-            let owner = m
-                .owner_references()
-                .first()
-                .map(|o| o.uid.clone())
-                .unwrap_or_default();
+            // A shared one has no pod owner (the vcluster's reference aside).
+            let owner = if m.labels().contains_key(TOKEN_SHARED_LABEL) {
+                String::new()
+            } else {
+                m.owner_references()
+                    .first()
+                    .map(|o| o.uid.clone())
+                    .unwrap_or_default()
+            };
             (at, owner)
         };
         while let Some(ev) = stream.next().await {
@@ -351,6 +355,9 @@ impl PodRule {
                     TOKEN_SHARED_LABEL: "true",
                 },
                 "annotations": {RENEW_AT_ANNOTATION: renew.to_string()},
+                // Collected with the vcluster, as the synced copies are (no
+                // pod owns it; the sweep removes it while the syncer runs).
+                "ownerReferences": ctx.owner_references(),
             },
             "type": "Opaque",
             "data": {TOKEN_KEY: base64::engine::general_purpose::STANDARD.encode(token)},
