@@ -81,19 +81,9 @@ fn parse_args() -> anyhow::Result<Args> {
     while let Some(flag) = it.next() {
         let mut val = || it.next().with_context(|| format!("{flag} needs a value"));
         match flag.as_str() {
-            "--sizes" => {
-                a.sizes = val()?
-                    .split(',')
-                    .map(|s| s.trim().parse::<usize>())
-                    .collect::<Result<_, _>>()
-                    .context("--sizes: a comma-separated list of pod counts")?;
-            }
+            "--sizes" => a.sizes = counts(&val()?).context("--sizes: pod counts")?,
             "--namespaces" => {
-                a.namespaces = val()?
-                    .split(',')
-                    .map(|s| s.trim().parse::<usize>())
-                    .collect::<Result<_, _>>()
-                    .context("--namespaces: a comma-separated list of namespace counts")?;
+                a.namespaces = counts(&val()?).context("--namespaces: namespace counts")?;
             }
             "--runs" => a.runs = val()?.parse().context("--runs")?,
             "--concurrency" => a.concurrency = val()?.parse().context("--concurrency")?,
@@ -131,6 +121,14 @@ fn parse_args() -> anyhow::Result<Args> {
         );
     }
     Ok(a)
+}
+
+/// A comma-separated list of counts.
+fn counts(list: &str) -> anyhow::Result<Vec<usize>> {
+    list.split(',')
+        .map(|s| s.trim().parse::<usize>())
+        .collect::<Result<_, _>>()
+        .context("a comma-separated list of numbers")
 }
 
 fn main() -> anyhow::Result<()> {

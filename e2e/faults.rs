@@ -33,17 +33,13 @@ use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams};
 use kube::{Client, ResourceExt as _};
 use libtest_mimic::{Arguments, Trial};
 use serde_json::json;
+use vcluster::sync::pods::{TOKEN_FOR_LABEL, TOKEN_SHARED_LABEL};
 use vcluster::translate::markers::{NAMESPACE_LABEL, OWNER_LABEL, UID_ANNOTATION};
+use vcluster::translate::pod::TOKEN_SECRET_ANNOTATION;
 use vcluster::translate::{VclusterName, host_name};
 
 const VC: &str = "faults";
 const HOST_NS: &str = "team-faults";
-/// Label of token Secrets naming their host pod (see src/sync/pods.rs).
-const TOKEN_FOR_LABEL: &str = "vcluster.dev/token-for";
-/// Label of token Secrets shared by the pods of a service account.
-const TOKEN_SHARED_LABEL: &str = "vcluster.dev/token-shared";
-/// Annotation of host pods naming the token Secret they read.
-const TOKEN_SECRET_ANNOTATION: &str = "vcluster.dev/token-secret";
 
 /// Sizes of one mode.
 #[derive(Clone, Copy, Debug)]

@@ -60,8 +60,9 @@ fn kubectl_err(kc: &Path, args: &[&str]) -> String {
     stderr
 }
 
-/// A pod in virtual namespace `ns`, once Running (synced to the host).
-fn running_pod(env: &Env, ns: &str, name: &str) {
+/// A pod in virtual namespace `ns`, once Running (synced to the host); the
+/// virtual node it is bound to.
+fn running_pod(env: &Env, ns: &str, name: &str) -> String {
     let _ = kubectl(&env.kc(), &["create", "namespace", ns], None);
     kubectl_ok(
         &env.kc(),
@@ -78,17 +79,16 @@ fn running_pod(env: &Env, ns: &str, name: &str) {
                 "pod",
                 name,
                 "-o",
-                "jsonpath={.status.phase}",
+                "jsonpath={.status.phase} {.spec.nodeName}",
             ],
             None,
         );
         let (o, e) = text(&out);
-        if o == "Running" {
-            Ok(())
-        } else {
-            Err(format!("{o} {e}"))
+        match o.split_once(' ') {
+            Some(("Running", node)) => Ok(node.to_owned()),
+            _ => Err(format!("{o} {e}")),
         }
-    });
+    })
 }
 
 /// A kubeconfig file for the front door authenticating with `token` only.
@@ -400,20 +400,7 @@ fn crafted_paths_reach_no_other_host_object(env: &Env) {
 
 fn node_proxy_gets_a_clear_refusal(env: &Env) {
     let kc = env.kc();
-    running_pod(env, "nodeproxy", "web");
-    let node = kubectl_ok(
-        &kc,
-        &[
-            "-n",
-            "nodeproxy",
-            "get",
-            "pod",
-            "web",
-            "-o",
-            "jsonpath={.spec.nodeName}",
-        ],
-        None,
-    );
+    let node = running_pod(env, "nodeproxy", "web");
     assert!(!node.is_empty(), "the pod is bound to a virtual node");
     for path in [
         format!("/api/v1/nodes/{node}/proxy/stats/summary"),

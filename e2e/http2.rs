@@ -79,7 +79,7 @@ const WHOAMI: &str = r#"{"apiVersion":"authentication.k8s.io/v1","kind":"SelfSub
 
 pub fn http2_is_chosen_and_serves_as_http1_does(env: &Env) {
     let ns = "h2";
-    running_pod(env, ns, "web");
+    let node = running_pod(env, ns, "web");
     kubectl_ok(
         &env.kc(),
         &["-n", ns, "create", "serviceaccount", "reader"],
@@ -87,19 +87,6 @@ pub fn http2_is_chosen_and_serves_as_http1_does(env: &Env) {
     );
     let token = kubectl_ok(&env.kc(), &["-n", ns, "create", "token", "reader"], None);
     let token = token.trim();
-    let node = kubectl_ok(
-        &env.kc(),
-        &[
-            "-n",
-            ns,
-            "get",
-            "pod",
-            "web",
-            "-o",
-            "jsonpath={.spec.nodeName}",
-        ],
-        None,
-    );
     block_on(async {
         // The admin by client certificate.
         let (mut admin, _) = connect_h2(env, true).await;

@@ -16,7 +16,7 @@ use kube::api::{Api, PostParams};
 use super::authn::Identity;
 use super::forward::{self, ProxyBody, Upstream, status};
 use super::route::PodSubresource;
-use crate::translate::markers::UID_ANNOTATION;
+use crate::translate::markers::source_uid;
 use crate::translate::{Ownership, VclusterName, VirtualKey, host_name};
 
 /// What the redirect needs: both clients and where this vcluster lives.
@@ -126,12 +126,8 @@ impl HostTarget {
             namespace: t.namespace.clone(),
             name: t.name.clone(),
         };
-        let same_uid = hpod
-            .metadata
-            .annotations
-            .as_ref()
-            .and_then(|a| a.get(UID_ANNOTATION))
-            .is_some_and(|u| Some(u) == vpod.metadata.uid.as_ref());
+        let same_uid =
+            source_uid(&hpod.metadata).is_some_and(|u| Some(u) == vpod.metadata.uid.as_deref());
         Ok((own.virtual_key(&hpod.metadata) == Some(key) && same_uid).then_some(name))
     }
 

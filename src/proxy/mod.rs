@@ -350,13 +350,9 @@ where
         let started = requests.start();
         async move {
             let resp = handle(&shared, cert_identity, req).await;
-            Ok::<_, std::convert::Infallible>(resp.map(|body| {
-                InProgressBody {
-                    body,
-                    _started: started,
-                }
-                .boxed_unsync()
-            }))
+            Ok::<_, std::convert::Infallible>(
+                resp.map(|body| forward::Guarded::new(body, started).boxed_unsync()),
+            )
         }
     });
     let conn = hyper::server::conn::http2::Builder::new(SpanExecutor(tracing::Span::current()))
@@ -425,32 +421,6 @@ struct Started(Arc<tokio::sync::watch::Sender<usize>>);
 impl Drop for Started {
     fn drop(&mut self) {
         self.0.send_modify(|n| *n = n.saturating_sub(1));
-    }
-}
-
-/// A response body that keeps its request counted as in progress.
-struct InProgressBody {
-    body: ProxyBody,
-    _started: Started,
-}
-
-impl hyper::body::Body for InProgressBody {
-    type Data = hyper::body::Bytes;
-    type Error = Box<dyn std::error::Error + Send + Sync>;
-
-    fn poll_frame(
-        self: std::pin::Pin<&mut Self>,
-        cx: &mut std::task::Context<'_>,
-    ) -> std::task::Poll<Option<Result<hyper::body::Frame<Self::Data>, Self::Error>>> {
-        std::pin::Pin::new(&mut self.get_mut().body).poll_frame(cx)
-    }
-
-    fn is_end_stream(&self) -> bool {
-        self.body.is_end_stream()
-    }
-
-    fn size_hint(&self) -> hyper::body::SizeHint {
-        self.body.size_hint()
     }
 }
 

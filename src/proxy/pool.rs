@@ -13,7 +13,7 @@ use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
 use http::{Request, Response};
-use hyper::body::{Bytes, Frame, Incoming, SizeHint};
+use hyper::body::Incoming;
 use hyper::client::conn::http2;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use kube::client::{Body, ConfigExt as _};
@@ -329,7 +329,7 @@ impl Pool {
     ) -> Result<Result<Response<Counted>, Request<Body>>, PoolError> {
         let (mut send, slot) = self.stream().await?;
         match send.try_send_request(req).await {
-            Ok(resp) => Ok(Ok(resp.map(|body| Counted { body, _slot: slot }))),
+            Ok(resp) => Ok(Ok(resp.map(|body| Counted::new(body, slot)))),
             Err(mut e) => match e.take_message() {
                 Some(back) => Ok(Err(back)),
                 None => Err(e.into_error().into()),
@@ -339,30 +339,7 @@ impl Pool {
 }
 
 /// A response body that holds its stream's place in the count until dropped.
-struct Counted {
-    body: Incoming,
-    _slot: Slot,
-}
-
-impl hyper::body::Body for Counted {
-    type Data = Bytes;
-    type Error = hyper::Error;
-
-    fn poll_frame(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
-        Pin::new(&mut self.get_mut().body).poll_frame(cx)
-    }
-
-    fn is_end_stream(&self) -> bool {
-        self.body.is_end_stream()
-    }
-
-    fn size_hint(&self) -> SizeHint {
-        self.body.size_hint()
-    }
-}
+type Counted = super::forward::Guarded<Incoming, Slot>;
 
 /// The pool as the innermost service of a `kube::Client`.
 #[derive(Clone)]
@@ -389,6 +366,7 @@ mod tests {
     use crate::pki::{Ca, CertSpec};
     use futures::future::join_all;
     use http_body_util::{BodyExt as _, Full, StreamBody};
+    use hyper::body::Bytes;
     use rustls_pki_types::pem::PemObject as _;
     use rustls_pki_types::{CertificateDer, PrivateKeyDer};
 

@@ -32,12 +32,11 @@ use super::{Assembly, Context, Decision, Engine, KindSpec, Names, Rule, Side, Sy
 use crate::FIELD_MANAGER;
 use crate::policy::pss::{self, Level};
 use crate::sleep::{Sleep, sleeping_status, slept};
-use crate::translate::markers::{OWNER_LABEL, UID_ANNOTATION};
+use crate::translate::markers::{OWNER_LABEL, source_uid};
 use crate::translate::pod::TOKEN_SECRET_ANNOTATION;
 use crate::translate::pod::{
-    ApiEndpoint, ClusterDns, TOKEN_KEY, TokenSource, host_pod, host_pod_reading,
-    pod_token_secret_name, read_token_secret, references, status_up, token_secret_name,
-    token_source,
+    ApiEndpoint, ClusterDns, TOKEN_KEY, TokenMode, TokenSource, host_pod, host_pod_reading,
+    read_token_secret, references, status_up, token_secret_name, token_source,
 };
 use crate::translate::{VirtualKey, host_name};
 
@@ -283,29 +282,11 @@ impl PodRule {
             Some(t) => t,
             None => self.request_token(ctx, v, &src, true).await?,
         };
-        let secret = json!({
-            "apiVersion": "v1", "kind": "Secret",
-            "metadata": {
-                "name": secret_name,
-                "namespace": ctx.names.host_namespace,
-                "labels": {OWNER_LABEL: ctx.names.vc.as_str(), TOKEN_FOR_LABEL: host_pod_name},
-                "annotations": {RENEW_AT_ANNOTATION: renew.to_string()},
-                "ownerReferences": [{"apiVersion": "v1", "kind": "Pod", "name": host_pod_name, "uid": h.uid()}],
-            },
-            "type": "Opaque",
-            "data": {TOKEN_KEY: base64::engine::general_purpose::STANDARD.encode(token)},
-        });
-        let secrets: Api<Secret> = Api::namespaced(ctx.host.clone(), &ctx.names.host_namespace);
-        secrets
-            .patch(
-                &secret_name,
-                &PatchParams::apply(FIELD_MANAGER).force(),
-                &Patch::Apply(&secret),
-            )
-            .await
-            .map_err(err_for("write the service-account token of", "Pod", v))?;
-        // Known at once: the pod's next reconcile may come before the watch says so.
-        self.tokens.record(&secret_name, renew, &owner);
+        let labels = json!({OWNER_LABEL: ctx.names.vc.as_str(), TOKEN_FOR_LABEL: host_pod_name});
+        let owners =
+            json!([{"apiVersion": "v1", "kind": "Pod", "name": host_pod_name, "uid": h.uid()}]);
+        self.write_token_secret(ctx, v, &secret_name, labels, owners, &token, renew, &owner)
+            .await?;
         Ok(Some(Duration::from_secs(
             u64::try_from(renew - now).unwrap_or(60),
         )))
@@ -344,20 +325,43 @@ impl PodRule {
         }
         let (token, renew) = self.request_token(ctx, v, src, false).await?;
         let ns = v.namespace().unwrap_or_default();
+        let labels = json!({
+            OWNER_LABEL: ctx.names.vc.as_str(),
+            TOKEN_FOR_LABEL: host_name(&ctx.names.vc, &ns, &src.service_account),
+            TOKEN_SHARED_LABEL: "true",
+        });
+        // Collected with the vcluster, as the synced copies are (no pod owns
+        // it; the sweep removes it while the syncer runs).
+        let owners = json!(ctx.owner_references());
+        self.write_token_secret(ctx, v, name, labels, owners, &token, renew, "")
+            .await?;
+        Ok(again(renew, now))
+    }
+
+    /// Applies token Secret `name` for `v` with `labels` and `owners`, and
+    /// records when it is due (known at once: the pod's next reconcile may
+    /// come before the watch says so); `owner` is the owning host pod's uid
+    /// in the index (empty for a shared one).
+    #[allow(clippy::too_many_arguments)]
+    async fn write_token_secret(
+        &self,
+        ctx: &Context,
+        v: &Pod,
+        name: &str,
+        labels: serde_json::Value,
+        owners: serde_json::Value,
+        token: &str,
+        renew: i64,
+        owner: &str,
+    ) -> Result<(), SyncError> {
         let secret = json!({
             "apiVersion": "v1", "kind": "Secret",
             "metadata": {
                 "name": name,
                 "namespace": ctx.names.host_namespace,
-                "labels": {
-                    OWNER_LABEL: ctx.names.vc.as_str(),
-                    TOKEN_FOR_LABEL: host_name(&ctx.names.vc, &ns, &src.service_account),
-                    TOKEN_SHARED_LABEL: "true",
-                },
+                "labels": labels,
                 "annotations": {RENEW_AT_ANNOTATION: renew.to_string()},
-                // Collected with the vcluster, as the synced copies are (no
-                // pod owns it; the sweep removes it while the syncer runs).
-                "ownerReferences": ctx.owner_references(),
+                "ownerReferences": owners,
             },
             "type": "Opaque",
             "data": {TOKEN_KEY: base64::engine::general_purpose::STANDARD.encode(token)},
@@ -371,8 +375,8 @@ impl PodRule {
             )
             .await
             .map_err(err_for("write the service-account token of", "Pod", v))?;
-        self.tokens.record(name, renew, "");
-        Ok(again(renew, now))
+        self.tokens.record(name, renew, owner);
+        Ok(())
     }
 
     /// A fresh virtual service-account token for `v` (`bound`: to the
@@ -569,11 +573,11 @@ impl Rule for PodRule {
             namespace: v.namespace().unwrap_or_default(),
             name: v.name_any(),
         };
-        let secret_name = token_secret_name(&ctx.host_name(&key));
-        if pod_token_secret_name(&ctx.names.vc, v, self.api.tokens) != secret_name {
-            // Shared: written once for the service account, after the pod.
+        if self.api.tokens == TokenMode::Shared {
+            // Written once for the service account, after the pod.
             return Ok(());
         }
+        let secret_name = token_secret_name(&ctx.host_name(&key));
         let now = unix_now();
         let uid = v.uid().unwrap_or_default();
         // Current already, or asked for by an earlier attempt whose write failed.
@@ -692,12 +696,10 @@ fn unix_now() -> i64 {
 /// name (its uid marker names another uid; a copy without one is taken as
 /// `v`'s).
 fn of_an_earlier_pod(v: &Pod, h: &Pod) -> bool {
-    let written_for = h
-        .metadata
-        .annotations
-        .as_ref()
-        .and_then(|a| a.get(UID_ANNOTATION));
-    matches!((written_for, v.metadata.uid.as_ref()), (Some(of), Some(uid)) if of != uid)
+    matches!(
+        (source_uid(&h.metadata), v.metadata.uid.as_deref()),
+        (Some(of), Some(uid)) if of != uid
+    )
 }
 
 /// Pods (and the virtual Nodes they are bound to, their tokens and events).

@@ -23,7 +23,7 @@ use super::storage_classes::HostClasses;
 use super::{Context, Names};
 use crate::api::ApiError;
 use crate::translate::claim::{VOLUME_LABEL, is_bound, virtual_volume};
-use crate::translate::markers::UID_ANNOTATION;
+use crate::translate::markers::source_uid;
 
 /// What the loop reads: the claim engine's caches, the host's classes (for
 /// the reclaim policy) and the wake-up the claim hooks ring.
@@ -55,7 +55,7 @@ pub fn desired(names: &Names, src: &Sources) -> BTreeMap<String, PersistentVolum
             continue;
         };
         // Written for this very claim, not an earlier one of the same name.
-        if v.metadata.uid.as_deref() != h.annotations().get(UID_ANNOTATION).map(String::as_str)
+        if v.metadata.uid.as_deref() != source_uid(&h.metadata)
             || v.metadata.deletion_timestamp.is_some()
         {
             continue;

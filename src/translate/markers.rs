@@ -99,6 +99,15 @@ impl<'a> Ownership<'a> {
     }
 }
 
+/// The uid of the virtual object host object `host` was written for (its
+/// [`UID_ANNOTATION`]); `None` without the marker.
+pub fn source_uid(host: &ObjectMeta) -> Option<&str> {
+    host.annotations
+        .as_ref()?
+        .get(UID_ANNOTATION)
+        .map(String::as_str)
+}
+
 /// Copies a tenant's labels or annotations, dropping keys under the reserved prefix.
 pub fn copy_unreserved(from: Option<&BTreeMap<String, String>>) -> BTreeMap<String, String> {
     from.into_iter()

@@ -5,6 +5,7 @@ use serde_json::{Value, json};
 use super::*;
 use crate::sync::cache::filled;
 use crate::sync::tests::{idle_client, merged, names, obj, removed, synced};
+use crate::translate::markers::UID_ANNOTATION;
 
 const NS: &str = "shop";
 
@@ -28,7 +29,7 @@ fn rule(
         ApiEndpoint {
             host: "10.0.0.1".into(),
             port: 443,
-            tokens: crate::translate::pod::TokenMode::PerPod,
+            tokens: TokenMode::PerPod,
         },
         None,
         level,
@@ -441,7 +442,7 @@ async fn a_host_pod_keeps_the_token_secret_it_was_created_with() {
         )
     };
     let mut shared = plain();
-    shared.api.tokens = crate::translate::pod::TokenMode::Shared;
+    shared.api.tokens = TokenMode::Shared;
     // New: the service account's shared Secret, named on the host copy.
     let fresh = synced(shared.decide(&names(), &with_token(), None));
     let name = token_read(&fresh);
