@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Builds the pinned upstream binaries (kube-apiserver, kube-controller-manager,
-# kube-scheduler, etcd, kwok, helm, the real node's kubelet and kube-proxy, and kine)
+# kube-scheduler, etcd, kwok (one change: see below), helm, the real node's kubelet and
+# kube-proxy, and kine)
 # from Go modules into the cache directory printed by `build.sh --print-dir`.
 # Each group is built only when one of its binaries is missing, so a cache made
 # before a group was added gains it without rebuilding the rest.
@@ -19,7 +20,7 @@ here=$(cd "$(dirname "$0")" && pwd)
 pins="k8s-${KUBERNETES_VERSION}_etcd-${ETCD_VERSION}_kwok-${KWOK_VERSION}_helm-${HELM_VERSION}"
 cache_root="${VCLUSTER_CACHE_DIR:-${XDG_CACHE_HOME:-$HOME/.cache}/vcluster}"
 out="$cache_root/$pins/bin"
-plane_bins=(kube-apiserver kube-controller-manager kube-scheduler etcd kwok helm)
+plane_bins=(kube-apiserver kube-controller-manager kube-scheduler etcd helm)
 node_bins=(kubelet kube-proxy)
 
 if [ "${1:-}" = "--print-dir" ]; then echo "$out"; exit 0; fi
@@ -29,6 +30,9 @@ missing() { local b; for b in "$@"; do [ -x "$out/$b" ] || return 0; done; retur
 # recorded beside it in <name>.version.
 stale() { [ -x "$out/$1" ] && [ "$(cat "$out/$1.version" 2>/dev/null)" = "$2" ] && return 1; return 0; }
 kine_missing() { stale kine "$KINE_VERSION"; }
+# KWOK as built here: its version and the one change made to its sources (see below).
+KWOK_BUILD="$KWOK_VERSION+uid-precondition"
+kwok_missing() { stale kwok "$KWOK_BUILD"; }
 
 export GOFLAGS="-buildvcs=false -trimpath"
 export GOTOOLCHAIN=local  # never download a Go toolchain
@@ -136,7 +140,7 @@ if [ "${1:-}" = "--shared" ]; then
   exit 0
 fi
 
-if ! missing "${plane_bins[@]}" "${node_bins[@]}" && ! kine_missing; then echo "upstream binaries present in $out"; exit 0; fi
+if ! missing "${plane_bins[@]}" "${node_bins[@]}" && ! kwok_missing && ! kine_missing; then echo "upstream binaries present in $out"; exit 0; fi
 
 "$here/gen-gomod.sh" check
 stage="$cache_root/$pins/bin.partial"
@@ -161,11 +165,9 @@ if missing "${plane_bins[@]}"; then
     k8s.io/kubernetes/cmd/kube-scheduler)
   (cd "$here" && go build -ldflags "-s -w" -o "$stage/etcd" go.etcd.io/etcd/server/v3)
 
-  # kwok and helm have no replace directives: install them at their pinned versions,
-  # each with its own dependency graph (their k8s.io versions differ from ours).
-  echo "building kwok $KWOK_VERSION and helm $HELM_VERSION"
-  GOBIN="$stage" go install -ldflags "-s -w -X sigs.k8s.io/kwok/pkg/consts.Version=${KWOK_VERSION#v}" \
-    "sigs.k8s.io/kwok/cmd/kwok@$KWOK_VERSION"
+  # helm has no replace directives: installed at its pinned version, with its own
+  # dependency graph (its k8s.io versions differ from ours).
+  echo "building helm $HELM_VERSION"
   GOBIN="$stage" go install -ldflags "-s -w -X helm.sh/helm/v3/internal/version.version=$HELM_VERSION" \
     "helm.sh/helm/v3/cmd/helm@$HELM_VERSION"
   built+=("${plane_bins[@]}")
@@ -181,6 +183,33 @@ if missing "${node_bins[@]}"; then
   built+=("${node_bins[@]}")
 fi
 
+if kwok_missing; then
+  # KWOK deletes a pod by name alone; a delete stage played late on a pod already gone (its
+  # queue lags under a burst) then deletes a new pod of the same name, which a kubelet never
+  # does (it deletes with the pod's uid as a precondition). Built from a scratch copy of the
+  # pinned module in which that call takes the uid precondition of
+  # e2e/kube/kwok/overlay/zz_delete_precondition.go.in; own dependency graph (its go.mod).
+  echo "building kwok $KWOK_VERSION, pod deletes with a uid precondition"
+  rm -f "$stage/kwok" "$stage/kwok.version"
+  scratch="$cache_root/$pins/kwok-src"
+  rm -rf "$scratch"; mkdir -p "$scratch"
+  src=$(cd "$scratch" && go mod download -json "sigs.k8s.io/kwok@$KWOK_VERSION" | sed -n 's/^[[:space:]]*"Dir": "\(.*\)",$/\1/p')
+  [ -d "$src" ] || { echo "build.sh: no source directory for kwok $KWOK_VERSION after go mod download" >&2; exit 1; }
+  cp -r "$src/." "$scratch/"; chmod -R u+w "$scratch"
+  ctl="$scratch/pkg/kwok/controllers"
+  sed -i 's/Pods(pod.Namespace).Delete(ctx, pod.Name, deleteOpt)/Pods(pod.Namespace).Delete(ctx, pod.Name, podDeleteOptions(pod))/' "$ctl/pod_controller.go"
+  grep -q 'podDeleteOptions(pod)' "$ctl/pod_controller.go" || {
+    echo "build.sh: kwok $KWOK_VERSION's pod delete call is not where the uid precondition goes" >&2; exit 1
+  }
+  cp "$here/kwok/overlay/zz_delete_precondition.go.in" "$ctl/zz_delete_precondition.go"
+  (cd "$scratch" && go build -ldflags "-s -w -X sigs.k8s.io/kwok/pkg/consts.Version=${KWOK_VERSION#v}" \
+    -o "$stage/.kwok.partial" ./cmd/kwok)
+  mv "$stage/.kwok.partial" "$stage/kwok"
+  echo "$KWOK_BUILD" > "$stage/kwok.version"
+  rm -rf "$scratch"
+  built+=(kwok)
+fi
+
 if kine_missing; then
   # Pure Go (CGO off: kine's SQLite driver is then modernc.org/sqlite).
   echo "building kine $KINE_VERSION (about 6 CPU-minutes cold, 3-4 min on 2 idle cores)"
@@ -191,7 +220,7 @@ if kine_missing; then
   built+=(kine)
 fi
 
-for b in "${plane_bins[@]}" "${node_bins[@]}" kine; do
+for b in "${plane_bins[@]}" "${node_bins[@]}" kwok kine; do
   [ -x "$stage/$b" ] || { echo "build.sh: $b was not built" >&2; exit 1; }
 done
 rm -rf "$out"; mv "$stage" "$out"

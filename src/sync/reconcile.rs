@@ -22,6 +22,8 @@ enum Written<H> {
     Unchanged,
     /// A foreign object holds the name.
     Collision,
+    /// The host copy read from the cache is gone or was replaced since.
+    Stale,
 }
 
 /// `value` with the content hash `hash` among its annotations.
@@ -43,6 +45,46 @@ fn to_json<R: Rule>(obj: &R::H) -> Result<serde_json::Value, SyncError> {
         kind: R::KIND,
         source,
     })
+}
+
+/// Which host object a write is for.
+enum Target {
+    /// None is cached: created only if nothing holds the name.
+    New,
+    /// The cached one of this uid: written only while it is still there.
+    Existing(String),
+}
+
+/// Whether the API refused a write for a precondition [`Target`] set: 409
+/// (nothing holds the name any more) or 422 on `metadata.uid` (another object
+/// holds it now).
+fn stale(status: &kube::core::Status) -> bool {
+    status.code == 409 || (status.code == 422 && status.message.contains("metadata.uid"))
+}
+
+/// A server-side apply of `value` with `metadata.<field>` set to `precondition`
+/// for this request only.
+async fn apply_with<K>(
+    api: &Api<K>,
+    name: &str,
+    value: &mut serde_json::Value,
+    field: &str,
+    precondition: &str,
+) -> Result<K, kube::Error>
+where
+    K: Clone + serde::de::DeserializeOwned + std::fmt::Debug,
+{
+    let params = PatchParams::apply(FIELD_MANAGER).force();
+    let meta = value.get_mut("metadata").and_then(|m| m.as_object_mut());
+    let had = meta.map(|m| m.insert(field.to_owned(), precondition.into()));
+    let result = api.patch(name, &params, &Patch::Apply(&*value)).await;
+    if let Some(meta) = value.get_mut("metadata").and_then(|m| m.as_object_mut()) {
+        match had.flatten() {
+            Some(before) => meta.insert(field.to_owned(), before),
+            None => meta.remove(field),
+        };
+    }
+    result
 }
 
 fn strip<K: Resource>(mut o: K) -> K {
@@ -230,6 +272,9 @@ impl<R: Rule> Engine<R> {
         let (written, alongside) = futures::join!(write, alongside);
         let applied = match written? {
             Written::Collision => return self.collision(v, &names.host_name(key)).await,
+            // Decided on a host copy that is no more: decided again on what
+            // the cache holds once it has seen the change.
+            Written::Stale => return Ok(Some(Duration::from_millis(100))),
             Written::Applied(out) => Some(out),
             Written::Unchanged => None,
         };
@@ -277,8 +322,11 @@ impl<R: Rule> Engine<R> {
         let host_name = self.ctx.host_name(key);
         // Not in the cache: created only if absent (a foreign object may
         // hold the name, and the cache sees only ours).
-        let create = h.is_none();
-        let mut result = self.apply_host(&host_name, &mut value, create).await;
+        let target = match h.and_then(|h| h.uid()) {
+            Some(uid) => Target::Existing(uid),
+            None => Target::New,
+        };
+        let mut result = self.apply_host(&host_name, &mut value, &target).await;
         if let Err(kube::Error::Api(status)) = &result
             && rejected(status.code)
             && let Some(alt) = self.rule.on_rejected(desired, h, &status.message)
@@ -286,9 +334,13 @@ impl<R: Rule> Engine<R> {
             tracing::info!(reason = %status.message, "host refused the copy; applying the rule's alternative");
             let mut alt_value = to_json::<R>(&alt)?;
             stamp(&mut alt_value, hash);
-            result = self.apply_host(&host_name, &mut alt_value, create).await;
+            result = self.apply_host(&host_name, &mut alt_value, &target).await;
         }
         match result {
+            Err(kube::Error::Api(status)) if stale(&status) => {
+                tracing::debug!(host = %host_name, reason = %status.message, "the host copy changed under the decision");
+                Ok(Written::Stale)
+            }
             Ok(Some(out)) => {
                 tracing::debug!(host = %host_name, "applied");
                 Ok(Written::Applied(strip(out)))
@@ -316,10 +368,17 @@ impl<R: Rule> Engine<R> {
         }
     }
 
-    /// Server-side applies `value` as the host object `name`. With `create`,
-    /// only if nothing holds the name: if something does, it is looked at and
-    /// written over only if this vcluster owns it (`Ok(None)`: a foreign
-    /// object holds the name; it is left as it is).
+    /// Server-side applies `value` as the host object `name`. For a
+    /// [`Target::New`] copy, only if nothing holds the name: if something
+    /// does, it is looked at and written over only if this vcluster owns it
+    /// (`Ok(None)`: a foreign object holds the name; it is left as it is).
+    ///
+    /// A [`Target::Existing`] copy's apply carries the uid it was decided
+    /// on: an apply creates what is gone, and a decision made before a host
+    /// controller deleted the copy (a kubelet or KWOK ending a pod) would
+    /// otherwise bring it back after the delete. With the uid the API server
+    /// refuses it: 409 when nothing holds the name, 422 (uid immutable) when
+    /// another object does.
     ///
     /// The create-only apply carries resourceVersion "1" as a precondition:
     /// an apply that creates ignores it, one that would change an existing
@@ -332,31 +391,27 @@ impl<R: Rule> Engine<R> {
         &self,
         name: &str,
         value: &mut serde_json::Value,
-        create: bool,
+        target: &Target,
     ) -> Result<Option<R::H>, kube::Error> {
         let api = self.host_api();
-        let params = PatchParams::apply(FIELD_MANAGER).force();
-        if create && let Some(meta) = value.get_mut("metadata").and_then(|m| m.as_object_mut()) {
-            meta.insert("resourceVersion".into(), "1".into());
-            let result = api.patch(name, &params, &Patch::Apply(&*value)).await;
-            if let Some(meta) = value.get_mut("metadata").and_then(|m| m.as_object_mut()) {
-                meta.remove("resourceVersion");
-            }
-            match result {
+        let uid = match target {
+            Target::Existing(uid) => uid.clone(),
+            Target::New => match apply_with(&api, name, value, "resourceVersion", "1").await {
+                // Something holds the name: ours, not cached yet, or foreign.
                 Err(kube::Error::Api(status)) if status.code == 409 => {
-                    // Something holds the name: ours, not cached yet, or foreign.
-                    if let Some(existing) = api.get_opt(name).await?
-                        && !self.ctx.ownership().owns(existing.meta())
-                    {
-                        return Ok(None);
+                    match api.get_opt(name).await? {
+                        Some(existing) if self.ctx.ownership().owns(existing.meta()) => {
+                            existing.uid().unwrap_or_default()
+                        }
+                        Some(_) => return Ok(None),
+                        // Gone again since: decided anew.
+                        None => return Err(kube::Error::Api(status)),
                     }
                 }
                 other => return other.map(Some),
-            }
-        }
-        api.patch(name, &params, &Patch::Apply(&*value))
-            .await
-            .map(Some)
+            },
+        };
+        apply_with(&api, name, value, "uid", &uid).await.map(Some)
     }
 
     async fn collision(&self, v: &R::V, host_name: &str) -> Result<Option<Duration>, SyncError> {

@@ -221,10 +221,16 @@ fn assert_apply(c: &Call, path: &str, create: bool) {
         c.query
     );
     let rv = &c.body["metadata"]["resourceVersion"];
+    let uid = &c.body["metadata"]["uid"];
     if create {
         assert_eq!(rv, "1", "created only if nothing holds the name");
+        assert_eq!(uid, &Value::Null);
     } else {
         assert_eq!(rv, &Value::Null, "written over what is ours");
+        assert!(
+            uid.as_str().is_some_and(|u| !u.is_empty()),
+            "only while it is there: {c:?}"
+        );
     }
 }
 

@@ -144,6 +144,48 @@ async fn an_unchanged_copy_is_written_only_when_forced() {
     assert_ne!(hash(&changed), hash(&forced));
 }
 
+#[tokio::test]
+async fn a_copy_gone_since_the_decision_is_not_brought_back() {
+    // A host controller deleted the copy (or another took its name) after
+    // the cache was read: the write names the uid it was decided on, the API
+    // refuses it, and the key is decided again, with nothing told the tenant.
+    let copy = applied_copy().await;
+    for (code, reply) in [
+        (
+            409,
+            status(
+                409,
+                "Conflict",
+                "uid mismatch: the provided object specified uid h1, and no existing object was found",
+            ),
+        ),
+        (
+            422,
+            status(
+                422,
+                "Invalid",
+                "ConfigMap \"cfg-x-shop-x-vc\" is invalid: metadata.uid: Invalid value: \"h1\": field is immutable",
+            ),
+        ),
+    ] {
+        let Setup {
+            engine,
+            mut host,
+            mut virt,
+        } = setup(all_configmaps(), vec![cm("changed")], vec![copy.clone()]);
+        let (got, apply) = scenario(
+            reconciling(&engine, &cm_key(), false),
+            host.answer(code, reply),
+        )
+        .await;
+        assert_eq!(got.unwrap(), Some(Duration::from_millis(100)), "{code}");
+        assert_apply(&apply, HOST_CM, false);
+        assert_eq!(apply.body["metadata"]["uid"], "h1");
+        host.assert_quiet();
+        virt.assert_quiet();
+    }
+}
+
 /// ConfigMaps whose host may refuse the first form: the alternative carries
 /// other data.
 struct WithFallback;
