@@ -380,10 +380,10 @@ impl Drop for Stack {
             .arg(self.dir.path())
             .stdout(Stdio::null())
             .status();
-        if !self.finished {
+        if !self.finished || std::env::var_os("VCLUSTER_BENCH_KEEP_LOGS").is_some() {
             self.dir.disable_cleanup(true);
             eprintln!(
-                "bench: the failed size's logs are kept in {}/logs",
+                "bench: this size's logs are kept in {}/logs",
                 self.dir.path().display()
             );
         }

@@ -26,9 +26,10 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 
 use crate::translate::markers::RESERVED_PREFIX;
+use crate::translate::service::{MANAGED_BY_LABEL, SERVICE_NAME_LABEL};
 
 /// The metadata fields kept parsed (with the labels and annotations under
-/// the reserved prefix); the body holds the rest.
+/// the reserved prefix and [`PARSED_LABELS`]); the body holds the rest.
 const PARSED_FIELDS: &[&str] = &[
     "name",
     "namespace",
@@ -37,6 +38,16 @@ const PARSED_FIELDS: &[&str] = &[
     "deletionTimestamp",
     "deletionGracePeriodSeconds",
 ];
+
+/// Labels kept parsed besides those under the reserved prefix: what scans
+/// over every EndpointSlice ask (the Service it belongs to, whether a
+/// control plane's controller made it), answered without parsing each.
+const PARSED_LABELS: &[&str] = &[SERVICE_NAME_LABEL, MANAGED_BY_LABEL];
+
+/// Whether label or annotation `key` is kept parsed.
+fn kept_parsed(key: &str) -> bool {
+    key.starts_with(RESERVED_PREFIX) || PARSED_LABELS.contains(&key)
+}
 
 /// One cached object: the metadata every reader needs, parsed, and the
 /// compressed JSON of the rest. [`Resource::meta`] gives that part only:
@@ -129,7 +140,7 @@ where
             for maps in ["labels", "annotations"] {
                 if let Some(map) = meta.get_mut(maps).and_then(|m| m.as_object_mut()) {
                     let before = map.len();
-                    map.retain(|k, _| !k.starts_with(RESERVED_PREFIX));
+                    map.retain(|k, _| !kept_parsed(k));
                     if map.is_empty() && before > 0 {
                         meta.remove(maps);
                     }
@@ -142,7 +153,7 @@ where
             let kept: BTreeMap<String, String> = map
                 .iter()
                 .flatten()
-                .filter(|(k, _)| k.starts_with(RESERVED_PREFIX))
+                .filter(|(k, _)| kept_parsed(k))
                 .map(|(k, v)| (k.clone(), v.clone()))
                 .collect();
             (!kept.is_empty()).then_some(kept)
@@ -567,6 +578,26 @@ mod tests {
             .map(|l| l.keys().map(String::as_str).collect::<Vec<_>>());
         assert_eq!(owner, Some(vec!["vcluster.dev/owner"]));
         assert_eq!(c.meta().annotations, marked.metadata.annotations);
+    }
+
+    #[test]
+    fn a_slices_service_and_maker_are_at_hand() {
+        use crate::translate::service::{derived_slice, slice_service};
+        use k8s_openapi::api::discovery::v1::EndpointSlice;
+        let slice: EndpointSlice = serde_json::from_value(json!({
+            "metadata": {"name": "db-abc", "namespace": "shop", "uid": "s1",
+                "labels": {"kubernetes.io/service-name": "db",
+                    "endpointslice.kubernetes.io/managed-by": "endpointslice-controller.k8s.io",
+                    "app": "db"}},
+            "addressType": "IPv4", "endpoints": [],
+        }))
+        .unwrap();
+        let c = Cached::new(&slice);
+        assert_eq!(c.object().unwrap(), slice);
+        // Read from the parsed part, as the scans over every slice do.
+        assert_eq!(slice_service(c.meta()), Some("db"));
+        assert!(derived_slice(c.meta()));
+        assert_eq!(c.meta().labels.as_ref().map(|l| l.len()), Some(2));
     }
 
     #[test]

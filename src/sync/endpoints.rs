@@ -12,8 +12,8 @@ use std::time::Duration;
 
 use k8s_openapi::api::core::v1::{Endpoints, Pod, Service};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
-use kube::ResourceExt;
 use kube::runtime::events::EventType;
+use kube::{Resource as _, ResourceExt};
 
 use super::addresses::AddressIndex;
 use super::cache::Cache;
@@ -126,11 +126,11 @@ impl Rule for SliceRule {
         _h: Option<&EndpointSlice>,
     ) -> Decision<EndpointSlice> {
         let ns = v.namespace().unwrap_or_default();
-        let service = slice_service(v).map(str::to_owned);
+        let service = slice_service(&v.metadata).map(str::to_owned);
         match service {
             Some(svc)
                 if v.metadata.deletion_timestamp.is_none()
-                    && !derived_slice(v)
+                    && !derived_slice(&v.metadata)
                     && self.src.tenant_managed(&ns, &svc) =>
             {
                 let host = host_endpoint_slice(&names.vc, v, &svc, &names.host_namespace);
@@ -177,14 +177,14 @@ pub fn tenant_keys(
         })
         .filter(|k| src.tenant_managed(&k.namespace, &k.name))
         .collect();
-    // Parsed: the cache keeps only the project's own labels at hand.
+    // From the parsed part of each cached slice (no slice is parsed).
     let sls = slices
-        .objects_in(None)
+        .entries()
         .iter()
-        .filter(|s| !derived_slice(s))
+        .filter(|s| !derived_slice(s.meta()))
         .filter_map(|s| {
             let ns = s.namespace().unwrap_or_default();
-            let svc = slice_service(s)?;
+            let svc = slice_service(s.meta())?;
             src.tenant_managed(&ns, svc).then(|| VirtualKey {
                 namespace: ns.clone(),
                 name: s.name_any(),
@@ -224,12 +224,17 @@ fn register(a: &mut Assembly) {
     a.on_change(Side::Virtual, move |svc: &Service| {
         let namespace = svc.namespace().unwrap_or_default();
         let name = svc.name_any();
-        // Parsed: the cache keeps only the project's own labels at hand.
+        // From the parsed part of each cached slice: this runs for every
+        // Service event, and parsing the slices of the namespace each time
+        // made 10,000 Services' initial list quadratic.
         let backing = sls
             .virtual_store()
-            .objects_in(Some(&namespace))
+            .entries()
             .into_iter()
-            .filter(|s| slice_service(s) == Some(name.as_str()))
+            .filter(|s| {
+                s.meta().namespace.as_deref() == Some(namespace.as_str())
+                    && slice_service(s.meta()) == Some(name.as_str())
+            })
             .map(|s| VirtualKey {
                 namespace: namespace.clone(),
                 name: s.name_any(),

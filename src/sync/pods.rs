@@ -36,7 +36,7 @@ use crate::translate::markers::{OWNER_LABEL, source_uid};
 use crate::translate::pod::TOKEN_SECRET_ANNOTATION;
 use crate::translate::pod::{
     ApiEndpoint, ClusterDns, TOKEN_KEY, TokenMode, TokenSource, host_pod, host_pod_reading,
-    read_token_secret, references, status_up, token_secret_name, token_source,
+    read_token_secret, references, status_up, token_secret_name, token_source, wants_service_links,
 };
 use crate::translate::{VirtualKey, host_name};
 
@@ -520,18 +520,28 @@ impl Rule for PodRule {
         {
             return Decision::Wait(format!("{what} is not on the host yet"));
         }
-        let services = self.services.objects_in(v.namespace().as_deref());
         let mut desired = match h {
-            // The Secret a host pod reads its token from is fixed at its creation.
+            // The Secret a host pod reads its token from is fixed at its
+            // creation, and so is its environment (kept below): the Services
+            // of its namespace are not read (at 1,000 Services a namespace,
+            // parsing them for every pod made a restart onto 10,000 pods
+            // take half an hour).
             Some(h) => host_pod_reading(
                 &names.vc,
                 v,
                 &self.api,
-                &services,
+                &[],
                 self.dns.as_ref(),
                 read_token_secret(h),
             ),
-            None => host_pod(&names.vc, v, &self.api, &services, self.dns.as_ref()),
+            None => {
+                let services = if wants_service_links(v) {
+                    self.services.objects_in(v.namespace().as_deref())
+                } else {
+                    Vec::new()
+                };
+                host_pod(&names.vc, v, &self.api, &services, self.dns.as_ref())
+            }
         };
         if let (Some(h), Some(spec)) = (h.and_then(|h| h.spec.as_ref()), desired.spec.as_mut()) {
             // DNS settings are fixed at creation (a pod's spec cannot change

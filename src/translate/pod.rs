@@ -587,6 +587,12 @@ pub fn host_pod(
     host_pod_reading(vc, pod, api, services, dns, token_secret)
 }
 
+/// Whether `pod`'s containers get the Services of its namespace as
+/// environment variables (`enableServiceLinks`, true unless set false).
+pub fn wants_service_links(pod: &Pod) -> bool {
+    pod.spec.as_ref().and_then(|s| s.enable_service_links) != Some(false)
+}
+
 /// [`host_pod`] reading its service-account token from `token_secret` (an
 /// existing host pod's, which cannot change).
 pub fn host_pod_reading(
@@ -627,10 +633,10 @@ pub fn host_pod_reading(
     for v in spec.volumes.iter_mut().flatten() {
         r.volume(v);
     }
-    let links = if pod.spec.as_ref().and_then(|s| s.enable_service_links) == Some(false) {
-        Vec::new()
-    } else {
+    let links = if wants_service_links(pod) {
         service_link_env(namespace, services)
+    } else {
+        Vec::new()
     };
     for c in spec
         .containers

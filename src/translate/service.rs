@@ -323,19 +323,17 @@ pub fn host_endpoints(vc: &VclusterName, v: &Endpoints, host_namespace: &str) ->
 
 /// True when a virtual EndpointSlice was derived by the virtual control
 /// plane (from a selector or mirrored from Endpoints) rather than written by
-/// the tenant.
-pub fn derived_slice(v: &EndpointSlice) -> bool {
-    v.metadata
-        .labels
+/// the tenant (`meta`: its metadata; a cached slice's parsed part holds it).
+pub fn derived_slice(meta: &ObjectMeta) -> bool {
+    meta.labels
         .as_ref()
         .and_then(|l| l.get(MANAGED_BY_LABEL))
         .is_some_and(|m| DERIVED_SLICE_MANAGERS.contains(&m.as_str()))
 }
 
-/// The Service a virtual EndpointSlice belongs to.
-pub fn slice_service(v: &EndpointSlice) -> Option<&str> {
-    v.metadata
-        .labels
+/// The Service a virtual EndpointSlice belongs to (`meta`: its metadata).
+pub fn slice_service(meta: &ObjectMeta) -> Option<&str> {
+    meta.labels
         .as_ref()
         .and_then(|l| l.get(SERVICE_NAME_LABEL))
         .map(String::as_str)
@@ -540,8 +538,8 @@ mod tests {
             "ports": [{"port": 5432}]
         }))
         .unwrap();
-        assert!(!derived_slice(&v));
-        assert_eq!(slice_service(&v), Some("db"));
+        assert!(!derived_slice(&v.metadata));
+        assert_eq!(slice_service(&v.metadata), Some("db"));
         let h = host_endpoint_slice(&vc(), &v, "db", "host-ns");
         let l = h.metadata.labels.unwrap();
         assert_eq!(l[SERVICE_NAME_LABEL], "db-x-a-x-vc1");
@@ -560,6 +558,6 @@ mod tests {
             MANAGED_BY_LABEL.into(),
             "endpointslice-controller.k8s.io".into(),
         );
-        assert!(derived_slice(&derived));
+        assert!(derived_slice(&derived.metadata));
     }
 }
