@@ -130,8 +130,9 @@ fuzz-tools:
 	@command -v cargo-fuzz >/dev/null || $(CARGO) install cargo-fuzz --locked
 
 ## faults: the full fault runs (1,000-pod bursts of every synced kind, twenty syncer kills, API server restarts, compaction, drift)
+## with the release syncer, the build users run (the reduced run in `make test` uses the debug one)
 faults: prereqs kube-bins
-	VCLUSTER_FAULTS=full $(CARGO) test --locked --test e2e_faults
+	VCLUSTER_FAULTS=full $(CARGO) test --release --locked --test e2e_faults
 
 ## bench: pod-startup latency and delete, virtual against direct, RUNS rounds per size N and
 ## namespace count NS (10: spread; 1: one namespace); writes bench/results and BENCHMARKS.md

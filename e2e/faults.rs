@@ -4,6 +4,10 @@
 //! fault the host must hold exactly the desired state (nothing missing,
 //! duplicated or orphaned) within a bound.
 //!
+//! A last run has the host's API server throttle the syncer (a priority
+//! level of its own that rejects with 429 what does not fit): it must run
+//! fewer reconciles at once and still land the burst.
+//!
 //! Each burst brings every synced kind: pods, the ConfigMaps and Secrets
 //! they read, Services with and without a selector, tenant-written
 //! Endpoints and Ingresses ([`Shape`]). Each fault reports how long after
@@ -900,6 +904,151 @@ fn deleted_owned_host_objects_follow_the_rules(env: &Env) {
     });
 }
 
+/// The host's API server throttles the syncer (a priority level of its own
+/// that rejects what does not fit its few seats, as a host admin would set
+/// one up for a noisy client): the syncer lowers how many reconciles it
+/// runs at once instead of hammering at its full `--concurrency`, and the
+/// burst still lands exactly.
+fn a_host_that_throttles_the_syncer_paces_it(env: &Env) {
+    let ns = "throttled";
+    let _teardown = Teardown::new(env, ns);
+    let host = env.stack.host_kubeconfig();
+    let sa = "vcluster-syncer-throttled";
+    let apf = format!(
+        r#"
+apiVersion: flowcontrol.apiserver.k8s.io/v1
+kind: PriorityLevelConfiguration
+metadata: {{name: {sa}}}
+spec:
+  type: Limited
+  limited:
+    nominalConcurrencyShares: 1
+    lendablePercent: 0
+    borrowingLimitPercent: 0
+    limitResponse: {{type: Reject}}
+---
+apiVersion: flowcontrol.apiserver.k8s.io/v1
+kind: FlowSchema
+metadata: {{name: {sa}}}
+spec:
+  priorityLevelConfiguration: {{name: {sa}}}
+  matchingPrecedence: 500
+  distinguisherMethod: {{type: ByUser}}
+  rules:
+  - subjects:
+    - kind: ServiceAccount
+      serviceAccount: {{name: {sa}, namespace: {HOST_NS}}}
+    resourceRules:
+    - verbs: ["*"]
+      apiGroups: ["*"]
+      resources: ["*"]
+      namespaces: ["*"]
+      clusterScope: true
+    nonResourceRules:
+    - verbs: ["*"]
+      nonResourceURLs: ["*"]
+"#
+    );
+    kubectl_ok(
+        &host,
+        &["-n", HOST_NS, "create", "serviceaccount", sa],
+        None,
+    );
+    kubectl_ok(
+        &host,
+        &[
+            "create",
+            "clusterrolebinding",
+            sa,
+            "--clusterrole=cluster-admin",
+            &format!("--serviceaccount={HOST_NS}:{sa}"),
+        ],
+        None,
+    );
+    kubectl_ok(&host, &["apply", "-f", "-"], Some(&apf));
+    let token = kubectl_ok(
+        &host,
+        &["-n", HOST_NS, "create", "token", sa, "--duration=1h"],
+        None,
+    );
+    let mut kc = kube::config::Kubeconfig::read_from(&host).unwrap();
+    let user = kc.auth_infos[0].auth_info.as_mut().unwrap();
+    user.client_certificate_data = None;
+    user.client_key_data = None;
+    user.token = Some(token.trim().to_owned().into());
+    let kc_path = std::path::Path::new(env.stack.state_dir()).join("throttled-syncer.kubeconfig");
+    std::fs::write(&kc_path, vcluster::kubeconfig::to_yaml(&kc).unwrap()).unwrap();
+
+    env.kill_syncer();
+    let s = SyncerProcess::spawn_as(&env.stack, VC, HOST_NS, &kc_path, SYNCER_ARGS);
+    *env.syncer.lock().unwrap() = Some(s.wait_ready(env.mode.bound));
+    let port = env.syncer.lock().unwrap().as_ref().unwrap().port;
+
+    // The lowest admission limit the syncer sets while the burst lands.
+    let lowest = Arc::new(Mutex::new(None::<i64>));
+    let sampling = {
+        let lowest = Arc::clone(&lowest);
+        std::thread::spawn(move || {
+            for _ in 0..6000 {
+                let text = syncer_metrics(port);
+                let limit = text
+                    .lines()
+                    .find_map(|l| l.strip_prefix("vcluster_syncer_admission_limit "))
+                    .and_then(|v| v.trim().parse::<i64>().ok());
+                if let Some(l) = limit.filter(|l| *l >= 0) {
+                    let mut low = lowest.lock().unwrap();
+                    *low = Some(low.map_or(l, |x| x.min(l)));
+                }
+                if Arc::strong_count(&lowest) == 1 {
+                    return;
+                }
+                std::thread::sleep(Duration::from_millis(50));
+            }
+        })
+    };
+    let throttled = runtime().block_on(async {
+        let (v, _) = clients(env).await;
+        prepare(&v, ns).await;
+        let started = Instant::now();
+        burst(v.clone(), ns.to_owned(), env.mode.burst).await;
+        let burst_done = Instant::now();
+        let exact = converged(env, ns, env.mode.burst).await;
+        let throttled = metric(
+            &env.metrics(),
+            "vcluster_syncer_reconcile_errors_total",
+            "category=\"throttled\"",
+        );
+        log(&format!(
+            "{ns}: the burst took {}, exact state {} after its last create; {throttled} \
+             reconciles refused with 429, admission limit down to {:?} (load average {})",
+            secs(started, burst_done),
+            secs(burst_done, exact),
+            *lowest.lock().unwrap(),
+            load_average()
+        ));
+        throttled
+    });
+    let low = *lowest.lock().unwrap();
+    drop(lowest);
+    sampling.join().unwrap();
+    // The host's usual syncer again, and its APF as it was, before judging.
+    env.kill_syncer();
+    kubectl_ok(&host, &["delete", "-f", "-"], Some(&apf));
+    kubectl_ok(&host, &["delete", "clusterrolebinding", sa], None);
+    kubectl_ok(
+        &host,
+        &["-n", HOST_NS, "delete", "serviceaccount", sa],
+        None,
+    );
+    env.start_syncer();
+    assert!(throttled > 0.0, "the host never throttled the syncer");
+    assert!(
+        low.is_some_and(|l| l < 32),
+        "throttled {throttled} times, the syncer never admitted fewer reconciles: {low:?}"
+    );
+    runtime().block_on(clean(env, ns));
+}
+
 type Test = (&'static str, fn(&Env));
 
 const TESTS: &[Test] = &[
@@ -927,6 +1076,10 @@ const TESTS: &[Test] = &[
     (
         "deleted_owned_host_objects_follow_the_rules",
         deleted_owned_host_objects_follow_the_rules,
+    ),
+    (
+        "a_host_that_throttles_the_syncer_paces_it",
+        a_host_that_throttles_the_syncer_paces_it,
     ),
 ];
 

@@ -247,12 +247,23 @@ async fn client_from(path: &Path, which: &'static str) -> Result<kube::Client, S
         path: path.to_owned(),
         source,
     })?;
-    crate::kubeconfig::client(kc).await.map_err(|e| {
+    let client = async { sync_client(crate::kubeconfig::config(kc).await?) };
+    client.await.map_err(|e| {
         SyncerError::Client(ApiError::new(
             format!("cannot build a client for the {which} API"),
             e,
         ))
     })
+}
+
+/// A client of the syncer's for `config`, without kube's own retry of 429,
+/// 503 and 504 (up to 15 times, the backoff growing towards 1000 s): the
+/// engine retries and paces by itself (see [`crate::sync::outage`]), and
+/// the built-in retry would hide a throttling API server from it while a
+/// reconcile held its place for minutes.
+fn sync_client(mut config: kube::Config) -> Result<kube::Client, kube::Error> {
+    config.default_retry = false;
+    kube::Client::try_from(config)
 }
 
 /// The host client (kubeconfig or in-cluster) and the virtual one, once the
@@ -261,7 +272,7 @@ async fn client_from(path: &Path, which: &'static str) -> Result<kube::Client, S
 async fn clients(opts: &SyncerOptions) -> Result<(kube::Client, kube::Client), SyncerError> {
     let host = match &opts.host_kubeconfig {
         Some(p) => client_from(p, "host").await?,
-        None => kube::Client::try_from(kube::Config::incluster()?).map_err(|e| {
+        None => sync_client(kube::Config::incluster()?).map_err(|e| {
             SyncerError::Client(ApiError::new("cannot build a client for the host API", e))
         })?,
     };

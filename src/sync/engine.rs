@@ -325,10 +325,12 @@ impl<R: Rule> Engine<R> {
                 }
                 Err(e) => {
                     tracing::warn!(namespace = %key.namespace, name = %key.name, error = %e, "reconcile failed");
-                    if category.is_some_and(super::outage::may_be_outage) {
+                    if category == Some("throttled") {
+                        self.ctx.outage.throttled();
+                    } else if category.is_some_and(super::outage::may_be_outage) {
                         self.ctx.outage.noticed();
                     }
-                    let delay = self.backoff(&key);
+                    let delay = self.backoff(&key).max(e.retry_after());
                     self.requeue_after(key, delay);
                 }
             }

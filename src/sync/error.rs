@@ -46,6 +46,21 @@ impl SyncError {
             Self::Serialize { .. } => "serialize",
         }
     }
+
+    /// How long the API server asked the client to wait before trying
+    /// again (`details.retryAfterSeconds` of a 429 or 5xx), zero if it
+    /// named no time.
+    pub fn retry_after(&self) -> std::time::Duration {
+        let secs = match self {
+            Self::Api(ApiError { source, .. }) => match source.as_ref() {
+                kube::Error::Api(s) => s.details.as_ref().map_or(0, |d| d.retry_after_seconds),
+                _ => 0,
+            },
+            _ => 0,
+        };
+        // Bounded: a key never waits longer than its own backoff's cap.
+        std::time::Duration::from_secs(u64::from(secs.min(30)))
+    }
 }
 
 /// Deletes exactly the object `name` with `uid` (a uid precondition), with
@@ -141,5 +156,22 @@ mod tests {
             .category(),
             "serialize"
         );
+    }
+
+    #[test]
+    fn a_throttled_key_waits_what_the_server_asked() {
+        let mut s =
+            kube::core::Status::failure("too many requests", "TooManyRequests").with_code(429);
+        let waits = |s: &kube::core::Status| {
+            api_err("apply", "Pod", "a/b", kube::Error::Api(s.clone().boxed())).retry_after()
+        };
+        assert_eq!(waits(&s), std::time::Duration::ZERO, "no time named");
+        let details = |secs: u32| {
+            serde_json::from_value(serde_json::json!({"retryAfterSeconds": secs})).unwrap()
+        };
+        s.details = Some(details(3));
+        assert_eq!(waits(&s), std::time::Duration::from_secs(3));
+        s.details = Some(details(3600));
+        assert_eq!(waits(&s), std::time::Duration::from_secs(30), "capped");
     }
 }

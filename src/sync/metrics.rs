@@ -132,7 +132,7 @@ impl Default for Metrics {
         admission.set(-1);
         registry.register(
             "admission_limit",
-            "Reconciles admitted at once across every kind after an API server outage (0: paused, -1: unbounded)",
+            "Reconciles admitted at once across every kind, limited after an API server outage or a 429 (0: paused, -1: unbounded)",
             admission.clone(),
         );
         registry.register(

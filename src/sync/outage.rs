@@ -21,6 +21,19 @@
 //! concurrency is the only bound; such a failure while it ramps halves it
 //! (slow start, as TCP does after a loss).
 //!
+//! The same admission paces the syncer by the API servers while both
+//! answer: a reconcile refused with 429 (the server's priority and fairness
+//! queues for the syncer's flow are full, or its in-flight limit is
+//! reached) is reported ([`Outage::throttled`]), and the limit drops to half
+//! of itself, or of the reconciles running then if there was none
+//! (multiplicative decrease); it then grows by
+//! [`RAMP_START`] every [`RAMP_STEP`] without a throttle or an outage-like
+//! failure (additive increase), halves again at the next, and is lifted
+//! past [`RAMP_END`]. So the syncer sends what the host's API server
+//! accepts, whatever `--concurrency` says: a small server is not flooded, a
+//! large one is not left idle. The throttled key itself waits at least the
+//! `retryAfterSeconds` the server named.
+//!
 //! The watches are the other half: their backoff is capped at
 //! [`WATCH_BACKOFF_MAX`] (kube-runtime's default grows to 30 s and more with
 //! jitter), so every cache is current again within about two seconds of the
@@ -104,6 +117,9 @@ pub struct Admission {
 struct Gate {
     limit: Option<usize>,
     running: usize,
+    /// Grows by [`RAMP_START`] a step (after a throttle) rather than
+    /// doubling (after an outage).
+    additive: bool,
 }
 
 /// One admitted reconcile; its place is given back when dropped.
@@ -152,24 +168,44 @@ impl Admission {
         self.set(Some(0));
     }
 
-    /// Admits [`RAMP_START`] at a time.
+    /// Admits [`RAMP_START`] at a time, doubling from there (slow start).
     pub fn reopen(&self) {
+        super::lock(&self.gate).additive = false;
         self.set(Some(RAMP_START));
     }
 
-    /// One step of the ramp: doubled after a step without failures (unbounded
-    /// past [`RAMP_END`]), halved after one with failures. Returns whether
+    /// An API server throttled a reconcile: admits half of the limit (half
+    /// of what runs now if there was none), at least one, growing
+    /// additively from there. Returns the new limit.
+    pub fn throttle(&self) -> usize {
+        let next = {
+            let mut g = super::lock(&self.gate);
+            g.additive = true;
+            let now = g.limit.unwrap_or(g.running);
+            (now / 2).max(1)
+        };
+        self.set(Some(next));
+        next
+    }
+
+    /// One step of the ramp: after a step without failures, doubled (after
+    /// an outage) or grown by [`RAMP_START`] (after a throttle), unbounded
+    /// past [`RAMP_END`]; halved after a step with failures. Returns whether
     /// a limit remains.
     pub fn step(&self, failed: bool) -> bool {
-        let Some(l) = self.limit() else {
+        let (Some(l), additive) = ({
+            let g = super::lock(&self.gate);
+            (g.limit, g.additive)
+        }) else {
             return false;
         };
+        let grown = if additive { l + RAMP_START } else { l * 2 };
         let next = if failed {
             Some((l / 2).max(1))
-        } else if l * 2 > RAMP_END {
+        } else if grown > RAMP_END {
             None
         } else {
-            Some((l * 2).max(1))
+            Some(grown.max(1))
         };
         self.set(next);
         next.is_some()
@@ -182,6 +218,7 @@ pub struct Outage {
     noticed: Notify,
     probing: AtomicBool,
     failures: AtomicU64,
+    throttles: AtomicU64,
     recovered: watch::Sender<u64>,
     admission: Admission,
 }
@@ -192,6 +229,7 @@ impl Default for Outage {
             noticed: Notify::new(),
             probing: AtomicBool::new(false),
             failures: AtomicU64::new(0),
+            throttles: AtomicU64::new(0),
             recovered: watch::channel(0).0,
             admission: Admission::default(),
         }
@@ -205,6 +243,13 @@ impl Outage {
         if !self.probing.load(Ordering::Relaxed) {
             self.noticed.notify_one();
         }
+    }
+
+    /// A reconcile was refused with 429: the admission is halved unless the
+    /// API server turns out to be down (see the module docs).
+    pub fn throttled(&self) {
+        self.throttles.fetch_add(1, Ordering::Relaxed);
+        self.noticed();
     }
 
     /// Waits until one more reconcile may run (see [`Admission`]).
@@ -227,10 +272,18 @@ impl Outage {
     /// does not), reports a recovery if one of them did not at first, and
     /// ramps the admission up again.
     pub async fn run(self: Arc<Self>, host: kube::Client, virt: kube::Client) {
-        let both_ready = || async {
-            let (h, v) = futures::join!(ready(&host), ready(&virt));
-            (h, v)
-        };
+        self.watch(|| async { futures::join!(ready(&host), ready(&virt)) })
+            .await;
+    }
+
+    /// [`Outage::run`] with `both_ready` telling whether the host and the
+    /// virtual API server answer.
+    async fn watch<F, Fut>(&self, both_ready: F)
+    where
+        F: Fn() -> Fut,
+        Fut: Future<Output = (bool, bool)>,
+    {
+        let mut throttles = 0;
         loop {
             self.noticed.notified().await;
             self.probing.store(true, Ordering::Relaxed);
@@ -259,12 +312,20 @@ impl Outage {
                 );
                 self.admission.reopen();
                 self.recovered.send_modify(|n| *n += 1);
+            } else if self.throttles.load(Ordering::Relaxed) != throttles {
+                let admitted = self.admission.throttle();
+                tracing::info!(
+                    admitted,
+                    "an API server throttled reconciles: fewer at once"
+                );
             }
             self.ramp(|| async {
                 let (h, v) = both_ready().await;
                 h && v
             })
             .await;
+            // Throttles during the ramp have halved it already.
+            throttles = self.throttles.load(Ordering::Relaxed);
         }
     }
 
@@ -380,6 +441,73 @@ mod tests {
         a.close();
         assert!(a.step(true));
         assert_eq!(a.limit(), Some(1), "never below one once open");
+    }
+
+    #[tokio::test]
+    async fn a_throttle_halves_what_runs_and_grows_back_additively() {
+        let a = Admission::default();
+        // Unbounded, 40 reconciles running: a 429 admits 20.
+        let running: Vec<_> = futures::future::join_all((0..40).map(|_| a.admit())).await;
+        assert_eq!(a.throttle(), 20);
+        assert_eq!(a.limit(), Some(20));
+        assert!(admits(&a).await.is_none(), "admitted past the halved limit");
+        drop(running);
+        // Additive increase, not doubling.
+        assert!(a.step(false));
+        assert_eq!(a.limit(), Some(20 + RAMP_START));
+        // Another throttle while limited halves the limit, not the running.
+        assert_eq!(a.throttle(), (20 + RAMP_START) / 2);
+        assert!(a.step(true));
+        assert_eq!(a.limit(), Some((20 + RAMP_START) / 4));
+        let mut steps = 0;
+        while a.step(false) {
+            steps += 1;
+        }
+        assert_eq!(a.limit(), None, "lifted past the end of the ramp");
+        assert!(
+            steps > RAMP_END / RAMP_START / 2,
+            "grew too fast: {steps} steps"
+        );
+        // An outage's reopening doubles again.
+        a.reopen();
+        assert!(a.step(false));
+        assert_eq!(a.limit(), Some(2 * RAMP_START));
+        // Nothing running: never below one.
+        let b = Admission::default();
+        assert_eq!(b.throttle(), 1);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn throttles_while_the_servers_answer_pace_the_syncer() {
+        let o = Arc::new(Outage::default());
+        let watching = tokio::spawn({
+            let o = Arc::clone(&o);
+            async move { o.watch(|| async { (true, true) }).await }
+        });
+        let running: Vec<_> = futures::future::join_all((0..64).map(|_| o.admit())).await;
+        // A failure that is no throttle, both servers answering: no limit.
+        o.noticed();
+        tokio::time::sleep(RAMP_STEP).await;
+        assert_eq!(o.admission.limit(), None);
+        // A 429: half of the 64 running.
+        o.throttled();
+        tokio::time::sleep(RAMP_STEP / 10).await;
+        assert_eq!(o.admission.limit(), Some(32));
+        drop(running);
+        // Then additive steps: 32 -> past 256 by 4 a step.
+        let started = tokio::time::Instant::now();
+        while o.admission.limit().is_some() {
+            tokio::time::sleep(RAMP_STEP / 10).await;
+        }
+        assert!(
+            started.elapsed() >= RAMP_STEP * 50,
+            "{:?}",
+            started.elapsed()
+        );
+        // Nothing left to halve twice: the throttle was spent.
+        tokio::time::sleep(RAMP_STEP * 4).await;
+        assert_eq!(o.admission.limit(), None);
+        watching.abort();
     }
 
     #[tokio::test(start_paused = true)]
