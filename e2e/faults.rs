@@ -691,20 +691,26 @@ fn a_burst_without_a_fault_converges(env: &Env) {
     let ns = "no-fault";
     let _teardown = Teardown::new(env, ns);
     runtime().block_on(async {
-        let (v, _) = clients(env).await;
-        prepare(&v, ns).await;
-        let started = Instant::now();
-        burst(v.clone(), ns.to_owned(), env.mode.burst).await;
-        let burst_done = Instant::now();
-        let exact = converged(env, ns, env.mode.burst).await;
-        log(&format!(
-            "{ns}: the burst took {}, exact state {} after its last create (load average {})",
-            secs(started, burst_done),
-            secs(burst_done, exact),
-            load_average()
-        ));
+        let took = burst_until_exact(env, ns).await;
+        log(&format!("{ns}: {took} (load average {})", load_average()));
         clean(env, ns).await;
     });
+}
+
+/// A burst into a fresh virtual namespace `ns`, awaited until the host holds
+/// exactly its state; says how long the burst and the wait after it took.
+async fn burst_until_exact(env: &Env, ns: &str) -> String {
+    let (v, _) = clients(env).await;
+    prepare(&v, ns).await;
+    let started = Instant::now();
+    burst(v.clone(), ns.to_owned(), env.mode.burst).await;
+    let burst_done = Instant::now();
+    let exact = converged(env, ns, env.mode.burst).await;
+    format!(
+        "the burst took {}, exact state {} after its last create",
+        secs(started, burst_done),
+        secs(burst_done, exact)
+    )
 }
 
 fn restart_mid_burst(env: &Env, component: &str, ns: &str) {
@@ -1007,22 +1013,15 @@ spec:
         })
     };
     let throttled = runtime().block_on(async {
-        let (v, _) = clients(env).await;
-        prepare(&v, ns).await;
-        let started = Instant::now();
-        burst(v.clone(), ns.to_owned(), env.mode.burst).await;
-        let burst_done = Instant::now();
-        let exact = converged(env, ns, env.mode.burst).await;
+        let took = burst_until_exact(env, ns).await;
         let throttled = metric(
             &env.metrics(),
             "vcluster_syncer_reconcile_errors_total",
             "category=\"throttled\"",
         );
         log(&format!(
-            "{ns}: the burst took {}, exact state {} after its last create; {throttled} \
-             reconciles refused with 429, admission limit down to {:?} (load average {})",
-            secs(started, burst_done),
-            secs(burst_done, exact),
+            "{ns}: {took}; {throttled} reconciles refused with 429, admission limit down to \
+             {:?} (load average {})",
             *lowest.lock().unwrap(),
             load_average()
         ));
