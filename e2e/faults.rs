@@ -441,15 +441,38 @@ async fn differences(
     Ok(diff)
 }
 
+/// When the host first held the desired state of a burst.
+#[derive(Clone, Copy)]
+struct Exact {
+    /// Every host copy the syncer writes exact (the host pods not yet all
+    /// scheduled and Running, perhaps).
+    copies: Instant,
+    /// Exact, and every virtual pod Running: the host's scheduler and
+    /// kubelets (KWOK) done too, and their status copied back.
+    running: Instant,
+}
+
+/// A difference that is the host's scheduling still under way, not a host
+/// copy missing or wrong.
+fn only_scheduling(diff: &[String]) -> bool {
+    diff.iter().all(|d| d.ends_with("virtual pods not Running"))
+}
+
 /// Waits until the host holds exactly the desired state of `ns` after a
-/// burst of `n`; returns the moment it first did.
-async fn converged(env: &Env, ns: &str, n: usize) -> Instant {
+/// burst of `n`; returns when it first did (see [`Exact`]).
+async fn converged(env: &Env, ns: &str, n: usize) -> Exact {
     let (v, h) = clients(env).await;
+    let copies = Mutex::new(None);
     eventually(
         &format!("host to hold exactly the desired state of {ns}"),
         env.mode.bound,
         || async {
             let diff = differences(&v, &h, ns, n).await;
+            if let Ok(d) = &diff
+                && only_scheduling(d)
+            {
+                copies.lock().unwrap().get_or_insert_with(Instant::now);
+            }
             if !matches!(&diff, Ok(d) if d.is_empty()) {
                 // Each look lists thousands of objects: half a second apart
                 // (with `eventually`'s pause), so the look is not the load.
@@ -467,7 +490,9 @@ async fn converged(env: &Env, ns: &str, n: usize) -> Instant {
         },
     )
     .await;
-    Instant::now()
+    let running = Instant::now();
+    let copies = copies.lock().unwrap().unwrap_or(running);
+    Exact { copies, running }
 }
 
 /// Seconds from `from` to `to` (negative when `to` came first), for the log.
@@ -486,16 +511,19 @@ fn load_average() -> String {
     load.split_whitespace().next().unwrap_or("?").to_owned()
 }
 
-/// The figure a fault run reports: how long after the fault ended (`ready`:
-/// the API or the syncer answering /readyz again) and after the burst's last
-/// create the host held exactly the desired state.
-fn report(what: &str, ready: Instant, burst_done: Instant, exact: Instant) {
+/// The figures a fault run reports: how long after the fault ended
+/// (`ready`: the API or the syncer answering /readyz again) and after the
+/// burst's last create the host copies were exact, and every pod Running.
+fn report(what: &str, ready: Instant, burst_done: Instant, exact: Exact) {
     let load = load_average();
     log(&format!(
-        "{what}: exact state {} after /readyz OK, {} after the burst's last create \
-         (the burst ended {} after /readyz OK; load average {load})",
-        secs(ready, exact),
-        secs(burst_done, exact),
+        "{what}: host copies exact {} after /readyz OK ({} after the burst's last create); \
+         every pod Running {} after /readyz OK ({} after the last create); the burst ended \
+         {} after /readyz OK; load average {load}",
+        secs(ready, exact.copies),
+        secs(burst_done, exact.copies),
+        secs(ready, exact.running),
+        secs(burst_done, exact.running),
         secs(ready, burst_done)
     ));
 }
@@ -707,9 +735,10 @@ async fn burst_until_exact(env: &Env, ns: &str) -> String {
     let burst_done = Instant::now();
     let exact = converged(env, ns, env.mode.burst).await;
     format!(
-        "the burst took {}, exact state {} after its last create",
+        "the burst took {}; host copies exact {}, every pod Running {} after its last create",
         secs(started, burst_done),
-        secs(burst_done, exact)
+        secs(burst_done, exact.copies),
+        secs(burst_done, exact.running)
     )
 }
 

@@ -90,7 +90,19 @@ fn exported(script: &str) -> BTreeSet<String> {
 struct Reader {
     dir: PathBuf,
     env: Vec<(String, String)>,
-    background: Vec<Streaming>,
+    background: Vec<Background>,
+}
+
+/// A `sh background` block's shell, in a process group of its own: what
+/// it started (the port-forward under `timeout` and `bash`) goes with it.
+struct Background(Streaming);
+
+impl Drop for Background {
+    fn drop(&mut self) {
+        if let Some(pid) = rustix::process::Pid::from_raw(self.0.child.id() as i32) {
+            let _ = rustix::process::kill_process_group(pid, rustix::process::Signal::KILL);
+        }
+    }
 }
 
 impl Reader {
@@ -110,7 +122,9 @@ impl Reader {
         let first = b.script.lines().next().unwrap_or("");
         let started = Instant::now();
         if b.kind == "background" {
-            let mut s = Streaming::spawn(&mut self.command(&b.script));
+            let mut cmd = self.command(&b.script);
+            std::os::unix::process::CommandExt::process_group(&mut cmd, 0);
+            let mut s = Streaming::spawn(&mut cmd);
             s.wait_for_line_within(T, "the port-forward", |l| {
                 l.starts_with("forwarding https://")
             });
@@ -119,7 +133,7 @@ impl Reader {
                 b.line,
                 started.elapsed().as_secs_f64()
             );
-            self.background.push(s);
+            self.background.push(Background(s));
             return String::new();
         }
         let out = self.command(&b.script).output().unwrap();
