@@ -131,14 +131,30 @@ fn counts(list: &str) -> anyhow::Result<Vec<usize>> {
         .context("a comma-separated list of numbers")
 }
 
-fn main() -> anyhow::Result<()> {
-    let args = parse_args()?;
-    let rt = tokio::runtime::Builder::new_multi_thread()
+/// A mistake in the flags is one line and exit status 2; a failed run one
+/// line (with its causes) and 1: no backtrace either way.
+fn main() -> std::process::ExitCode {
+    let args = match parse_args() {
+        Ok(a) => a,
+        Err(e) => {
+            eprintln!("bench: {e:#}");
+            return std::process::ExitCode::from(2);
+        }
+    };
+    let ran = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
-        .build()?;
-    match &args.dns {
-        Some(d) => rt.block_on(dns::run(&args, d)),
-        None => rt.block_on(run(args)),
+        .build()
+        .map_err(anyhow::Error::from)
+        .and_then(|rt| match &args.dns {
+            Some(d) => rt.block_on(dns::run(&args, d)),
+            None => rt.block_on(run(args)),
+        });
+    match ran {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("bench: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
     }
 }
 
