@@ -1006,13 +1006,11 @@ spec:
         &["-n", HOST_NS, "create", "token", sa, "--duration=1h"],
         None,
     );
-    let mut kc = kube::config::Kubeconfig::read_from(&host).unwrap();
-    let user = kc.auth_infos[0].auth_info.as_mut().unwrap();
-    user.client_certificate_data = None;
-    user.client_key_data = None;
-    user.token = Some(token.trim().to_owned().into());
-    let kc_path = std::path::Path::new(env.stack.state_dir()).join("throttled-syncer.kubeconfig");
-    std::fs::write(&kc_path, vcluster::kubeconfig::to_yaml(&kc).unwrap()).unwrap();
+    let kc_path = token_kubeconfig(
+        &host,
+        token.trim(),
+        std::path::Path::new(env.stack.state_dir()).join("throttled-syncer.kubeconfig"),
+    );
 
     env.kill_syncer();
     let s = SyncerProcess::spawn_as(&env.stack, VC, HOST_NS, &kc_path, SYNCER_ARGS);
@@ -1021,10 +1019,11 @@ spec:
 
     // The lowest admission limit the syncer sets while the burst lands.
     let lowest = Arc::new(Mutex::new(None::<i64>));
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
     let sampling = {
-        let lowest = Arc::clone(&lowest);
+        let (lowest, stop) = (Arc::clone(&lowest), Arc::clone(&stop));
         std::thread::spawn(move || {
-            for _ in 0..6000 {
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
                 let text = syncer_metrics(port);
                 let limit = text
                     .lines()
@@ -1033,9 +1032,6 @@ spec:
                 if let Some(l) = limit.filter(|l| *l >= 0) {
                     let mut low = lowest.lock().unwrap();
                     *low = Some(low.map_or(l, |x| x.min(l)));
-                }
-                if Arc::strong_count(&lowest) == 1 {
-                    return;
                 }
                 std::thread::sleep(Duration::from_millis(50));
             }
@@ -1056,9 +1052,9 @@ spec:
         ));
         throttled
     });
-    let low = *lowest.lock().unwrap();
-    drop(lowest);
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
     sampling.join().unwrap();
+    let low = *lowest.lock().unwrap();
     // The host's usual syncer again, and its APF as it was, before judging.
     env.kill_syncer();
     kubectl_ok(&host, &["delete", "-f", "-"], Some(&apf));

@@ -92,15 +92,8 @@ fn running_pod(env: &Env, ns: &str, name: &str) -> String {
 }
 
 /// A kubeconfig file for the front door authenticating with `token` only.
-fn token_kubeconfig(env: &Env, token: &str, file: &str) -> PathBuf {
-    let mut kc = kube::config::Kubeconfig::read_from(env.kc()).unwrap();
-    let user = kc.auth_infos[0].auth_info.as_mut().unwrap();
-    user.client_certificate_data = None;
-    user.client_key_data = None;
-    user.token = Some(token.to_owned().into());
-    let path = env.stack.dir.path().join(file);
-    std::fs::write(&path, vcluster::kubeconfig::to_yaml(&kc).unwrap()).unwrap();
-    path
+fn front_door_token_kubeconfig(env: &Env, token: &str, file: &str) -> PathBuf {
+    token_kubeconfig(&env.kc(), token, env.stack.dir.path().join(file))
 }
 
 /// A kube client for the front door with the given token (or none), trusting
@@ -223,7 +216,7 @@ fn unauthenticated_requests_get_401(env: &Env) {
             assert_eq!(code, 401);
         }
     });
-    let bogus = token_kubeconfig(env, "bogus", "bogus.kubeconfig");
+    let bogus = front_door_token_kubeconfig(env, "bogus", "bogus.kubeconfig");
     let err = kubectl_err(&bogus, &["get", "pods"]);
     // kubectl words a 401 in one of two ways, depending on which of its
     // requests (discovery or the list) met it first.
@@ -237,7 +230,7 @@ fn service_account_tokens_and_virtual_rbac(env: &Env) {
     kubectl_ok(&kc, &["-n", ns, "create", "serviceaccount", "reader"], None);
     let token = kubectl_ok(&kc, &["-n", ns, "create", "token", "reader"], None);
     let token = token.trim();
-    let reader_kc = token_kubeconfig(env, token, "reader.kubeconfig");
+    let reader_kc = front_door_token_kubeconfig(env, token, "reader.kubeconfig");
     let as_reader = |args: &[&str]| kubectl(&reader_kc, args, None);
     // Authenticated by TokenReview, denied by the virtual cluster's RBAC.
     let out = as_reader(&[

@@ -247,8 +247,8 @@ async fn client_from(path: &Path, which: &'static str) -> Result<kube::Client, S
         path: path.to_owned(),
         source,
     })?;
-    let client = async { sync_client(crate::kubeconfig::config(kc).await?) };
-    client.await.map_err(|e| {
+    let config = crate::kubeconfig::config(kc).await;
+    config.and_then(sync_client).map_err(|e| {
         SyncerError::Client(ApiError::new(
             format!("cannot build a client for the {which} API"),
             e,

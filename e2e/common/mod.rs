@@ -197,6 +197,18 @@ pub async fn client(kubeconfig: &Path) -> kube::Client {
 }
 
 /// The machine's `kubectl` with `--kubeconfig`, optionally fed `stdin`.
+/// Writes to `out` the kubeconfig `base` with its user authenticating by
+/// `token` alone (no client certificate); returns `out`.
+pub fn token_kubeconfig(base: &Path, token: &str, out: PathBuf) -> PathBuf {
+    let mut kc = Kubeconfig::read_from(base).unwrap();
+    let user = kc.auth_infos[0].auth_info.as_mut().unwrap();
+    user.client_certificate_data = None;
+    user.client_key_data = None;
+    user.token = Some(token.to_owned().into());
+    std::fs::write(&out, vcluster::kubeconfig::to_yaml(&kc).unwrap()).unwrap();
+    out
+}
+
 pub fn kubectl(kubeconfig: &Path, args: &[&str], stdin: Option<&str>) -> Output {
     let mut cmd = Command::new("kubectl");
     cmd.arg("--kubeconfig").arg(kubeconfig).args(args);

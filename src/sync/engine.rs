@@ -21,6 +21,10 @@ use super::queue::{FairQueue, Later};
 use super::{Context, EngineOptions, Rule, Side, lock, metrics};
 use crate::translate::VirtualKey;
 
+/// The longest a failed key waits before its next try (its backoff's cap,
+/// and the cap of a server's `retryAfterSeconds`).
+pub(super) const BACKOFF_MAX: Duration = Duration::from_secs(30);
+
 /// The writer halves of an engine's caches, until it runs.
 type Writers<R> = (Writer<<R as Rule>::V>, Writer<<R as Rule>::H>);
 
@@ -325,10 +329,8 @@ impl<R: Rule> Engine<R> {
                 }
                 Err(e) => {
                     tracing::warn!(namespace = %key.namespace, name = %key.name, error = %e, "reconcile failed");
-                    if category == Some("throttled") {
-                        self.ctx.outage.throttled();
-                    } else if category.is_some_and(super::outage::may_be_outage) {
-                        self.ctx.outage.noticed();
+                    if let Some(category) = category {
+                        self.ctx.outage.failed(category);
                     }
                     let delay = self.backoff(&key).max(e.retry_after());
                     self.requeue_after(key, delay);
@@ -347,13 +349,13 @@ impl<R: Rule> Engine<R> {
             .or_insert_with(|| {
                 ExponentialBuilder::default()
                     .with_min_delay(Duration::from_millis(200))
-                    .with_max_delay(Duration::from_secs(30))
+                    .with_max_delay(BACKOFF_MAX)
                     .with_jitter()
                     .without_max_times()
                     .build()
             })
             .next()
-            .unwrap_or(Duration::from_secs(30))
+            .unwrap_or(BACKOFF_MAX)
     }
 
     /// Retries every failed key at once, with a fresh backoff, each time

@@ -59,7 +59,7 @@ impl SyncError {
             _ => 0,
         };
         // Bounded: a key never waits longer than its own backoff's cap.
-        std::time::Duration::from_secs(u64::from(secs.min(30)))
+        std::time::Duration::from_secs(u64::from(secs)).min(super::engine::BACKOFF_MAX)
     }
 }
 

@@ -245,6 +245,17 @@ impl Outage {
         }
     }
 
+    /// A reconcile failed with an error of `category` (see
+    /// [`super::SyncError::category`]): a throttle or an outage-like
+    /// failure is reported; others change nothing here.
+    pub fn failed(&self, category: &str) {
+        if category == "throttled" {
+            self.throttled();
+        } else if may_be_outage(category) {
+            self.noticed();
+        }
+    }
+
     /// A reconcile was refused with 429: the admission is halved unless the
     /// API server turns out to be down (see the module docs).
     pub fn throttled(&self) {
