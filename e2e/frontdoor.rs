@@ -416,11 +416,7 @@ fn node_proxy_gets_a_clear_refusal(env: &Env) {
 
 fn serving_identity_survives_a_restart(env: &Env) {
     let pki = env.stack.dir.path().join("vcluster/pki");
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
+    let port = free_port();
     let args = [
         format!("--client-ca-cert={}", pki.join("ca.crt").display()),
         format!("--client-ca-key={}", pki.join("ca.key").display()),

@@ -781,16 +781,8 @@ fn main() {
     host_namespace_with_api_service(&stack, VC, HOST_NS);
     let pki = stack.dir.path().join("vcluster").join("pki");
     assert!(pki.join("ca.key").exists(), "the virtual plane's client CA");
-    let front_port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
-    let wake_port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
+    let front_port = free_port();
+    let wake_port = free_port();
     let syncer_args: Vec<String> = vec![
         format!("--sleep-wake-listen=127.0.0.1:{wake_port}"),
         "--sleep-wake-on-cronjobs".to_owned(),

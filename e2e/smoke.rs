@@ -529,12 +529,6 @@ fn killed_supervisor_takes_its_children_down() {
     assert!(out.status.success(), "{:?}", text(&out));
 }
 
-/// A free port on 127.0.0.1 (the kernel's pick, released again).
-fn free_port() -> u16 {
-    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    l.local_addr().unwrap().port()
-}
-
 fn pinned_api_ports_serve_the_apis() {
     let (p, q) = (free_port(), free_port());
     let (p_arg, q_arg) = (p.to_string(), q.to_string());

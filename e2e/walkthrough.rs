@@ -232,7 +232,7 @@ fn main() {
         ("CLIENT_ID", "vcluster".to_owned()),
         ("CLIENT_SECRET", "vcluster-secret".to_owned()),
         ("ALICE_PASSWORD", dex::PASSWORD.to_owned()),
-        ("VC_PORT", dex::free_port().to_string()),
+        ("VC_PORT", free_port().to_string()),
     ]
     .into_iter()
     .map(|(k, v)| (k.to_owned(), v))

@@ -59,11 +59,7 @@ pub async fn start_syncer(
     host_kc: &Path,
     extra: &[String],
 ) -> (SyncerProcess, PathBuf) {
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
+    let port = super::free_port();
     let pki = stack.dir.path().join("vcluster/pki");
     let mut args = vec![
         format!("--client-ca-cert={}", pki.join("ca.crt").display()),

@@ -22,6 +22,8 @@ use vcluster::pki::{Ca, CertSpec};
 use super::shared::{HostService, shared_bin};
 use super::{block_on, eventually};
 
+use super::free_port;
+
 /// Every static user's password.
 pub const PASSWORD: &str = "correct horse battery staple";
 
@@ -47,15 +49,6 @@ pub struct Dex {
     pub ca_pem: String,
     /// Its issuer URL, the tokens' `iss`.
     pub issuer: String,
-}
-
-/// A free port on 127.0.0.1.
-pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
 }
 
 /// A static user with [`PASSWORD`] in `groups`.

@@ -392,6 +392,25 @@ pub struct SyncerProcess {
     pub host_namespace: String,
 }
 
+/// A free port on 127.0.0.1 that no other caller in this test process was
+/// given. The kernel may hand a just-released port out again, so two picks in
+/// a row (a syncer's health and DNS ports) could otherwise be the same.
+pub fn free_port() -> u16 {
+    static GIVEN: std::sync::Mutex<Vec<u16>> = std::sync::Mutex::new(Vec::new());
+    let mut given = GIVEN.lock().unwrap_or_else(|p| p.into_inner());
+    loop {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        if !given.contains(&port) {
+            given.push(port);
+            return port;
+        }
+    }
+}
+
 impl SyncerProcess {
     /// Starts a syncer for vcluster `name` in host namespace `host_namespace`
     /// (created if missing) and waits for /readyz.
@@ -449,14 +468,7 @@ impl SyncerProcess {
             &["create", "namespace", host_namespace],
             None,
         );
-        let free = || {
-            std::net::TcpListener::bind("127.0.0.1:0")
-                .unwrap()
-                .local_addr()
-                .unwrap()
-                .port()
-        };
-        let (port, dns_port) = (free(), free());
+        let (port, dns_port) = (free_port(), free_port());
         // The DNS Service the chart creates: synced pods wait for its address.
         let dns_service = serde_json::json!({
             "apiVersion": "v1", "kind": "Service",
