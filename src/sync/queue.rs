@@ -37,8 +37,10 @@ impl Keyed for crate::translate::VirtualKey {
 #[derive(Debug)]
 pub struct FairQueue<K: Keyed> {
     ring: VecDeque<String>,
-    pending: HashMap<String, VecDeque<K>>,
-    queued: HashSet<K>,
+    pending: HashMap<String, Fifo<K>>,
+    /// Keys waiting in a FIFO, each with the ticket of its live entry there.
+    queued: HashMap<K, u64>,
+    next_ticket: u64,
     in_flight: HashSet<K>,
     /// Changed while in flight; `true`: it goes first when done.
     dirty: HashMap<K, bool>,
@@ -48,12 +50,33 @@ pub struct FairQueue<K: Keyed> {
     in_background: HashSet<K>,
 }
 
+/// One namespace's keys in order. A key moved to the head leaves its old
+/// entry behind, skipped when it comes up (its ticket is no longer the
+/// key's): moving a key is O(1), where finding and removing it in a FIFO
+/// of thousands was a scan and a shift on every status event of a burst.
+#[derive(Debug)]
+struct Fifo<K> {
+    entries: VecDeque<(u64, K)>,
+    /// Entries whose ticket is their key's (at most one per key).
+    live: usize,
+}
+
+impl<K> Default for Fifo<K> {
+    fn default() -> Self {
+        Self {
+            entries: VecDeque::new(),
+            live: 0,
+        }
+    }
+}
+
 impl<K: Keyed> Default for FairQueue<K> {
     fn default() -> Self {
         Self {
             ring: VecDeque::new(),
             pending: HashMap::new(),
-            queued: HashSet::new(),
+            queued: HashMap::new(),
+            next_ticket: 0,
             in_flight: HashSet::new(),
             dirty: HashMap::new(),
             background: VecDeque::new(),
@@ -63,6 +86,11 @@ impl<K: Keyed> Default for FairQueue<K> {
 }
 
 impl<K: Keyed> FairQueue<K> {
+    fn ticket(&mut self) -> u64 {
+        self.next_ticket += 1;
+        self.next_ticket
+    }
+
     /// Adds `key` unless it is already waiting; a key being reconciled is
     /// queued again when it is done.
     pub fn add(&mut self, key: K) {
@@ -71,15 +99,18 @@ impl<K: Keyed> FairQueue<K> {
             self.dirty.entry(key).or_insert(false);
             return;
         }
-        if !self.queued.insert(key.clone()) {
+        if self.queued.contains_key(&key) {
             return;
         }
+        let ticket = self.ticket();
+        self.queued.insert(key.clone(), ticket);
         let group = key.group().to_owned();
         let fifo = self.pending.entry(group.clone()).or_default();
-        if fifo.is_empty() {
+        if fifo.live == 0 {
             self.ring.push_back(group);
         }
-        fifo.push_back(key);
+        fifo.live += 1;
+        fifo.entries.push_back((ticket, key));
     }
 
     /// Adds `key` at the head of its namespace's FIFO (a namespace with
@@ -93,26 +124,25 @@ impl<K: Keyed> FairQueue<K> {
             self.dirty.insert(key, true);
             return;
         }
+        let ticket = self.ticket();
         let group = key.group().to_owned();
         let fifo = self.pending.entry(group.clone()).or_default();
-        // Its namespace is in the turn order exactly while it has keys
-        // waiting: decided before the key moves, since taking out a key that
-        // waits alone empties the FIFO without taking the namespace out.
-        if fifo.is_empty() {
-            self.ring.push_front(group);
+        // Already waiting: its old entry is left behind, no longer live.
+        if self.queued.insert(key.clone(), ticket).is_none() {
+            // Its namespace is in the turn order exactly while it has keys
+            // waiting.
+            if fifo.live == 0 {
+                self.ring.push_front(group);
+            }
+            fifo.live += 1;
         }
-        if !self.queued.insert(key.clone())
-            && let Some(at) = fifo.iter().position(|k| *k == key)
-        {
-            fifo.remove(at);
-        }
-        fifo.push_front(key);
+        fifo.entries.push_front((ticket, key));
     }
 
     /// Adds `key` to the resync lane, unless it is waiting or being
     /// reconciled already (that reconcile, or the one after it, serves it).
     pub fn add_background(&mut self, key: K) {
-        if self.queued.contains(&key) || self.in_flight.contains(&key) {
+        if self.queued.contains_key(&key) || self.in_flight.contains(&key) {
             return;
         }
         if self.in_background.insert(key.clone()) {
@@ -135,8 +165,15 @@ impl<K: Keyed> FairQueue<K> {
         }
         let group = self.ring.pop_front()?;
         let fifo = self.pending.get_mut(&group)?;
-        let key = fifo.pop_front()?;
-        if fifo.is_empty() {
+        let key = loop {
+            let (ticket, key) = fifo.entries.pop_front()?;
+            if self.queued.get(&key) == Some(&ticket) {
+                break key;
+            }
+        };
+        fifo.live -= 1;
+        if fifo.live == 0 {
+            // Only entries left behind remain: gone with the namespace's FIFO.
             self.pending.remove(&group);
         } else {
             self.ring.push_back(group);
@@ -363,6 +400,106 @@ mod tests {
                 q.done(&key);
             }
             proptest::prop_assert!(q.is_idle(), "{} keys stranded", q.len());
+        }
+    }
+
+    /// The queue's order as a plain list per namespace gives it (a key
+    /// moved first is found and taken out): the oracle for the tickets.
+    #[derive(Default)]
+    struct Plain {
+        ring: VecDeque<String>,
+        fifo: HashMap<String, VecDeque<VirtualKey>>,
+        flying: HashSet<VirtualKey>,
+        dirty: HashMap<VirtualKey, bool>,
+    }
+
+    impl Plain {
+        fn add(&mut self, key: VirtualKey, first: bool) {
+            if self.flying.contains(&key) {
+                let d = self.dirty.entry(key).or_insert(false);
+                *d |= first;
+                return;
+            }
+            let group = key.namespace.clone();
+            let fifo = self.fifo.entry(group.clone()).or_default();
+            let at = fifo.iter().position(|k| *k == key);
+            if first {
+                if fifo.is_empty() {
+                    self.ring.push_front(group);
+                }
+                if let Some(at) = at {
+                    fifo.remove(at);
+                }
+                fifo.push_front(key);
+            } else if at.is_none() {
+                if fifo.is_empty() {
+                    self.ring.push_back(group);
+                }
+                fifo.push_back(key);
+            }
+        }
+
+        fn pop(&mut self) -> Option<VirtualKey> {
+            let group = self.ring.pop_front()?;
+            let fifo = self.fifo.get_mut(&group)?;
+            let key = fifo.pop_front()?;
+            if fifo.is_empty() {
+                self.fifo.remove(&group);
+            } else {
+                self.ring.push_back(group);
+            }
+            self.flying.insert(key.clone());
+            Some(key)
+        }
+
+        fn done(&mut self, key: &VirtualKey) {
+            self.flying.remove(key);
+            if let Some(first) = self.dirty.remove(key) {
+                self.add(key.clone(), first);
+            }
+        }
+    }
+
+    proptest::proptest! {
+        /// Keys come out in the order of the plain list model, whatever the
+        /// mix of adds, moves to the head, pops and finishes.
+        #[test]
+        fn the_order_is_that_of_plain_lists(ops in proptest::collection::vec((0u8..4, 0u8..3, 0u8..6), 0..300)) {
+            let mut q = FairQueue::default();
+            let mut plain = Plain::default();
+            let mut flying: Vec<VirtualKey> = Vec::new();
+            for (op, ns, name) in ops {
+                let key = k(&format!("n{ns}"), &format!("k{name}"));
+                match op {
+                    0 => {
+                        q.add(key.clone());
+                        plain.add(key, false);
+                    }
+                    1 => {
+                        q.add_first(key.clone());
+                        plain.add(key, true);
+                    }
+                    2 => {
+                        let got = q.pop();
+                        proptest::prop_assert_eq!(&got, &plain.pop());
+                        flying.extend(got);
+                    }
+                    _ => {
+                        if let Some(at) = flying.iter().position(|f| *f == key) {
+                            let key = flying.swap_remove(at);
+                            q.done(&key);
+                            plain.done(&key);
+                        }
+                    }
+                }
+            }
+            loop {
+                let got = q.pop();
+                proptest::prop_assert_eq!(&got, &plain.pop());
+                if got.is_none() {
+                    break;
+                }
+            }
         }
     }
 
