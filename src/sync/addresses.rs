@@ -34,6 +34,100 @@ use crate::policy::endpoints::{Cidr, HostRange, Known};
 /// How often the pod IPs are looked at.
 pub const POD_PERIOD: Duration = Duration::from_secs(2);
 
+/// The shortest time between two looks when pokes ask for them sooner.
+const MIN_GAP: Duration = Duration::from_millis(200);
+
+/// The IPs of this vcluster's host pods, kept by looking at the pod cache:
+/// a pod is parsed again only when its resource version changed, and the
+/// set is rebuilt only when an IP came or went (a count per IP: two pods
+/// may hold the same one, a finished pod's IP taken by a new one).
+/// A look at 10,000 unchanged pods allocates nothing.
+#[derive(Debug, Default)]
+struct PodIps {
+    pods: HashMap<Box<str>, PodIpsOf>,
+    counts: HashMap<IpAddr, u32>,
+    generation: u64,
+}
+
+#[derive(Debug)]
+struct PodIpsOf {
+    resource_version: Option<String>,
+    ips: Vec<IpAddr>,
+    seen: u64,
+}
+
+impl PodIps {
+    /// Looks at every cached pod; true when the set of IPs changed.
+    fn look(&mut self, pods: &Cache<Pod>) -> bool {
+        self.generation += 1;
+        let generation = self.generation;
+        let mut changed = false;
+        for c in pods.entries() {
+            let meta = c.meta();
+            let uid = meta.uid.as_deref().unwrap_or_default();
+            let rv = meta.resource_version.as_ref();
+            if let Some(p) = self.pods.get_mut(uid)
+                && p.resource_version.as_ref() == rv
+            {
+                p.seen = generation;
+                continue;
+            }
+            let ips = c
+                .view::<PodView>()
+                .map(|v| own_ips(v.status))
+                .unwrap_or_default();
+            let before = self.pods.insert(
+                uid.into(),
+                PodIpsOf {
+                    resource_version: rv.cloned(),
+                    ips: ips.clone(),
+                    seen: generation,
+                },
+            );
+            if before.as_ref().is_some_and(|b| b.ips == ips) {
+                continue;
+            }
+            changed |= count(&mut self.counts, &ips, true);
+            if let Some(b) = before {
+                changed |= count(&mut self.counts, &b.ips, false);
+            }
+        }
+        let counts = &mut self.counts;
+        self.pods.retain(|_, p| {
+            let keep = p.seen == generation;
+            if !keep {
+                changed |= count(counts, &p.ips, false);
+            }
+            keep
+        });
+        changed
+    }
+
+    /// Every IP held by a pod.
+    fn all(&self) -> HashSet<IpAddr> {
+        self.counts.keys().copied().collect()
+    }
+}
+
+/// Counts `ips` in (`add`) or out; true when one of them came or went.
+fn count(counts: &mut HashMap<IpAddr, u32>, ips: &[IpAddr], add: bool) -> bool {
+    let mut changed = false;
+    for ip in ips {
+        if add {
+            let n = counts.entry(*ip).or_insert(0);
+            changed |= *n == 0;
+            *n += 1;
+        } else if let Some(n) = counts.get_mut(ip) {
+            *n -= 1;
+            if *n == 0 {
+                counts.remove(ip);
+                changed = true;
+            }
+        }
+    }
+    changed
+}
+
 #[derive(Deserialize)]
 struct PodView {
     status: Option<StatusView>,
@@ -213,14 +307,15 @@ impl AddressIndex {
         if let Some(p) = &host_pods {
             p.wait_until_ready().await;
         }
-        let mut memo: HashMap<Box<str>, (Option<String>, Vec<IpAddr>)> = HashMap::new();
+        let mut ips = PodIps::default();
         let mut ranges = Vec::new();
         let mut ranges_at: Option<tokio::time::Instant> = None;
         let mut warned_nodes = false;
         let mut hook = Paced::new(POD_PERIOD);
         loop {
+            let looked_ranges = tokio::time::Instant::now();
             if ranges_at.is_none_or(|t| t.elapsed() >= ranges_every) {
-                ranges_at = Some(tokio::time::Instant::now());
+                ranges_at = Some(looked_ranges);
                 let cidrs = match host_service_cidrs(&host, &host_namespace, true).await {
                     Ok(c) => c,
                     Err(e) => {
@@ -243,33 +338,12 @@ impl AddressIndex {
                 };
                 ranges = host_ranges(&cidrs, &nodes);
             }
-            let mut own = HashSet::new();
-            if let Some(pods) = &host_pods {
-                let mut seen = HashSet::new();
-                for c in pods.entries() {
-                    let meta = c.meta();
-                    let uid: Box<str> = meta.uid.as_deref().unwrap_or_default().into();
-                    let rv = meta.resource_version.clone();
-                    let ips = match memo.get(&uid) {
-                        Some((have, ips)) if *have == rv => ips.clone(),
-                        _ => {
-                            let ips = c
-                                .view::<PodView>()
-                                .map(|v| own_ips(v.status))
-                                .unwrap_or_default();
-                            memo.insert(uid.clone(), (rv, ips.clone()));
-                            ips
-                        }
-                    };
-                    own.extend(ips);
-                    seen.insert(uid);
-                }
-                memo.retain(|k, _| seen.contains(k));
-            }
-            let changed = self.set(Known {
-                own_pods: own,
-                host: ranges.clone(),
-            });
+            let pods_changed = host_pods.as_ref().is_some_and(|p| ips.look(p));
+            let changed = (pods_changed || ranges_at == Some(looked_ranges))
+                && self.set(Known {
+                    own_pods: ips.all(),
+                    host: ranges.clone(),
+                });
             let now = tokio::time::Instant::now();
             if !self.ready.is_set() {
                 self.ready.set();
@@ -278,7 +352,11 @@ impl AddressIndex {
             }
             tokio::select! {
                 () = tokio::time::sleep(hook.nap(now)) => {}
-                () = self.wake.notified() => {}
+                () = self.wake.notified() => {
+                    // Pokes come with every pod of a burst: one look per
+                    // MIN_GAP serves them all.
+                    tokio::time::sleep_until(now + MIN_GAP).await;
+                }
             }
         }
     }
@@ -314,6 +392,60 @@ mod tests {
             "host network"
         );
         assert!(own_ips(None).is_empty());
+    }
+
+    fn pod(uid: &str, rv: &str, ip: &str) -> Pod {
+        serde_json::from_value(json!({
+            "metadata": {"name": uid, "namespace": "h", "uid": uid, "resourceVersion": rv},
+            "status": {"phase": "Running", "podIP": ip, "hostIP": "172.18.0.2"}
+        }))
+        .unwrap()
+    }
+
+    #[test]
+    fn pod_ips_change_only_when_an_ip_comes_or_goes() {
+        let mut ips = PodIps::default();
+        let look = |ips: &mut PodIps, pods: Vec<Pod>| ips.look(&super::super::cache::filled(pods));
+        let ip = |s: &str| s.parse::<IpAddr>().unwrap();
+        assert!(look(
+            &mut ips,
+            vec![pod("a", "1", "10.0.0.1"), pod("b", "1", "10.0.0.2")]
+        ));
+        assert_eq!(ips.all(), HashSet::from([ip("10.0.0.1"), ip("10.0.0.2")]));
+        assert!(!look(
+            &mut ips,
+            vec![pod("a", "1", "10.0.0.1"), pod("b", "1", "10.0.0.2")]
+        ));
+        // A new version with the same IP: no change.
+        assert!(!look(
+            &mut ips,
+            vec![pod("a", "2", "10.0.0.1"), pod("b", "1", "10.0.0.2")]
+        ));
+        // A new IP.
+        assert!(look(
+            &mut ips,
+            vec![pod("a", "3", "10.0.0.3"), pod("b", "1", "10.0.0.2")]
+        ));
+        assert_eq!(ips.all(), HashSet::from([ip("10.0.0.3"), ip("10.0.0.2")]));
+        // Two pods with one IP (a finished pod's taken by a new one): it
+        // stays while either holds it.
+        assert!(!look(
+            &mut ips,
+            vec![
+                pod("a", "3", "10.0.0.3"),
+                pod("b", "1", "10.0.0.2"),
+                pod("c", "1", "10.0.0.2")
+            ]
+        ));
+        assert!(!look(
+            &mut ips,
+            vec![pod("a", "3", "10.0.0.3"), pod("c", "1", "10.0.0.2")]
+        ));
+        assert!(look(&mut ips, vec![pod("a", "3", "10.0.0.3")]));
+        assert_eq!(ips.all(), HashSet::from([ip("10.0.0.3")]));
+        assert!(look(&mut ips, vec![]));
+        assert!(ips.all().is_empty());
+        assert!(ips.pods.is_empty() && ips.counts.is_empty());
     }
 
     #[test]
