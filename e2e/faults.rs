@@ -863,6 +863,14 @@ fn drift_on_owned_host_objects_is_reverted(env: &Env) {
         // owns. (Fields another manager adds are its own under server-side
         // apply and stay: the syncer does not remove them.)
         let by_hand = PatchParams::default();
+        let drift = |kind: &str| {
+            metric(
+                &env.metrics(),
+                "vcluster_syncer_drift_reverted_total",
+                &format!("kind=\"{kind}\""),
+            )
+        };
+        let before = (drift("ConfigMap"), drift("Pod"));
         hcms.patch(
             &cm,
             &by_hand,
@@ -890,6 +898,13 @@ fn drift_on_owned_host_objects_is_reverted(env: &Env) {
             }
         })
         .await;
+        // Told as drift: the resync finds copies as applied by their content
+        // and writes only these.
+        let after = (drift("ConfigMap"), drift("Pod"));
+        assert!(
+            after.0 > before.0 && after.1 > before.1,
+            "drift counted {before:?} -> {after:?}"
+        );
         converged(env, ns, 3).await;
         clean(env, ns).await;
     });

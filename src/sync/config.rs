@@ -50,11 +50,26 @@ pub trait ConfigKind: Object {
         Vec::new()
     }
     /// Drops the content (never read from the host copy: the content hash
-    /// annotation says whether it is current).
+    /// annotation says whether it is current), keeping a digest of it in
+    /// [`CONTENT_DIGEST`] for the resync's drift check.
     fn slim(&mut self);
     /// Adds the front door's CA to the host copy of `name`, where pods read
     /// the CA of their API (the content, not the virtual object).
     fn trust_front_door(&mut self, _name: &str, _ca: &str) {}
+}
+
+/// The annotation a cached host ConfigMap or Secret carries in place of its
+/// content (in this process only, never written): a digest of the content,
+/// so the resync sees content changed on the host without keeping it. The
+/// desired copy, slimmed the same way, carries the digest it should have.
+pub const CONTENT_DIGEST: &str = "vcluster.dev/cached-content-digest";
+
+fn keep_digest(meta: &mut ObjectMeta, content: &impl serde::Serialize) {
+    let json = serde_json::to_vec(content).unwrap_or_default();
+    meta.annotations.get_or_insert_default().insert(
+        CONTENT_DIGEST.to_owned(),
+        crate::translate::sha256_hex(&json, 16),
+    );
 }
 
 /// The ConfigMap every namespace gets with the API's CA (`ca.crt`), which
@@ -74,6 +89,7 @@ impl ConfigKind for ConfigMap {
             .collect()
     }
     fn slim(&mut self) {
+        keep_digest(&mut self.metadata, &(&self.data, &self.binary_data));
         self.data = None;
         self.binary_data = None;
     }
@@ -114,6 +130,7 @@ impl ConfigKind for Secret {
         tls_secrets(ing)
     }
     fn slim(&mut self) {
+        keep_digest(&mut self.metadata, &self.data);
         self.data = None;
         self.string_data = None;
     }

@@ -9,6 +9,7 @@
 //! | `vcluster_syncer_queue_depth` | gauge | kind |
 //! | `vcluster_syncer_objects_owned` | gauge | kind |
 //! | `vcluster_syncer_watch_restarts_total` | counter | kind, side |
+//! | `vcluster_syncer_drift_reverted_total` | counter | kind |
 //! | `vcluster_syncer_watch_errors_total` | counter | kind, side |
 //! | `vcluster_syncer_admission_limit` | gauge | — |
 //! | `vcluster_syncer_dns_queries_total` | counter | qtype, rcode, source |
@@ -105,6 +106,7 @@ pub struct Metrics {
     queue_depth: Family<KindLabels, Gauge>,
     owned: Family<KindLabels, Gauge>,
     watch_restarts: Family<SideLabels, Counter>,
+    drift: Family<KindLabels, Counter>,
     watch_errors: Family<SideLabels, Counter>,
     dns_queries: Family<DnsLabels, Counter>,
     dns_duration: DnsHistogramFamily,
@@ -125,6 +127,7 @@ impl Default for Metrics {
         let queue_depth = Family::<KindLabels, Gauge>::default();
         let owned = Family::<KindLabels, Gauge>::default();
         let watch_restarts = Family::<SideLabels, Counter>::default();
+        let drift = Family::<KindLabels, Counter>::default();
         let watch_errors = Family::<SideLabels, Counter>::default();
         let dns_queries = Family::<DnsLabels, Counter>::default();
         let dns_duration = DnsHistogramFamily::new_with_constructor(dns_histogram);
@@ -207,6 +210,11 @@ impl Default for Metrics {
             watch_restarts.clone(),
         );
         registry.register(
+            "drift_reverted",
+            "Host copies the periodic resync found changed on the host (fields this syncer sets) and wrote back, per kind",
+            drift.clone(),
+        );
+        registry.register(
             "watch_errors",
             "Errors a watch reported before retrying, per kind and side",
             watch_errors.clone(),
@@ -219,6 +227,7 @@ impl Default for Metrics {
             queue_depth,
             owned,
             watch_restarts,
+            drift,
             watch_errors,
             dns_queries,
             dns_duration,
@@ -274,6 +283,11 @@ impl Metrics {
         self.watch_restarts
             .get_or_create(&SideLabels { kind, side })
             .inc();
+    }
+
+    /// Counts a host copy the resync found drifted and wrote back.
+    pub fn drift_reverted(&self, kind: &'static str) {
+        self.drift.get_or_create(&KindLabels { kind }).inc();
     }
 
     /// Counts an error a watch reported.

@@ -658,16 +658,19 @@ impl Rule for PodRule {
 
     fn slim_host(h: &mut Pod) {
         // Read from the host copy: containers' env and the DNS settings
-        // (kept at creation), the node, status and metadata; the rest of the
-        // spec never.
+        // (kept at creation), the node, status and metadata; the images and
+        // the deadline (what a pod's spec lets change) for the resync's
+        // drift check; the rest of the spec never.
         if let Some(spec) = h.spec.as_mut() {
             let keep = |c: &Container| Container {
                 name: c.name.clone(),
                 env: c.env.clone(),
+                image: c.image.clone(),
                 ..Container::default()
             };
             *spec = PodSpec {
                 node_name: spec.node_name.take(),
+                active_deadline_seconds: spec.active_deadline_seconds,
                 dns_policy: spec.dns_policy.take(),
                 dns_config: spec.dns_config.take(),
                 containers: spec.containers.iter().map(keep).collect(),

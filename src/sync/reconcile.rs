@@ -47,6 +47,52 @@ fn to_json<R: Rule>(obj: &R::H) -> Result<serde_json::Value, SyncError> {
     })
 }
 
+/// Whether cached host copy `h` holds every field of `desired` as it is
+/// there: what a forced apply of `desired` would leave as it is. The cache
+/// keeps host copies slimmed ([`Rule::slim_host`]), so `desired` is slimmed
+/// the same way first. Fields others added (server defaults, the
+/// scheduler's node, a host controller's annotation) are not drift: an
+/// apply would not remove them either. A value the API server writes back
+/// in another form (a quantity `1000m` read back as `1`) counts as drift,
+/// so such a copy is applied at every resync as before.
+fn holds<R: Rule>(h: &R::H, desired: &R::H) -> bool {
+    let mut want = desired.clone();
+    R::slim_host(&mut want);
+    match (serde_json::to_value(h), serde_json::to_value(&want)) {
+        (Ok(have), Ok(want)) => covers(&have, &want),
+        _ => false,
+    }
+}
+
+/// Whether `have` has everything `want` has (objects: each key of `want`,
+/// recursively; lists: the same length, item by item). An empty or null
+/// `want` is covered by an absent field (the API omits empty ones).
+fn covers(have: &serde_json::Value, want: &serde_json::Value) -> bool {
+    use serde_json::Value;
+    match (have, want) {
+        (Value::Object(have), Value::Object(want)) => want.iter().all(|(k, w)| match have.get(k) {
+            Some(h) => covers(h, w),
+            None => absent_is_same(w),
+        }),
+        (Value::Array(have), Value::Array(want)) => {
+            have.len() == want.len() && have.iter().zip(want).all(|(h, w)| covers(h, w))
+        }
+        (Value::Number(h), Value::Number(w)) => h == w || h.as_f64() == w.as_f64(),
+        (Value::Null, w) => absent_is_same(w),
+        (h, w) => h == w,
+    }
+}
+
+/// Whether `want` means the same as an absent field.
+fn absent_is_same(want: &serde_json::Value) -> bool {
+    match want {
+        serde_json::Value::Null => true,
+        serde_json::Value::Object(m) => m.is_empty(),
+        serde_json::Value::Array(a) => a.is_empty(),
+        _ => false,
+    }
+}
+
 /// Which host object a write is for.
 enum Target {
     /// None is cached: created only if nothing holds the name.
@@ -264,7 +310,16 @@ impl<R: Rule> Engine<R> {
         let current = h
             .as_ref()
             .and_then(|h| h.annotations().get(HASH_ANNOTATION));
-        let writing = force || current.map(String::as_str) != Some(hash.as_str());
+        // The resync (`force`) looks for drift: a copy whose fields differ
+        // from what this syncer applies, its content hash left as it was.
+        let drifted = force
+            && current.map(String::as_str) == Some(hash.as_str())
+            && h.as_ref().is_some_and(|h| !holds::<R>(h, &desired));
+        if drifted {
+            tracing::info!(host = %names.host_name(key), "the host copy drifted: written back");
+            super::metrics::global().drift_reverted(R::KIND);
+        }
+        let writing = drifted || current.map(String::as_str) != Some(hash.as_str());
         // The rule's work that does not need the write's result goes at the
         // same time (one round trip less per new object).
         let write = self.write(key, v, &desired, h.as_ref(), value, &hash, writing);
@@ -453,5 +508,46 @@ impl<R: Rule> Engine<R> {
             .await
             .map(drop)
             .map_err(|e| api_err("delete host copy of", R::KIND, key_text, e))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    use super::covers;
+
+    #[test]
+    fn a_copy_covers_what_was_applied_and_not_what_changed() {
+        let want = json!({"metadata": {"labels": {"a": "1"}, "annotations": {}},
+            "spec": {"containers": [{"name": "c", "image": "x", "ports": []}], "n": 1}});
+        // Server defaults, others' fields and omitted empties are covered.
+        let have = json!({"metadata": {"labels": {"a": "1", "b": "2"}, "uid": "u"},
+            "spec": {"containers": [{"name": "c", "image": "x", "imagePullPolicy": "Always"}],
+                     "n": 1.0, "nodeName": "n1"},
+            "status": {"phase": "Running"}});
+        assert!(covers(&have, &want));
+        let changed = |edit: &dyn Fn(&mut serde_json::Value)| {
+            let mut h = have.clone();
+            edit(&mut h);
+            covers(&h, &want)
+        };
+        assert!(!changed(&|h| h["metadata"]["labels"]["a"] = "2".into()));
+        assert!(!changed(&|h| {
+            h["metadata"]["labels"].as_object_mut().unwrap().remove("a");
+        }));
+        assert!(!changed(
+            &|h| h["spec"]["containers"][0]["image"] = "y".into()
+        ));
+        assert!(!changed(&|h| {
+            h["spec"]["containers"]
+                .as_array_mut()
+                .unwrap()
+                .push(json!({"name": "extra"}));
+        }));
+        assert!(!changed(&|h| h["spec"]["n"] = 2.into()));
+        assert!(!changed(
+            &|h| h["spec"]["containers"][0]["ports"] = json!([{"containerPort": 1}])
+        ));
     }
 }

@@ -146,6 +146,14 @@ fn setup_owned<R: Rule>(
         kube::Client::new(virt_service, "default"),
     )
     .with_owner(owner);
+    // Slimmed as the host watch keeps them.
+    let host = host
+        .into_iter()
+        .map(|mut h| {
+            R::slim_host(&mut h);
+            h
+        })
+        .collect();
     Setup {
         engine: Engine::new(rule, Arc::new(ctx), feed(virt), feed(host)),
         host: MockApi(host_handle),

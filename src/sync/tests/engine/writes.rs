@@ -103,7 +103,7 @@ async fn applied_copy() -> ConfigMap {
 }
 
 #[tokio::test]
-async fn an_unchanged_copy_is_written_only_when_forced() {
+async fn an_unchanged_copy_is_written_only_when_it_drifted() {
     let copy = applied_copy().await;
     let Setup {
         engine,
@@ -114,7 +114,27 @@ async fn an_unchanged_copy_is_written_only_when_forced() {
     assert!(matches!(got, Ok(None)), "{got:?}");
     host.assert_quiet();
     virt.assert_quiet();
-    // The periodic resync writes it all the same (reverting drift).
+    // The periodic resync finds nothing to revert: no write either.
+    let (got, ()) = scenario(reconciling(&engine, &cm_key(), true), async {}).await;
+    assert!(matches!(got, Ok(None)), "{got:?}");
+    host.assert_quiet();
+    // Drift on the host (a field of ours changed, the hash left as it was;
+    // a field of someone else's added): the resync writes ours back.
+    let mut drifted = copy.clone();
+    drifted
+        .data
+        .as_mut()
+        .unwrap()
+        .insert("k".into(), "edited".into());
+    drifted
+        .metadata
+        .annotations
+        .as_mut()
+        .unwrap()
+        .insert("host.example/added".into(), "x".into());
+    let Setup {
+        engine, mut host, ..
+    } = setup(all_configmaps(), vec![cm("v")], vec![drifted]);
     let (got, forced) = scenario(
         reconciling(&engine, &cm_key(), true),
         host.answer(200, echo(json!({}))),
@@ -122,6 +142,7 @@ async fn an_unchanged_copy_is_written_only_when_forced() {
     .await;
     assert!(matches!(got, Ok(None)), "{got:?}");
     assert_apply(&forced, HOST_CM, false);
+    assert_eq!(forced.body["data"]["k"], "v");
     assert_eq!(
         Some(&hash(&forced)),
         copy.metadata
@@ -130,6 +151,19 @@ async fn an_unchanged_copy_is_written_only_when_forced() {
             .unwrap()
             .get(HASH_ANNOTATION)
     );
+    // Fields others added are not drift.
+    let mut added = copy.clone();
+    added
+        .metadata
+        .labels
+        .get_or_insert_default()
+        .insert("host.example/team".into(), "a".into());
+    let Setup {
+        engine, mut host, ..
+    } = setup(all_configmaps(), vec![cm("v")], vec![added]);
+    let (got, ()) = scenario(reconciling(&engine, &cm_key(), true), async {}).await;
+    assert!(matches!(got, Ok(None)), "{got:?}");
+    host.assert_quiet();
     // Changed content is written, under a new hash.
     let Setup {
         engine, mut host, ..
