@@ -768,15 +768,19 @@ impl SyncedEnv {
 /// `env` (its stack and syncer: `process::exit` runs no destructors, and the
 /// trials have released their references by now) and exits 101 if any test failed.
 pub fn finish<E>(env: std::sync::Arc<E>, failed: u64, syncer_log: Option<PathBuf>) {
-    if failed > 0
+    let keep = std::env::var_os("VCLUSTER_E2E_KEEP_LOGS").is_some();
+    if (failed > 0 || keep)
         && let Some(log) = syncer_log
     {
-        eprintln!(
-            "--- syncer log tail\n{}",
-            vcluster::local::process::log_tail(&log, 40)
-        );
+        if failed > 0 {
+            eprintln!(
+                "--- syncer log tail\n{}",
+                vcluster::local::process::log_tail(&log, 40)
+            );
+        }
         // The stack's directory goes with the stack: its logs (the syncer's at
-        // debug level, every restart of it appended) stay for a post-mortem.
+        // debug level, every restart of it appended) stay for a post-mortem
+        // (or on VCLUSTER_E2E_KEEP_LOGS, for a look at a passing run).
         if let Some(logs) = log.parent() {
             keep_logs(logs);
         }

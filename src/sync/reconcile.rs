@@ -10,6 +10,7 @@ use kube::runtime::events::EventType;
 use kube::{Resource, ResourceExt};
 
 use super::engine::Engine;
+use super::error::send_unread;
 use super::{Decision, HASH_ANNOTATION, Rule, SyncError, api_err, delete_exact, rejected};
 use crate::FIELD_MANAGER;
 use crate::translate::VirtualKey;
@@ -350,11 +351,20 @@ impl<R: Rule> Engine<R> {
         key: &VirtualKey,
         patch: &serde_json::Value,
     ) -> Result<(), SyncError> {
-        self.virt_api(&key.namespace)
-            .patch_status(&key.name, &PatchParams::default(), &Patch::Merge(patch))
-            .await
-            .map(drop)
-            .map_err(|e| api_err("update status of", R::KIND, &key.to_string(), e))
+        let api = self.virt_api(&key.namespace);
+        let req = kube::core::Request::new(api.resource_url())
+            .patch_subresource(
+                "status",
+                &key.name,
+                &PatchParams::default(),
+                &Patch::Merge(patch),
+            )
+            .map_err(kube::Error::BuildRequest);
+        let sent = match req {
+            Ok(req) => send_unread(&api, req, "patch_status").await,
+            Err(e) => Err(e),
+        };
+        sent.map_err(|e| api_err("update status of", R::KIND, &key.to_string(), e))
     }
 
     /// Applies the host copy, or the rule's alternative when the host
