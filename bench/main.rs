@@ -352,6 +352,19 @@ had builds beside it). Two single rounds just before (spread, 1,000 pods) compar
 shapes: shared tokens 1.02 times direct in total and 1.13 in host API server CPU, a token\n\
 Secret per pod (`VCLUSTER_POD_TOKENS=per-pod`) 1.06 and 1.21.\n\
 \n\
+At 10,000 pods (one round each, spread over 10 namespaces, not on this page) the syncer's CPU\n\
+grew faster than the pods: 72.5 CPU-s for the burst (7.3 per 1,000, twice its cost at 1,000)\n\
+and 64.6 for the delete. A profile (perf, 2026-12-07) put a third of it in two places: every\n\
+status event moved its key to the head of its namespace's queue by a scan and a shift of a FIFO\n\
+thousands long, and every pod that gained an IP made the endpoint policy's index of pod IPs be\n\
+rebuilt over all host pods. Both are incremental now (and the periodic resync no longer applies\n\
+every object to the host, only the copies that drifted); the same round then took 41.2 CPU-s for\n\
+the burst (4.1 per 1,000) and 41.7 for the delete, wall time 1.05 times direct, added p99\n\
++12.5 s, delete 3.0 times direct, peak RSS 99.9 MiB, restart to ready 4.35 s. At that size the\n\
+virtual path keeps both cores busy: 40.6 CPU-s per 1,000 pods in all against 19.9 direct, the\n\
+virtual API server's share alone (12.6) as large as the host API server's; the delete is\n\
+likewise bound by CPU (32.8 against 10.6 per 1,000 pods, the virtual API server 8.5 of it).\n\
+\n\
 ## Reproduce\n\n\
 ```sh\n\
 make bench                 # N = 1000, 5000, 10000; M = 10 and 1; 3 rounds\n\
