@@ -365,6 +365,16 @@ virtual path keeps both cores busy: 40.6 CPU-s per 1,000 pods in all against 19.
 virtual API server's share alone (12.6) as large as the host API server's; the delete is\n\
 likewise bound by CPU (32.8 against 10.6 per 1,000 pods, the virtual API server 8.5 of it).\n\
 \n\
+The 1,000-pod tables below are of the code after those changes (run of 12:14 UTC). With the run\n\
+of 11:56 they put the host API server's CPU at 1.03 and 0.97 times direct spread over\n\
+namespaces and 1.13 and 0.99 in one namespace (the 09:25 run before the changes: 1.16 and 1.00),\n\
+as far apart as the rounds of one run; the deletes at 2.0 to 2.9 times direct. Of the syncer's\n\
+resident set, about 20 MiB is the executable's own pages (RssFile, reported below; its code is\n\
+19 MB, and the kernel maps\n\
+the pages around each one touched): the idle syncer's 27.5 MiB was 20.3 file-backed and 7.2\n\
+anonymous. Limiting glibc to two malloc arenas (`MALLOC_ARENA_MAX=2`, one round) saved about\n\
+2 MiB, so it is not set.\n\
+\n\
 ## Reproduce\n\n\
 ```sh\n\
 make bench                 # N = 1000, 5000, 10000; M = 10 and 1; 3 rounds\n\
@@ -976,6 +986,7 @@ async fn one_size(args: &Args, n: usize, m: usize) -> anyhow::Result<SizeResult>
         });
     }
     let peak_rss = b.peak_rss.max(b.syncer.mem_mib("VmHWM:"));
+    let file_rss = b.syncer.mem_mib("RssFile:");
     let (resync_ready, resync_peak) = b.resync.unwrap_or((f64::NAN, f64::NAN));
     drop(b);
     // A pod that never ran is a finding: its logs are kept to look into.
@@ -991,6 +1002,7 @@ async fn one_size(args: &Args, n: usize, m: usize) -> anyhow::Result<SizeResult>
         syncer: SyncerUse {
             peak_rss_mib: peak_rss,
             idle_rss_mib: idle_rss,
+            file_rss_mib: file_rss,
             resync_ready,
             resync_peak_rss_mib: resync_peak,
         },

@@ -72,6 +72,9 @@ pub struct SyncerUse {
     pub peak_rss_mib: f64,
     /// Resident set when ready with no pods, MiB.
     pub idle_rss_mib: f64,
+    /// Of the resident set at the end, the file-backed part (RssFile: the
+    /// executable's pages, shared and reclaimable), MiB.
+    pub file_rss_mib: f64,
     /// Start → /readyz with N pods on both sides (a restarted syncer), seconds.
     pub resync_ready: f64,
     /// Peak resident set of the restarted syncer right after its resync, MiB.
@@ -352,6 +355,11 @@ fn size_section(o: &mut String, r: &SizeResult, plot: &str) {
         o,
         "| RSS when ready with no pods | {:.1} MiB |",
         u.idle_rss_mib
+    );
+    let _ = writeln!(
+        o,
+        "| of the RSS, file-backed (RssFile at the end: the executable's pages) | {:.1} MiB |",
+        u.file_rss_mib
     );
     let _ = writeln!(
         o,
@@ -714,6 +722,7 @@ mod tests {
             syncer: SyncerUse {
                 peak_rss_mib: 1.0,
                 idle_rss_mib: 1.0,
+                file_rss_mib: 1.0,
                 resync_ready: 1.0,
                 resync_peak_rss_mib: 1.0,
             },
