@@ -313,9 +313,9 @@ impl AddressIndex {
         let mut warned_nodes = false;
         let mut hook = Paced::new(POD_PERIOD);
         loop {
-            let looked_ranges = tokio::time::Instant::now();
-            if ranges_at.is_none_or(|t| t.elapsed() >= ranges_every) {
-                ranges_at = Some(looked_ranges);
+            let ranges_read = ranges_at.is_none_or(|t| t.elapsed() >= ranges_every);
+            if ranges_read {
+                ranges_at = Some(tokio::time::Instant::now());
                 let cidrs = match host_service_cidrs(&host, &host_namespace, true).await {
                     Ok(c) => c,
                     Err(e) => {
@@ -339,7 +339,7 @@ impl AddressIndex {
                 ranges = host_ranges(&cidrs, &nodes);
             }
             let pods_changed = host_pods.as_ref().is_some_and(|p| ips.look(p));
-            let changed = (pods_changed || ranges_at == Some(looked_ranges))
+            let changed = (pods_changed || ranges_read)
                 && self.set(Known {
                     own_pods: ips.all(),
                     host: ranges.clone(),

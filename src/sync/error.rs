@@ -83,26 +83,27 @@ where
         }),
         ..DeleteParams::default()
     };
-    let req = kube::core::Request::new(api.resource_url())
-        .delete(name, &dp)
-        .map_err(kube::Error::BuildRequest)?;
-    match send_unread(api, req, "delete").await {
+    match send_unread(api, "delete", |r| r.delete(name, &dp)).await {
         Ok(()) => Ok(true),
         Err(kube::Error::Api(s)) if s.code == 404 || s.code == 409 => Ok(false),
         Err(e) => Err(e),
     }
 }
 
-/// Sends `req` (built for `api`'s resource) and checks the answer without
-/// reading the object it returns: kube's typed calls parse a delete's answer
-/// twice (as JSON, then as the kind) and a status patch's once, a whole pod
-/// each time, for a result these callers drop. `verb` names the call the way
-/// kube's own calls do.
-pub(crate) async fn send_unread<K: Clone>(
+/// Sends the request `build` makes for `api`'s resource and checks the
+/// answer without reading the object it returns: kube's typed calls parse a
+/// delete's answer twice (as JSON, then as the kind) and a status patch's
+/// once, a whole pod each time, for a result these callers drop. `verb` names
+/// the call the way kube's own calls do.
+pub(crate) async fn send_unread<K: Clone + Resource>(
     api: &Api<K>,
-    mut req: http::Request<Vec<u8>>,
     verb: &'static str,
+    build: impl FnOnce(
+        &kube::core::Request,
+    ) -> Result<http::Request<Vec<u8>>, kube::core::request::Error>,
 ) -> Result<(), kube::Error> {
+    let mut req =
+        build(&kube::core::Request::new(api.resource_url())).map_err(kube::Error::BuildRequest)?;
     req.extensions_mut().insert(verb);
     kube::Client::from(api.clone())
         .request_text(req)

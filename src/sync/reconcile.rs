@@ -313,14 +313,13 @@ impl<R: Rule> Engine<R> {
             .and_then(|h| h.annotations().get(HASH_ANNOTATION));
         // The resync (`force`) looks for drift: a copy whose fields differ
         // from what this syncer applies, its content hash left as it was.
-        let drifted = force
-            && current.map(String::as_str) == Some(hash.as_str())
-            && h.as_ref().is_some_and(|h| !holds::<R>(h, &desired));
+        let unchanged = current.map(String::as_str) == Some(hash.as_str());
+        let drifted = force && unchanged && h.as_ref().is_some_and(|h| !holds::<R>(h, &desired));
         if drifted {
             tracing::info!(host = %names.host_name(key), "the host copy drifted: written back");
             super::metrics::global().drift_reverted(R::KIND);
         }
-        let writing = drifted || current.map(String::as_str) != Some(hash.as_str());
+        let writing = drifted || !unchanged;
         // The rule's work that does not need the write's result goes at the
         // same time (one round trip less per new object).
         let write = self.write(key, v, &desired, h.as_ref(), value, &hash, writing);
@@ -352,18 +351,11 @@ impl<R: Rule> Engine<R> {
         patch: &serde_json::Value,
     ) -> Result<(), SyncError> {
         let api = self.virt_api(&key.namespace);
-        let req = kube::core::Request::new(api.resource_url())
-            .patch_subresource(
-                "status",
-                &key.name,
-                &PatchParams::default(),
-                &Patch::Merge(patch),
-            )
-            .map_err(kube::Error::BuildRequest);
-        let sent = match req {
-            Ok(req) => send_unread(&api, req, "patch_status").await,
-            Err(e) => Err(e),
-        };
+        let pp = PatchParams::default();
+        let sent = send_unread(&api, "patch_status", |r| {
+            r.patch_subresource("status", &key.name, &pp, &Patch::Merge(patch))
+        })
+        .await;
         sent.map_err(|e| api_err("update status of", R::KIND, &key.to_string(), e))
     }
 
