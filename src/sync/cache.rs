@@ -4,6 +4,12 @@
 //! the rest kept as the API's JSON compressed with LZ4 and parsed again when
 //! a reconcile needs it.
 //!
+//! Each cache compresses against a dictionary of its own, the JSON of the
+//! first object it held ([`Dictionary`]): objects of one kind share most of
+//! their JSON (field names, the API server's defaults, a workload's
+//! template), and LZ4 refers to those runs in the dictionary instead of
+//! repeating them in every body.
+//!
 //! Why: k8s-openapi types are large in memory. A plain virtual Pod takes
 //! about 17 KB on the heap once parsed (every `Container` is 2,144 bytes
 //! before any of its fields is set), its JSON without metadata about 2.2 KB,
@@ -15,7 +21,7 @@
 use std::collections::{BTreeMap, HashMap};
 use std::fmt::Debug;
 use std::marker::PhantomData;
-use std::sync::{Arc, PoisonError, RwLock, RwLockReadGuard, RwLockWriteGuard};
+use std::sync::{Arc, OnceLock, PoisonError, RwLock, RwLockReadGuard, RwLockWriteGuard};
 
 use futures::{Stream, StreamExt as _, TryStreamExt as _};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
@@ -55,7 +61,32 @@ fn kept_parsed(key: &str) -> bool {
 pub struct Cached<K> {
     meta: ObjectMeta,
     body: Box<[u8]>,
+    /// What `body` was compressed against.
+    dict: Arc<[u8]>,
     kind: PhantomData<fn() -> K>,
+}
+
+/// The longest dictionary kept: its first bytes serve as well as the whole.
+const DICTIONARY_MAX: usize = 16 * 1024;
+
+/// The dictionary of one cache's bodies: set by the first object compressed
+/// with it and kept for the cache's life (each entry holds the one it was
+/// compressed against, so a new dictionary never misreads an old entry).
+#[derive(Debug, Default)]
+pub struct Dictionary(OnceLock<Arc<[u8]>>);
+
+impl Dictionary {
+    /// No dictionary: each body compressed on its own.
+    fn none() -> Self {
+        Self(OnceLock::from(Arc::<[u8]>::from([])))
+    }
+
+    fn for_body(&self, json: &[u8]) -> Arc<[u8]> {
+        Arc::clone(
+            self.0
+                .get_or_init(|| json[..json.len().min(DICTIONARY_MAX)].into()),
+        )
+    }
 }
 
 impl<K> Debug for Cached<K> {
@@ -125,8 +156,13 @@ impl<K> Cached<K>
 where
     K: Resource<DynamicType = ()> + Serialize + DeserializeOwned,
 {
-    /// The compact form of `obj`.
+    /// The compact form of `obj`, compressed on its own.
     pub fn new(obj: &K) -> Self {
+        Self::with(obj, &Dictionary::none())
+    }
+
+    /// The compact form of `obj`, compressed against `dict`.
+    pub fn with(obj: &K, dict: &Dictionary) -> Self {
         #[allow(
             clippy::expect_used,
             reason = "k8s-openapi types serialize infallibly: their maps have string keys"
@@ -148,6 +184,7 @@ where
             }
         }
         let json = value.to_string();
+        let dict = dict.for_body(json.as_bytes());
         let m = obj.meta();
         let ours = |map: &Option<BTreeMap<String, String>>| {
             let kept: BTreeMap<String, String> = map
@@ -170,7 +207,9 @@ where
                 annotations: ours(&m.annotations),
                 ..ObjectMeta::default()
             },
-            body: lz4_flex::compress_prepend_size(json.as_bytes()).into_boxed_slice(),
+            body: lz4_flex::block::compress_prepend_size_with_dict(json.as_bytes(), &dict)
+                .into_boxed_slice(),
+            dict,
             kind: PhantomData,
         }
     }
@@ -181,11 +220,13 @@ where
 
     /// The JSON of everything but the metadata kept parsed.
     fn json(&self) -> Result<Vec<u8>, CacheError> {
-        lz4_flex::decompress_size_prepended(&self.body).map_err(|source| CacheError::Decompress {
-            kind: K::kind(&()).into_owned(),
-            name: self.name(),
-            source,
-        })
+        lz4_flex::block::decompress_size_prepended_with_dict(&self.body, &self.dict).map_err(
+            |source| CacheError::Decompress {
+                kind: K::kind(&()).into_owned(),
+                name: self.name(),
+                source,
+            },
+        )
     }
 
     fn parse<T: DeserializeOwned>(&self, json: &[u8]) -> Result<T, CacheError> {
@@ -490,6 +531,7 @@ where
         + 'static,
 {
     let mut lists = 0u64;
+    let dict = Dictionary::default();
     watcher(api, config)
         .backoff(super::outage::WatchBackoff::default())
         .map_ok(move |ev| {
@@ -497,7 +539,11 @@ where
                 o.managed_fields_mut().clear();
                 slim(o);
             });
-            writer.apply(&ev, |o| key_of_meta(o.meta()), |o| Arc::new(Cached::new(o)));
+            writer.apply(
+                &ev,
+                |o| key_of_meta(o.meta()),
+                |o| Arc::new(Cached::with(o, &dict)),
+            );
             if matches!(ev, watcher::Event::Init) {
                 lists += 1;
                 if lists > 1 {
@@ -578,6 +624,93 @@ mod tests {
             .map(|l| l.keys().map(String::as_str).collect::<Vec<_>>());
         assert_eq!(owner, Some(vec!["vcluster.dev/owner"]));
         assert_eq!(c.meta().annotations, marked.metadata.annotations);
+    }
+
+    /// A pod as an API server returns it, defaults filled in.
+    fn served_pod(i: usize) -> Pod {
+        serde_json::from_value(json!({
+            "metadata": {"name": format!("web-{i}"), "namespace": "shop",
+                "uid": format!("0c6f1f2e-{i:04}-4a8e-9d55-3b1c2a7e5f90"),
+                "resourceVersion": format!("{}", 1000 + i),
+                "creationTimestamp": "2026-12-07T10:00:00Z",
+                "labels": {"app": "web", "pod-template-hash": "5d9c8b7f6"},
+                "ownerReferences": [{"apiVersion": "apps/v1", "kind": "ReplicaSet",
+                    "name": "web-5d9c8b7f6", "uid": "7d1e2f3a-0000-4b5c-8d9e-0f1a2b3c4d5e",
+                    "controller": true, "blockOwnerDeletion": true}]},
+            "spec": {"containers": [{"name": "web", "image": "nginx:1.27",
+                "ports": [{"containerPort": 80, "protocol": "TCP"}],
+                "resources": {"requests": {"cpu": "100m", "memory": "64Mi"}},
+                "terminationMessagePath": "/dev/termination-log",
+                "terminationMessagePolicy": "File", "imagePullPolicy": "IfNotPresent",
+                "volumeMounts": [{"name": format!("kube-api-access-{i:05}"),
+                    "readOnly": true,
+                    "mountPath": "/var/run/secrets/kubernetes.io/serviceaccount"}]}],
+                "restartPolicy": "Always", "terminationGracePeriodSeconds": 30,
+                "dnsPolicy": "ClusterFirst", "serviceAccountName": "default",
+                "serviceAccount": "default", "nodeName": format!("node-{}", i % 7),
+                "securityContext": {}, "schedulerName": "default-scheduler",
+                "tolerations": [
+                    {"key": "node.kubernetes.io/not-ready", "operator": "Exists",
+                        "effect": "NoExecute", "tolerationSeconds": 300},
+                    {"key": "node.kubernetes.io/unreachable", "operator": "Exists",
+                        "effect": "NoExecute", "tolerationSeconds": 300}],
+                "volumes": [{"name": format!("kube-api-access-{i:05}"), "projected": {
+                    "sources": [
+                        {"serviceAccountToken": {"expirationSeconds": 3607, "path": "token"}},
+                        {"configMap": {"name": "kube-root-ca.crt",
+                            "items": [{"key": "ca.crt", "path": "ca.crt"}]}},
+                        {"downwardAPI": {"items": [{"path": "namespace",
+                            "fieldRef": {"apiVersion": "v1", "fieldPath": "metadata.namespace"}}]}}],
+                    "defaultMode": 420}}],
+                "priority": 0, "enableServiceLinks": true,
+                "preemptionPolicy": "PreemptLowerPriority"},
+            "status": {"phase": "Running", "hostIP": "10.1.0.7",
+                "podIP": format!("10.244.{}.{}", i / 250, i % 250 + 2),
+                "startTime": "2026-12-07T10:00:01Z", "qosClass": "Burstable",
+                "conditions": [
+                    {"type": "PodReadyToStartContainers", "status": "True",
+                        "lastTransitionTime": "2026-12-07T10:00:03Z"},
+                    {"type": "Initialized", "status": "True",
+                        "lastTransitionTime": "2026-12-07T10:00:01Z"},
+                    {"type": "Ready", "status": "True",
+                        "lastTransitionTime": "2026-12-07T10:00:04Z"},
+                    {"type": "ContainersReady", "status": "True",
+                        "lastTransitionTime": "2026-12-07T10:00:04Z"},
+                    {"type": "PodScheduled", "status": "True",
+                        "lastTransitionTime": "2026-12-07T10:00:01Z"}],
+                "containerStatuses": [{"name": "web", "ready": true, "restartCount": 0,
+                    "image": "docker.io/library/nginx:1.27", "started": true,
+                    "imageID": "docker.io/library/nginx@sha256:0f04e4f646a3f14bf31d8bc8d885b6c951fdcf42589d06845f64d18aec6a3c4d",
+                    "containerID": format!("containerd://{i:064}"),
+                    "state": {"running": {"startedAt": "2026-12-07T10:00:03Z"}}}]},
+        }))
+        .unwrap()
+    }
+
+    #[test]
+    fn a_caches_dictionary_shrinks_the_bodies_of_its_kind() {
+        let dict = Dictionary::default();
+        let first = Cached::with(&served_pod(0), &dict);
+        assert_eq!(first.object().unwrap(), served_pod(0));
+        for i in [1, 42, 4321] {
+            let alone = Cached::new(&served_pod(i));
+            let with = Cached::with(&served_pod(i), &dict);
+            assert_eq!(with.object().unwrap(), served_pod(i));
+            assert!(
+                with.body.len() * 3 < alone.body.len(),
+                "pod {i}: {} bytes against the dictionary, {} alone",
+                with.body.len(),
+                alone.body.len()
+            );
+        }
+        // Another kind's cache has its own.
+        let other = Dictionary::default();
+        let c = Cached::with(&pod(), &other);
+        assert_eq!(c.object().unwrap(), pod());
+        assert_eq!(
+            Cached::with(&served_pod(7), &dict).object().unwrap(),
+            served_pod(7)
+        );
     }
 
     #[test]
