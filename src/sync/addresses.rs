@@ -22,7 +22,6 @@ use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
 use k8s_openapi::api::core::v1::{Node, Pod};
-use kube::Resource as _;
 use kube::api::{Api, ListParams};
 use serde::Deserialize;
 
@@ -63,7 +62,7 @@ impl PodIps {
         let generation = self.generation;
         let mut changed = false;
         for c in pods.entries() {
-            let meta = c.meta();
+            let meta = c.identity();
             let uid = meta.uid.as_deref().unwrap_or_default();
             let rv = meta.resource_version.as_ref();
             if let Some(p) = self.pods.get_mut(uid)

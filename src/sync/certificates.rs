@@ -167,7 +167,7 @@ async fn copy_once(
         }
     };
     match virt.get_opt(CRD_NAME).await {
-        Ok(Some(own)) if !is_mirror(&own) => {
+        Ok(Some(own)) if !is_mirror(kube::Resource::meta(&own)) => {
             tracing::info!(
                 crd = CRD_NAME,
                 "the virtual cluster has its own Certificate definition; it is left alone"

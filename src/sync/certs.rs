@@ -45,8 +45,8 @@ pub const CERTIFICATE_NAME_ANNOTATION: &str = "cert-manager.io/certificate-name"
 const TLS_TYPE: &str = "kubernetes.io/tls";
 
 /// True for a virtual Secret that mirrors a host Secret.
-pub fn is_mirror(s: &impl kube::Resource) -> bool {
-    s.labels().get(MIRROR_LABEL).is_some_and(|v| v == "true")
+pub fn is_mirror(s: &impl crate::translate::markers::Marked) -> bool {
+    s.label(MIRROR_LABEL).is_some_and(|v| v == "true")
 }
 
 /// A virtual cache and the host cache of the copies of its objects.
@@ -226,7 +226,7 @@ enum Step {
 
 fn step(current: Option<&Secret>, host: &Secret) -> Step {
     match current {
-        Some(cur) if !is_mirror(cur) => Step::Conflict,
+        Some(cur) if !is_mirror(cur.meta()) => Step::Conflict,
         Some(cur) if cur.data == host.data && cur.type_ == host.type_ => Step::Current,
         _ => Step::Write,
     }

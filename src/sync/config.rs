@@ -144,7 +144,7 @@ impl ConfigKind for Secret {
     }
     fn excluded(&self) -> bool {
         self.type_.as_deref() == Some("kubernetes.io/service-account-token")
-            || super::certs::is_mirror(self)
+            || super::certs::is_mirror(kube::Resource::meta(self))
     }
     fn referenced_by_ingress(ing: &Ingress, name: &str) -> bool {
         // cert-manager writes those on the host itself.

@@ -12,8 +12,8 @@ use std::time::Duration;
 
 use k8s_openapi::api::core::v1::{Endpoints, Pod, Service};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
+use kube::ResourceExt;
 use kube::runtime::events::EventType;
-use kube::{Resource as _, ResourceExt};
 
 use super::addresses::AddressIndex;
 use super::cache::Cache;
@@ -181,10 +181,10 @@ pub fn tenant_keys(
     let sls = slices
         .entries()
         .iter()
-        .filter(|s| !derived_slice(s.meta()))
+        .filter(|s| !derived_slice(s.as_ref()))
         .filter_map(|s| {
             let ns = s.namespace().unwrap_or_default();
-            let svc = slice_service(s.meta())?;
+            let svc = slice_service(s.as_ref())?;
             src.tenant_managed(&ns, svc).then(|| VirtualKey {
                 namespace: ns.clone(),
                 name: s.name_any(),
@@ -232,8 +232,8 @@ fn register(a: &mut Assembly) {
             .entries()
             .into_iter()
             .filter(|s| {
-                s.meta().namespace.as_deref() == Some(namespace.as_str())
-                    && slice_service(s.meta()) == Some(name.as_str())
+                s.identity().namespace.as_deref() == Some(namespace.as_str())
+                    && slice_service(s.as_ref()) == Some(name.as_str())
             })
             .map(|s| VirtualKey {
                 namespace: namespace.clone(),

@@ -158,7 +158,7 @@ impl<R: Rule> Engine<R> {
             self.host
                 .entries()
                 .iter()
-                .filter_map(|h| own.virtual_key(h.meta())),
+                .filter_map(|h| own.virtual_key(h.as_ref())),
         );
         if !force {
             return self.enqueue_many(keys);
@@ -296,7 +296,7 @@ impl<R: Rule> Engine<R> {
                 .host
                 .entries()
                 .iter()
-                .filter(|h| own.virtual_key(h.meta()).is_some())
+                .filter(|h| own.virtual_key(h.as_ref()).is_some())
                 .count();
             metrics::global().levels(R::KIND, self.queue_depth(), owned);
         }

@@ -5,9 +5,9 @@
 
 use futures::StreamExt;
 use k8s_openapi::api::core::v1::{Event, PersistentVolumeClaim, Pod};
+use kube::ResourceExt;
 use kube::api::Api;
 use kube::runtime::{WatchStreamExt, watcher};
-use kube::{Resource as _, ResourceExt};
 
 use super::cache::Cache;
 use super::{Assembly, Context, KindSpec, Names, Object, Side};
@@ -36,7 +36,7 @@ impl Source {
     pub fn new<K: Object>(kind: &'static str, host: Cache<K>, virt: Cache<K>) -> Self {
         let find = move |names: &Names, host_name: &str| {
             let host_obj = host.entry(host_name, Some(&names.host_namespace))?;
-            let key = names.ownership().virtual_key(host_obj.meta())?;
+            let key = names.ownership().virtual_key(host_obj.as_ref())?;
             let vobj = virt.entry(&key.name, Some(&key.namespace))?;
             let uid = vobj.uid().unwrap_or_default();
             Some((key, uid))

@@ -19,10 +19,10 @@ use k8s_openapi::api::core::v1::{
     Service, ServiceAccount,
 };
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
+use kube::ResourceExt;
 use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams};
 use kube::core::PartialObjectMeta;
 use kube::runtime::{WatchStreamExt as _, watcher};
-use kube::{Resource as _, ResourceExt};
 use serde_json::json;
 
 use super::cache::{Cache, ListWriter, Listed};
@@ -100,11 +100,8 @@ impl TokenIndex {
             .entries()
             .iter()
             .filter_map(|p| {
-                p.meta()
-                    .annotations
-                    .as_ref()?
-                    .get(TOKEN_SECRET_ANNOTATION)
-                    .cloned()
+                crate::translate::markers::Marked::annotation(p.as_ref(), TOKEN_SECRET_ANNOTATION)
+                    .map(str::to_owned)
             })
             .collect();
         self.renew_at

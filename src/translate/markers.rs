@@ -78,34 +78,48 @@ impl<'a> Ownership<'a> {
     }
 
     /// True when the host object carries this vcluster's ownership label.
-    pub fn owns(&self, host: &ObjectMeta) -> bool {
-        host.labels
-            .as_ref()
-            .and_then(|l| l.get(OWNER_LABEL))
+    pub fn owns(&self, host: &impl Marked) -> bool {
+        host.label(OWNER_LABEL)
             .is_some_and(|v| v == self.vc.as_str())
     }
 
     /// The virtual source of an owned host object, from its annotations.
     /// `None` for objects this vcluster does not own or that lack the markers.
-    pub fn virtual_key(&self, host: &ObjectMeta) -> Option<VirtualKey> {
+    pub fn virtual_key(&self, host: &impl Marked) -> Option<VirtualKey> {
         if !self.owns(host) {
             return None;
         }
-        let ann = host.annotations.as_ref()?;
         Some(VirtualKey {
-            namespace: ann.get(NAMESPACE_ANNOTATION)?.clone(),
-            name: ann.get(NAME_ANNOTATION)?.clone(),
+            namespace: host.annotation(NAMESPACE_ANNOTATION)?.to_owned(),
+            name: host.annotation(NAME_ANNOTATION)?.to_owned(),
         })
     }
 }
 
 /// The uid of the virtual object host object `host` was written for (its
 /// [`UID_ANNOTATION`]); `None` without the marker.
-pub fn source_uid(host: &ObjectMeta) -> Option<&str> {
-    host.annotations
-        .as_ref()?
-        .get(UID_ANNOTATION)
-        .map(String::as_str)
+pub fn source_uid(host: &impl Marked) -> Option<&str> {
+    host.annotation(UID_ANNOTATION)
+}
+
+/// What labels and annotations are read from: an object's metadata, or the
+/// part of a cached object kept parsed (which holds those under
+/// [`RESERVED_PREFIX`] and a few more, see `sync::cache`).
+pub trait Marked {
+    /// The value of label `key`.
+    fn label(&self, key: &str) -> Option<&str>;
+    /// The value of annotation `key`.
+    fn annotation(&self, key: &str) -> Option<&str>;
+}
+
+impl Marked for ObjectMeta {
+    fn label(&self, key: &str) -> Option<&str> {
+        self.labels.as_ref()?.get(key).map(String::as_str)
+    }
+
+    fn annotation(&self, key: &str) -> Option<&str> {
+        self.annotations.as_ref()?.get(key).map(String::as_str)
+    }
 }
 
 /// Copies a tenant's labels or annotations, dropping keys under the reserved prefix.

@@ -22,7 +22,7 @@ use k8s_openapi::api::discovery::v1::EndpointSlice;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use serde_json::{Value, json};
 
-use super::markers::{NAMESPACE_LABEL, OWNER_LABEL, copy_unreserved};
+use super::markers::{Marked, NAMESPACE_LABEL, OWNER_LABEL, copy_unreserved};
 use super::{Refusal, VclusterName, host_name};
 
 /// Label naming the Service an EndpointSlice belongs to.
@@ -324,19 +324,14 @@ pub fn host_endpoints(vc: &VclusterName, v: &Endpoints, host_namespace: &str) ->
 /// True when a virtual EndpointSlice was derived by the virtual control
 /// plane (from a selector or mirrored from Endpoints) rather than written by
 /// the tenant (`meta`: its metadata; a cached slice's parsed part holds it).
-pub fn derived_slice(meta: &ObjectMeta) -> bool {
-    meta.labels
-        .as_ref()
-        .and_then(|l| l.get(MANAGED_BY_LABEL))
-        .is_some_and(|m| DERIVED_SLICE_MANAGERS.contains(&m.as_str()))
+pub fn derived_slice(meta: &impl Marked) -> bool {
+    meta.label(MANAGED_BY_LABEL)
+        .is_some_and(|m| DERIVED_SLICE_MANAGERS.contains(&m))
 }
 
 /// The Service a virtual EndpointSlice belongs to (`meta`: its metadata).
-pub fn slice_service(meta: &ObjectMeta) -> Option<&str> {
-    meta.labels
-        .as_ref()
-        .and_then(|l| l.get(SERVICE_NAME_LABEL))
-        .map(String::as_str)
+pub fn slice_service(meta: &impl Marked) -> Option<&str> {
+    meta.label(SERVICE_NAME_LABEL)
 }
 
 /// The host form of a tenant-written EndpointSlice of Service `service`.

@@ -109,7 +109,7 @@ fn the_virtual_definition_is_the_hosts_without_its_conversion_webhook() {
     let conversion = v.spec.conversion.as_ref().unwrap();
     assert_eq!(conversion.strategy, "None");
     assert!(conversion.webhook.is_none());
-    assert!(is_mirror(&v), "marked as the syncer's");
+    assert!(is_mirror(&v.metadata), "marked as the syncer's");
     assert_eq!(v.metadata.resource_version, None);
     assert!(v.status.is_none());
 }
