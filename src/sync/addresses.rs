@@ -64,9 +64,9 @@ impl PodIps {
         for c in pods.entries() {
             let meta = c.identity();
             let uid = meta.uid.as_deref().unwrap_or_default();
-            let rv = meta.resource_version.as_ref();
+            let rv = meta.resource_version.as_deref();
             if let Some(p) = self.pods.get_mut(uid)
-                && p.resource_version.as_ref() == rv
+                && p.resource_version.as_deref() == rv
             {
                 p.seen = generation;
                 continue;
@@ -78,7 +78,7 @@ impl PodIps {
             let before = self.pods.insert(
                 uid.into(),
                 PodIpsOf {
-                    resource_version: rv.cloned(),
+                    resource_version: rv.map(str::to_owned),
                     ips: ips.clone(),
                     seen: generation,
                 },
