@@ -381,13 +381,14 @@ Memory, 2026-12-07 afternoon. heaptrack on a release syncer through 3,000 pods (
 namespaces, created by `kubectl create -f` on a dev stack) put the peak heap at 25.3 MB, of it\n\
 5.6 MB the cached bodies, 3.2 MB the host copies' marker labels and annotations held as\n\
 `BTreeMap`s (a node of about 540 bytes for two to five entries), 2.6 MB the cached entries with\n\
-their inline `ObjectMeta`; the rest is fixed (connection buffers, the engines' tasks). Three\n\
+their inline `ObjectMeta`; the rest is fixed (connection buffers, the engines' tasks). Four\n\
 changes, each measured alone by VmHWM at 3,000 pods: the bodies compressed against a dictionary\n\
 per cache (under heaptrack 59.6 → 56.8 MB, the bodies 5.6 → 2.2 MB; not measured without it),\n\
 markers as sorted slices (46.5 → 44.2 MB), and the release build with whole-program LTO in one\n\
 codegen unit (code 25.3 → 20.8 MB; 44.2 → 39.9 MB, the file-backed part 20.5 → 16.9 MiB; a\n\
-release build takes about 8 minutes instead of 3). `MALLOC_ARENA_MAX=2` changed nothing\n\
-(46.5 → 46.4 MB). One round at 10,000 pods spread over 10 namespaces with the three: peak RSS\n\
+release build takes about 8 minutes instead of 3), and the entries' identity in boxed strings\n\
+instead of an `ObjectMeta` (39.9 → 38.8 MB). `MALLOC_ARENA_MAX=2` changed nothing\n\
+(46.5 → 46.4 MB). One round at 10,000 pods spread over 10 namespaces with the first three: peak RSS\n\
 **73.8 MiB** (99.9 before; 23.2 idle, 16.7 of it file-backed; 5.1 MiB per 1,000 pods against\n\
 7.2), restart to ready 3.80 s (4.35), the syncer's CPU 37.3 s for the burst (41.2) and 35.0 for\n\
 the delete (41.7). Its wall time (1.15 times direct) and added p99 (+37.8 s) are not comparable:\n\
