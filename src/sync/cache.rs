@@ -73,7 +73,7 @@ pub struct Cached<K> {
 #[derive(Debug, Default, Clone, PartialEq)]
 pub struct Identity {
     /// The name.
-    pub name: Box<str>,
+    pub name: Option<Box<str>>,
     /// The namespace.
     pub namespace: Option<Box<str>>,
     /// The uid.
@@ -132,7 +132,7 @@ impl<K> Cached<K> {
 
     /// The name.
     pub fn name_any(&self) -> String {
-        self.meta.name.to_string()
+        self.meta.name.as_deref().unwrap_or_default().to_owned()
     }
 
     /// The namespace.
@@ -164,6 +164,17 @@ impl Dictionary {
     /// No dictionary: each body compressed on its own.
     fn none() -> Self {
         Self(OnceLock::from(Arc::<[u8]>::from([])))
+    }
+
+    /// The dictionary a cache of `K` starts with: none for Secrets, whose
+    /// data would otherwise outlive them in it (it is kept for the process's
+    /// life); for every other kind, the first object's JSON.
+    pub fn of<K: Resource<DynamicType = ()>>() -> Self {
+        if K::kind(&()) == "Secret" {
+            Self::none()
+        } else {
+            Self::default()
+        }
     }
 
     fn for_body(&self, json: &[u8]) -> Arc<[u8]> {
@@ -246,7 +257,7 @@ where
         let m = obj.meta();
         Self {
             meta: Identity {
-                name: m.name.as_deref().unwrap_or_default().into(),
+                name: m.name.as_deref().map(Into::into),
                 namespace: m.namespace.as_deref().map(Into::into),
                 uid: m.uid.as_deref().map(Into::into),
                 resource_version: m.resource_version.as_deref().map(Into::into),
@@ -265,7 +276,10 @@ where
     }
 
     fn name(&self) -> String {
-        key_of(&self.meta.name, self.meta.namespace.as_deref())
+        key_of(
+            self.meta.name.as_deref().unwrap_or_default(),
+            self.meta.namespace.as_deref(),
+        )
     }
 
     /// The JSON of everything but the metadata kept parsed.
@@ -291,7 +305,7 @@ where
         let mut obj: K = self.parse(json)?;
         let (m, kept) = (obj.meta_mut(), &self.meta);
         let owned = |v: &Option<Box<str>>| v.as_deref().map(str::to_owned);
-        m.name = Some(kept.name.to_string());
+        m.name = owned(&kept.name);
         m.namespace = owned(&kept.namespace);
         m.uid = owned(&kept.uid);
         m.resource_version = owned(&kept.resource_version);
@@ -582,7 +596,7 @@ where
         + 'static,
 {
     let mut lists = 0u64;
-    let dict = Dictionary::default();
+    let dict = Dictionary::of::<K>();
     watcher(api, config)
         .backoff(super::outage::WatchBackoff::default())
         .map_ok(move |ev| {
@@ -616,7 +630,8 @@ where
 {
     let (cache, mut writer) = cache::<K>();
     let key = |o: &K| key_of_meta(o.meta());
-    let value = |o: &K| Arc::new(Cached::new(o));
+    let dict = Dictionary::of::<K>();
+    let value = |o: &K| Arc::new(Cached::with(o, &dict));
     writer.apply(&watcher::Event::Init, key, value);
     for o in objects {
         writer.apply(&watcher::Event::InitApply(o), key, value);
@@ -652,7 +667,7 @@ mod tests {
         let c = Cached::new(&p);
         assert_eq!(c.object().unwrap(), p);
         // Parsed: identity and the project's own markers, nothing else.
-        assert_eq!(&*c.identity().name, "web-0");
+        assert_eq!(c.identity().name.as_deref(), Some("web-0"));
         assert_eq!(c.identity().uid.as_deref(), Some("u1"));
         assert_eq!(c.labels().count(), 0);
         assert_eq!(c.label("app"), None, "read from the body only");
@@ -761,6 +776,21 @@ mod tests {
                 alone.body.len()
             );
         }
+        // No Secret's data is kept in a dictionary.
+        let secret: k8s_openapi::api::core::v1::Secret = serde_json::from_value(json!({
+            "metadata": {"name": "s", "namespace": "shop"},
+            "data": {"password": "c2VjcmV0LXBhc3N3b3Jk"},
+        }))
+        .unwrap();
+        let secrets = Dictionary::of::<k8s_openapi::api::core::v1::Secret>();
+        let c = Cached::with(&secret, &secrets);
+        assert_eq!(c.object().unwrap(), secret);
+        assert!(c.dict.is_empty(), "compressed on its own");
+        assert!(
+            !Cached::with(&served_pod(3), &Dictionary::of::<Pod>())
+                .dict
+                .is_empty()
+        );
         // Another kind's cache has its own.
         let other = Dictionary::default();
         let c = Cached::with(&pod(), &other);
