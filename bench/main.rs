@@ -367,10 +367,12 @@ virtual path keeps both cores busy: 40.6 CPU-s per 1,000 pods in all against 19.
 virtual API server's share alone (12.6) as large as the host API server's; the delete is\n\
 likewise bound by CPU (32.8 against 10.6 per 1,000 pods, the virtual API server 8.5 of it).\n\
 \n\
-The 1,000-pod tables below are of the code after those changes (run of 12:14 UTC). With the run\n\
-of 11:56 they put the host API server's CPU at 1.03 and 0.97 times direct spread over\n\
-namespaces and 1.13 and 0.99 in one namespace (the 09:25 run before the changes: 1.16 and 1.00),\n\
-as far apart as the rounds of one run; the deletes at 2.0 to 2.9 times direct. Of the syncer's\n\
+The runs of 12:14 and 11:56 UTC (after those changes) put the host API server's CPU at 1.03\n\
+and 0.97 times direct spread over namespaces and 1.13 and 0.99 in one namespace (the 09:25 run\n\
+before the changes: 1.16 and 1.00), as far apart as the rounds of one run; the deletes at 2.0 to\n\
+2.9 times direct. The 1,000-pod tables below are of the code after the memory changes described\n\
+last on this page (run of 16:01 UTC): 1.19 and 1.01 there, the syncer's peak RSS 34 MiB (41\n\
+before). Of the syncer's\n\
 resident set, about 20 MiB is the executable's own pages (RssFile, reported below; its code is\n\
 19 MB, and the kernel maps\n\
 the pages around each one touched): the idle syncer's 27.5 MiB was 20.3 file-backed and 7.2\n\
