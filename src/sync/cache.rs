@@ -91,8 +91,8 @@ pub struct Identity {
 /// two to five markers of a host copy (a kilobyte per host object in all).
 #[derive(Debug, Default)]
 struct Markers {
-    labels: Box<[(Box<str>, Box<str>)]>,
-    annotations: Box<[(Box<str>, Box<str>)]>,
+    labels: Pairs,
+    annotations: Pairs,
 }
 
 type Pairs = Box<[(Box<str>, Box<str>)]>;
@@ -146,6 +146,7 @@ impl<K> Cached<K> {
     }
 
     /// The labels kept parsed, in order.
+    #[cfg(test)]
     pub fn labels(&self) -> impl Iterator<Item = (&str, &str)> {
         self.markers.labels.iter().map(|(k, v)| (&**k, &**v))
     }

@@ -32,7 +32,7 @@ use super::{Assembly, Context, Decision, Engine, KindSpec, Names, Rule, Side, Sy
 use crate::FIELD_MANAGER;
 use crate::policy::pss::{self, Level};
 use crate::sleep::{Sleep, sleeping_status, slept};
-use crate::translate::markers::{OWNER_LABEL, source_uid};
+use crate::translate::markers::{Marked as _, OWNER_LABEL, source_uid};
 use crate::translate::pod::TOKEN_SECRET_ANNOTATION;
 use crate::translate::pod::{
     ApiEndpoint, ClusterDns, TOKEN_KEY, TokenMode, TokenSource, host_pod, host_pod_reading,
@@ -99,10 +99,7 @@ impl TokenIndex {
         let read: HashSet<String> = host_pods
             .entries()
             .iter()
-            .filter_map(|p| {
-                crate::translate::markers::Marked::annotation(p.as_ref(), TOKEN_SECRET_ANNOTATION)
-                    .map(str::to_owned)
-            })
+            .filter_map(|p| p.annotation(TOKEN_SECRET_ANNOTATION).map(str::to_owned))
             .collect();
         self.renew_at
             .read()
