@@ -34,6 +34,8 @@ use common::*;
 use k8s_openapi::api::core::v1::{ConfigMap, Endpoints, Namespace, Pod, Secret, Service};
 use k8s_openapi::api::networking::v1::Ingress;
 use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams};
+use kube::runtime::reflector::Store;
+use kube::runtime::{reflector, watcher};
 use kube::{Client, ResourceExt as _};
 use libtest_mimic::{Arguments, Trial};
 use serde_json::json;
@@ -304,48 +306,186 @@ fn hnames(ns: &str, prefix: &str, n: usize) -> BTreeSet<String> {
         .collect()
 }
 
+/// The objects that decide whether the host holds a burst's desired state:
+/// the virtual namespace's pods and Services, the host copies the syncer
+/// labels as of that namespace, and every host token Secret.
+#[derive(Default)]
+struct Look {
+    vpods: Vec<Arc<Pod>>,
+    vsvcs: Vec<Arc<Service>>,
+    hpods: Vec<Arc<Pod>>,
+    hcms: Vec<Arc<ConfigMap>>,
+    tokens: Vec<Arc<Secret>>,
+    hsecrets: Vec<Arc<Secret>>,
+    hsvcs: Vec<Arc<Service>>,
+    heps: Vec<Arc<Endpoints>>,
+    hings: Vec<Arc<Ingress>>,
+}
+
+/// The label selectors of a [`Look`] at virtual namespace `ns`: the host
+/// copies of `ns`, every token Secret, the copies of `ns` that are not one.
+fn selectors(ns: &str) -> (String, String, String) {
+    let owned = format!("{OWNER_LABEL}={VC},{NAMESPACE_LABEL}={ns}");
+    let not_token = format!("{owned},!{TOKEN_FOR_LABEL}");
+    (owned, TOKEN_FOR_LABEL.to_owned(), not_token)
+}
+
+impl Look {
+    /// One look by listing each kind (consistent reads, so a look confirms
+    /// what the watches of [`Watched`] showed).
+    async fn list(v: &Client, h: &Client, ns: &str) -> Result<Self, kube::Error> {
+        async fn list<K>(
+            c: &Client,
+            ns: &str,
+            sel: Option<&str>,
+        ) -> Result<Vec<Arc<K>>, kube::Error>
+        where
+            K: kube::Resource<Scope = kube::core::NamespaceResourceScope>
+                + Clone
+                + serde::de::DeserializeOwned
+                + std::fmt::Debug,
+            K::DynamicType: Default,
+        {
+            let lp = sel.map_or_else(ListParams::default, |s| ListParams::default().labels(s));
+            let items = Api::<K>::namespaced(c.clone(), ns).list(&lp).await?.items;
+            Ok(items.into_iter().map(Arc::new).collect())
+        }
+        let (owned, tokens, not_token) = selectors(ns);
+        Ok(Self {
+            vpods: list(v, ns, None).await?,
+            vsvcs: list(v, ns, None).await?,
+            hpods: list(h, HOST_NS, Some(&owned)).await?,
+            hcms: list(h, HOST_NS, Some(&owned)).await?,
+            tokens: list(h, HOST_NS, Some(&tokens)).await?,
+            hsecrets: list(h, HOST_NS, Some(&not_token)).await?,
+            hsvcs: list(h, HOST_NS, Some(&owned)).await?,
+            heps: list(h, HOST_NS, Some(&owned)).await?,
+            hings: list(h, HOST_NS, Some(&owned)).await?,
+        })
+    }
+}
+
+/// The same objects as a [`Look`], kept current by watches: looking often
+/// costs the API servers nothing, where listing a thousand pods in each
+/// plane every half second was a share of the 2-core machine the syncer
+/// then did not get.
+struct Watched {
+    vpods: Store<Pod>,
+    vsvcs: Store<Service>,
+    hpods: Store<Pod>,
+    hcms: Store<ConfigMap>,
+    tokens: Store<Secret>,
+    hsecrets: Store<Secret>,
+    hsvcs: Store<Service>,
+    heps: Store<Endpoints>,
+    hings: Store<Ingress>,
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+}
+
+impl Watched {
+    async fn start(v: &Client, h: &Client, ns: &str) -> Self {
+        fn watch<K>(
+            tasks: &mut Vec<tokio::task::JoinHandle<()>>,
+            c: &Client,
+            ns: &str,
+            sel: Option<&str>,
+        ) -> Store<K>
+        where
+            K: kube::Resource<Scope = kube::core::NamespaceResourceScope>
+                + Clone
+                + serde::de::DeserializeOwned
+                + std::fmt::Debug
+                + Send
+                + Sync
+                + 'static,
+            K::DynamicType: Default + Eq + std::hash::Hash + Clone,
+        {
+            use futures::StreamExt as _;
+            use kube::runtime::WatchStreamExt as _;
+            let (store, writer) = reflector::store();
+            let config = sel.map_or_else(watcher::Config::default, |s| {
+                watcher::Config::default().labels(s)
+            });
+            let stream = watcher(Api::<K>::namespaced(c.clone(), ns), config).default_backoff();
+            tasks.push(tokio::spawn(
+                reflector(writer, stream).for_each(|_| async {}),
+            ));
+            store
+        }
+        let (owned, tokens, not_token) = selectors(ns);
+        let mut tasks = Vec::new();
+        let w = Self {
+            vpods: watch(&mut tasks, v, ns, None),
+            vsvcs: watch(&mut tasks, v, ns, None),
+            hpods: watch(&mut tasks, h, HOST_NS, Some(&owned)),
+            hcms: watch(&mut tasks, h, HOST_NS, Some(&owned)),
+            tokens: watch(&mut tasks, h, HOST_NS, Some(&tokens)),
+            hsecrets: watch(&mut tasks, h, HOST_NS, Some(&not_token)),
+            hsvcs: watch(&mut tasks, h, HOST_NS, Some(&owned)),
+            heps: watch(&mut tasks, h, HOST_NS, Some(&owned)),
+            hings: watch(&mut tasks, h, HOST_NS, Some(&owned)),
+            tasks,
+        };
+        for ready in [
+            w.vpods.wait_until_ready().await,
+            w.vsvcs.wait_until_ready().await,
+            w.hpods.wait_until_ready().await,
+            w.hcms.wait_until_ready().await,
+            w.tokens.wait_until_ready().await,
+            w.hsecrets.wait_until_ready().await,
+            w.hsvcs.wait_until_ready().await,
+            w.heps.wait_until_ready().await,
+            w.hings.wait_until_ready().await,
+        ] {
+            ready.expect("a watch of the look ended before its first list");
+        }
+        w
+    }
+
+    fn look(&self) -> Look {
+        Look {
+            vpods: self.vpods.state(),
+            vsvcs: self.vsvcs.state(),
+            hpods: self.hpods.state(),
+            hcms: self.hcms.state(),
+            tokens: self.tokens.state(),
+            hsecrets: self.hsecrets.state(),
+            hsvcs: self.hsvcs.state(),
+            heps: self.heps.state(),
+            hings: self.hings.state(),
+        }
+    }
+}
+
+impl Drop for Watched {
+    fn drop(&mut self) {
+        for t in &self.tasks {
+            t.abort();
+        }
+    }
+}
+
 /// What differs between the desired host state of virtual namespace `ns`
-/// (after a burst of `n`) and the host; empty when they match exactly.
-async fn differences(
-    v: &Client,
-    h: &Client,
-    ns: &str,
-    n: usize,
-) -> Result<Vec<String>, kube::Error> {
-    let vpods = Api::<Pod>::namespaced(v.clone(), ns)
-        .list(&ListParams::default())
-        .await?;
-    let sel = format!("{OWNER_LABEL}={VC},{NAMESPACE_LABEL}={ns}");
-    let owned = ListParams::default().labels(&sel);
-    let hpods = Api::<Pod>::namespaced(h.clone(), HOST_NS)
-        .list(&owned)
-        .await?;
-    let hcms = Api::<ConfigMap>::namespaced(h.clone(), HOST_NS)
-        .list(&owned)
-        .await?;
-    let tokens = Api::<Secret>::namespaced(h.clone(), HOST_NS)
-        .list(&ListParams::default().labels(TOKEN_FOR_LABEL))
-        .await?;
-    let hsecrets = Api::<Secret>::namespaced(h.clone(), HOST_NS)
-        .list(&ListParams::default().labels(&format!("{sel},!{TOKEN_FOR_LABEL}")))
-        .await?;
-    let hsvcs = Api::<Service>::namespaced(h.clone(), HOST_NS)
-        .list(&owned)
-        .await?;
-    let heps = Api::<Endpoints>::namespaced(h.clone(), HOST_NS)
-        .list(&owned)
-        .await?;
-    let hings = Api::<Ingress>::namespaced(h.clone(), HOST_NS)
-        .list(&owned)
-        .await?;
+/// (after a burst of `n`) and `look`; empty when they match exactly.
+fn differences(look: &Look, ns: &str, n: usize) -> Vec<String> {
+    let Look {
+        vpods,
+        vsvcs,
+        hpods,
+        hcms,
+        tokens,
+        hsecrets,
+        hsvcs,
+        heps,
+        hings,
+    } = look;
     let mut diff = Vec::new();
     let want: BTreeMap<String, String> = vpods
-        .items
         .iter()
         .map(|p| (hname(ns, &p.name_any()), p.uid().unwrap_or_default()))
         .collect();
     let mut have: BTreeMap<String, usize> = BTreeMap::new();
-    for p in &hpods.items {
+    for p in hpods {
         *have.entry(p.name_any()).or_default() += 1;
         match want.get(&p.name_any()) {
             None => diff.push(format!("orphan host pod {}", p.name_any())),
@@ -369,14 +509,13 @@ async fn differences(
         }
     }
     let not_running = vpods
-        .items
         .iter()
         .filter(|p| p.status.as_ref().and_then(|s| s.phase.as_deref()) != Some("Running"))
         .count();
     if not_running > 0 {
         diff.push(format!("{not_running} virtual pods not Running"));
     }
-    fn names_of<K: kube::Resource>(items: &[K]) -> BTreeSet<String> {
+    fn names_of<K: kube::Resource>(items: &[Arc<K>]) -> BTreeSet<String> {
         items.iter().map(|o| o.name_any()).collect()
     }
     // What the pods read: their ConfigMap and Secrets, and the CA bundle
@@ -390,15 +529,12 @@ async fn differences(
             hnames(ns, "s", shape.tenths),
         )
     };
-    compare(&mut diff, "ConfigMap", names_of(&hcms.items), want_cms);
-    compare(&mut diff, "Secret", names_of(&hsecrets.items), want_secrets);
+    compare(&mut diff, "ConfigMap", names_of(hcms), want_cms);
+    compare(&mut diff, "Secret", names_of(hsecrets), want_secrets);
     // Services, tenant-written Endpoints (those the host's endpoints
     // controller derives from our Services carry our labels but name no
     // source) and Ingresses mirror the virtual namespace exactly.
-    let vsvcs = Api::<Service>::namespaced(v.clone(), ns)
-        .list(&ListParams::default())
-        .await?;
-    let (want_svcs, want_eps, want_ings) = if vsvcs.items.is_empty() {
+    let (want_svcs, want_eps, want_ings) = if vsvcs.is_empty() {
         Default::default()
     } else {
         let mut svcs = hnames(ns, "svc", shape.tenths);
@@ -409,16 +545,16 @@ async fn differences(
             hnames(ns, "ing", shape.twentieths),
         )
     };
-    compare(&mut diff, "Service", names_of(&hsvcs.items), want_svcs);
+    compare(&mut diff, "Service", names_of(hsvcs), want_svcs);
     let tenant_eps: Vec<_> = heps
-        .items
-        .into_iter()
+        .iter()
         .filter(|e| e.annotations().contains_key(UID_ANNOTATION))
+        .cloned()
         .collect();
     compare(&mut diff, "Endpoints", names_of(&tenant_eps), want_eps);
-    compare(&mut diff, "Ingress", names_of(&hings.items), want_ings);
+    compare(&mut diff, "Ingress", names_of(hings), want_ings);
     let of_this_ns = format!("-x-{ns}-x-{VC}");
-    for t in &tokens.items {
+    for t in tokens {
         // A shared one (per service account) goes at the syncer's second look
         // with no pod reading it, so it is not counted an orphan here.
         let pod = t.labels().get(TOKEN_FOR_LABEL).cloned().unwrap_or_default();
@@ -427,18 +563,19 @@ async fn differences(
             diff.push(format!("orphan token Secret {}", t.name_any()));
         }
     }
-    for p in &hpods.items {
+    let token_names = names_of(tokens);
+    for p in hpods {
         // The Secret the host pod reads: named on it (shared or its own).
         let reads = p
             .annotations()
             .get(TOKEN_SECRET_ANNOTATION)
             .cloned()
             .unwrap_or_else(|| format!("{}.sa-token", p.name_any()));
-        if !tokens.items.iter().any(|t| t.name_any() == reads) {
+        if !token_names.contains(&reads) {
             diff.push(format!("no token Secret {reads} for {}", p.name_any()));
         }
     }
-    Ok(diff)
+    diff
 }
 
 /// When the host first held the desired state of a burst.
@@ -462,35 +599,55 @@ fn only_scheduling(diff: &[String]) -> bool {
 /// burst of `n`; returns when it first did (see [`Exact`]).
 async fn converged(env: &Env, ns: &str, n: usize) -> Exact {
     let (v, h) = clients(env).await;
+    let watched = Watched::start(&v, &h, ns).await;
     let copies = Mutex::new(None);
-    eventually(
+    // `VCLUSTER_FAULTS_TRACE=1`: what still differs, by kind, every second.
+    let trace = std::env::var_os("VCLUSTER_FAULTS_TRACE").is_some();
+    let traced: Mutex<Option<Instant>> = Mutex::new(None);
+    let running = eventually(
         &format!("host to hold exactly the desired state of {ns}"),
         env.mode.bound,
         || async {
-            let diff = differences(&v, &h, ns, n).await;
-            if let Ok(d) = &diff
-                && only_scheduling(d)
-            {
-                copies.lock().unwrap().get_or_insert_with(Instant::now);
+            let seen = Instant::now();
+            let diff = differences(&watched.look(), ns, n);
+            if trace && traced.lock().unwrap().is_none_or(|at| seen - at >= Duration::from_secs(1)) {
+                *traced.lock().unwrap() = Some(seen);
+                let mut kinds: BTreeMap<String, usize> = BTreeMap::new();
+                for d in &diff {
+                    let k: Vec<&str> = d.split(' ').take(3).collect();
+                    *kinds.entry(k.join(" ")).or_default() += 1;
+                }
+                log(&format!("{ns}: differences {kinds:?}"));
             }
-            if !matches!(&diff, Ok(d) if d.is_empty()) {
-                // Each look lists thousands of objects: half a second apart
-                // (with `eventually`'s pause), so the look is not the load.
-                tokio::time::sleep(Duration::from_millis(300)).await;
+            if only_scheduling(&diff) {
+                copies.lock().unwrap().get_or_insert(seen);
             }
-            match diff {
-                Ok(d) if d.is_empty() => Ok(()),
-                Ok(d) => Err(format!(
+            if !diff.is_empty() {
+                return Err(format!(
                     "{} differences, first: {:?}",
-                    d.len(),
-                    &d[..d.len().min(3)]
-                )),
+                    diff.len(),
+                    &diff[..diff.len().min(3)]
+                ));
+            }
+            // What the watches showed, confirmed by reading each kind.
+            match Look::list(&v, &h, ns).await {
+                Ok(look) => {
+                    let diff = differences(&look, ns, n);
+                    if diff.is_empty() {
+                        Ok(seen)
+                    } else {
+                        Err(format!(
+                            "the watches showed the desired state, a list {} differences, first: {:?}",
+                            diff.len(),
+                            &diff[..diff.len().min(3)]
+                        ))
+                    }
+                }
                 Err(e) => Err(e.to_string()),
             }
         },
     )
     .await;
-    let running = Instant::now();
     let copies = copies.lock().unwrap().unwrap_or(running);
     Exact { copies, running }
 }
