@@ -315,7 +315,10 @@ impl<R: Rule> Engine<R> {
             };
             let force = lock(&self.force).remove(&key);
             let started = std::time::Instant::now();
-            let result = self.reconcile(&key, force).await;
+            // Boxed: a reconcile's state is some 20 KB (the objects and
+            // requests it holds across awaits), and inline it made every
+            // worker of every kind that large while idle.
+            let result = Box::pin(self.reconcile(&key, force)).await;
             drop(admitted);
             let category = result.as_ref().err().map(super::SyncError::category);
             metrics::global().reconciled(R::KIND, started.elapsed(), category);
