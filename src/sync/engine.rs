@@ -315,7 +315,7 @@ impl<R: Rule> Engine<R> {
             };
             let force = lock(&self.force).remove(&key);
             let started = std::time::Instant::now();
-            // Boxed: a reconcile's state is some 20 KB (the objects and
+            // Boxed: a reconcile's state is 8 to 19 KB (the objects and
             // requests it holds across awaits), and inline it made every
             // worker of every kind that large while idle.
             let result = Box::pin(self.reconcile(&key, force)).await;
