@@ -396,6 +396,22 @@ instead of an `ObjectMeta` (39.9 → 38.8 MB). `MALLOC_ARENA_MAX=2` changed noth
 the delete (41.7). Its wall time (1.15 times direct) and added p99 (+37.8 s) are not comparable:\n\
 a compile of mine ran beside the virtual burst for about a minute.\n\
 \n\
+Memory, 2026-12-07 evening (same 3,000-pod harness, plain runs, one stack per run unless\n\
+said). heaptrack put the peak heap at 19.1 MB; the largest remaining consumers were the\n\
+connections' read buffers (2.3 MB), the compressed bodies (2.0 MB) and the engines' worker tasks\n\
+(about 4 MB over some 400 tasks: each worker held a whole reconcile's state, 8 to 19 KB, inline\n\
+even while idle). Two changes: each reconcile's state is boxed for the reconcile's length, so an\n\
+idle worker is small (VmHWM 38.2 before; 36.6 and 37.6 after: about 1 MB, the size of the\n\
+run-to-run spread); and the release build is optimised for size (`opt-level = \"s\"`, beside the\n\
+LTO): the executable 24.2 → 18.8 MB, VmHWM 36.3, 37.2 → 33.6, 33.9 MB (idle 19.0, 19.7 → 17.0,\n\
+17.2 MiB), the syncer's CPU through the burst 10.5, 14.6 → 10.1, 13.4 s (pairs run back to back).\n\
+Its cost is in the restart: the same stack after the burst, the syncer started six times\n\
+alternating the builds, ready after 1.31, 1.23, 1.27 s optimised for size against 0.94, 1.26,\n\
+1.42 s, with 0.92 to 0.99 CPU-seconds against 0.71 to 1.01 (a fifth more), and a restarted\n\
+peak of 29.9 to 30.5 MB against 33.5 to 34.6. One round at 10,000 pods after both (19:15 UTC,\n\
+the page below): peak RSS 64.0 MiB (73.8 in the afternoon's round; idle 17.6, 13.6 of it\n\
+file-backed; 4.6 MiB per 1,000 pods), restart to ready 4.55 s (3.80).\n\
+\n\
 ## Reproduce\n\n\
 ```sh\n\
 make bench                 # N = 1000, 5000, 10000; M = 10 and 1; 3 rounds\n\
