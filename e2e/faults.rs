@@ -309,7 +309,6 @@ fn hnames(ns: &str, prefix: &str, n: usize) -> BTreeSet<String> {
 /// The objects that decide whether the host holds a burst's desired state:
 /// the virtual namespace's pods and Services, the host copies the syncer
 /// labels as of that namespace, and every host token Secret.
-#[derive(Default)]
 struct Look {
     vpods: Vec<Arc<Pod>>,
     vsvcs: Vec<Arc<Service>>,
