@@ -63,8 +63,8 @@ impl PodIps {
         let mut changed = false;
         for c in pods.entries() {
             let meta = c.identity();
-            let uid = meta.uid.as_deref().unwrap_or_default();
-            let rv = meta.resource_version.as_deref();
+            let uid = meta.uid().unwrap_or_default();
+            let rv = meta.resource_version();
             if let Some(p) = self.pods.get_mut(uid)
                 && p.resource_version.as_deref() == rv
             {

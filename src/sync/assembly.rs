@@ -24,6 +24,7 @@ use tracing::Instrument as _;
 
 use super::cache::{self, Cache};
 use super::feed::{Feed, Readiness};
+use super::lean::Lean;
 use super::{Context, Engine, EngineOptions, Object, Rule, Side};
 use crate::policy::pss::Level;
 use crate::translate::ingress::IngressPolicy;
@@ -122,7 +123,7 @@ impl<K: Object> AnySlot for Slot<K> {
             tracing::error!(kind = %K::kind(&()), "a host cache is read but no engine fills it");
             return None;
         }
-        let api: Api<K> = Api::all(ctx.virt.clone());
+        let api: Api<Lean<K>> = Api::all(ctx.virt.clone());
         let stream = cache::watch(
             api,
             opts.watcher_config(Side::Virtual),

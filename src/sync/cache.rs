@@ -31,19 +31,9 @@ use kube::{Resource, ResourceExt as _};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
+use super::lean::Lean;
 use crate::translate::markers::{Marked, RESERVED_PREFIX};
 use crate::translate::service::{MANAGED_BY_LABEL, SERVICE_NAME_LABEL};
-
-/// The metadata fields kept parsed (with the labels and annotations under
-/// the reserved prefix and [`PARSED_LABELS`]); the body holds the rest.
-const PARSED_FIELDS: &[&str] = &[
-    "name",
-    "namespace",
-    "uid",
-    "resourceVersion",
-    "deletionTimestamp",
-    "deletionGracePeriodSeconds",
-];
 
 /// Labels kept parsed besides those under the reserved prefix: what scans
 /// over every EndpointSlice ask (the Service it belongs to, whether a
@@ -69,57 +59,145 @@ pub struct Cached<K> {
 }
 
 /// The identity and deletion of a cached object, compactly (an `ObjectMeta`
-/// takes 384 bytes before any of its fields is set).
-#[derive(Debug, Default, Clone, PartialEq)]
+/// takes 384 bytes before any of its fields is set; four boxed strings
+/// four allocations): name, namespace, uid and resourceVersion packed in
+/// one allocation, the deletion (rare) boxed.
+#[derive(Debug, Default, PartialEq)]
 pub struct Identity {
-    /// The name.
-    pub name: Option<Box<str>>,
-    /// The namespace.
-    pub namespace: Option<Box<str>>,
-    /// The uid.
-    pub uid: Option<Box<str>>,
-    /// The resourceVersion.
-    pub resource_version: Option<Box<str>>,
-    /// When deletion was asked for.
-    pub deletion_timestamp: Option<Time>,
-    /// The grace period of that deletion.
-    pub deletion_grace_period_seconds: Option<i64>,
+    text: Packed,
+    deletion: Option<Box<(Option<Time>, Option<i64>)>>,
 }
 
-/// The labels and annotations kept parsed, each sorted by key: a boxed
-/// slice of pairs, where a `BTreeMap` took a node of about 540 bytes for the
-/// two to five markers of a host copy (a kilobyte per host object in all).
+impl Identity {
+    /// The identity of these name, namespace, uid and resourceVersion, and
+    /// deletion timestamp and grace period.
+    fn of(texts: &[Option<String>; 4], deletion: &(Option<Time>, Option<i64>)) -> Self {
+        Self {
+            text: Packed::of(texts.iter().map(Option::as_deref)),
+            deletion: (deletion.0.is_some() || deletion.1.is_some())
+                .then(|| Box::new(deletion.clone())),
+        }
+    }
+
+    /// Sets the identity's fields of `m`.
+    fn put(&self, m: &mut ObjectMeta) {
+        m.name = self.name().map(str::to_owned);
+        m.namespace = self.namespace().map(str::to_owned);
+        m.uid = self.uid().map(str::to_owned);
+        m.resource_version = self.resource_version().map(str::to_owned);
+        m.deletion_timestamp = self.deletion_timestamp().cloned();
+        m.deletion_grace_period_seconds = self.deletion_grace_period_seconds();
+    }
+
+    /// The name.
+    pub fn name(&self) -> Option<&str> {
+        self.text.get(0)
+    }
+
+    /// The namespace.
+    pub fn namespace(&self) -> Option<&str> {
+        self.text.get(1)
+    }
+
+    /// The uid.
+    pub fn uid(&self) -> Option<&str> {
+        self.text.get(2)
+    }
+
+    /// The resourceVersion.
+    pub fn resource_version(&self) -> Option<&str> {
+        self.text.get(3)
+    }
+
+    /// When deletion was asked for.
+    pub fn deletion_timestamp(&self) -> Option<&Time> {
+        self.deletion.as_ref().and_then(|d| d.0.as_ref())
+    }
+
+    /// The grace period of that deletion.
+    pub fn deletion_grace_period_seconds(&self) -> Option<i64> {
+        self.deletion.as_ref().and_then(|d| d.1)
+    }
+}
+
+/// The labels and annotations kept parsed, each sorted by key, each packed
+/// in one allocation ([`Pairs`]): a `BTreeMap` took a node of about 540
+/// bytes for the two to seven markers of a host copy, boxed strings two
+/// allocations a pair.
 #[derive(Debug, Default)]
 struct Markers {
     labels: Pairs,
     annotations: Pairs,
 }
 
-type Pairs = Box<[(Box<str>, Box<str>)]>;
+/// Optional strings in one allocation: each as its length (a native `u32`;
+/// `u32::MAX` for none: an object is at most a few megabytes) and its bytes.
+#[derive(Debug, Default, PartialEq)]
+struct Packed(Box<[u8]>);
 
-fn find<'a>(pairs: &'a Pairs, key: &str) -> Option<&'a str> {
-    pairs
-        .binary_search_by(|(k, _)| (**k).cmp(key))
-        .ok()
-        .map(|i| &*pairs[i].1)
+impl Packed {
+    fn of<'a>(texts: impl IntoIterator<Item = Option<&'a str>>) -> Self {
+        let mut out = Vec::new();
+        for t in texts {
+            let len = t.map_or(u32::MAX, |t| u32::try_from(t.len()).unwrap_or(u32::MAX - 1));
+            out.extend_from_slice(&len.to_ne_bytes());
+            out.extend_from_slice(t.unwrap_or_default().as_bytes());
+        }
+        Self(out.into_boxed_slice())
+    }
+
+    fn iter(&self) -> impl Iterator<Item = Option<&str>> {
+        let mut rest: &[u8] = &self.0;
+        std::iter::from_fn(move || {
+            let (len, tail) = rest.split_first_chunk::<4>()?;
+            let len = u32::from_ne_bytes(*len);
+            if len == u32::MAX {
+                rest = tail;
+                return Some(None);
+            }
+            let (text, tail) = tail.split_at_checked(len as usize)?;
+            rest = tail;
+            Some(std::str::from_utf8(text).ok())
+        })
+    }
+
+    fn get(&self, i: usize) -> Option<&str> {
+        self.iter().nth(i).flatten()
+    }
 }
 
-/// The pairs of `map` kept parsed, sorted (a `BTreeMap` iterates in order).
-fn kept(map: Option<&BTreeMap<String, String>>) -> Pairs {
-    map.into_iter()
-        .flatten()
-        .filter(|(k, _)| kept_parsed(k))
-        .map(|(k, v)| (k.as_str().into(), v.as_str().into()))
-        .collect()
+/// Key/value pairs in one allocation ([`Packed`]: key, value, key, ...).
+#[derive(Debug, Default)]
+struct Pairs(Packed);
+
+impl Pairs {
+    fn packed<'a>(pairs: impl IntoIterator<Item = (&'a str, &'a str)>) -> Self {
+        Self(Packed::of(
+            pairs.into_iter().flat_map(|(k, v)| [Some(k), Some(v)]),
+        ))
+    }
+
+    fn iter(&self) -> impl Iterator<Item = (&str, &str)> {
+        let mut texts = self.0.iter();
+        std::iter::from_fn(move || Some((texts.next()??, texts.next()??)))
+    }
+
+    fn find(&self, key: &str) -> Option<&str> {
+        self.iter().find(|(k, _)| *k == key).map(|(_, v)| v)
+    }
+
+    fn is_empty(&self) -> bool {
+        self.0.0.is_empty()
+    }
 }
 
 impl<K> Marked for Cached<K> {
     fn label(&self, key: &str) -> Option<&str> {
-        find(&self.markers.labels, key)
+        self.markers.labels.find(key)
     }
 
     fn annotation(&self, key: &str) -> Option<&str> {
-        find(&self.markers.annotations, key)
+        self.markers.annotations.find(key)
     }
 }
 
@@ -132,23 +210,23 @@ impl<K> Cached<K> {
 
     /// The name.
     pub fn name_any(&self) -> String {
-        self.meta.name.as_deref().unwrap_or_default().to_owned()
+        self.meta.name().unwrap_or_default().to_owned()
     }
 
     /// The namespace.
     pub fn namespace(&self) -> Option<String> {
-        self.meta.namespace.as_deref().map(str::to_owned)
+        self.meta.namespace().map(str::to_owned)
     }
 
     /// The uid.
     pub fn uid(&self) -> Option<String> {
-        self.meta.uid.as_deref().map(str::to_owned)
+        self.meta.uid().map(str::to_owned)
     }
 
     /// The labels kept parsed, in order.
     #[cfg(test)]
     pub fn labels(&self) -> impl Iterator<Item = (&str, &str)> {
-        self.markers.labels.iter().map(|(k, v)| (&**k, &**v))
+        self.markers.labels.iter()
     }
 }
 
@@ -186,11 +264,57 @@ impl Dictionary {
     }
 }
 
+/// The labels or annotations kept parsed, moved out of their map while the
+/// rest of an object is serialised.
+struct Parted {
+    kept: Vec<(String, String)>,
+    /// The map held only these (it is left out, as an empty map would not be).
+    emptied: Option<BTreeMap<String, String>>,
+}
+
+impl Parted {
+    fn take(map: &mut Option<BTreeMap<String, String>>) -> Self {
+        let Some(all) = map.as_mut() else {
+            return Self {
+                kept: Vec::new(),
+                emptied: None,
+            };
+        };
+        let mut kept = Vec::new();
+        all.retain(|k, v| {
+            let keep = kept_parsed(k);
+            if keep {
+                kept.push((k.clone(), std::mem::take(v)));
+            }
+            !keep
+        });
+        let emptied = if all.is_empty() && !kept.is_empty() {
+            map.take()
+        } else {
+            None
+        };
+        Self { kept, emptied }
+    }
+
+    /// Puts the pairs back into `map`, and gives them as [`Pairs`] (sorted:
+    /// they came out of a `BTreeMap` in order).
+    fn restore(self, map: &mut Option<BTreeMap<String, String>>) -> Pairs {
+        if let Some(m) = self.emptied {
+            *map = Some(m);
+        }
+        let pairs = Pairs::packed(self.kept.iter().map(|(k, v)| (k.as_str(), v.as_str())));
+        if let Some(m) = map.as_mut() {
+            m.extend(self.kept);
+        }
+        pairs
+    }
+}
+
 impl<K> Debug for Cached<K> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Cached")
-            .field("name", &self.meta.name)
-            .field("namespace", &self.meta.namespace)
+            .field("name", &self.meta.name())
+            .field("namespace", &self.meta.namespace())
             .field("body_bytes", &self.body.len())
             .finish()
     }
@@ -227,60 +351,63 @@ where
     K: Resource<DynamicType = ()> + Serialize + DeserializeOwned,
 {
     /// The compact form of `obj`, compressed on its own.
-    pub fn new(obj: &K) -> Self {
+    pub fn new(obj: &K) -> Self
+    where
+        K: Clone,
+    {
         Self::with(obj, &Dictionary::none())
     }
 
     /// The compact form of `obj`, compressed against `dict`.
-    pub fn with(obj: &K, dict: &Dictionary) -> Self {
+    pub fn with(obj: &K, dict: &Dictionary) -> Self
+    where
+        K: Clone,
+    {
+        Self::taking(&mut obj.clone(), dict)
+    }
+
+    /// The compact form of `obj`, compressed against `dict`: the metadata
+    /// kept parsed is moved out of `obj` while the rest is serialised, and
+    /// put back (no copy of the object is made; a watch reads thousands).
+    pub fn taking(obj: &mut K, dict: &Dictionary) -> Self {
+        let m = obj.meta_mut();
+        let texts = [
+            m.name.take(),
+            m.namespace.take(),
+            m.uid.take(),
+            m.resource_version.take(),
+        ];
+        let deletion = (
+            m.deletion_timestamp.take(),
+            m.deletion_grace_period_seconds.take(),
+        );
+        let labels = Parted::take(&mut m.labels);
+        let annotations = Parted::take(&mut m.annotations);
         #[allow(
             clippy::expect_used,
             reason = "k8s-openapi types serialize infallibly: their maps have string keys"
         )]
-        let mut value = serde_json::to_value(obj).expect("a Kubernetes object serializes");
-        if let Some(meta) = value.get_mut("metadata").and_then(|m| m.as_object_mut()) {
-            // What stays parsed is left out of the body.
-            for field in PARSED_FIELDS {
-                meta.remove(*field);
-            }
-            for maps in ["labels", "annotations"] {
-                if let Some(map) = meta.get_mut(maps).and_then(|m| m.as_object_mut()) {
-                    let before = map.len();
-                    map.retain(|k, _| !kept_parsed(k));
-                    if map.is_empty() && before > 0 {
-                        meta.remove(maps);
-                    }
-                }
-            }
-        }
-        let json = value.to_string();
-        let dict = dict.for_body(json.as_bytes());
-        let m = obj.meta();
+        let json = serde_json::to_vec(&*obj).expect("a Kubernetes object serializes");
+        let meta = Identity::of(&texts, &deletion);
+        let m = obj.meta_mut();
+        [m.name, m.namespace, m.uid, m.resource_version] = texts;
+        (m.deletion_timestamp, m.deletion_grace_period_seconds) = deletion;
+        let markers = Markers {
+            labels: labels.restore(&mut m.labels),
+            annotations: annotations.restore(&mut m.annotations),
+        };
+        let dict = dict.for_body(&json);
         Self {
-            meta: Identity {
-                name: m.name.as_deref().map(Into::into),
-                namespace: m.namespace.as_deref().map(Into::into),
-                uid: m.uid.as_deref().map(Into::into),
-                resource_version: m.resource_version.as_deref().map(Into::into),
-                deletion_timestamp: m.deletion_timestamp.clone(),
-                deletion_grace_period_seconds: m.deletion_grace_period_seconds,
-            },
-            markers: Markers {
-                labels: kept(m.labels.as_ref()),
-                annotations: kept(m.annotations.as_ref()),
-            },
-            body: lz4_flex::block::compress_prepend_size_with_dict(json.as_bytes(), &dict)
-                .into_boxed_slice(),
+            meta,
+            markers,
+            body: lz4_flex::block::compress_prepend_size_with_dict(&json, &dict).into_boxed_slice(),
             dict,
             kind: PhantomData,
         }
     }
 
     fn name(&self) -> String {
-        key_of(
-            self.meta.name.as_deref().unwrap_or_default(),
-            self.meta.namespace.as_deref(),
-        )
+        key_of(self.meta.name().unwrap_or_default(), self.meta.namespace())
     }
 
     /// The JSON of everything but the metadata kept parsed.
@@ -304,21 +431,15 @@ where
 
     fn whole(&self, json: &[u8]) -> Result<K, CacheError> {
         let mut obj: K = self.parse(json)?;
-        let (m, kept) = (obj.meta_mut(), &self.meta);
-        let owned = |v: &Option<Box<str>>| v.as_deref().map(str::to_owned);
-        m.name = owned(&kept.name);
-        m.namespace = owned(&kept.namespace);
-        m.uid = owned(&kept.uid);
-        m.resource_version = owned(&kept.resource_version);
-        m.deletion_timestamp.clone_from(&kept.deletion_timestamp);
-        m.deletion_grace_period_seconds = kept.deletion_grace_period_seconds;
+        let m = obj.meta_mut();
+        self.meta.put(m);
         for (to, from) in [
             (&mut m.labels, &self.markers.labels),
             (&mut m.annotations, &self.markers.annotations),
         ] {
             if !from.is_empty() {
                 to.get_or_insert_default()
-                    .extend(from.iter().map(|(k, v)| (k.to_string(), v.to_string())));
+                    .extend(from.iter().map(|(k, v)| (k.to_owned(), v.to_owned())));
             }
         }
         Ok(obj)
@@ -404,6 +525,11 @@ impl<V: Clone> ListWriter<V> {
     /// A writer of `to`.
     pub fn new(to: Arc<Listed<V>>) -> Self {
         Self { to, fresh: None }
+    }
+
+    /// How many entries the map holds.
+    fn len(&self) -> usize {
+        self.to.read().len()
     }
 
     /// Applies one watch event: each object under `key(o)` with `value(o)`
@@ -530,7 +656,7 @@ where
             .shared
             .read()
             .values()
-            .filter(|c| namespace.is_none() || c.meta.namespace.as_deref() == namespace)
+            .filter(|c| namespace.is_none() || c.meta.namespace() == namespace)
             .cloned()
             .collect();
         in_ns.iter().filter_map(|c| parsed(c)).collect()
@@ -580,7 +706,7 @@ where
 /// expiry, retries with a short backoff ([`super::outage::WatchBackoff`]), calls `on_relist` for each list after the
 /// first, and yields each object it sees change (parsed, slimmed).
 pub fn watch<K>(
-    api: Api<K>,
+    api: Api<Lean<K>>,
     config: watcher::Config,
     mut writer: Writer<K>,
     slim: fn(&mut K),
@@ -601,15 +727,29 @@ where
     watcher(api, config)
         .backoff(super::outage::WatchBackoff::default())
         .map_ok(move |ev| {
-            let ev = ev.modify(|o| {
+            let mut ev = lean_event(ev).modify(|o| {
                 o.managed_fields_mut().clear();
                 slim(o);
             });
+            let cached = match &mut ev {
+                watcher::Event::Apply(o) | watcher::Event::InitApply(o) => {
+                    Some(Arc::new(Cached::taking(o, &dict)))
+                }
+                _ => None,
+            };
+            // `apply` asks a value only of the events that carry one.
             writer.apply(
                 &ev,
                 |o| key_of_meta(o.meta()),
-                |o| Arc::new(Cached::with(o, &dict)),
+                |o| {
+                    cached
+                        .clone()
+                        .unwrap_or_else(|| Arc::new(Cached::with(o, &dict)))
+                },
             );
+            if matches!(ev, watcher::Event::InitDone) {
+                tracing::debug!(kind = %K::kind(&()), objects = writer.len(), "list complete");
+            }
             if matches!(ev, watcher::Event::Init) {
                 lists += 1;
                 if lists > 1 {
@@ -622,12 +762,24 @@ where
         .boxed()
 }
 
+/// `ev` with its object taken out of [`Lean`].
+fn lean_event<K>(ev: watcher::Event<Lean<K>>) -> watcher::Event<K> {
+    use watcher::Event;
+    match ev {
+        Event::Apply(Lean(o)) => Event::Apply(o),
+        Event::Delete(Lean(o)) => Event::Delete(o),
+        Event::Init => Event::Init,
+        Event::InitApply(Lean(o)) => Event::InitApply(o),
+        Event::InitDone => Event::InitDone,
+    }
+}
+
 /// A cache holding `objects`, listed and ready (for tests of the rules that
 /// read caches).
 #[cfg(test)]
 pub(crate) fn filled<K>(objects: impl IntoIterator<Item = K>) -> Cache<K>
 where
-    K: Resource<DynamicType = ()> + Serialize + DeserializeOwned,
+    K: Resource<DynamicType = ()> + Serialize + DeserializeOwned + Clone,
 {
     let (cache, mut writer) = cache::<K>();
     let key = |o: &K| key_of_meta(o.meta());
@@ -668,8 +820,8 @@ mod tests {
         let c = Cached::new(&p);
         assert_eq!(c.object().unwrap(), p);
         // Parsed: identity and the project's own markers, nothing else.
-        assert_eq!(c.identity().name.as_deref(), Some("web-0"));
-        assert_eq!(c.identity().uid.as_deref(), Some("u1"));
+        assert_eq!(c.identity().name(), Some("web-0"));
+        assert_eq!(c.identity().uid(), Some("u1"));
         assert_eq!(c.labels().count(), 0);
         assert_eq!(c.label("app"), None, "read from the body only");
         let mut marked = pod();
@@ -698,6 +850,54 @@ mod tests {
         assert_eq!(c.annotation("vcluster.dev/uid"), Some("u0"));
         assert_eq!(c.annotation("vcluster.dev/name"), None);
         assert_eq!(c.annotation("a"), None);
+    }
+
+    #[test]
+    fn caching_leaves_the_watched_object_as_it_was() {
+        // The watch hands the object on (hooks, the queue) after caching it.
+        let mut p = served_pod(3);
+        p.metadata.deletion_timestamp =
+            serde_json::from_value(json!("2026-12-07T10:00:05Z")).unwrap();
+        p.metadata.deletion_grace_period_seconds = Some(30);
+        p.metadata.annotations = Some(
+            [("vcluster.dev/name", "web-3"), ("vcluster.dev/uid", "u3")]
+                .map(|(k, v)| (k.to_owned(), v.to_owned()))
+                .into(),
+        );
+        let before = p.clone();
+        let c = Cached::taking(&mut p, &Dictionary::none());
+        assert_eq!(p, before);
+        assert_eq!(c.object().unwrap(), before);
+        // Only markers among the annotations: the body holds none at all.
+        let body: serde_json::Value = serde_json::from_slice(&c.json().unwrap()).unwrap();
+        assert_eq!(body["metadata"].get("annotations"), None);
+        assert_eq!(body["metadata"]["labels"]["app"], "web");
+        assert_eq!(body["metadata"].get("name"), None);
+        assert_eq!(body["metadata"].get("deletionTimestamp"), None);
+    }
+
+    #[test]
+    fn packed_pairs_read_back_any_text() {
+        let pairs = [
+            ("", ""),
+            ("vcluster.dev/a", "x\0y\u{0}z"),
+            ("vcluster.dev/é", "ü"),
+        ];
+        let packed = Pairs::packed(pairs);
+        assert_eq!(packed.iter().collect::<Vec<_>>(), pairs);
+        assert_eq!(packed.find("vcluster.dev/a"), Some("x\0y\u{0}z"));
+        assert_eq!(packed.find("vcluster.dev/é"), Some("ü"));
+        assert_eq!(packed.find("vcluster.dev/b"), None);
+        assert!(Pairs::packed([]).is_empty());
+        let texts = Packed::of([Some("a"), None, Some(""), None]);
+        assert_eq!(
+            texts.iter().collect::<Vec<_>>(),
+            [Some("a"), None, Some(""), None]
+        );
+        assert_eq!(
+            (texts.get(0), texts.get(1), texts.get(2), texts.get(9)),
+            (Some("a"), None, Some(""), None)
+        );
     }
 
     /// A pod as an API server returns it, defaults filled in.

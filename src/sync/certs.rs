@@ -30,6 +30,7 @@ use tracing::Instrument as _;
 
 use super::cache::{self, Cache};
 use super::feed::Readiness;
+use super::lean::Lean;
 use super::{Assembly, Context, EngineOptions, Names, Side, delete_exact};
 use crate::FIELD_MANAGER;
 use crate::translate::certificate::{self, Certificate};
@@ -111,7 +112,7 @@ enum Asker {
 /// Runs the mirror until the process ends.
 async fn run(ctx: Arc<Context>, src: Sources, opts: EngineOptions) {
     let (tls, writer) = cache::cache::<Secret>();
-    let api: Api<Secret> = Api::namespaced(ctx.host.clone(), &ctx.names.host_namespace);
+    let api: Api<Lean<Secret>> = Api::namespaced(ctx.host.clone(), &ctx.names.host_namespace);
     let changed = Arc::new(Notify::new());
     let notify = Arc::clone(&changed);
     let watch = cache::watch(

@@ -232,7 +232,7 @@ fn register(a: &mut Assembly) {
             .entries()
             .into_iter()
             .filter(|s| {
-                s.identity().namespace.as_deref() == Some(namespace.as_str())
+                s.identity().namespace() == Some(namespace.as_str())
                     && slice_service(s.as_ref()) == Some(name.as_str())
             })
             .map(|s| VirtualKey {

@@ -17,6 +17,7 @@ use tracing::Instrument as _;
 
 use super::cache::{self, Cache, Writer};
 use super::feed::{Feed, Hooks, Readiness};
+use super::lean::Lean;
 use super::queue::{FairQueue, Later};
 use super::{Context, EngineOptions, Rule, Side, lock, metrics};
 use crate::translate::VirtualKey;
@@ -226,7 +227,7 @@ impl<R: Rule> Engine<R> {
     }
 
     async fn watch_virtual(self: Arc<Self>, writer: Writer<R::V>, opts: EngineOptions) {
-        let api: Api<R::V> = Api::all(self.ctx.virt.clone());
+        let api: Api<Lean<R::V>> = Api::all(self.ctx.virt.clone());
         let stream = cache::watch(
             api,
             opts.watcher_config(Side::Virtual),
@@ -253,7 +254,8 @@ impl<R: Rule> Engine<R> {
     }
 
     async fn watch_host(self: Arc<Self>, writer: Writer<R::H>, opts: EngineOptions) {
-        let api: Api<R::H> = Api::namespaced(self.ctx.host.clone(), &self.ctx.names.host_namespace);
+        let api: Api<Lean<R::H>> =
+            Api::namespaced(self.ctx.host.clone(), &self.ctx.names.host_namespace);
         let config = opts
             .watcher_config(Side::Host)
             .labels(&self.ctx.ownership().selector());

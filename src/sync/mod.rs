@@ -41,6 +41,7 @@ pub mod events;
 pub mod feed;
 pub mod ingress_hosts;
 pub mod ingresses;
+pub mod lean;
 pub mod metrics;
 pub mod nodes;
 mod options;

@@ -692,12 +692,30 @@ fn reported(status: Option<&PodStatus>) -> Value {
 /// A merge patch that brings the virtual pod's status in line with the host
 /// pod's, or `None` when it already is.
 pub fn status_up(virtual_pod: &Pod, host: &Pod) -> Option<Value> {
-    let want = reported(host.status.as_ref());
-    let have = reported(virtual_pod.status.as_ref());
-    if want == have || host.status.is_none() {
+    let want = host.status.as_ref()?;
+    let none = PodStatus::default();
+    if same_reported(want, virtual_pod.status.as_ref().unwrap_or(&none)) {
         return None;
     }
-    Some(json!({ "status": want }))
+    Some(json!({ "status": reported(Some(want)) }))
+}
+
+/// Whether `a` and `b` agree on every field [`reported`] brings up: the
+/// typed comparison of what comparing their two `reported` values would
+/// say, without serialising either (a resync compares every pod).
+fn same_reported(a: &PodStatus, b: &PodStatus) -> bool {
+    a.phase == b.phase
+        && a.conditions == b.conditions
+        && a.container_statuses == b.container_statuses
+        && a.init_container_statuses == b.init_container_statuses
+        && a.ephemeral_container_statuses == b.ephemeral_container_statuses
+        && a.pod_ip == b.pod_ip
+        && a.pod_ips == b.pod_ips
+        && a.host_ip == b.host_ip
+        && a.host_ips == b.host_ips
+        && a.start_time == b.start_time
+        && a.message == b.message
+        && a.reason == b.reason
 }
 
 #[cfg(test)]

@@ -277,6 +277,41 @@ fn status_comes_up_only_when_it_differs() {
     assert_eq!(status_up(&v2, &h), None);
 }
 
+#[test]
+fn each_reported_status_field_alone_brings_the_status_up() {
+    let v = pod(json!({"containers": [{"name": "app", "image": "nginx"}]}));
+    let status = |extra: Value| {
+        let mut p = v.clone();
+        p.status = Some(serde_json::from_value(extra).unwrap());
+        p
+    };
+    let c = |name: &str| json!([{"name": name, "image": "x", "imageID": "", "ready": true, "restartCount": 0}]);
+    for (field, value) in [
+        ("phase", json!("Running")),
+        ("conditions", json!([{"type": "Ready", "status": "True"}])),
+        ("containerStatuses", c("app")),
+        ("initContainerStatuses", c("init")),
+        ("ephemeralContainerStatuses", c("debug")),
+        ("podIP", json!("10.244.0.7")),
+        ("podIPs", json!([{"ip": "10.244.0.7"}])),
+        ("hostIP", json!("127.0.0.1")),
+        ("hostIPs", json!([{"ip": "127.0.0.1"}])),
+        ("startTime", json!("2026-01-01T00:00:00Z")),
+        ("message", json!("m")),
+        ("reason", json!("r")),
+    ] {
+        let h = status(json!({ field: value }));
+        let patch = status_up(&status(json!({})), &h);
+        assert_eq!(
+            patch.as_ref().and_then(|p| p["status"].get(field)),
+            Some(&value),
+            "{field}"
+        );
+    }
+    let host_only = status(json!({"nominatedNodeName": "n", "qosClass": "BestEffort"}));
+    assert_eq!(status_up(&status(json!({})), &host_only), None);
+}
+
 fn cluster_dns() -> ClusterDns {
     ClusterDns {
         nameserver: "10.96.0.53".into(),
