@@ -3,13 +3,14 @@
 //! objects, names translated back, one virtual event per host event (updated
 //! as its count grows).
 
-use futures::StreamExt;
+use futures::{StreamExt, TryStreamExt as _};
 use k8s_openapi::api::core::v1::{Event, PersistentVolumeClaim, Pod};
 use kube::ResourceExt;
 use kube::api::Api;
 use kube::runtime::{WatchStreamExt, watcher};
 
 use super::cache::Cache;
+use super::lean::Lean;
 use super::{Assembly, Context, KindSpec, Names, Object, Side};
 use crate::translate::VirtualKey;
 use crate::translate::event::{Target, virtual_event};
@@ -69,10 +70,11 @@ fn copy_of(names: &Names, sources: &[Source], host_event: &Event) -> Option<(Vir
 
 /// Copies host events about the objects of `sources` up until the process ends.
 pub async fn run(ctx: std::sync::Arc<Context>, sources: Vec<Source>) {
-    let api: Api<Event> = Api::namespaced(ctx.host.clone(), &ctx.names.host_namespace);
+    let api: Api<Lean<Event>> = Api::namespaced(ctx.host.clone(), &ctx.names.host_namespace);
     let stream = watcher(api, watcher::Config::default())
         .backoff(super::outage::WatchBackoff::default())
-        .applied_objects();
+        .applied_objects()
+        .map_ok(|Lean(e)| e);
     futures::pin_mut!(stream);
     while let Some(ev) = stream.next().await {
         let host_event = match ev {
