@@ -27,7 +27,7 @@ use futures::{Stream, StreamExt as _, TryStreamExt as _};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, Time};
 use kube::api::Api;
 use kube::runtime::{WatchStreamExt as _, watcher};
-use kube::{Resource, ResourceExt as _};
+use kube::Resource;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
@@ -62,10 +62,26 @@ pub struct Cached<K> {
 /// takes 384 bytes before any of its fields is set; four boxed strings
 /// four allocations): name, namespace, uid and resourceVersion packed in
 /// one allocation, the deletion (rare) boxed.
-#[derive(Debug, Default, PartialEq)]
+#[derive(Default, PartialEq)]
 pub struct Identity {
     text: Packed,
     deletion: Option<Box<(Option<Time>, Option<i64>)>>,
+}
+
+impl Debug for Identity {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Identity")
+            .field("name", &self.name())
+            .field("namespace", &self.namespace())
+            .field("uid", &self.uid())
+            .field("resource_version", &self.resource_version())
+            .field("deletion_timestamp", &self.deletion_timestamp())
+            .field(
+                "deletion_grace_period_seconds",
+                &self.deletion_grace_period_seconds(),
+            )
+            .finish()
+    }
 }
 
 impl Identity {
@@ -728,7 +744,7 @@ where
         .backoff(super::outage::WatchBackoff::default())
         .map_ok(move |ev| {
             let mut ev = lean_event(ev).modify(|o| {
-                o.managed_fields_mut().clear();
+                o.meta_mut().managed_fields = None;
                 slim(o);
             });
             let cached = match &mut ev {
@@ -856,6 +872,11 @@ mod tests {
     fn caching_leaves_the_watched_object_as_it_was() {
         // The watch hands the object on (hooks, the queue) after caching it.
         let mut p = served_pod(3);
+        // Labels of both kinds: the marker goes out of the body and back.
+        p.metadata
+            .labels
+            .get_or_insert_default()
+            .insert("vcluster.dev/owner".into(), "vc1".into());
         p.metadata.deletion_timestamp =
             serde_json::from_value(json!("2026-12-07T10:00:05Z")).unwrap();
         p.metadata.deletion_grace_period_seconds = Some(30);
@@ -872,6 +893,8 @@ mod tests {
         let body: serde_json::Value = serde_json::from_slice(&c.json().unwrap()).unwrap();
         assert_eq!(body["metadata"].get("annotations"), None);
         assert_eq!(body["metadata"]["labels"]["app"], "web");
+        assert_eq!(body["metadata"]["labels"].get("vcluster.dev/owner"), None);
+        assert_eq!(c.label("vcluster.dev/owner"), Some("vc1"));
         assert_eq!(body["metadata"].get("name"), None);
         assert_eq!(body["metadata"].get("deletionTimestamp"), None);
     }

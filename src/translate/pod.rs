@@ -702,7 +702,9 @@ pub fn status_up(virtual_pod: &Pod, host: &Pod) -> Option<Value> {
 
 /// Whether `a` and `b` agree on every field [`reported`] brings up: the
 /// typed comparison of what comparing their two `reported` values would
-/// say, without serialising either (a resync compares every pod).
+/// say, without serialising either (a resync compares every pod). Times
+/// compare to the nanosecond where their JSON shows seconds; the API sends
+/// and the caches keep whole seconds, so the two agree.
 fn same_reported(a: &PodStatus, b: &PodStatus) -> bool {
     a.phase == b.phase
         && a.conditions == b.conditions
