@@ -423,12 +423,15 @@ anything is serialised. Then two memory changes, measured by the restarted synce
 marker labels and annotations packed in one allocation each (a host pod's seven markers took\n\
 fifteen) 50.9 → 47.1 MB, and the identity's four strings in one 47.6 → 45.5 MB; heaptrack's peak\n\
 heap 27.0 → 24.2 MB. Not kept: filling a first list straight into the map without the second\n\
-map a relist needs (no change in the peak). One round at 10,000 pods after all of it (21:07 UTC,\n\
-the page below): peak RSS 60.8 MiB (64.0; idle 17.8, 14.0 of it file-backed; 4.3 MiB per 1,000\n\
-pods), restart to ready 3.02 s (4.55), the restarted syncer's peak 44.5 MiB (50.7), the\n\
-syncer's CPU 37.2 s for the burst (38.5) and 31.6 for the delete (39.5); wall time 1.08 times\n\
-direct (1.19), added p99 +21.6 s (+43.8), delete 2.16 times direct (2.64) — one round each, so\n\
-how much of the time figures is the change is not separated.\n\
+map a relist needs (no change in the peak). One round at 10,000 pods after all of it (21:07\n\
+UTC): peak RSS 60.8 MiB (64.0; idle 17.8, 14.0 of it file-backed; 4.3 MiB per 1,000 pods),\n\
+restart to ready 3.02 s (4.55), the restarted syncer's peak 44.5 MiB (50.7), the syncer's CPU\n\
+37.2 s for the burst (38.5) and 31.6 for the delete (39.5); wall time 1.08 times direct (1.19),\n\
+added p99 +21.6 s (+43.8), delete 2.16 times direct (2.64). A second round an hour later, with\n\
+the host event watch parsing lean too (22:08 UTC, the page below): peak RSS 60.0 MiB, restart\n\
+to ready 2.69 s, restarted peak 45.3 MiB, the syncer's CPU 32.6 s for the burst and 29.1 for\n\
+the delete, wall 1.09 times direct, added p99 +19.5 s, delete 2.36 times direct. Two single\n\
+rounds: the time figures' share of the change and of the day is not separated.\n\
 \n\
 ## Reproduce\n\n\
 ```sh\n\
