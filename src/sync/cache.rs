@@ -25,9 +25,9 @@ use std::sync::{Arc, OnceLock, PoisonError, RwLock, RwLockReadGuard, RwLockWrite
 
 use futures::{Stream, StreamExt as _, TryStreamExt as _};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, Time};
+use kube::Resource;
 use kube::api::Api;
 use kube::runtime::{WatchStreamExt as _, watcher};
-use kube::Resource;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
